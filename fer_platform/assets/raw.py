@@ -1,0 +1,79 @@
+"""raw_images: landing files of one emotion and day, validated and copied into the lake."""
+
+
+from typing import Optional
+
+import dagster as dg
+import pyarrow as pa
+
+from fer_platform.core import ledger
+from fer_platform.core.bronze import manifest_table
+from fer_platform.core.ingest import ingest, select_files
+from fer_platform.core.layout import RAW_MANIFEST
+from fer_platform.core.report import human_bytes, markdown_table
+from fer_platform.io_managers.parquet import LAKE_PATH
+from fer_platform.partitions import image_partitions, partition_of, utc_today
+from fer_platform.resources import LakeResource, LandingResource, PostgresResource
+
+
+class RawImagesConfig(dg.Config):
+    files: Optional[list[str]] = None
+    """Landing keys to load (the sensor's file list). Unset: the pending files of this
+    emotion, for today's partition only."""
+    on_success: str = "keep"
+    """What to do with a source file once its load is committed: keep, delete or archive."""
+
+
+@dg.asset(
+    partitions_def=image_partitions,
+    io_manager_key="lake_io_manager",
+    metadata={LAKE_PATH: RAW_MANIFEST},
+    group_name="ingest",
+    kinds={"python", "parquet"},
+    description="Landing files of one emotion and load date, validated and copied to "
+    "raw/images/fer2013/<split>/<emotion>/<name>; bad files to quarantine/ with a reason; "
+    "every file in the load log. The output is the partition's manifest of loaded images.",
+)
+def raw_images(
+    context: dg.AssetExecutionContext,
+    config: RawImagesConfig,
+    landing: LandingResource,
+    lake: LakeResource,
+    postgres: PostgresResource,
+) -> pa.Table:
+    emotion, load_date = partition_of(context)
+    dsn = postgres.get_dsn()
+    files, missing, ignored = select_files(
+        landing.storage(), dsn, emotion, load_date, utc_today(), config.files
+    )
+    report = ingest(
+        landing.storage(), lake.storage(), dsn, files, load_date, context.run.run_id, config.on_success,
+        progress=lambda done, total: context.log.info(f"ingested {done}/{total} files"),
+    )  # fmt: skip
+    for o in report.quarantined:
+        context.log.warning(f"quarantined {o.key}: {o.reason}")
+    for key in report.missing + missing:
+        context.log.warning(f"{key} is no longer in the landing zone; nothing to load")
+    with postgres.connect() as conn:
+        manifest = manifest_table(ledger.partition_rows(conn, emotion, load_date))
+    counts = report.counts
+    context.add_output_metadata(
+        {
+            "files_seen": len(files),
+            "loaded": counts["loaded"],
+            "duplicates": counts["duplicate"],
+            "quarantined": counts["quarantined"],
+            "already_logged": len(report.already_logged),
+            "missing": len(report.missing) + len(missing),
+            "ignored": len(ignored),
+            "bytes_loaded": dg.MetadataValue.text(human_bytes(report.bytes_loaded)),
+            "partition_images": manifest.num_rows,
+            "quarantined_files": dg.MetadataValue.md(
+                markdown_table([o.__dict__ for o in report.quarantined], ["key", "reason"])
+            ),
+            "preview": dg.MetadataValue.md(
+                markdown_table(manifest.slice(0, 10).to_pylist(), ["filepath", "split", "size", "image_id"])
+            ),
+        }
+    )
+    return manifest

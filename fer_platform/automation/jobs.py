@@ -1,0 +1,49 @@
+"""Jobs: the partitioned ingest job and the triage of landing files no partition can take."""
+
+
+import dagster as dg
+
+from fer_platform.assets.bronze import bronze_images
+from fer_platform.assets.raw import raw_images
+from fer_platform.core.ingest import ingest
+from fer_platform.partitions import image_partitions, utc_today
+from fer_platform.resources import LakeResource, LandingResource, PostgresResource
+
+INGEST_ASSETS = [raw_images, bronze_images]
+
+ingest_job = dg.define_asset_job(
+    "ingest_images",
+    selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+    partitions_def=image_partitions,
+    description="One partition (emotion x load date) from the landing zone through every layer.",
+)
+
+
+class TriageConfig(dg.Config):
+    files: list[str]
+    """Landing keys that no emotion partition can take (e.g. an unknown emotion folder)."""
+    on_success: str = "keep"
+
+
+@dg.op(description="Quarantine landing files outside the FER layout, with the reason, in the load log.")
+def quarantine_unroutable(
+    context: dg.OpExecutionContext,
+    config: TriageConfig,
+    landing: LandingResource,
+    lake: LakeResource,
+    postgres: PostgresResource,
+) -> None:
+    storage = landing.storage()
+    entries, missing = storage.stat_many(config.files)
+    report = ingest(
+        storage, lake.storage(), postgres.get_dsn(), entries, utc_today(), context.run.run_id, config.on_success
+    )
+    for o in report.outcomes:
+        context.log.warning(f"{o.status} {o.key}: {o.reason}")
+    for key in missing:
+        context.log.warning(f"{key} is no longer in the landing zone")
+
+
+@dg.job(description="Quarantine landing files that belong to no emotion partition.", tags={"fer/kind": "triage"})
+def landing_triage():
+    quarantine_unroutable()

@@ -1,0 +1,104 @@
+"""The `fer-platform` command. Imports stay light: each command imports what it needs."""
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from fer_platform.core.errors import FerError
+from fer_platform.core.home import Home
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=argparse.SUPPRESS, help="state folder (env FER_HOME, default ./.fer)")
+
+    p = argparse.ArgumentParser(prog="fer-platform", description=__doc__, parents=[common])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", parents=[common], help="load a landing zone through every asset and summarise")
+    demo.add_argument("--landing", help="landing folder or URL (default: sample data written under the home)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--per-class", type=int, default=40, help="generated train images per emotion")
+    demo.add_argument("--test-per-class", type=int, default=10, help="generated test images per emotion")
+    demo.add_argument("--seed", type=int, default=0)
+
+    sd = sub.add_parser("sample-data", parents=[common], help="write a deterministic FER2013-shaped landing folder")
+    sd.add_argument("out")
+    sd.add_argument("--per-class", type=int, default=40)
+    sd.add_argument("--test-per-class", type=int, default=10)
+    sd.add_argument("--seed", type=int, default=0)
+    sd.add_argument("--defects", action="store_true", help="also write broken and stray files")
+
+    dbp = sub.add_parser("db", parents=[common], help="the embedded PostgreSQL under the home")
+    dbp.add_argument("action", choices=["start", "stop", "status", "url"])
+
+    dev = sub.add_parser("dev", parents=[common], help="Dagster UI + daemon on the PostgreSQL instance")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--landing", help="landing folder or URL (env FER_LANDING)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    home = Home.resolve(getattr(args, "home", None))
+    try:
+        return _dispatch(args, home)
+    except FerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args, home: Home) -> int:
+    if args.command == "demo":
+        from fer_platform import demo
+
+        return demo.main(
+            home, args.landing, args.json,
+            per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed,
+        )  # fmt: skip
+    if args.command == "sample-data":
+        from fer_platform.core.sample_data import write_sample_landing
+
+        counts = write_sample_landing(args.out, args.per_class, args.test_per_class, args.seed, args.defects)
+        print(f"wrote {counts['images']} images" + (f" and {counts['defects']} defects" if args.defects else "")
+              + f" to {args.out}")  # fmt: skip
+        return 0
+    if args.command == "db":
+        return _db(args.action, home)
+    if args.command == "dev":
+        from fer_platform import dev
+
+        return dev.run(home, args.host, args.port, args.landing)
+    raise AssertionError(args.command)
+
+
+def _db(action: str, home: Home) -> int:
+    import os
+
+    from fer_platform.core import db
+
+    external = os.environ.get("FER_PG_DSN")
+    if action == "start":
+        dsn = external or db.embedded_start(home.postgres)
+        db.ensure_schema(dsn)
+        print(f"PostgreSQL ready at {db.describe(dsn)}")
+    elif action == "stop":
+        if external:
+            print("FER_PG_DSN names an external server; nothing to stop")
+        else:
+            print("stopped" if db.embedded_stop(home.postgres) else "not running")
+    elif action == "status":
+        status = {"external": db.describe(external)} if external else db.embedded_status(home.postgres)
+        print(json.dumps(status))
+        return 0 if external or status["running"] else 1
+    elif action == "url":
+        print(db.masked(external) if external else db.embedded_start(home.postgres))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

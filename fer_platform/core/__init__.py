@@ -1,0 +1,1 @@
+"""Plain-Python logic of fer-platform. Nothing in this package imports dagster."""

@@ -1,0 +1,86 @@
+"""Tables of the first two layers: the raw manifest and the bronze image table (Arrow)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import posixpath
+
+import pyarrow as pa
+from PIL import Image
+
+from fer_platform.core import images
+from fer_platform.core.storage import Storage
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("filepath", pa.string()),
+        ("split", pa.string()),
+        ("landing_path", pa.string()),
+        ("size", pa.int64()),
+        ("source", pa.string()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("run_id", pa.string()),
+    ]
+)
+
+BRONZE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("filepath", pa.string()),
+        ("name", pa.string()),
+        ("split", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),
+        ("format", pa.string()),
+        ("bytes", pa.int64()),
+        ("png", pa.binary()),
+        ("source", pa.string()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("run_id", pa.string()),
+    ]
+)
+
+
+def manifest_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def bronze_table(manifest: pa.Table, lake: Storage, run_id: str | None) -> pa.Table:
+    """One row per loaded image, read back from the lake copy (so bronze reflects what the lake holds)."""
+    rows = manifest.to_pylist()
+    blobs = lake.read_many([r["filepath"] for r in rows])
+    out = []
+    for r, data in zip(rows, blobs):
+        sha = images.sha256(data)
+        if sha != r["image_id"]:
+            raise ValueError(f"lake file {r['filepath']} does not match its load log entry (sha256 {sha[:12]}...)")
+        with Image.open(io.BytesIO(data)) as im:
+            width, height, mode, fmt = im.width, im.height, im.mode, im.format
+        out.append(
+            {
+                "image_id": r["image_id"],
+                "filepath": r["filepath"],
+                "name": posixpath.basename(r["filepath"]),
+                "split": r["split"],
+                "width": width,
+                "height": height,
+                "mode": mode,
+                "format": fmt,
+                "bytes": len(data),
+                "png": images.to_png(data),
+                "source": r["source"],
+                "ingested_at": r["ingested_at"],
+                "run_id": run_id,
+            }
+        )
+    return pa.Table.from_pylist(out, schema=BRONZE_SCHEMA)
+
+
+def with_partition_columns(table: pa.Table, emotion: str, load_date: dt.date) -> pa.Table:
+    n = table.num_rows
+    return table.append_column("emotion", pa.array([emotion] * n, pa.string())).append_column(
+        "load_date", pa.array([load_date] * n, pa.date32())
+    )

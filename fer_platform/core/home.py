@@ -1,0 +1,124 @@
+"""The one home folder that holds all local state (``--home``, ``FER_HOME``, default ``./.fer``).
+
+    <home>/lake/       raw/ bronze/ silver/ gold/ index/ quarantine/ _meta/
+    <home>/postgres/   the embedded PostgreSQL data directory
+    <home>/dagster/    DAGSTER_HOME (dagster.yaml: instance storage on that PostgreSQL)
+    <home>/landing/    the sample landing zone the demo writes when none is given
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fer_platform.core.layout import LAKE_FOLDERS
+
+DEFAULT_HOME = ".fer"
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
+        value = home or os.environ.get("FER_HOME") or DEFAULT_HOME
+        return cls(Path(value).expanduser().resolve())
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def postgres(self) -> Path:
+        return self.root / "postgres"
+
+    @property
+    def dagster(self) -> Path:
+        return self.root / "dagster"
+
+    @property
+    def landing(self) -> Path:
+        return self.root / "landing"
+
+    def create(self) -> "Home":
+        for sub in LAKE_FOLDERS:
+            (self.lake / sub).mkdir(parents=True, exist_ok=True)
+        self.dagster.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2) -> str:
+    """dagster.yaml for the local instance: storage on PostgreSQL through dagster-postgres.
+
+    ``storage_url`` is written in only when it carries no password (the
+    embedded server over its socket); otherwise the file reads it from
+    ``FER_DAGSTER_PG_URL`` at start.
+    """
+    url = f'"{storage_url}"' if storage_url else "\n        env: FER_DAGSTER_PG_URL"
+    return f"""# Written by fer-platform. Instance storage on PostgreSQL (dagster-postgres).
+storage:
+  postgres:
+    postgres_url: {url}
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: {max_concurrent_runs}
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def local_dsn(home: Home) -> str:
+    """``FER_PG_DSN`` if set, else the embedded server under the home (started if needed)."""
+    from fer_platform.core import db
+
+    return os.environ.get("FER_PG_DSN") or db.embedded_start(home.postgres)
+
+
+def sqlalchemy_url(dsn: str) -> tuple[str, bool]:
+    """A dagster-postgres URL (psycopg2 driver) for a libpq DSN; and whether it holds a password."""
+    from urllib.parse import quote, urlencode
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(dsn)
+    user = quote(p.get("user") or "postgres", safe="")
+    password = p.get("password")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    host = p.get("host") or ""
+    query = {k: p[k] for k in ("sslmode",) if p.get(k)}
+    if host.startswith("/"):
+        query["host"] = host
+        netloc = f"{auth}@"
+    else:
+        netloc = f"{auth}@{host or 'localhost'}" + (f":{p['port']}" if p.get("port") else "")
+    url = f"postgresql+psycopg2://{netloc}/{p.get('dbname') or 'postgres'}"
+    return (url + ("?" + urlencode(query) if query else "")), bool(password)
+
+
+def prepare_dagster_home(home: Home, dsn: str) -> Path:
+    """Point DAGSTER_HOME at ``<home>/dagster`` with its storage in a ``dagster`` database on ``dsn``.
+
+    A URL with a password never lands in the file: it goes to FER_DAGSTER_PG_URL in this
+    process's environment (inherited by the processes it starts).
+    """
+    from fer_platform.core import db
+
+    home.create()
+    url, secret = sqlalchemy_url(db.ensure_database(dsn, db.DAGSTER_DATABASE))
+    if secret:
+        os.environ["FER_DAGSTER_PG_URL"] = url
+    text = dagster_yaml(None if secret else url)
+    target = home.dagster / "dagster.yaml"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    os.environ["DAGSTER_HOME"] = str(home.dagster)
+    return home.dagster

@@ -1,0 +1,256 @@
+"""Ingestion of landing files into the lake: validate, copy, quarantine, log, then clean the source.
+
+Order of operations per batch (nothing lost, nothing twice):
+
+1. read and hash each file, validate layout and content;
+2. under the ledger lock: drop versions another run already logged, decide
+   ``loaded`` / ``duplicate`` / ``quarantined``, copy loaded files to
+   ``raw/images/fer2013/...`` and bad ones to ``quarantine/<load_date>/...``,
+   append the ledger rows, commit;
+3. only then keep, delete or archive the source files.
+
+A crash before the commit leaves at most lake copies that the retry rewrites;
+a crash after it leaves logged files that every later listing skips.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fer_platform.core import images, ledger
+from fer_platform.core.db import connect
+from fer_platform.core.layout import LANDING_ARCHIVE, Route, quarantine_path, raw_image_path, route, versioned_name
+from fer_platform.core.storage import FileEntry, Storage
+
+log = logging.getLogger(__name__)
+
+ON_SUCCESS = ("keep", "delete", "archive")
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: str
+    status: str  # loaded | duplicate | quarantined
+    reason: str | None
+    sha256: str | None
+    lake_path: str | None
+    size: int
+
+
+@dataclass
+class IngestReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    already_logged: list[str] = field(default_factory=list)  # versions a previous run logged
+    missing: list[str] = field(default_factory=list)  # asked for, but gone from the landing zone
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+    source_errors: list[tuple[str, str]] = field(default_factory=list)  # on_success failures
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(o.status for o in self.outcomes)
+
+    @property
+    def bytes_loaded(self) -> int:
+        return sum(o.size for o in self.outcomes if o.status == "loaded")
+
+    @property
+    def quarantined(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "quarantined"]
+
+
+def pending_files(landing: Storage, dsn: str, emotion: str | None = None) -> tuple[list[FileEntry], list[tuple[str, str]]]:
+    """Landing files (of ``emotion``, if given) whose current version is not in the ledger yet.
+
+    Returns (pending, ignored) where ignored holds (key, why) for keys that are
+    not part of the data set.
+    """
+    entries = landing.list_files()
+    ignored, candidates = [], []
+    for e in entries:
+        r = route(e.key)
+        if r.ignored:
+            ignored.append((e.key, r.ignored))
+        elif emotion is None or r.emotion == emotion:
+            candidates.append(e)
+    with connect(dsn) as conn:
+        known = ledger.known_versions(conn, [landing.uri(e.key) for e in candidates])
+    return [e for e in candidates if (landing.uri(e.key), e.size, e.modified_us) not in known], ignored
+
+
+def select_files(
+    landing: Storage,
+    dsn: str,
+    emotion: str | None,
+    load_date: dt.date,
+    today: dt.date,
+    keys: Sequence[str] | None = None,
+) -> tuple[list[FileEntry], list[str], list[tuple[str, str]]]:
+    """The landing files one run loads: (entries, missing keys, ignored (key, why)).
+
+    With ``keys`` (the sensor's file list), exactly those files. Without, the
+    pending files of ``emotion``, but only for today's partition: files are
+    picked up on the day they load, and a past partition re-derives from the
+    ledger without taking new files.
+    """
+    if keys is not None:
+        wrong = [k for k in keys if route(k).emotion not in (None, emotion)] if emotion else []
+        if wrong:
+            raise ValueError(f"{len(wrong)} file(s) belong to another emotion than '{emotion}', e.g. {wrong[0]}")
+        entries, missing = landing.stat_many(keys)
+        return entries, missing, []
+    if load_date != today:
+        return [], [], []
+    pending, ignored = pending_files(landing, dsn, emotion)
+    return pending, [], ignored
+
+
+@dataclass
+class _Read:
+    entry: FileEntry
+    route: Route
+    data: bytes | None
+    sha256: str | None
+    problem: str | None
+    png: bool = True
+
+
+def ingest(
+    landing: Storage,
+    lake: Storage,
+    dsn: str,
+    files: Sequence[FileEntry],
+    load_date: dt.date,
+    run_id: str | None,
+    on_success: str = "keep",
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Load ``files`` (landing entries) for ``load_date``; see the module docstring for the order."""
+    if on_success not in ON_SUCCESS:
+        raise ValueError(f"on_success must be one of {', '.join(ON_SUCCESS)}, not {on_success!r}")
+    report = IngestReport()
+    todo = []
+    for e in files:
+        r = route(e.key)
+        if r.ignored:
+            report.ignored.append((e.key, r.ignored))
+        else:
+            todo.append((e, r))
+    for start in range(0, len(todo), BATCH):
+        batch = todo[start : start + BATCH]
+        done = _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report)
+        _clean_sources(landing, done, on_success, load_date, report)
+        if progress:
+            progress(min(start + BATCH, len(todo)), len(todo))
+    return report
+
+
+def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]]) -> list[_Read]:
+    try:
+        blobs: list[bytes | Exception] = list(landing.read_many([e.key for e, _ in batch]))
+    except Exception:  # noqa: BLE001 - fall back to one at a time to find the bad one
+        blobs = []
+        for e, _ in batch:
+            try:
+                blobs.append(landing.read_bytes(e.key))
+            except Exception as exc:  # noqa: BLE001
+                blobs.append(exc)
+    out = []
+    for (entry, r), data in zip(batch, blobs):
+        if isinstance(data, Exception):
+            if isinstance(data, FileNotFoundError):
+                out.append(_Read(entry, r, None, None, "gone"))
+                continue
+            out.append(_Read(entry, r, None, None, f"unreadable: {type(data).__name__}: {data}"))
+            continue
+        problem = r.problem
+        if problem is None:
+            try:
+                images.validate(data, r.name)
+            except images.InvalidImage as exc:
+                problem = str(exc)
+        out.append(_Read(entry, r, data, images.sha256(data), problem))
+    return out
+
+
+def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report) -> list[Outcome]:
+    reads = _read(landing, batch)
+    for r in reads:
+        if r.problem == "gone":
+            report.missing.append(r.entry.key)
+    reads = [r for r in reads if r.problem != "gone"]
+    day = load_date.isoformat()
+    with connect(dsn) as conn:
+        with conn.transaction():
+            ledger.lock(conn)
+            known = ledger.known_versions(conn, [landing.uri(r.entry.key) for r in reads])
+            fresh = []
+            for r in reads:
+                if (landing.uri(r.entry.key), r.entry.size, r.entry.modified_us) in known:
+                    report.already_logged.append(r.entry.key)
+                else:
+                    fresh.append(r)
+            good = [r for r in fresh if r.problem is None]
+            loaded_before = ledger.loaded_shas(conn, [r.sha256 for r in good])
+            wanted_paths = {}
+            for r in fresh:
+                if r.problem is None:
+                    wanted_paths[r.entry.key] = raw_image_path(r.route.split, r.route.emotion, r.route.name)
+                else:
+                    wanted_paths[r.entry.key] = quarantine_path(day, r.entry.key)
+            owners = ledger.lake_path_owners(conn, wanted_paths.values())
+
+            rows, outcomes, copies = [], [], []
+            seen_in_batch: set[str] = set()
+            for r in fresh:
+                key = r.entry.key
+                path = wanted_paths[key]
+                if r.problem is None and (r.sha256 in loaded_before or r.sha256 in seen_in_batch):
+                    status, reason = "duplicate", f"same content as {loaded_before.get(r.sha256) or 'a file of this batch'}"
+                    path = None
+                elif r.problem is None:
+                    status, reason = "loaded", None
+                    seen_in_batch.add(r.sha256)
+                else:
+                    status, reason = "quarantined", r.problem
+                if path is not None and r.data is not None:
+                    if path in owners and owners[path] != r.sha256:
+                        path = versioned_name(path, r.sha256 or "unreadable")
+                    owners[path] = r.sha256
+                    copies.append((path, r.data))
+                elif r.data is None:
+                    path = None
+                rows.append(
+                    ledger.LedgerRow(
+                        source=landing.uri(key), path=key, size=r.entry.size, modified_at=r.entry.modified,
+                        sha256=r.sha256, emotion=r.route.emotion, split=r.route.split, load_date=load_date,
+                        status=status, reason=reason, lake_path=path, run_id=run_id,
+                    )
+                )  # fmt: skip
+                outcomes.append(Outcome(key, status, reason, r.sha256, path, r.entry.size))
+            lake.write_many(copies)
+            ledger.insert(conn, rows)
+    report.outcomes.extend(outcomes)
+    return outcomes
+
+
+def _clean_sources(landing: Storage, done: Sequence[Outcome], on_success: str, load_date: dt.date, report) -> None:
+    """After the commit: delete or archive the sources of logged files (all statuses)."""
+    if on_success == "keep":
+        return
+    for o in done:
+        try:
+            if on_success == "delete":
+                landing.delete(o.key)
+            else:
+                landing.move(o.key, f"{LANDING_ARCHIVE}/{load_date.isoformat()}/{o.key}")
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the load is committed; report and go on
+            report.source_errors.append((o.key, f"{type(exc).__name__}: {exc}"))
+            log.warning("could not %s %s after loading it: %s", on_success, o.key, exc)

@@ -1,0 +1,92 @@
+"""Where things live: the landing layout, the lake layout, and how a landing key routes.
+
+The landing zone follows the Kaggle FER2013 layout, ``<split>/<emotion>/<name>``
+(``split`` optional). The lake mirrors it under ``raw/images/fer2013/``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+SPLITS: tuple[str, ...] = ("train", "test")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+# Lake folders (relative to the lake root).
+RAW_IMAGES = "raw/images/fer2013"
+RAW_MANIFEST = "raw/manifest"
+BRONZE_IMAGES = "bronze/images"
+SILVER_EMBEDDINGS = "silver/embeddings"
+GOLD = "gold"
+INDEX = "index"
+QUARANTINE = "quarantine"
+META = "_meta"
+LAKE_FOLDERS = ("raw", "bronze", "silver", "gold", "index", "quarantine", "_meta")
+
+# Landing folders the listing never descends into: the archive of processed files.
+LANDING_ARCHIVE = "_archive"
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a landing key means.
+
+    ``ignored`` keys are not part of the data set (hidden files, OS junk, stray
+    files at the landing root) and never reach the load log. Every other key
+    goes to the load log; ``problem`` is set when its place in the layout is
+    wrong, and it is quarantined with that reason.
+    """
+
+    key: str
+    emotion: str | None
+    split: str | None
+    name: str
+    ignored: str | None = None
+    problem: str | None = None
+
+
+def route(key: str) -> Route:
+    """Route a landing key (posix path relative to the landing root)."""
+    key = key.strip("/")
+    parts = [p for p in key.split("/") if p]
+    name = parts[-1] if parts else ""
+    if any(p.startswith(".") for p in parts) or name.lower() in JUNK_NAMES:
+        return Route(key, None, None, name, ignored="hidden or system file")
+    if parts and parts[0] == LANDING_ARCHIVE:
+        return Route(key, None, None, name, ignored="archive of processed files")
+    if len(parts) == 1:
+        return Route(key, None, None, name, ignored="stray file at the landing root")
+
+    folder = parts[-2].lower()
+    emotion = folder if folder in EMOTIONS else None
+    split = parts[-3].lower() if len(parts) >= 3 else None
+    problem = None
+    if emotion is None:
+        problem = f"unknown emotion folder '{parts[-2]}' (expected one of {', '.join(EMOTIONS)})"
+    elif len(parts) > 3:
+        problem = f"nested too deep: expected [split/]emotion/name, got {len(parts) - 1} folders"
+    elif split is not None and split not in SPLITS:
+        problem = f"unknown split folder '{parts[-3]}' (expected {' or '.join(SPLITS)})"
+        split = None
+    return Route(key, emotion, split, name, problem=problem)
+
+
+def raw_image_path(split: str | None, emotion: str, name: str) -> str:
+    """Lake path of a loaded image: the landing hierarchy under raw/images/fer2013."""
+    return posixpath.join(RAW_IMAGES, *(p for p in (split, emotion, name) if p))
+
+
+def versioned_name(name: str, sha256: str) -> str:
+    """Name of a new version of a file whose lake path already holds other content."""
+    stem, ext = posixpath.splitext(name)
+    return f"{stem}.{sha256[:12]}{ext}"
+
+
+def quarantine_path(load_date: str, key: str) -> str:
+    return posixpath.join(QUARANTINE, load_date, key)
+
+
+def hive_dir(prefix: str, emotion: str, load_date: str) -> str:
+    return f"{prefix}/emotion={emotion}/load_date={load_date}"

@@ -1,0 +1,146 @@
+"""The load log: the durable ledger of every landing file version seen and what became of it.
+
+A file version is (source URI, size, modification time). Each version gets
+exactly one row (UNIQUE), and each content (sha256) is ``loaded`` at most once
+(a partial unique index); everything else is ``duplicate`` or ``quarantined``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from fer_platform.core.db import LOAD_LOG_TABLE
+from fer_platform.core.storage import to_us
+
+INGEST_LOCK = 7_210_002  # pg_advisory_xact_lock key: one ledger decision at a time
+STATUSES = ("loaded", "duplicate", "quarantined")
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    source: str
+    path: str
+    size: int
+    modified_at: dt.datetime
+    sha256: str | None
+    emotion: str | None
+    split: str | None
+    load_date: dt.date
+    status: str
+    reason: str | None
+    lake_path: str | None
+    run_id: str | None
+
+
+Version = tuple[str, int, int]  # (source, size, modified microseconds)
+
+
+def lock(conn: psycopg.Connection) -> None:
+    """Serialise ledger decisions across runs (released at commit)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
+
+
+def known_versions(conn: psycopg.Connection, sources: Sequence[str]) -> set[Version]:
+    """The (source, size, modified) versions of ``sources`` already in the ledger."""
+    found: set[Version] = set()
+    for i in range(0, len(sources), _CHUNK):
+        rows = conn.execute(
+            f"SELECT source, size, modified_at FROM {LOAD_LOG_TABLE} WHERE source = ANY(%s)",
+            (list(sources[i : i + _CHUNK]),),
+        ).fetchall()
+        found.update((s, int(n), to_us(m)) for s, n, m in rows)
+    return found
+
+
+def versions_under(conn: psycopg.Connection, source_prefix: str) -> set[Version]:
+    """Every version in the ledger whose source starts with ``source_prefix``."""
+    rows = conn.execute(
+        f"SELECT source, size, modified_at FROM {LOAD_LOG_TABLE} WHERE starts_with(source, %s)",
+        (source_prefix,),
+    ).fetchall()
+    return {(s, int(n), to_us(m)) for s, n, m in rows}
+
+
+def loaded_shas(conn: psycopg.Connection, shas: Iterable[str]) -> dict[str, str]:
+    """sha256 -> lake path of the contents among ``shas`` that are already loaded."""
+    rows = conn.execute(
+        f"SELECT sha256, lake_path FROM {LOAD_LOG_TABLE} WHERE status = 'loaded' AND sha256 = ANY(%s)",
+        (list(set(shas)),),
+    ).fetchall()
+    return dict(rows)
+
+
+def lake_path_owners(conn: psycopg.Connection, lake_paths: Iterable[str]) -> dict[str, str | None]:
+    """lake path -> sha256 of the ledger rows that already use one of ``lake_paths``."""
+    rows = conn.execute(
+        f"SELECT lake_path, sha256 FROM {LOAD_LOG_TABLE} WHERE lake_path = ANY(%s)",
+        (list(set(lake_paths)),),
+    ).fetchall()
+    return dict(rows)
+
+
+_COLUMNS = (
+    "source", "path", "size", "modified_at", "sha256", "emotion", "split",
+    "load_date", "status", "reason", "lake_path", "run_id",
+)  # fmt: skip
+
+
+def insert(conn: psycopg.Connection, rows: Sequence[LedgerRow]) -> None:
+    """Append rows with COPY (one round trip for the whole batch)."""
+    if not rows:
+        return
+    with conn.cursor().copy(f"COPY {LOAD_LOG_TABLE} ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row(tuple(getattr(r, c) for c in _COLUMNS))
+
+
+def partition_rows(conn: psycopg.Connection, emotion: str, load_date: dt.date, status: str = "loaded") -> list[dict]:
+    cur = conn.execute(
+        f"""SELECT sha256 AS image_id, lake_path AS filepath, split, path AS landing_path, size, source,
+                   logged_at AS ingested_at, run_id
+            FROM {LOAD_LOG_TABLE}
+            WHERE emotion = %s AND load_date = %s AND status = %s
+            ORDER BY lake_path""",
+        (emotion, load_date, status),
+    )
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def status_counts(conn: psycopg.Connection, emotion: str | None = None, load_date: dt.date | None = None) -> Counter:
+    where, params = ["TRUE"], []
+    if emotion is not None:
+        where.append("emotion = %s")
+        params.append(emotion)
+    if load_date is not None:
+        where.append("load_date = %s")
+        params.append(load_date)
+    rows = conn.execute(
+        f"SELECT status, count(*) FROM {LOAD_LOG_TABLE} WHERE {' AND '.join(where)} GROUP BY status", params
+    ).fetchall()
+    return Counter({s: int(n) for s, n in rows})
+
+
+def rows_for_versions(conn: psycopg.Connection, versions: Iterable[Version]) -> list[dict]:
+    """Ledger rows of exactly these file versions."""
+    versions = list(versions)
+    out: list[dict] = []
+    for i in range(0, len(versions), _CHUNK):
+        chunk = versions[i : i + _CHUNK]
+        cur = conn.execute(
+            f"""SELECT l.path, l.status, l.reason, l.lake_path, l.sha256, l.emotion, l.load_date, l.size
+                FROM {LOAD_LOG_TABLE} l
+                JOIN unnest(%s::text[], %s::bigint[], %s::bigint[]) AS v(source, size, us)
+                  ON l.source = v.source AND l.size = v.size
+                 AND l.modified_at = to_timestamp(0) + v.us * interval '1 microsecond'""",
+            ([v[0] for v in chunk], [v[1] for v in chunk], [v[2] for v in chunk]),
+        )
+        names = [d.name for d in cur.description]
+        out.extend(dict(zip(names, row)) for row in cur.fetchall())
+    return out

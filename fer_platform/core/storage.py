@@ -1,0 +1,188 @@
+"""One storage abstraction for the landing zone and the lake: a folder, ``s3://`` or ``abfs://``.
+
+Keys are posix paths relative to the storage root. Built on fsspec, so the
+same code lists, reads and writes a local folder, an S3 bucket prefix or an
+ADLS Gen2 / Blob container prefix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+@dataclass(frozen=True)
+class FileEntry:
+    key: str
+    size: int
+    modified: dt.datetime  # UTC, microsecond precision
+
+    @property
+    def modified_us(self) -> int:
+        return to_us(self.modified)
+
+
+def to_us(t: dt.datetime) -> int:
+    """Microseconds since the epoch (the precision PostgreSQL keeps)."""
+    delta = t - _EPOCH
+    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+class Storage:
+    """A storage root (folder or bucket/container prefix) addressed by relative keys."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        url = str(url)
+        if is_local(url):
+            url = os.path.abspath(url.removeprefix("file://"))
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.root = root.rstrip("/")
+        self.local = is_local(self.url)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    # ---- addressing
+    def path(self, key: str = "") -> str:
+        key = key.strip("/")
+        return f"{self.root}/{key}" if key else self.root
+
+    def uri(self, key: str = "") -> str:
+        key = key.strip("/")
+        return f"{self.url}/{key}" if key else self.url
+
+    def key_of(self, path: str) -> str:
+        path = path.split("://", 1)[-1] if not self.local else path
+        return posixpath.relpath(path, self.root) if self.local else path[len(self.root) :].strip("/")
+
+    # ---- listing
+    def list_files(self, prefix: str = "") -> list[FileEntry]:
+        """Every file under ``prefix``, recursively, with size and modification time."""
+        base = self.path(prefix)
+        if self.local:
+            return sorted(_walk_local(base, self.root), key=lambda e: e.key)
+        try:
+            found = self.fs.find(base, detail=True, withdirs=False)
+        except FileNotFoundError:
+            return []
+        entries = []
+        for path, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            entries.append(FileEntry(self.key_of(path), int(info.get("size") or 0), _modified(info)))
+        return sorted(entries, key=lambda e: e.key)
+
+    def stat_many(self, keys: Iterable[str]) -> tuple[list[FileEntry], list[str]]:
+        """Current size and mtime of ``keys``; keys that no longer exist come back apart."""
+        keys = list(keys)
+        found, missing = [], []
+        if self.local:
+            for key in keys:
+                try:
+                    st = os.stat(self.path(key))
+                except FileNotFoundError:
+                    missing.append(key)
+                    continue
+                found.append(FileEntry(key, st.st_size, _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000)))
+            return found, missing
+        wanted = set(keys)
+        parents = {k.rsplit("/", 1)[0] if "/" in k else "" for k in keys}
+        listed = {e.key: e for p in parents for e in self.list_files(p) if e.key in wanted}
+        for key in keys:
+            (found if key in listed else missing).append(listed.get(key, key))
+        return found, missing
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    # ---- bytes
+    def read_bytes(self, key: str) -> bytes:
+        if self.local:
+            with open(self.path(key), "rb") as f:
+                return f.read()
+        return self.fs.cat_file(self.path(key))
+
+    def read_many(self, keys: Iterable[str], threads: int = 8) -> list[bytes]:
+        keys = list(keys)
+        if self.local or len(keys) < 2:
+            return [self.read_bytes(k) for k in keys]
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(self.read_bytes, keys))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def write_many(self, items: Iterable[tuple[str, bytes]], threads: int = 8) -> None:
+        items = list(items)
+        if self.local or len(items) < 2:
+            for key, data in items:
+                self.write_bytes(key, data)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda kv: self.write_bytes(*kv), items))
+
+    def delete(self, key: str) -> None:
+        self.fs.rm_file(self.path(key))
+
+    def move(self, key: str, dest_key: str) -> None:
+        if self.local:
+            dest = self.path(dest_key)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(self.path(key), dest)
+        else:
+            self.fs.mv(self.path(key), self.path(dest_key))
+
+    def makedirs(self, key: str) -> None:
+        if self.local:
+            os.makedirs(self.path(key), exist_ok=True)
+
+
+def _walk_local(base: str, root: str) -> Iterable[FileEntry]:
+    if not os.path.isdir(base):
+        return
+    for dirpath, _dirs, files in os.walk(base):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:  # removed while listing
+                continue
+            modified = _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000)
+            yield FileEntry(os.path.relpath(full, root).replace(os.sep, "/"), st.st_size, modified)
+
+
+def _modified(info: dict[str, Any]) -> dt.datetime:
+    for field in ("LastModified", "last_modified", "mtime", "modified", "creation_time", "created"):
+        value = info.get(field)
+        if value is None:
+            continue
+        if isinstance(value, dt.datetime):
+            return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        if isinstance(value, (int, float)):
+            return _EPOCH + dt.timedelta(microseconds=int(value * 1e6))
+        if isinstance(value, str):
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    raise ValueError(f"no modification time in listing entry: {sorted(info)}")

@@ -1,0 +1,25 @@
+"""The one Definitions: assets, checks, jobs, schedules, sensors, and the resources of FER_ENV."""
+
+
+import dagster as dg
+
+from fer_platform.assets.bronze import bronze_images
+from fer_platform.assets.raw import raw_images
+from fer_platform.automation.jobs import ingest_job, landing_triage
+from fer_platform.checks import ALL_CHECKS
+from fer_platform.resources.environments import resources_for
+
+ASSETS = [raw_images, bronze_images]
+JOBS = [ingest_job, landing_triage]
+
+
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=JOBS,
+        resources=resources if resources is not None else resources_for(),
+    )
+
+
+defs = build_definitions()

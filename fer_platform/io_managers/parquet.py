@@ -1,0 +1,118 @@
+"""The lake IO manager: Arrow tables as Parquet under Hive-style partition folders.
+
+    <base>/<lake/path>/emotion=<e>/load_date=<d>/part-0.parquet   (partitioned assets)
+    <base>/<lake/path>.parquet                                     (unpartitioned assets)
+
+``<lake/path>`` is the asset's ``lake/path`` metadata (e.g. ``bronze/images``),
+else its key. Partition columns live in the folder names, not in the files, so
+DuckDB (``hive_partitioning=true``), pandas and ``pyarrow.dataset`` read a whole
+layer without custom code; on load they are added back as columns.
+The base may be a folder, ``s3://...`` or ``abfs://...``: only configuration changes.
+"""
+
+
+import datetime as dt
+from typing import Any, Optional
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+LAKE_PATH = "lake/path"
+PART_FILE = "part-0"
+
+
+def _definition_metadata(context: dg.InputContext | dg.OutputContext) -> dict:
+    if isinstance(context, dg.InputContext) and context.upstream_output is not None:
+        return dict(context.upstream_output.definition_metadata or {})
+    return dict(context.definition_metadata or {})
+
+
+def _as_table(obj: Any) -> pa.Table:
+    if isinstance(obj, pa.Table):
+        return obj
+    import pandas as pd
+
+    if isinstance(obj, pd.DataFrame):
+        return pa.Table.from_pandas(obj, preserve_index=False)
+    raise TypeError(f"the lake IO manager stores pyarrow Tables or pandas DataFrames, not {type(obj).__name__}")
+
+
+def hive_values(parts: tuple[str, ...]) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in parts if "=" in part)
+
+
+def add_partition_columns(table: pa.Table, values: dict[str, str]) -> pa.Table:
+    for name, value in values.items():
+        if name in table.column_names:
+            continue
+        if name == "load_date":
+            arr = pa.array([dt.date.fromisoformat(value)] * table.num_rows, pa.date32())
+        else:
+            arr = pa.array([value] * table.num_rows, pa.string())
+        table = table.append_column(name, arr)
+    return table
+
+
+class HiveParquetIOManager(dg.UPathIOManager):
+    extension = ".parquet"
+
+    def __init__(self, base_path: UPath, write_options: Optional[dict] = None):
+        super().__init__(base_path=base_path)
+        self.write_options = write_options or {}
+
+    def get_asset_relative_path(self, context: dg.InputContext | dg.OutputContext) -> UPath:
+        lake_path = _definition_metadata(context).get(LAKE_PATH)
+        if lake_path:
+            return UPath(str(lake_path))
+        return UPath(*context.asset_key.path)
+
+    def get_path_for_partition(self, context, path: UPath, partition: str) -> UPath:
+        partitions_def = context.asset_partitions_def
+        if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+            names = sorted(d.name for d in partitions_def.partitions_defs)
+            values = partition.split("/")
+        else:
+            names, values = ["partition"], [partition]
+        for name, value in zip(names, values):
+            path = path / f"{name}={value}"
+        return path / PART_FILE
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        table = _as_table(obj)
+        table = table.drop_columns([c for c in self._hive_values(path) if c in table.column_names])
+        self.write_table(table, path)
+        context.add_output_metadata({"dagster/row_count": table.num_rows, "lake_uri": dg.MetadataValue.path(str(path))})
+
+    def write_table(self, table: pa.Table, path: UPath) -> None:
+        # Write beside the target and rename, so a reader never sees half a file (local);
+        # object stores publish an object only when its upload completes.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.protocol in ("", "file", "local"):
+            tmp = path.with_name(f".{path.name}.tmp")
+            with tmp.open("wb") as f:
+                pq.write_table(table, f, compression="zstd", **self.write_options)
+            tmp.rename(path)
+        else:
+            with path.open("wb") as f:
+                pq.write_table(table, f, compression="zstd", **self.write_options)
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pa.Table:
+        with path.open("rb") as f:
+            table = pq.read_table(f)
+        return add_partition_columns(table, self._hive_values(path))
+
+    def _hive_values(self, path: UPath) -> dict[str, str]:
+        """Partition values from the folders below the base path (never from the base itself)."""
+        return hive_values(path.parts[len(self._base_path.parts) :])
+
+
+class LakeIOManager(dg.ConfigurableIOManagerFactory):
+    """Parquet in the lake: a folder locally, ``s3://bucket/prefix`` or ``abfs://container@account...``."""
+
+    base_url: str
+    storage_options: dict[str, str] = {}
+
+    def create_io_manager(self, context) -> HiveParquetIOManager:
+        return HiveParquetIOManager(UPath(self.base_url, **self.storage_options))

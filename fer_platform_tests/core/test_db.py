@@ -1,0 +1,67 @@
+import psycopg
+import pytest
+
+from fer_platform.core import db
+
+
+def test_schema_is_idempotent_and_has_pgvector(pg_dsn):
+    db.ensure_schema(pg_dsn)
+    db.ensure_schema(pg_dsn)
+    with db.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname='vector'").fetchone()
+        cols = dict(conn.execute(
+            "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name='imagenes_fer'"
+        ).fetchall())  # fmt: skip
+        assert {"id", "filepath", "emotion", "vector", "image_id", "split", "load_date", "model"} <= cols.keys()
+        assert cols["vector"] == "vector"
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename='imagenes_fer'")}
+        assert "imagenes_fer_vector_hnsw" in indexes
+
+
+def test_unreachable_server_is_one_line_with_host_and_without_password():
+    dsn = "postgresql://fer:s3cr3t-pw@127.0.0.1:1/fer"
+    with pytest.raises(db.DatabaseUnavailable) as err:
+        db.connect(dsn)
+    msg = str(err.value)
+    assert "127.0.0.1:1/fer" in msg and "s3cr3t-pw" not in msg and "\n" not in msg
+
+
+def test_masked_and_described_dsns_hide_the_password():
+    dsn = "postgresql://fer:s3cr3t-pw@db.example.com:5432/fer"
+    assert "s3cr3t-pw" not in db.masked(dsn) and "***" in db.masked(dsn)
+    assert db.describe(dsn) == "db.example.com:5432/fer"
+
+
+def test_remote_hosts_default_to_sslmode_require(monkeypatch):
+    seen = {}
+
+    def fake_connect(conninfo, **kwargs):
+        seen["conninfo"] = conninfo
+        raise psycopg.OperationalError("stop here")
+
+    monkeypatch.setattr(db.psycopg, "connect", fake_connect)
+    with pytest.raises(db.DatabaseUnavailable):
+        db.connect("postgresql://u@db.example.com/x")
+    assert "sslmode=require" in seen["conninfo"]
+    with pytest.raises(db.DatabaseUnavailable):
+        db.connect("postgresql://u@db.example.com/x?sslmode=disable")
+    assert "sslmode=disable" in seen["conninfo"]
+    with pytest.raises(db.DatabaseUnavailable):
+        db.connect("postgresql://u@/x?host=/tmp/sock")
+    assert "sslmode" not in seen["conninfo"]
+
+
+def test_missing_extension_is_explained(pg_dsn, monkeypatch):
+    class FakeConn:
+        def transaction(self):
+            import contextlib
+
+            return contextlib.nullcontext()
+
+        def execute(self, *a):
+            raise psycopg.errors.FeatureNotSupported(
+                'extension "vector" is not allow-listed for "azure_pg_admin" users in Azure Database for PostgreSQL'
+            )
+
+    with pytest.raises(db.DatabaseUnavailable, match="not allow-listed .*azure.extensions"):
+        db.ensure_vector_extension(FakeConn(), "postgresql://u@srv.postgres.database.azure.com/x")

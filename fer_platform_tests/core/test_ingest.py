@@ -1,0 +1,173 @@
+"""Ingestion against a real PostgreSQL: statuses, quarantine, duplicates, re-runs, source cleanup."""
+
+import datetime as dt
+import os
+import threading
+
+import pytest
+
+from fer_platform.core import ingest as ingest_mod
+from fer_platform.core import ledger
+from fer_platform.core.db import connect
+from fer_platform.core.ingest import ingest, pending_files, select_files
+from fer_platform.core.storage import Storage
+from fer_platform_tests.helpers import encoded, face, put
+
+DAY = dt.date(2026, 11, 25)
+
+
+def _run(landing, lake, dsn, keys=None, on_success="keep", emotion=None, day=DAY):
+    ls, lk = Storage(str(landing)), Storage(str(lake))
+    entries = ls.stat_many(keys)[0] if keys is not None else pending_files(ls, dsn, emotion)[0]
+    return ingest(ls, lk, dsn, entries, day, "run-1", on_success)
+
+
+def _ledger(dsn):
+    with connect(dsn) as conn:
+        cur = conn.execute("SELECT path, status, reason, lake_path, sha256, emotion, split FROM load_log ORDER BY path")
+        return [dict(zip([d.name for d in cur.description], r)) for r in cur.fetchall()]
+
+
+def test_good_and_broken_files_of_one_batch(pg_dsn, landing, lake):
+    put(landing, "train/happy/a.png", face("happy", 1))
+    put(landing, "train/happy/b copy é.png", face("happy", 1))  # same bytes as a.png
+    put(landing, "test/happy/c.png", face("happy", 2))
+    put(landing, "train/happy/trunc.png", face("happy", 3)[:100])
+    put(landing, "train/happy/empty.png", b"")
+    put(landing, "train/happy/text.png", b"not an image at all")
+    put(landing, "train/happy/rgb.png", encoded("RGB"))
+    put(landing, "train/happy/big.png", encoded("L", (96, 96)))
+    put(landing, "train/happy/jpeg.png", encoded(fmt="JPEG"))
+
+    report = _run(landing, lake, pg_dsn, emotion="happy")
+
+    assert report.counts == {"loaded": 2, "duplicate": 1, "quarantined": 6}
+    rows = {r["path"]: r for r in _ledger(pg_dsn)}
+    assert len(rows) == 9
+    # the listing is sorted by key, so the first copy is the one loaded
+    assert rows["train/happy/a.png"]["status"] == "loaded"
+    assert rows["train/happy/b copy é.png"]["status"] == "duplicate"
+    assert rows["test/happy/c.png"]["lake_path"] == "raw/images/fer2013/test/happy/c.png"
+    assert (lake / "raw/images/fer2013/test/happy/c.png").read_bytes() == face("happy", 2)
+    for name, reason in [("trunc", "truncated"), ("empty", "empty file"), ("text", "not a PNG"),
+                         ("rgb", "mode RGB"), ("big", "wrong size 96x96"), ("jpeg", "JPEG content")]:  # fmt: skip
+        row = rows[f"train/happy/{name}.png"]
+        assert row["status"] == "quarantined" and reason in row["reason"]
+        assert row["lake_path"] == f"quarantine/{DAY}/train/happy/{name}.png"
+        assert (lake / row["lake_path"]).read_bytes() == (landing / f"train/happy/{name}.png").read_bytes()
+    # nothing but loaded files under raw/
+    assert sorted(p.name for p in (lake / "raw").rglob("*.png")) == ["a.png", "c.png"]
+
+
+def test_rerun_loads_nothing_twice(pg_dsn, landing, lake):
+    for i in range(3):
+        put(landing, f"train/sad/{i}.png", face("sad", i))
+    first = _run(landing, lake, pg_dsn, emotion="sad")
+    assert first.counts["loaded"] == 3
+    assert _run(landing, lake, pg_dsn, emotion="sad").outcomes == []  # pending filter
+    again = _run(landing, lake, pg_dsn, keys=[f"train/sad/{i}.png" for i in range(3)])  # explicit list
+    assert again.outcomes == [] and len(again.already_logged) == 3
+    assert len(_ledger(pg_dsn)) == 3
+
+
+def test_same_content_elsewhere_or_touched_is_a_duplicate(pg_dsn, landing, lake):
+    p = put(landing, "train/fear/a.png", face("fear", 5))
+    _run(landing, lake, pg_dsn, emotion="fear")
+    put(landing, "test/fear/again.png", face("fear", 5))
+    os.utime(p, (p.stat().st_atime + 10, p.stat().st_mtime + 10))  # same bytes, new version
+    report = _run(landing, lake, pg_dsn, emotion="fear")
+    assert report.counts == {"duplicate": 2}
+    assert all("same content as raw/images/fer2013/train/fear/a.png" in o.reason for o in report.outcomes)
+
+
+def test_overwritten_file_is_a_new_version_kept_beside_the_old(pg_dsn, landing, lake):
+    p = put(landing, "train/angry/a.png", face("angry", 1))
+    _run(landing, lake, pg_dsn, emotion="angry")
+    p.write_bytes(face("angry", 2))
+    os.utime(p, (p.stat().st_atime + 5, p.stat().st_mtime + 5))
+    report = _run(landing, lake, pg_dsn, emotion="angry")
+    assert report.counts == {"loaded": 1}
+    new_path = report.outcomes[0].lake_path
+    assert new_path.startswith("raw/images/fer2013/train/angry/a.") and new_path != "raw/images/fer2013/train/angry/a.png"
+    assert (lake / "raw/images/fer2013/train/angry/a.png").read_bytes() == face("angry", 1)
+    assert (lake / new_path).read_bytes() == face("angry", 2)
+
+
+@pytest.mark.parametrize("on_success", ["delete", "archive"])
+def test_sources_are_removed_only_after_the_commit(pg_dsn, landing, lake, on_success):
+    put(landing, "train/happy/a.png", face("happy", 1))
+    put(landing, "train/happy/bad.png", b"junk")
+    report = _run(landing, lake, pg_dsn, emotion="happy", on_success=on_success)
+    assert report.counts == {"loaded": 1, "quarantined": 1}
+    assert not (landing / "train/happy/a.png").exists() and not (landing / "train/happy/bad.png").exists()
+    archived = sorted(str(p.relative_to(landing)) for p in landing.rglob("*.png"))
+    if on_success == "archive":
+        assert archived == [f"_archive/{DAY}/train/happy/a.png", f"_archive/{DAY}/train/happy/bad.png"]
+        assert pending_files(Storage(str(landing)), pg_dsn)[0] == []  # the archive is never re-listed
+    else:
+        assert archived == []
+
+
+def test_failed_commit_keeps_sources_and_logs_nothing(pg_dsn, landing, lake, monkeypatch):
+    put(landing, "train/happy/a.png", face("happy", 1))
+
+    def broken_insert(conn, rows):
+        raise RuntimeError("database went away mid-load")
+
+    monkeypatch.setattr(ingest_mod.ledger, "insert", broken_insert)
+    with pytest.raises(RuntimeError):
+        _run(landing, lake, pg_dsn, emotion="happy", on_success="delete")
+    assert (landing / "train/happy/a.png").exists()
+    assert _ledger(pg_dsn) == []
+    monkeypatch.undo()
+    assert _run(landing, lake, pg_dsn, emotion="happy", on_success="delete").counts == {"loaded": 1}
+    assert not (landing / "train/happy/a.png").exists()
+
+
+def test_concurrent_runs_log_each_file_once(pg_dsn, landing, lake):
+    keys = [put(landing, f"train/neutral/{i}.png", face("neutral", i)) and f"train/neutral/{i}.png" for i in range(40)]
+    put(landing, "test/neutral/dup.png", face("neutral", 0))
+    keys.append("test/neutral/dup.png")
+    errors = []
+
+    def worker():
+        try:
+            _run(landing, lake, pg_dsn, keys=keys)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    rows = _ledger(pg_dsn)
+    assert len(rows) == 41
+    assert sum(r["status"] == "loaded" for r in rows) == 40
+    assert sum(r["status"] == "duplicate" for r in rows) == 1
+
+
+def test_select_files_takes_new_files_only_for_today(pg_dsn, landing):
+    put(landing, "train/sad/a.png", face("sad", 1))
+    put(landing, "train/happy/b.png", face("happy", 1))
+    put(landing, "notes.txt", b"x")
+    ls = Storage(str(landing))
+    today = DAY
+    files, missing, ignored = select_files(ls, pg_dsn, "sad", today, today)
+    assert [f.key for f in files] == ["train/sad/a.png"] and ignored == [("notes.txt", "stray file at the landing root")]
+    assert select_files(ls, pg_dsn, "sad", today - dt.timedelta(days=1), today) == ([], [], [])
+    files, missing, _ = select_files(ls, pg_dsn, "sad", today, today, ["train/sad/a.png", "train/sad/gone.png"])
+    assert [f.key for f in files] == ["train/sad/a.png"] and missing == ["train/sad/gone.png"]
+    with pytest.raises(ValueError, match="another emotion"):
+        select_files(ls, pg_dsn, "sad", today, today, ["train/happy/b.png"])
+
+
+def test_unroutable_and_misplaced_files_are_quarantined_with_the_layout_reason(pg_dsn, landing, lake):
+    put(landing, "train/contempt/a.png", face("happy", 1))
+    put(landing, "validation/happy/b.png", face("happy", 2))
+    report = _run(landing, lake, pg_dsn, keys=["train/contempt/a.png", "validation/happy/b.png"])
+    reasons = {o.key: o.reason for o in report.outcomes}
+    assert report.counts == {"quarantined": 2}
+    assert "unknown emotion folder 'contempt'" in reasons["train/contempt/a.png"]
+    assert "unknown split folder 'validation'" in reasons["validation/happy/b.png"]
+    with connect(pg_dsn) as conn:
+        assert ledger.status_counts(conn) == {"quarantined": 2}
