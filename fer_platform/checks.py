@@ -7,10 +7,13 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.bronze import bronze_images
-from fer_platform.core import ledger
+from fer_platform.assets.embeddings import image_embeddings
+from fer_platform.assets.silver import silver_embeddings
+from fer_platform.core import ledger, vectors
 from fer_platform.core.checks import bronze_problems
+from fer_platform.core.silver import silver_problems
 from fer_platform.partitions import image_partitions, partition_of
-from fer_platform.resources import PostgresResource
+from fer_platform.resources import EmbedderResource, PostgresResource
 
 
 # Partitioned asset checks are a Dagster preview feature; they are what lets a check
@@ -39,4 +42,58 @@ def bronze_images_valid(
     )
 
 
-ALL_CHECKS = [bronze_images_valid]
+@dg.asset_check(
+    asset=image_embeddings,
+    partitions_def=image_partitions,
+    blocking=True,
+    additional_ins={"bronze_images": dg.AssetIn()},
+    description="Every bronze image of the partition has exactly one vector for the current model, "
+    "no other rows exist, every vector has 512 dims and no NaN/inf.",
+)
+def image_embeddings_complete(
+    context: dg.AssetCheckExecutionContext,
+    bronze_images: pa.Table,
+    postgres: PostgresResource,
+    embedder: EmbedderResource,
+) -> dg.AssetCheckResult:
+    emotion, load_date = partition_of(context)
+    with postgres.connect() as conn:
+        facts = vectors.partition_check(conn, emotion, load_date, embedder.model_id(), bronze_images["image_id"].to_pylist())
+    problems = [f"{len(facts[k])} {k.replace('_', ' ')} image(s), e.g. {facts[k][0][:12]}"
+                for k in ("missing", "extra", "duplicated", "wrong_dims") if facts[k]]  # fmt: skip
+    if facts["nonfinite"]:
+        problems.append(f"{facts['nonfinite']} vector(s) with NaN/inf")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or None,
+        metadata={"vectors": facts["rows"], "bronze_images": bronze_images.num_rows},
+    )
+
+
+@dg.asset_check(
+    asset=silver_embeddings,
+    partitions_def=image_partitions,
+    blocking=True,
+    description="Row-count parity with PostgreSQL for the partition and model (the classic migration's "
+    "'verify the row count' step), plus dims, finiteness, norm 1 and unique image ids.",
+)
+def silver_matches_postgres(
+    context: dg.AssetCheckExecutionContext,
+    silver_embeddings: pa.Table,
+    postgres: PostgresResource,
+    embedder: EmbedderResource,
+) -> dg.AssetCheckResult:
+    emotion, load_date = partition_of(context)
+    with postgres.connect() as conn:
+        in_postgres = vectors.count_partition(conn, emotion, load_date, embedder.model_id())
+    problems = silver_problems(silver_embeddings)
+    if silver_embeddings.num_rows != in_postgres:
+        problems.append(f"silver has {silver_embeddings.num_rows} rows, PostgreSQL {in_postgres}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or None,
+        metadata={"silver_rows": silver_embeddings.num_rows, "postgres_rows": in_postgres},
+    )
+
+
+ALL_CHECKS = [bronze_images_valid, image_embeddings_complete, silver_matches_postgres]

@@ -4,12 +4,14 @@
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images
+from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.raw import raw_images
+from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.jobs import ingest_job, landing_triage
 from fer_platform.checks import ALL_CHECKS
 from fer_platform.resources.environments import resources_for
 
-ASSETS = [raw_images, bronze_images]
+ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings]
 JOBS = [ingest_job, landing_triage]
 
 

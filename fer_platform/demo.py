@@ -80,6 +80,8 @@ def run_demo(
                          "success": result.success, "files": len(todo.unroutable)})  # fmt: skip
 
     summary = summarise(storage, listing, dsn)
+    model = defs.resources["embedder"].model_id() if "embedder" in (defs.resources or {}) else None
+    summary.update(layer_counts(defs.resources["lake"].storage(), dsn, model))
     summary.update(
         home=str(home.root),
         landing=landing_url,
@@ -119,6 +121,16 @@ def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
     }
 
 
+def layer_counts(lake: Storage, dsn: str, model: Optional[str]) -> dict[str, Any]:
+    """Rows of the current model in PostgreSQL and in the silver layer."""
+    from fer_platform.core.silver import count_silver_rows
+    from fer_platform.core.vectors import count_model
+
+    with db.connect(dsn) as conn:
+        postgres_rows = count_model(conn, model) if model else 0
+    return {"model": model, "postgres_rows": postgres_rows, "silver_rows": count_silver_rows(lake, model)}
+
+
 def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     w = out.write
     w(f"fer-platform demo  (home {summary['home']})\n")
@@ -133,7 +145,7 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     for q in summary["quarantined"]:
         w(f"    - {q['path']}: {q['reason']}\n")
     w(f"  ignored        {summary['ignored']}\n")
-    for key in ("postgres_rows", "silver_rows", "index_size"):
+    for key in ("model", "postgres_rows", "silver_rows", "index_size"):
         if key in summary:
             w(f"  {key:<14} {summary[key]}\n")
     runs = summary["runs"]

@@ -20,6 +20,8 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # Tests never reach beyond 127.0.0.1, and never pick up a developer's settings.
 for var in ("FER_PG_DSN", "FER_HOME", "FER_LANDING", "FER_LAKE_URL", "FER_ENV", "DAGSTER_HOME"):
     os.environ.pop(var, None)
+# No ImageNet download attempts: deterministic random weights (also for subprocesses).
+os.environ["FER_EMBED_WEIGHTS"] = "random"
 
 _db_names = itertools.count()
 
@@ -67,11 +69,14 @@ def lake(tmp_path):
 def resources(pg_dsn, lake, landing):
     """The local resources, pointed at the test's database, lake and landing zone."""
     from fer_platform.io_managers.parquet import LakeIOManager
-    from fer_platform.resources import LakeResource, LandingResource, PostgresResource
+    from fer_platform.resources import EmbedderResource, LakeResource, LandingResource, PostgresResource
+    from fer_platform.resources.environments import vector_resources
 
+    postgres = PostgresResource(dsn=pg_dsn)
     return {
         "lake": LakeResource(url=str(lake)),
         "landing": LandingResource(url=str(landing)),
         "lake_io_manager": LakeIOManager(base_url=str(lake)),
-        "postgres": PostgresResource(dsn=pg_dsn),
+        "postgres": postgres,
+        **vector_resources(postgres, EmbedderResource(weights="random", batch_size=16)),
     }

@@ -42,9 +42,12 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     assert "unknown emotion folder 'contempt'" in reasons["train/contempt/x.png"]
     assert "JPEG content with a .png extension" in reasons["train/surprise/photo.png"]
     assert first["ignored"] == 2 and all(r["success"] for r in first["runs"])
+    assert first["model"] == "resnet18-random-s0-fidelity"  # offline: FER_EMBED_WEIGHTS=random
+    assert first["postgres_rows"] == first["silver_rows"] == first["loaded"]
 
     second = _demo(home, landing)
-    for key in ("files_seen", "loaded", "duplicates", "quarantined", "ignored", "load_log_totals"):
+    for key in ("files_seen", "loaded", "duplicates", "quarantined", "ignored", "load_log_totals",
+                "postgres_rows", "silver_rows"):
         assert second[key] == first[key], key
     assert second["new_files"] == 0 and second["runs"] == []
 

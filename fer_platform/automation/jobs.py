@@ -4,18 +4,24 @@
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images
+from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.raw import raw_images
+from fer_platform.assets.silver import silver_embeddings
 from fer_platform.core.ingest import ingest
 from fer_platform.partitions import image_partitions, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
 
-INGEST_ASSETS = [raw_images, bronze_images]
+INGEST_ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings]
 
+# One process per run, steps in that process: the chain is sequential anyway, and the
+# embedding step then pays for importing torch once per run, not once per step.
 ingest_job = dg.define_asset_job(
     "ingest_images",
     selection=dg.AssetSelection.assets(*INGEST_ASSETS),
     partitions_def=image_partitions,
-    description="One partition (emotion x load date) from the landing zone through every layer.",
+    executor_def=dg.in_process_executor,
+    description="One partition (emotion x load date) from the landing zone to searchable vectors: "
+    "raw -> bronze -> embeddings (pgvector) -> silver.",
 )
 
 

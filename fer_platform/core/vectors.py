@@ -1,0 +1,200 @@
+"""Vectors in PostgreSQL + pgvector: partition replacement by binary COPY, and reads as Arrow.
+
+A partition's rows for a model are made equal to the partition's images in one
+transaction, under an advisory lock on (partition, model): rows of images that
+left the partition are deleted, images that already have a vector keep their row
+(and id), new images are embedded while their rows stream into ``COPY ... FROM
+STDIN (FORMAT BINARY)``, so the model and PostgreSQL's HNSW maintenance overlap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from pgvector.psycopg import register_vector
+
+from fer_platform.core.db import EMBEDDING_DIM, VECTORS_TABLE
+
+VECTOR_TYPE = pa.list_(pa.float32(), EMBEDDING_DIM)
+_COPY_COLUMNS = ("filepath", "emotion", "vector", "image_id", "split", "load_date", "model")
+_COPY_TYPES = ("text", "text", "vector", "text", "text", "date", "text")
+
+
+def partition_lock_key(emotion: str, load_date: dt.date, model: str) -> int:
+    digest = hashlib.sha256(f"{VECTORS_TABLE}|{emotion}|{load_date}|{model}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass
+class EmbeddingPlan:
+    """What a partition's vectors must be: one row per image; ``embed`` makes the missing vectors."""
+
+    emotion: str
+    load_date: dt.date
+    model: str
+    image_ids: list[str]
+    filepaths: list[str]
+    splits: list[str | None]
+    pngs: list[bytes]
+    embed: Callable[[Sequence[bytes]], Iterator[np.ndarray]]
+    force: bool = False
+    stats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+class NonFiniteVectors(ValueError):
+    pass
+
+
+def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """Make the (partition, model) rows equal to ``plan`` in one transaction; returns counts."""
+    register_vector(conn)
+    started = time.monotonic()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (partition_lock_key(plan.emotion, plan.load_date, plan.model),))
+        existing = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT image_id FROM {VECTORS_TABLE} WHERE model = %s AND image_id = ANY(%s)",
+                (plan.model, plan.image_ids),
+            )
+        }
+        removed = conn.execute(
+            f"""DELETE FROM {VECTORS_TABLE}
+                WHERE emotion = %s AND load_date = %s AND model = %s AND NOT (image_id = ANY(%s))""",
+            (plan.emotion, plan.load_date, plan.model, plan.image_ids),
+        ).rowcount
+        seen: set[str] = set()
+        todo = []
+        for i, image_id in enumerate(plan.image_ids):
+            if image_id in seen or (image_id in existing and not plan.force):
+                continue
+            seen.add(image_id)
+            todo.append(i)
+        target = VECTORS_TABLE
+        if plan.force and existing:
+            conn.execute(f"CREATE TEMP TABLE fer_staging (LIKE {VECTORS_TABLE} INCLUDING DEFAULTS) ON COMMIT DROP")
+            target = "fer_staging"
+        written = 0
+        with conn.cursor().copy(f"COPY {target} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(_COPY_TYPES))
+            batches = plan.embed([plan.pngs[i] for i in todo]) if todo else iter(())
+            for vectors in batches:
+                if not np.isfinite(vectors).all():
+                    raise NonFiniteVectors(f"the model produced non-finite values for partition {plan.emotion}|{plan.load_date}")
+                for vec in vectors:
+                    i = todo[written]
+                    copy.write_row((plan.filepaths[i], plan.emotion, vec, plan.image_ids[i], plan.splits[i],
+                                    plan.load_date, plan.model))  # fmt: skip
+                    written += 1
+                if on_batch:
+                    on_batch(written, len(todo))
+        if written != len(todo):
+            raise RuntimeError(f"embedder returned {written} vectors for {len(todo)} images")
+        if target != VECTORS_TABLE:
+            conn.execute(
+                f"""INSERT INTO {VECTORS_TABLE} ({', '.join(_COPY_COLUMNS)})
+                    SELECT {', '.join(_COPY_COLUMNS)} FROM fer_staging
+                    ON CONFLICT (image_id, model) DO UPDATE SET
+                      filepath = EXCLUDED.filepath, emotion = EXCLUDED.emotion, vector = EXCLUDED.vector,
+                      split = EXCLUDED.split, load_date = EXCLUDED.load_date, created_at = now()"""
+            )
+    rows = len(set(plan.image_ids))
+    stats = {
+        "rows": rows,
+        "embedded": written,
+        "reused": rows - written,
+        "removed": removed,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    plan.stats.update(stats)
+    return stats
+
+
+def read_partition(conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str) -> pa.Table:
+    """The partition's rows for ``model`` as Arrow; ``vector`` is fixed_size_list<float32, 512>."""
+    register_vector(conn)
+    rows = conn.execute(
+        f"""SELECT id, image_id, filepath, split, model, created_at, vector FROM {VECTORS_TABLE}
+            WHERE emotion = %s AND load_date = %s AND model = %s ORDER BY id""",
+        (emotion, load_date, model),
+    ).fetchall()
+    vectors = np.stack([as_numpy(r[6]) for r in rows]) if rows else np.empty((0, EMBEDDING_DIM), np.float32)
+    return pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.int64()),
+            "image_id": pa.array([r[1] for r in rows], pa.string()),
+            "filepath": pa.array([r[2] for r in rows], pa.string()),
+            "split": pa.array([r[3] for r in rows], pa.string()),
+            "model": pa.array([r[4] for r in rows], pa.string()),
+            "created_at": pa.array([r[5] for r in rows], pa.timestamp("us", tz="UTC")),
+            "vector": vectors_to_arrow(vectors),
+            "emotion": pa.array([emotion] * len(rows), pa.string()),
+            "load_date": pa.array([load_date] * len(rows), pa.date32()),
+        }
+    )
+
+
+def as_numpy(value) -> np.ndarray:
+    """A pgvector value as float32 numpy (the driver returns Vector objects or arrays by version)."""
+    value = value.to_numpy() if hasattr(value, "to_numpy") else value
+    return np.asarray(value, dtype=np.float32)
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1] if vectors.ndim == 2 else EMBEDDING_DIM)
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return np.empty((0, EMBEDDING_DIM), np.float32)
+    width = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), width).astype(np.float32, copy=False)
+
+
+def partition_check(conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str, image_ids: Sequence[str]) -> dict:
+    """Facts for the embeddings check: missing/extra/duplicated ids, wrong dims, non-finite values."""
+    rows = conn.execute(
+        f"""SELECT image_id, count(*), min(vector_dims(vector)), max(vector_dims(vector))
+            FROM {VECTORS_TABLE} WHERE emotion = %s AND load_date = %s AND model = %s GROUP BY image_id""",
+        (emotion, load_date, model),
+    ).fetchall()
+    have = {r[0]: r for r in rows}
+    want = set(image_ids)
+    register_vector(conn)
+    nonfinite = 0
+    for (vec,) in conn.execute(
+        f"SELECT vector FROM {VECTORS_TABLE} WHERE emotion = %s AND load_date = %s AND model = %s",
+        (emotion, load_date, model),
+    ):
+        nonfinite += int(not np.isfinite(as_numpy(vec)).all())
+    return {
+        "missing": sorted(want - have.keys()),
+        "extra": sorted(have.keys() - want),
+        "duplicated": sorted(k for k, r in have.items() if r[1] > 1),
+        "wrong_dims": sorted(k for k, r in have.items() if r[2] != EMBEDDING_DIM or r[3] != EMBEDDING_DIM),
+        "nonfinite": nonfinite,
+        "rows": sum(r[1] for r in rows),
+    }
+
+
+def count_partition(conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str) -> int:
+    return conn.execute(
+        f"SELECT count(*) FROM {VECTORS_TABLE} WHERE emotion = %s AND load_date = %s AND model = %s",
+        (emotion, load_date, model),
+    ).fetchone()[0]
+
+
+def count_model(conn: psycopg.Connection, model: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM {VECTORS_TABLE} WHERE model = %s", (model,)).fetchone()[0]

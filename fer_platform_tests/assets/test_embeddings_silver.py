@@ -1,0 +1,140 @@
+"""raw -> bronze -> image_embeddings -> silver_embeddings through dg.materialize, real PostgreSQL."""
+
+import datetime as dt
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from fer_platform.automation.jobs import INGEST_ASSETS
+from fer_platform.checks import ALL_CHECKS
+from fer_platform.core.db import connect
+from fer_platform.core.vectors import arrow_to_vectors
+from fer_platform.partitions import partition_key, utc_today
+from fer_platform_tests.helpers import face, put
+
+MODEL = "resnet18-random-s0-fidelity"
+
+
+def _run(resources, emotion, force=False):
+    run_config = {"ops": {"image_embeddings": {"config": {"force": True}}}} if force else None
+    result = dg.materialize(
+        [*INGEST_ASSETS, *ALL_CHECKS], partition_key=partition_key(emotion, utc_today()),
+        resources=resources, run_config=run_config,
+    )  # fmt: skip
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations()), result.get_asset_check_evaluations()
+    return result
+
+
+def _pg(dsn):
+    with connect(dsn) as conn:
+        return conn.execute(
+            "SELECT image_id, id, emotion, split, filepath, model FROM imagenes_fer ORDER BY image_id"
+        ).fetchall()
+
+
+@pytest.fixture
+def two_partitions(landing):
+    for i in range(4):
+        put(landing, f"train/happy/h{i}.png", face("happy", i))
+    put(landing, "test/happy/h_test.png", face("happy", 10))
+    for i in range(3):
+        put(landing, f"train/sad/s{i}.png", face("sad", i))
+    return landing
+
+
+def test_two_partitions_then_a_rerun_changes_nothing(resources, two_partitions, pg_dsn, lake):
+    first = _run(resources, "happy")
+    _run(resources, "sad")
+    rows = _pg(pg_dsn)
+    assert len(rows) == 8 and {r[5] for r in rows} == {MODEL}
+    assert {r[2] for r in rows} == {"happy", "sad"}
+    assert all(r[4].startswith(str(lake)) and "/raw/images/fer2013/" in r[4] for r in rows)
+    meta = first.asset_materializations_for_node("image_embeddings")[0].metadata
+    assert meta["embedded"].value == 5 and meta["model"].value == MODEL
+
+    again = _run(resources, "happy")
+    assert _pg(pg_dsn) == rows, "no duplicates, unchanged ids"
+    meta = again.asset_materializations_for_node("image_embeddings")[0].metadata
+    assert meta["embedded"].value == 0 and meta["reused"].value == 5
+
+    forced = _run(resources, "happy", force=True)
+    assert forced.asset_materializations_for_node("image_embeddings")[0].metadata["embedded"].value == 5
+    assert [r[:2] for r in _pg(pg_dsn)] == [r[:2] for r in rows]
+
+
+def test_new_file_adds_one_vector(resources, two_partitions, pg_dsn):
+    _run(resources, "sad")
+    before = dict((r[0], r[1]) for r in _pg(pg_dsn))
+    put(two_partitions, "train/sad/s_new.png", face("sad", 99))
+    result = _run(resources, "sad")
+    assert result.asset_materializations_for_node("image_embeddings")[0].metadata["embedded"].value == 1
+    after = dict((r[0], r[1]) for r in _pg(pg_dsn))
+    assert len(after) == 4 and all(after[k] == v for k, v in before.items())
+
+
+def test_silver_is_readable_by_standard_readers(resources, two_partitions, lake):
+    _run(resources, "happy")
+    _run(resources, "sad")
+    today = utc_today()
+    silver = lake / "silver/embeddings"
+    assert (silver / f"emotion=happy/load_date={today}/part-0.parquet").exists()
+
+    con = duckdb.connect()
+    got = con.sql(
+        f"SELECT emotion, load_date, split, count(*) AS n, min(len(vector)) AS dims, "
+        f"max(abs(list_dot_product(vector, vector) - 1)) AS off "
+        f"FROM read_parquet('{silver}/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert [(g[0], g[1], g[2], g[3], g[4]) for g in got] == [
+        ("happy", today, "test", 1, 512), ("happy", today, "train", 4, 512), ("sad", today, "train", 3, 512)
+    ]  # fmt: skip
+    assert max(g[5] for g in got) < 1e-5
+
+    frame = pd.read_parquet(silver)
+    assert len(frame) == 8 and set(frame["emotion"].astype(str)) == {"happy", "sad"}
+    assert frame["filepath"].str.startswith("raw/images/fer2013/").all()
+    table = ds.dataset(silver, partitioning="hive").to_table()
+    assert str(table.schema.field("vector").type) == "fixed_size_list<element: float>[512]"
+    v = arrow_to_vectors(table["vector"])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_checks_fail_when_postgres_and_silver_disagree(resources, two_partitions, pg_dsn):
+    _run(resources, "happy")
+    with connect(pg_dsn) as conn:
+        conn.execute("DELETE FROM imagenes_fer WHERE id = (SELECT min(id) FROM imagenes_fer)")
+    from fer_platform.checks import image_embeddings_complete
+
+    result = dg.materialize(
+        [*INGEST_ASSETS, *ALL_CHECKS], partition_key=partition_key("happy", utc_today()), resources=resources,
+        # a check-only selection has no partitioned asset to take the partition from: add bronze
+        selection=dg.AssetSelection.checks(image_embeddings_complete) | dg.AssetSelection.assets("bronze_images"),
+        raise_on_error=False,
+    )  # fmt: skip
+    evals = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert evals["bronze_images_valid"].passed
+    assert not evals["image_embeddings_complete"].passed
+    assert "1 missing image(s)" in evals["image_embeddings_complete"].description
+
+
+def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn):
+    _run(resources, "sad")
+    from fer_platform.checks import silver_matches_postgres
+
+    with connect(pg_dsn) as conn:  # a vector Postgres has but silver never saw
+        conn.execute(
+            "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
+            "SELECT filepath, emotion, vector, 'extra', split, load_date, model FROM imagenes_fer LIMIT 1"
+        )
+    result = dg.materialize(
+        [*INGEST_ASSETS, *ALL_CHECKS], partition_key=partition_key("sad", utc_today()), resources=resources,
+        selection=dg.AssetSelection.checks(silver_matches_postgres) | dg.AssetSelection.assets("bronze_images"),
+        raise_on_error=False,
+    )  # fmt: skip
+    ev = {c.check_name: c for c in result.get_asset_check_evaluations()}["silver_matches_postgres"]
+    assert not ev.passed and "silver has 3 rows, PostgreSQL 4" in ev.description

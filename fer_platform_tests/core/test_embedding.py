@@ -1,0 +1,111 @@
+"""The embedding model: classic preprocessing, batched == single, weights and model ids."""
+
+import io
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from fer_platform.core import embedding
+from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, model_id, preprocess, resolve_weights
+from fer_platform_tests.helpers import face
+
+PNGS = [face(e, i) for i in range(5) for e in ("happy", "sad", "angry")]
+
+
+def _cos(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_fidelity_preprocessing_is_the_classic_torchvision_pipeline():
+    classic = T.Compose([
+        T.Grayscale(3), T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])  # fmt: skip
+    expected = torch.stack([classic(Image.open(io.BytesIO(p))) for p in PNGS]).numpy()
+    got = preprocess(PNGS, EmbedderSpec(weights="random"))
+    assert got.shape == (len(PNGS), 3, 224, 224)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_fast_profile_uses_a_smaller_input():
+    assert preprocess(PNGS[:2], EmbedderSpec(weights="random", profile="fast")).shape == (2, 3, 112, 112)
+
+
+def test_batched_equals_one_at_a_time():
+    e = Embedder.get(EmbedderSpec(weights="random", batch_size=8))
+    batched = e.embed(PNGS)
+    single = np.concatenate([e.forward(preprocess([p], e.spec)) for p in PNGS])
+    assert batched.shape == (len(PNGS), 512) and batched.dtype == np.float32
+    assert _cos(batched, single).min() >= 0.9999
+
+
+def test_random_weights_are_deterministic_and_seeded():
+    spec = EmbedderSpec(weights="random", seed=3)
+    a = Embedder(spec, resolve_weights(spec)).embed(PNGS[:4])
+    b = Embedder(spec, resolve_weights(spec)).embed(PNGS[:4])
+    np.testing.assert_array_equal(a, b)
+    other = EmbedderSpec(weights="random", seed=4)
+    c = Embedder(other, resolve_weights(other)).embed(PNGS[:4])
+    assert _cos(a, c).max() < 0.9999
+
+
+def test_state_dict_file_weights(tmp_path):
+    spec = EmbedderSpec(weights="random", seed=5)
+    ref = Embedder(spec, resolve_weights(spec))
+    path = tmp_path / "w.pt"
+    torch.save(ref.model.state_dict(), path)
+    from_file = EmbedderSpec(weights=str(path))
+    e = Embedder.get(from_file)
+    assert e.model_id.startswith("resnet18-file-") and e.model_id.endswith("-fidelity")
+    assert _cos(e.embed(PNGS[:3]), ref.embed(PNGS[:3])).min() > 0.99999
+
+
+def test_model_ids():
+    assert model_id(EmbedderSpec(weights="random")) == "resnet18-random-s0-fidelity"
+    assert model_id(EmbedderSpec(weights="random", seed=2, profile="fast")) == "resnet18-random-s2-fast112"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty torch cache and a download that fails as it does without internet."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(target, timeout=30.0):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(embedding, "_download_imagenet", no_network)
+    monkeypatch.setattr(embedding, "_resolved", {})
+
+
+def test_imagenet_offline_fails_with_one_line_saying_what_to_do(offline):
+    with pytest.raises(WeightsUnavailable) as err:
+        resolve_weights(EmbedderSpec(weights="imagenet"))
+    msg = str(err.value)
+    assert "\n" not in msg and "resnet18-f37072fd.pth" in msg and "pre-place" in msg and "'random'" in msg
+
+
+def test_auto_falls_back_to_random_offline_and_says_so(offline):
+    w = resolve_weights(EmbedderSpec(weights="auto"))
+    assert w.kind == "random" and "not available" in w.note
+    assert model_id(EmbedderSpec(weights="auto")) == "resnet18-random-s0-fidelity"
+
+
+def test_imagenet_cached_file_is_used(offline, tmp_path):
+    spec = EmbedderSpec(weights="random", seed=9)
+    ckpt = embedding.torch_hub_checkpoints() / embedding.IMAGENET_FILE
+    ckpt.parent.mkdir(parents=True)
+    torch.save(Embedder(spec, resolve_weights(spec)).model.state_dict(), ckpt)
+    w = resolve_weights(EmbedderSpec(weights="imagenet"))
+    assert (w.kind, w.path) == ("imagenet", ckpt)
+    assert model_id(EmbedderSpec(weights="imagenet")) == "resnet18-imagenet1k_v1-fidelity"
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(embedding.ConfigError, match="profile"):
+        EmbedderSpec(profile="turbo")
+    with pytest.raises(WeightsUnavailable, match="not 'auto'"):
+        resolve_weights(EmbedderSpec(weights="/nope/w.pt"))

@@ -1,0 +1,135 @@
+"""Partition replacement in PostgreSQL + pgvector with binary COPY."""
+
+import datetime as dt
+import threading
+
+import numpy as np
+import pytest
+
+from fer_platform.core.db import connect
+from fer_platform.core.vectors import (
+    EmbeddingPlan, NonFiniteVectors, arrow_to_vectors, count_partition, partition_check, read_partition,
+    write_partition,
+)  # fmt: skip
+
+DAY = dt.date(2026, 11, 20)
+
+
+class FakeModel:
+    """Deterministic vectors from the image bytes; counts what it was asked to embed."""
+
+    def __init__(self, batch=4, fail_after=None, nan_after=None):
+        self.calls, self.batch, self.fail_after, self.nan_after = 0, batch, fail_after, nan_after
+
+    def __call__(self, pngs):
+        for start in range(0, len(pngs), self.batch):
+            chunk = pngs[start : start + self.batch]
+            if self.fail_after is not None and start >= self.fail_after:
+                raise RuntimeError("model crashed mid-partition")
+            out = np.stack([np.random.default_rng(list(p)).standard_normal(512).astype(np.float32) for p in chunk])
+            if self.nan_after is not None and start >= self.nan_after:
+                out[0, 0] = np.nan
+            self.calls += len(chunk)
+            yield out
+
+
+def _plan(n, model, emotion="happy", force=False, offset=0):
+    ids = [f"img{i:03d}" for i in range(offset, offset + n)]
+    return EmbeddingPlan(
+        emotion=emotion, load_date=DAY, model="m1", image_ids=ids, filepaths=[f"/lake/raw/images/fer2013/train/{emotion}/{i}.png" for i in ids],
+        splits=["train"] * n, pngs=[i.encode() for i in ids], embed=model, force=force,
+    )  # fmt: skip
+
+
+def _rows(dsn):
+    with connect(dsn) as conn:
+        return {r[0]: r[1] for r in conn.execute("SELECT image_id, id FROM imagenes_fer WHERE model='m1'")}
+
+
+def test_write_read_round_trip(pg_dsn):
+    model = FakeModel()
+    with connect(pg_dsn) as conn:
+        stats = write_partition(conn, _plan(10, model))
+        table = read_partition(conn, "happy", DAY, "m1")
+    assert stats["embedded"] == 10 and stats["rows"] == 10 and model.calls == 10
+    assert table.num_rows == 10 and table.schema.field("vector").type.list_size == 512
+    vecs = arrow_to_vectors(table["vector"])
+    expected = np.random.default_rng(list(b"img003")).standard_normal(512).astype(np.float32)
+    i = table["image_id"].to_pylist().index("img003")
+    np.testing.assert_allclose(vecs[i], expected, rtol=1e-6)
+
+
+def test_rerun_reuses_vectors_and_keeps_ids(pg_dsn):
+    with connect(pg_dsn) as conn:
+        write_partition(conn, _plan(8, FakeModel()))
+    before = _rows(pg_dsn)
+    again = FakeModel()
+    with connect(pg_dsn) as conn:
+        stats = write_partition(conn, _plan(8, again))
+    assert again.calls == 0 and stats["reused"] == 8 and _rows(pg_dsn) == before
+
+
+def test_partition_shrinks_and_grows_exactly(pg_dsn):
+    with connect(pg_dsn) as conn:
+        write_partition(conn, _plan(6, FakeModel()))
+        before = _rows(pg_dsn)
+        model = FakeModel()
+        stats = write_partition(conn, _plan(6, model, offset=3))  # img003..img008
+    after = _rows(pg_dsn)
+    assert stats["removed"] == 3 and stats["embedded"] == 3 and model.calls == 3
+    assert sorted(after) == [f"img{i:03d}" for i in range(3, 9)]
+    assert all(after[k] == before[k] for k in ("img003", "img004", "img005"))
+
+
+def test_force_reembeds_and_keeps_ids(pg_dsn):
+    with connect(pg_dsn) as conn:
+        write_partition(conn, _plan(5, FakeModel()))
+        before = _rows(pg_dsn)
+        model = FakeModel()
+        stats = write_partition(conn, _plan(5, model, force=True))
+    assert model.calls == 5 and stats["embedded"] == 5 and _rows(pg_dsn) == before
+
+
+@pytest.mark.parametrize("failure", [dict(fail_after=8), dict(nan_after=8)])
+def test_failure_mid_partition_leaves_previous_rows_intact(pg_dsn, failure):
+    with connect(pg_dsn) as conn:
+        write_partition(conn, _plan(6, FakeModel()))
+    before = _rows(pg_dsn)
+    with pytest.raises((RuntimeError, NonFiniteVectors)):
+        with connect(pg_dsn) as conn:
+            write_partition(conn, _plan(20, FakeModel(**failure)))  # 14 new images, breaks after 8
+    assert _rows(pg_dsn) == before
+
+
+def test_concurrent_runs_of_one_partition_do_not_interleave(pg_dsn):
+    errors = []
+
+    def run():
+        try:
+            with connect(pg_dsn) as conn:
+                write_partition(conn, _plan(30, FakeModel()))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    with connect(pg_dsn) as conn:
+        assert count_partition(conn, "happy", DAY, "m1") == 30
+        facts = partition_check(conn, "happy", DAY, "m1", [f"img{i:03d}" for i in range(30)])
+    assert (facts["missing"], facts["extra"], facts["duplicated"], facts["wrong_dims"]) == ([], [], [], [])
+
+
+def test_partitions_and_models_are_separate(pg_dsn):
+    with connect(pg_dsn) as conn:
+        write_partition(conn, _plan(4, FakeModel(), emotion="happy"))
+        write_partition(conn, _plan(3, FakeModel(), emotion="sad", offset=10))
+        other = _plan(4, FakeModel(), emotion="happy")
+        other.model = "m2"
+        write_partition(conn, other)
+        assert count_partition(conn, "happy", DAY, "m1") == 4
+        assert count_partition(conn, "sad", DAY, "m1") == 3
+        assert count_partition(conn, "happy", DAY, "m2") == 4
+        facts = partition_check(conn, "happy", DAY, "m1", ["img000", "img001", "img002", "img999"])
+    assert facts["missing"] == ["img999"] and facts["extra"] == ["img003"]
