@@ -8,12 +8,15 @@ import pyarrow as pa
 
 from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
+from fer_platform.assets.gold import current_silver, gold_emotion_summary
+from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.core import ledger, vectors
+from fer_platform.core import ledger, search, vectors
 from fer_platform.core.checks import bronze_problems
 from fer_platform.core.silver import silver_problems
 from fer_platform.partitions import image_partitions, partition_of
-from fer_platform.resources import EmbedderResource, PostgresResource
+from fer_platform.core.storage import LakeFiles
+from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
 
 
 # Partitioned asset checks are a Dagster preview feature; they are what lets a check
@@ -96,4 +99,50 @@ def silver_matches_postgres(
     )
 
 
-ALL_CHECKS = [bronze_images_valid, image_embeddings_complete, silver_matches_postgres]
+@dg.asset_check(
+    asset=search_index,
+    blocking=True,
+    description=f"recall@10 of the index against exact search over silver, on a sample of queries, is at "
+    f"least {search.RECALL_TARGET}; the index holds exactly the current model's silver vectors.",
+)
+def search_index_recall(
+    search_index: LakeFiles, lake: LakeResource, embedder: EmbedderResource
+) -> dg.AssetCheckResult:
+    index = search.SearchIndex.from_files(search_index.files)
+    silver = current_silver(lake, embedder)
+    measured = search.index_recall(index, silver)
+    problems = []
+    if measured["recall"] < search.RECALL_TARGET:
+        problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {search.RECALL_TARGET}")
+    if index.size != silver.num_rows:
+        problems.append(f"the index holds {index.size} vectors, silver {silver.num_rows}")
+    if index.model != embedder.model_id():
+        problems.append(f"the index is of model {index.model}, the embedder makes {embedder.model_id()}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or None,
+        metadata={"recall_at_10": measured["recall"], "queries": measured["queries"], "vectors": index.size,
+                  "kind": index.kind},  # fmt: skip
+    )
+
+
+@dg.asset_check(
+    asset=gold_emotion_summary,
+    description="The summary counts every silver image of the current model exactly once.",
+)
+def gold_summary_counts_silver(
+    gold_emotion_summary: pa.Table, lake: LakeResource, embedder: EmbedderResource
+) -> dg.AssetCheckResult:
+    counted = sum(gold_emotion_summary["images"].to_pylist())
+    in_silver = current_silver(lake, embedder).num_rows
+    return dg.AssetCheckResult(
+        passed=counted == in_silver,
+        description=None if counted == in_silver else f"summary counts {counted} images, silver has {in_silver}",
+        metadata={"summary_images": counted, "silver_rows": in_silver},
+    )
+
+
+ALL_CHECKS = [
+    bronze_images_valid, image_embeddings_complete, silver_matches_postgres, search_index_recall,
+    gold_summary_counts_silver,
+]  # fmt: skip

@@ -37,6 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument("--landing", help="landing folder or URL (env FER_LANDING)")
+    se = sub.add_parser("search", parents=[common], help="the images most similar to an image or a loaded image id")
+    query = se.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", help="a query image file (embedded with the index's model)")
+    query.add_argument("--id", dest="image_id", help="the image_id (sha256) of a loaded image")
+    se.add_argument("-k", type=int, default=10, help="how many neighbours (default 10)")
+    se.add_argument("--emotion", help="only neighbours of this emotion")
+    se.add_argument("--backend", choices=["index", "pgvector"], default="index",
+                    help="the FAISS index in the lake (default) or PostgreSQL's HNSW index")  # fmt: skip
+    se.add_argument("--json", action="store_true", help="print one JSON object")
+    se.add_argument("--sheet", help="write a contact sheet PNG of the query and its neighbours")
     return p
 
 
@@ -69,6 +79,8 @@ def _dispatch(args, home: Home) -> int:
         return 0
     if args.command == "db":
         return _db(args.action, home)
+    if args.command == "search":
+        return _search(args, home)
     if args.command == "dev":
         from fer_platform import dev
 
@@ -98,6 +110,55 @@ def _db(action: str, home: Home) -> int:
     elif action == "url":
         print(db.masked(external) if external else db.embedded_start(home.postgres))
     return 0
+
+
+def _search(args, home: Home) -> int:
+    import os
+    from pathlib import Path
+
+    from fer_platform.core import search
+    from fer_platform.resources.environments import resources_for
+
+    os.environ["FER_HOME"] = str(home.root)
+    res = resources_for()
+    lake, embedder = res["lake"].storage(), res["embedder"]
+    image = None
+    if args.image:
+        try:
+            image = Path(args.image).read_bytes()
+        except OSError as exc:
+            print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
+            return 2
+    try:
+        result = search.find_similar(
+            lake, embedder.spec(), image=image, image_id=args.image_id, k=args.k, emotion=args.emotion,
+            backend=args.backend, dsn=res["postgres"].get_dsn() if args.backend == "pgvector" else None,
+        )  # fmt: skip
+        if args.sheet:
+            Path(args.sheet).write_bytes(search.result_sheet(result, lake, image))
+            result["sheet"] = args.sheet
+    except (search.QueryError, search.IndexUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print_search(result)
+    return 0
+
+
+def print_search(result: dict, out=None) -> None:
+    out = out or sys.stdout
+    q = result["query"]
+    label = q.get("filepath") or q.get("image_id", "")[:12]
+    out.write(f"query {label}" + (f"  ({q['emotion']})" if q.get("emotion") else "") + f"  model {result['model']}, "
+              f"{result['backend']}" + (f", emotion = {result['emotion_filter']}" if result["emotion_filter"] else "") + "\n")  # fmt: skip
+    for h in result["hits"]:
+        out.write(f"  {h['rank']:>3}  {h['distance']:.4f}  {h['emotion']:<9} {h['split'] or '':<6} {h['filepath']}\n")
+    if result.get("same_emotion") is not None:
+        out.write(f"  {result['same_emotion']} of {len(result['hits'])} share the query's emotion\n")
+    if result.get("sheet"):
+        out.write(f"  contact sheet: {result['sheet']}\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
 from fer_platform.core.planner import plan, versions
 from fer_platform.core.sample_data import write_sample_landing
+from fer_platform.core.search import index_dir
 from fer_platform.core.storage import Storage
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -78,10 +79,18 @@ def run_demo(
             )
             runs.append({"job": "landing_triage", "partition": None, "run_id": result.run_id,
                          "success": result.success, "files": len(todo.unroutable)})  # fmt: skip
+        lake = defs.resources["lake"].storage()
+        model = defs.resources["embedder"].model_id()
+        if any(r["job"] == "ingest_images" for r in runs) or not lake.exists(f"{index_dir(model)}/meta.json"):
+            result = defs.resolve_job_def("publish_gold_and_index").execute_in_process(
+                run_config=QUIET_LOGS, instance=instance, raise_on_error=False
+            )
+            runs.append({"job": "publish_gold_and_index", "partition": None, "run_id": result.run_id,
+                         "success": result.success, "files": 0})  # fmt: skip
 
     summary = summarise(storage, listing, dsn)
-    model = defs.resources["embedder"].model_id() if "embedder" in (defs.resources or {}) else None
-    summary.update(layer_counts(defs.resources["lake"].storage(), dsn, model))
+    summary.update(layer_counts(lake, dsn, model))
+    summary.update(search_example(lake, defs.resources["embedder"].spec(), model))
     summary.update(
         home=str(home.root),
         landing=landing_url,
@@ -131,6 +140,24 @@ def layer_counts(lake: Storage, dsn: str, model: Optional[str]) -> dict[str, Any
     return {"model": model, "postgres_rows": postgres_rows, "silver_rows": count_silver_rows(lake, model)}
 
 
+def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
+    """The index size and one search: the first test image's 10 nearest other images."""
+    from fer_platform.core import search
+
+    try:
+        index = search.load_index(lake, model)
+    except search.IndexUnavailable:
+        return {"index_size": 0, "search_example": None}
+    rows = index.mapping.select(["image_id", "filepath", "split"]).to_pylist()
+    tests = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["filepath"]) or sorted(
+        rows, key=lambda r: r["filepath"]
+    )
+    if not tests:
+        return {"index_size": index.size, "search_example": None}
+    result = search.find_similar(lake, spec, image_id=tests[0]["image_id"], k=10)
+    return {"index_size": index.size, "search_example": result}
+
+
 def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     w = out.write
     w(f"fer-platform demo  (home {summary['home']})\n")
@@ -148,6 +175,14 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     for key in ("model", "postgres_rows", "silver_rows", "index_size"):
         if key in summary:
             w(f"  {key:<14} {summary[key]}\n")
+    example = summary.get("search_example")
+    if example:
+        q = example["query"]
+        w(f"  search         the 10 images nearest to {q['filepath']} ({q['emotion']}):\n")
+        for h in example["hits"]:
+            w(f"    {h['rank']:>2}. {h['distance']:.4f}  {h['emotion']:<9} {h['filepath']}\n")
+        w(f"    {example['same_emotion']} of {len(example['hits'])} share its emotion "
+          f"(try: fer-platform search --id {q['image_id']} --sheet sheet.png)\n")  # fmt: skip
     runs = summary["runs"]
     ok = sum(r["success"] for r in runs)
     w(f"  runs           {ok}/{len(runs)} succeeded ({summary['seconds']} s)\n")

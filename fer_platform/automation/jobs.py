@@ -1,10 +1,13 @@
-"""Jobs: the partitioned ingest job and the triage of landing files no partition can take."""
+"""Jobs: the partitioned ingest job, the gold + index refresh, and the triage of landing files no
+partition can take."""
 
 
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
+from fer_platform.assets.gold import GOLD_ASSETS
+from fer_platform.assets.search import search_index
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.core.ingest import ingest
@@ -22,6 +25,16 @@ ingest_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="One partition (emotion x load date) from the landing zone to searchable vectors: "
     "raw -> bronze -> embeddings (pgvector) -> silver.",
+)
+
+
+PUBLISH_ASSETS = [*GOLD_ASSETS, search_index]
+
+publish_job = dg.define_asset_job(
+    "publish_gold_and_index",
+    selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
+    executor_def=dg.in_process_executor,
+    description="The unpartitioned layers over every silver partition: gold summaries and the search index.",
 )
 
 

@@ -144,3 +144,10 @@ def rows_for_versions(conn: psycopg.Connection, versions: Iterable[Version]) -> 
         names = [d.name for d in cur.description]
         out.extend(dict(zip(names, row)) for row in cur.fetchall())
     return out
+
+
+def daily_rows(conn: psycopg.Connection) -> list[dict]:
+    """(load_date, status, reason, size) of every ledger row: what the daily-loads summary counts."""
+    cur = conn.execute(f"SELECT load_date, status, reason, size FROM {LOAD_LOG_TABLE} ORDER BY load_date")
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]

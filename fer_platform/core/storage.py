@@ -30,6 +30,22 @@ class FileEntry:
         return to_us(self.modified)
 
 
+@dataclass
+class LakeFiles:
+    """A set of files that belong together (an index, a model) stored in one lake folder.
+
+    The lake IO manager writes them to ``<asset path>/<folder>/<name>`` and then names
+    ``folder`` in ``<asset path>/LATEST``, so a reader never sees a half-written set.
+    """
+
+    folder: str
+    files: dict[str, bytes]
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
 def to_us(t: dt.datetime) -> int:
     """Microseconds since the epoch (the precision PostgreSQL keeps)."""
     delta = t - _EPOCH

@@ -123,7 +123,7 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
 def read_partition(conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str) -> pa.Table:
     """The partition's rows for ``model`` as Arrow; ``vector`` is fixed_size_list<float32, 512>."""
     register_vector(conn)
-    rows = conn.execute(
+    rows = conn.cursor(binary=True).execute(  # binary: vectors arrive as float32 buffers, not text
         f"""SELECT id, image_id, filepath, split, model, created_at, vector FROM {VECTORS_TABLE}
             WHERE emotion = %s AND load_date = %s AND model = %s ORDER BY id""",
         (emotion, load_date, model),
@@ -174,7 +174,7 @@ def partition_check(conn: psycopg.Connection, emotion: str, load_date: dt.date, 
     want = set(image_ids)
     register_vector(conn)
     nonfinite = 0
-    for (vec,) in conn.execute(
+    for (vec,) in conn.cursor(binary=True).execute(
         f"SELECT vector FROM {VECTORS_TABLE} WHERE emotion = %s AND load_date = %s AND model = %s",
         (emotion, load_date, model),
     ):

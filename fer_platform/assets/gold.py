@@ -1,0 +1,145 @@
+"""Gold: unpartitioned summaries over every silver partition (and the load log), with plots."""
+
+from collections import defaultdict
+
+import dagster as dg
+import pyarrow as pa
+
+from fer_platform.assets.raw import raw_images
+from fer_platform.assets.silver import silver_embeddings
+from fer_platform.core import gold, ledger, plots
+from fer_platform.core.layout import EMOTIONS, GOLD
+from fer_platform.core.report import markdown_table
+from fer_platform.core.silver import read_silver
+from fer_platform.io_managers.parquet import LAKE_PATH
+from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
+
+GOLD_KW = dict(io_manager_key="lake_io_manager", group_name="gold", kinds={"python", "parquet"})
+
+
+def current_silver(lake: LakeResource, embedder: EmbedderResource) -> pa.Table:
+    """Every silver partition's rows of the embedder's current model."""
+    return read_silver(lake.storage(), model=embedder.model_id())
+
+
+def _preview(table: pa.Table, columns: list[str] | None = None) -> dg.MetadataValue:
+    return dg.MetadataValue.md(markdown_table(table.to_pylist(), columns or table.column_names, limit=30))
+
+
+@dg.asset(
+    deps=[silver_embeddings],
+    metadata={LAKE_PATH: f"{GOLD}/emotion_summary"},
+    description="Per emotion and split: images, share of total, mean intra-class cosine, and the nearest "
+    "other emotion by centroid. Reads every silver partition of the current model.",
+    **GOLD_KW,
+)
+def gold_emotion_summary(context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource) -> pa.Table:
+    silver = current_silver(lake, embedder)
+    table = gold.emotion_summary(silver)
+    counts: dict = defaultdict(dict)
+    for r in table.to_pylist():
+        counts[r["emotion"]][r["split"]] = r["images"]
+    context.add_output_metadata(
+        {
+            "images": silver.num_rows,
+            "model": embedder.model_id(),
+            "class_balance": dg.MetadataValue.md(plots.markdown_image(plots.class_balance(counts), "class balance")),
+            "preview": _preview(table),
+        }
+    )
+    return table
+
+
+@dg.asset(
+    deps=[raw_images],
+    metadata={LAKE_PATH: f"{GOLD}/daily_loads"},
+    description="Per load date, from the load log: files seen, loaded, duplicates, quarantined (by reason), bytes.",
+    **GOLD_KW,
+)
+def gold_daily_loads(context: dg.AssetExecutionContext, postgres: PostgresResource) -> pa.Table:
+    with postgres.connect() as conn:
+        table = gold.daily_loads(ledger.daily_rows(conn))
+    rows = table.to_pylist()
+    context.add_output_metadata(
+        {
+            "days": table.num_rows,
+            "files_seen": sum(r["files_seen"] for r in rows),
+            "loads": dg.MetadataValue.md(
+                plots.markdown_image(
+                    plots.bars([str(r["load_date"]) for r in rows[-30:]], [r["loaded"] for r in rows[-30:]],
+                               "Images loaded per day (last 30 load dates)", "images"),  # fmt: skip
+                    "loads per day",
+                )
+            ),
+            "preview": _preview(table.drop_columns(["quarantined_by_reason"])),
+            "quarantine_reasons": dg.MetadataValue.md(
+                markdown_table(
+                    [{"load_date": r["load_date"], **q} for r in rows for q in r["quarantined_by_reason"]],
+                    ["load_date", "reason", "files"],
+                    limit=50,
+                )
+            ),
+        }
+    )
+    return table
+
+
+@dg.asset(
+    deps=[silver_embeddings],
+    metadata={LAKE_PATH: f"{GOLD}/centroid_similarity"},
+    description="The 7x7 cosine matrix of the emotion centroids of the current model's vectors.",
+    **GOLD_KW,
+)
+def gold_centroid_similarity(
+    context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
+) -> pa.Table:
+    table = gold.centroid_similarity(current_silver(lake, embedder))
+    png = plots.heatmap(gold.similarity_matrix(table), EMOTIONS, "Cosine of emotion centroids")
+    context.add_output_metadata(
+        {
+            "model": embedder.model_id(),
+            "heatmap": dg.MetadataValue.md(plots.markdown_image(png, "centroid similarity")),
+            "preview": _preview(table),
+        }
+    )
+    return table
+
+
+@dg.asset(
+    deps=[silver_embeddings],
+    metadata={LAKE_PATH: f"{GOLD}/neighbour_agreement"},
+    description="For each emotion, the share of each image's 10 nearest neighbours (exact cosine) that carry "
+    "the same emotion, beside the chance level: how well the embedding separates emotions.",
+    **GOLD_KW,
+)
+def gold_neighbour_agreement(
+    context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
+) -> pa.Table:
+    silver = current_silver(lake, embedder)
+    table = gold.neighbour_agreement(silver)
+    rows = [r for r in table.to_pylist() if r["emotion"] != "all"]
+    overall = next((r for r in table.to_pylist() if r["emotion"] == "all"), None)
+    vectors, labels = gold.vectors_and_labels(silver)
+    keep, points = gold.projection_2d(vectors)
+    context.add_output_metadata(
+        {
+            "model": embedder.model_id(),
+            "agreement_at_10": float(overall["agreement"]) if overall else 0.0,
+            "chance": float(overall["chance"]) if overall else 0.0,
+            "agreement": dg.MetadataValue.md(
+                plots.markdown_image(
+                    plots.agreement_bars([r["emotion"] for r in rows], [r["agreement"] for r in rows],
+                                         [r["chance"] for r in rows], "10-NN emotion agreement vs chance"),  # fmt: skip
+                    "neighbour agreement",
+                )
+            ),
+            "projection": dg.MetadataValue.md(
+                plots.markdown_image(plots.scatter_2d(points, labels[keep], "Embeddings, 2-D PCA"), "projection")
+            ),
+            "preview": _preview(table),
+        }
+    )
+    return table
+
+
+GOLD_ASSETS = [gold_emotion_summary, gold_daily_loads, gold_centroid_similarity, gold_neighbour_agreement]

@@ -1,0 +1,55 @@
+"""search_index: a FAISS index over every silver partition of the current model, in the lake."""
+
+import dagster as dg
+
+from fer_platform.assets.gold import current_silver
+from fer_platform.assets.silver import silver_embeddings
+from fer_platform.core import search
+from fer_platform.core.layout import INDEX
+from fer_platform.core.report import human_bytes
+from fer_platform.core.storage import LakeFiles
+from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
+from fer_platform.resources import EmbedderResource, LakeResource
+
+
+class SearchIndexConfig(dg.Config):
+    hnsw_threshold: int = search.HNSW_THRESHOLD
+    """Below this many vectors the index is exact (flat inner product); at or above, HNSW."""
+    hnsw_m: int = search.HNSW_M
+    ef_construction: int = search.HNSW_EF_CONSTRUCTION
+    target_recall: float = search.RECALL_TARGET
+    """HNSW: ef_search is raised until recall@10 on a sample reaches this (checked again by the asset check)."""
+
+
+@dg.asset(
+    deps=[silver_embeddings],
+    io_manager_key="lake_io_manager",
+    metadata={LAKE_PATH: INDEX, LAKE_FORMAT: "files"},
+    group_name="search",
+    kinds={"faiss"},
+    description="FAISS index of every silver vector of the current model (exact below a size threshold, HNSW "
+    "above), with the id mapping as Parquet: index/<model>/{index.faiss, ids.parquet, meta.json}.",
+)
+def search_index(
+    context: dg.AssetExecutionContext, config: SearchIndexConfig, lake: LakeResource, embedder: EmbedderResource
+) -> LakeFiles:
+    silver = current_silver(lake, embedder)
+    spec = embedder.spec()
+    index = search.build_index(
+        silver, embedder.model_id(),
+        embedder={"weights": spec.weights, "profile": spec.profile, "seed": spec.seed, "fast_size": spec.fast_size},
+        hnsw_threshold=config.hnsw_threshold, m=config.hnsw_m, ef_construction=config.ef_construction,
+        target_recall=config.target_recall,
+    )  # fmt: skip
+    files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/ = search.index_dir(model)
+    context.add_output_metadata(
+        {
+            "vectors": index.size,
+            "kind": index.kind,
+            "model": index.model,
+            "ef_search": index.meta.get("ef_search") or 0,
+            "tuned_recall_at_10": index.meta.get("tuned_recall") or 1.0,
+            "size": dg.MetadataValue.text(human_bytes(files.bytes)),
+        }
+    )
+    return files

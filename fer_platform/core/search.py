@@ -1,0 +1,499 @@
+"""Similarity search: a FAISS index over the silver vectors, its files in the lake, and queries.
+
+The index is exact (flat inner product) below a size threshold and HNSW above it;
+vectors are L2-normalised, so inner product is cosine similarity and the distance
+reported is the cosine distance ``1 - cos``. An index is three files under
+``index/<model>/``: ``index.faiss`` (the FAISS index), ``ids.parquet`` (row i of the
+index is row i of this table: image_id, id, filepath, emotion, split, load_date) and
+``meta.json`` (kind, model, size, the embedder settings that made the vectors, the
+HNSW ``ef_search`` tuned at build time to reach the recall target).
+
+FAISS is imported only here, inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fer_platform.core.layout import INDEX
+from fer_platform.core.vectors import arrow_to_vectors
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+META_FILE = "meta.json"
+MAPPING_COLUMNS = ("image_id", "id", "filepath", "emotion", "split", "load_date")
+
+HNSW_THRESHOLD = 20_000  # vectors; at or above it the index is HNSW
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+RECALL_TARGET = 0.99
+EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+class IndexUnavailable(Exception):
+    """No usable index (one line saying which and what to do)."""
+
+
+def index_dir(model: str) -> str:
+    """Lake folder of the index of ``model``."""
+    return f"{INDEX}/{model}"
+
+
+@dataclass
+class Hit:
+    rank: int
+    image_id: str
+    filepath: str
+    emotion: str
+    split: str | None
+    load_date: str | None
+    distance: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SearchIndex:
+    index: Any  # faiss.Index
+    mapping: pa.Table
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    # ---- files
+    def to_files(self) -> dict[str, bytes]:
+        import faiss
+
+        buf = io.BytesIO()
+        pq.write_table(self.mapping, buf, compression="zstd")
+        return {
+            INDEX_FILE: faiss.serialize_index(self.index).tobytes(),
+            IDS_FILE: buf.getvalue(),
+            META_FILE: json.dumps(self.meta, indent=2, sort_keys=True, default=str).encode(),
+        }
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> "SearchIndex":
+        import faiss
+
+        missing = [f for f in (INDEX_FILE, IDS_FILE, META_FILE) if f not in files]
+        if missing:
+            raise IndexUnavailable(f"index files missing: {', '.join(missing)}")
+        index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
+        # one thread: arrow pool threads started after FAISS loads can abort the process at exit
+        # (apache/arrow#34314); the mapping is small
+        mapping = pq.read_table(io.BytesIO(files[IDS_FILE]), use_threads=False)
+        meta = json.loads(files[META_FILE])
+        if mapping.num_rows != index.ntotal:
+            raise IndexUnavailable(f"index holds {index.ntotal} vectors but its id mapping {mapping.num_rows} rows")
+        out = cls(index, mapping, meta)
+        out.set_ef(meta.get("ef_search"))
+        return out
+
+    # ---- queries
+    def set_ef(self, ef: int | None) -> None:
+        if ef and self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(ef)
+
+    def vectors(self) -> np.ndarray:
+        """Every stored vector (N, d), in index order."""
+        import faiss
+
+        flat = self.index if self.kind == "flat" else faiss.downcast_index(self.index.storage)
+        return faiss.rev_swig_ptr(flat.get_xb(), self.size * flat.d).reshape(self.size, flat.d).copy()
+
+    def position_of(self, image_id: str) -> int | None:
+        ids = self.mapping["image_id"].to_pylist()
+        try:
+            return ids.index(image_id)
+        except ValueError:
+            return None
+
+    def raw_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, positions) of the ``k`` nearest stored vectors of each query."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return self.index.search(queries, min(k, self.size))
+
+    def search(self, query: np.ndarray, k: int = 10, emotion: str | None = None, exclude: str | None = None) -> list[Hit]:
+        """The ``k`` nearest images of one query vector, closest first.
+
+        ``emotion`` keeps only that emotion (FAISS filters during the search; if the
+        graph search finds fewer than ``k`` that exist, exact search over the subset
+        answers instead). ``exclude`` drops one image_id (the query itself).
+        """
+        import faiss
+
+        q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))
+        emotions = self.mapping["emotion"].to_numpy(zero_copy_only=False)
+        allowed = np.flatnonzero(emotions == emotion) if emotion else np.arange(self.size)
+        if exclude is not None:
+            allowed = allowed[np.asarray(self.mapping["image_id"].to_pylist(), dtype=object)[allowed] != exclude]
+        want = min(k, len(allowed))
+        if want == 0:
+            return []
+        extra = 1 if exclude is not None else 0
+        if emotion is None and exclude is None:
+            sims, pos = self.raw_search(q, want)
+        else:
+            selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
+            if self.kind == "hnsw":
+                ef = max(int(self.meta.get("ef_search") or 64), 4 * (want + extra))
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+            else:
+                params = faiss.SearchParameters(sel=selector)
+            sims, pos = self.index.search(q, want, params=params)
+            if int((pos[0] >= 0).sum()) < want:  # the filtered graph walk came up short: exact over the subset
+                sims, pos = exact_search(self.vectors()[allowed], q, want)
+                pos = allowed[pos]
+        return self.hits(sims[0], pos[0])
+
+    def hits(self, sims: np.ndarray, positions: np.ndarray) -> list[Hit]:
+        rows = self.mapping.take(pa.array([int(p) for p in positions if p >= 0], pa.int64())).to_pylist()
+        return [
+            Hit(rank=i + 1, image_id=r["image_id"], filepath=r["filepath"], emotion=r["emotion"], split=r["split"],
+                load_date=_iso(r["load_date"]), distance=float(1.0 - s))
+            for i, (r, s) in enumerate(zip(rows, [s for s, p in zip(sims, positions) if p >= 0]))
+        ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- building
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner product with numpy (independent of FAISS): (similarities, positions)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    k = min(k, len(vectors))
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(vectors), block * 16):
+        chunk = vectors[start : start + block * 16]
+        for q0 in range(0, len(queries), block):
+            s = queries[q0 : q0 + block] @ chunk.T
+            kk = min(k, s.shape[1])
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s[q0 : q0 + block], np.take_along_axis(s, top, 1)], axis=1)
+            cand_i = np.concatenate([best_i[q0 : q0 + block], top + start], axis=1)
+            order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s[q0 : q0 + block] = np.take_along_axis(cand_s, order, 1)
+            best_i[q0 : q0 + block] = np.take_along_axis(cand_i, order, 1)
+    return best_s, best_i
+
+
+def build_index(
+    silver: pa.Table,
+    model: str,
+    embedder: dict | None = None,
+    hnsw_threshold: int = HNSW_THRESHOLD,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    target_recall: float = RECALL_TARGET,
+    seed: int = 0,
+) -> SearchIndex:
+    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above)."""
+    import faiss
+
+    table = silver.sort_by([("image_id", "ascending")])
+    vectors = normalise(arrow_to_vectors(table["vector"]))
+    dim = vectors.shape[1]
+    if len(vectors) >= hnsw_threshold:
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        kind = "hnsw"
+    else:
+        index = faiss.IndexFlatIP(dim)
+        kind = "flat"
+    if len(vectors):
+        index.add(vectors)
+    mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
+    meta = {
+        "kind": kind,
+        "model": model,
+        "size": int(index.ntotal),
+        "dim": dim,
+        "metric": "cosine (inner product of L2-normalised vectors)",
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "embedder": embedder or {},
+        "faiss": faiss.__version__,
+    }
+    out = SearchIndex(index, mapping, meta)
+    if kind == "hnsw":
+        meta.update(hnsw_m=m, ef_construction=ef_construction)
+        meta["ef_search"], meta["tuned_recall"] = tune_ef(out, vectors, target_recall, seed=seed)
+        out.set_ef(meta["ef_search"])
+    return out
+
+
+def tune_ef(index: SearchIndex, vectors: np.ndarray, target: float, k: int = 10, sample: int = 500, seed: int = 0):
+    """The smallest ``ef_search`` whose recall@k on a sample of stored vectors reaches ``target``
+    (with a small margin, so an independent check on another sample also passes)."""
+    rng = np.random.default_rng(seed)
+    queries = vectors[rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)]
+    _, truth = exact_search(vectors, queries, k)
+    recall = 0.0
+    for ef in EF_CANDIDATES:
+        index.set_ef(ef)
+        _, got = index.raw_search(queries, k)
+        recall = recall_of(got, truth)
+        if recall >= min(1.0, target + 0.005):
+            return ef, recall
+    return EF_CANDIDATES[-1], recall
+
+
+def recall_of(got: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` found in the same row of ``got``."""
+    hits = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth))
+    return hits / max(1, truth.size)
+
+
+def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int = 200, seed: int = 1) -> dict:
+    """recall@k of ``index`` against exact search over ``silver`` (compared by image_id), on a
+    sample of silver vectors as queries: what the blocking check measures."""
+    if silver.num_rows == 0:
+        return {"recall": 1.0 if index.size == 0 else 0.0, "queries": 0, "k": k, "silver": 0, "indexed": index.size}
+    vectors = normalise(arrow_to_vectors(silver["vector"]))
+    ids = np.asarray(silver["image_id"].to_pylist(), dtype=object)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
+    kk = min(k, len(vectors))
+    _, truth = exact_search(vectors, vectors[picks], kk)
+    _, got = index.raw_search(vectors[picks], kk)
+    index_ids = np.asarray(index.mapping["image_id"].to_pylist(), dtype=object)
+    got_ids = [[index_ids[p] for p in row if p >= 0] for row in got]
+    truth_ids = [list(ids[row]) for row in truth]
+    hits = sum(len(set(g) & set(t)) for g, t in zip(got_ids, truth_ids))
+    return {"recall": hits / (len(picks) * kk), "queries": len(picks), "k": kk, "silver": len(vectors), "indexed": index.size}
+
+
+# --------------------------------------------------------------------------- the lake
+def load_index(lake, model: str) -> SearchIndex:
+    """The index of ``model`` from the lake (a core.storage.Storage)."""
+    folder = index_dir(model)
+    files = {}
+    for name in (INDEX_FILE, IDS_FILE, META_FILE):
+        try:
+            files[name] = lake.read_bytes(f"{folder}/{name}")
+        except FileNotFoundError:
+            raise IndexUnavailable(
+                f"no search index for model {model} at {lake.uri(folder)}: materialise search_index "
+                "(fer-platform demo, or the UI)"
+            ) from None
+    return SearchIndex.from_files(files)
+
+
+# --------------------------------------------------------------------------- pgvector backend
+def pgvector_search(conn, query: np.ndarray, model: str, k: int = 10, emotion: str | None = None,
+                    exclude: str | None = None, ef_search: int = 100) -> list[Hit]:  # fmt: skip
+    """The ``k`` nearest rows of ``model`` in PostgreSQL by cosine distance (HNSW index).
+
+    Filters (model, emotion) use pgvector's iterative index scans, so a filtered query
+    still returns ``k`` rows; if the index scan still comes up short of the rows that
+    exist, the query is answered by an exact scan.
+    """
+    from pgvector.psycopg import register_vector
+
+    from fer_platform.core.db import VECTORS_TABLE
+    from fer_platform.core.silver import lake_relative
+
+    register_vector(conn)
+    q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
+    where, params = ["model = %s"], [model]
+    if emotion:
+        where.append("emotion = %s")
+        params.append(emotion)
+    if exclude:
+        where.append("image_id <> %s")
+        params.append(exclude)
+    sql = (
+        f"SELECT image_id, filepath, emotion, split, load_date, vector <=> %s AS distance FROM {VECTORS_TABLE} "
+        f"WHERE {' AND '.join(where)} ORDER BY vector <=> %s LIMIT %s"
+    )
+    args = [q, *params, q, k]
+    with conn.transaction():
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(ef_search, k)),))
+        conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+        rows = conn.execute(sql, args).fetchall()
+        if len(rows) < k:
+            available = conn.execute(
+                f"SELECT count(*) FROM {VECTORS_TABLE} WHERE {' AND '.join(where)}", params
+            ).fetchone()[0]
+            if len(rows) < min(k, available):
+                conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
+                rows = conn.execute(sql, args).fetchall()
+    return [
+        Hit(rank=i + 1, image_id=r[0], filepath=_lake_path(r[1], lake_relative), emotion=r[2], split=r[3],
+            load_date=_iso(r[4]), distance=float(r[5]))
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+
+
+def pgvector_row(conn, image_id: str, model: str) -> dict | None:
+    """The stored row of ``image_id`` for ``model``: filepath (lake path), emotion, split, load_date, vector."""
+    from pgvector.psycopg import register_vector
+
+    from fer_platform.core.db import VECTORS_TABLE
+    from fer_platform.core.silver import lake_relative
+    from fer_platform.core.vectors import as_numpy
+
+    register_vector(conn)
+    row = conn.execute(
+        f"SELECT filepath, emotion, split, load_date, vector FROM {VECTORS_TABLE} WHERE image_id = %s AND model = %s",
+        (image_id, model),
+    ).fetchone()
+    if row is None:
+        return None
+    return {"image_id": image_id, "filepath": _lake_path(row[0], lake_relative), "emotion": row[1], "split": row[2],
+            "load_date": row[3], "vector": as_numpy(row[4])}  # fmt: skip
+
+
+def _lake_path(uri: str, lake_relative) -> str:
+    try:
+        return lake_relative(uri)
+    except ValueError:
+        return uri
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    col = table[name] if name in table.column_names else pa.nulls(table.num_rows, pa.string())
+    if name == "load_date":
+        col = pa.array([_iso(v) for v in col.to_pylist()], pa.string())
+    return col
+
+
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+# --------------------------------------------------------------------------- one search, end to end
+BACKENDS = ("index", "pgvector")
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered (one line: what and why)."""
+
+
+def find_similar(
+    lake,
+    spec,
+    *,
+    image: bytes | None = None,
+    image_id: str | None = None,
+    k: int = 10,
+    emotion: str | None = None,
+    backend: str = "index",
+    dsn: str | None = None,
+) -> dict[str, Any]:
+    """The ``k`` images nearest to a query image (embedded with ``spec``, the model the vectors were
+    made with) or to a stored image (``image_id``, itself excluded), closest first."""
+    from fer_platform.core.embedding import model_id
+    from fer_platform.core.layout import EMOTIONS
+
+    if (image is None) == (image_id is None):
+        raise QueryError("give exactly one of an image or an image id")
+    if backend not in BACKENDS:
+        raise QueryError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if emotion is not None and emotion not in EMOTIONS:
+        raise QueryError(f"unknown emotion {emotion!r} (expected one of {', '.join(EMOTIONS)})")
+    if k < 1:
+        raise QueryError("k must be at least 1")
+    model = model_id(spec)
+    index = load_index(lake, model) if backend == "index" else None
+    query: dict[str, Any] = {"image_id": image_id}
+    if image is not None:
+        vector = embed_query(image, spec)
+        query["image_id"] = _sha256(image)
+        pos = index.position_of(query["image_id"]) if index is not None else None
+        if pos is not None:  # the query is a loaded image: say which
+            query.update(index.mapping.slice(pos, 1).to_pylist()[0])
+    elif index is not None:
+        pos = index.position_of(image_id)
+        if pos is None:
+            raise QueryError(f"image {image_id} is not in the index of model {model}")
+        vector = index.vectors()[pos]
+        query.update(index.mapping.slice(pos, 1).to_pylist()[0])
+    else:
+        vector = None
+    if backend == "index":
+        hits = index.search(vector, k, emotion=emotion, exclude=image_id)
+        size = index.size
+    else:
+        from fer_platform.core.db import connect
+
+        with connect(dsn) as conn:
+            stored = pgvector_row(conn, query["image_id"], model)
+            if vector is None and stored is None:
+                raise QueryError(f"image {image_id} has no vector of model {model} in PostgreSQL")
+            if stored is not None:  # the query is a loaded image: say which
+                vector = stored.pop("vector") if vector is None else vector
+                stored.pop("vector", None)
+                query.update(stored)
+            hits = pgvector_search(conn, vector, model, k, emotion=emotion, exclude=image_id)
+        size = None
+    query = {key: _iso(v) if key == "load_date" else v for key, v in query.items()}
+    return {
+        "query": query,
+        "model": model,
+        "backend": backend,
+        "k": k,
+        "emotion_filter": emotion,
+        "index_size": size,
+        "hits": [h.as_dict() for h in hits],
+        "same_emotion": sum(h.emotion == query.get("emotion") for h in hits) if query.get("emotion") else None,
+    }
+
+
+def embed_query(image: bytes, spec) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    from fer_platform.core.embedding import Embedder
+
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            im.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise QueryError(f"the query file is not an image that can be read ({type(exc).__name__})") from None
+    return Embedder.get(spec).embed([image])[0]
+
+
+def result_sheet(result: dict[str, Any], lake, query_image: bytes | None = None) -> bytes:
+    """A contact sheet of a ``find_similar`` result: the query, then each neighbour."""
+    from fer_platform.core.sheet import contact_sheet
+
+    q = result["query"]
+    if query_image is None:
+        query_image = lake.read_bytes(q["filepath"])
+    tiles = [(query_image, f"query\n{q.get('emotion') or ''}")]
+    for h in result["hits"]:
+        tiles.append((lake.read_bytes(h["filepath"]), f"#{h['rank']} {h['emotion']}\nd={h['distance']:.3f}"))
+    return contact_sheet(tiles)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,57 @@
+"""Contact sheets: the query image and its neighbours, with their emotions, as one PNG."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+TILE = 96  # image side in the sheet (FER's 48x48 at 2x, nearest neighbour)
+PAD = 6
+LABEL_H = 30
+MAX_COLS = 6
+QUERY_BG = (255, 200, 60)
+BG = (245, 245, 245)
+
+
+def layout(n_tiles: int, max_cols: int = MAX_COLS) -> tuple[int, int]:
+    """(columns, rows) of a sheet of ``n_tiles``."""
+    cols = max(1, min(n_tiles, max_cols))
+    return cols, max(1, math.ceil(n_tiles / cols))
+
+
+def cell_size() -> tuple[int, int]:
+    return TILE + 2 * PAD, TILE + 2 * PAD + LABEL_H
+
+
+def image_box(i: int, cols: int) -> tuple[int, int, int, int]:
+    """Pixel box (left, top, right, bottom) of tile ``i``'s image in the sheet."""
+    w, h = cell_size()
+    x0, y0 = (i % cols) * w + PAD, (i // cols) * h + PAD
+    return x0, y0, x0 + TILE, y0 + TILE
+
+
+def tile_image(png: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(png)) as im:
+        return im.convert("RGB").resize((TILE, TILE), Image.NEAREST)
+
+
+def contact_sheet(tiles: Sequence[tuple[bytes, str]]) -> bytes:
+    """PNG of ``tiles`` (image bytes, caption) in a grid; the first tile is the query, highlighted."""
+    cols, rows = layout(len(tiles))
+    w, h = cell_size()
+    sheet = Image.new("RGB", (cols * w, rows * h), BG)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, (png, caption) in enumerate(tiles):
+        x0, y0, x1, y1 = image_box(i, cols)
+        if i == 0:
+            draw.rectangle([x0 - PAD, y0 - PAD, x1 + PAD - 1, y1 + PAD + LABEL_H - 1], fill=QUERY_BG)
+        sheet.paste(tile_image(png), (x0, y0))
+        for j, line in enumerate(caption.split("\n")[:2]):
+            draw.text((x0, y1 + 3 + 13 * j), line, fill=(0, 0, 0), font=font)
+    out = io.BytesIO()
+    sheet.save(out, format="PNG")
+    return out.getvalue()
