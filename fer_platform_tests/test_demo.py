@@ -43,11 +43,16 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     assert "JPEG content with a .png extension" in reasons["train/surprise/photo.png"]
     assert first["ignored"] == 2 and all(r["success"] for r in first["runs"])
     assert first["model"] == "resnet18-random-s0-fidelity"  # offline: FER_EMBED_WEIGHTS=random
-    assert first["postgres_rows"] == first["silver_rows"] == first["loaded"]
+    assert first["postgres_rows"] == first["silver_rows"] == first["index_size"] == first["loaded"]
+    example = first["search_example"]
+    assert example["query"]["split"] == "test" and len(example["hits"]) == 10
+    assert example["same_emotion"] == sum(h["emotion"] == example["query"]["emotion"] for h in example["hits"])
+    assert example["query"]["image_id"] not in {h["image_id"] for h in example["hits"]}
+    assert [r["job"] for r in first["runs"]].count("publish_gold_and_index") == 1
 
     second = _demo(home, landing)
     for key in ("files_seen", "loaded", "duplicates", "quarantined", "ignored", "load_log_totals",
-                "postgres_rows", "silver_rows"):
+                "postgres_rows", "silver_rows", "index_size", "search_example"):
         assert second[key] == first[key], key
     assert second["new_files"] == 0 and second["runs"] == []
 

@@ -1,0 +1,199 @@
+"""Gold and the search index through dg.materialize, and `fer-platform search`, on a small loaded set.
+
+The set: three generated faces per emotion (two train, one test), one duplicate and two broken
+files, loaded through the ingest assets into a real PostgreSQL and a temporary lake.
+"""
+
+import io
+import json
+import os
+import shutil
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fer_platform import cli
+from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS
+from fer_platform.checks import ALL_CHECKS
+from fer_platform.core import db, search, sheet
+from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.storage import Storage
+from fer_platform.io_managers.parquet import LakeIOManager
+from fer_platform.partitions import partition_key, utc_today
+from fer_platform.resources import EmbedderResource, LakeResource, LandingResource, PostgresResource
+from fer_platform.resources.environments import vector_resources
+from fer_platform_tests.helpers import encoded, face, put
+
+MODEL = "resnet18-random-s0-fidelity"
+EVERYTHING = [*INGEST_ASSETS, *PUBLISH_ASSETS, *ALL_CHECKS]
+
+
+def make_resources(dsn, lake, landing):
+    postgres = PostgresResource(dsn=dsn)
+    return {
+        "lake": LakeResource(url=str(lake)),
+        "landing": LandingResource(url=str(landing)),
+        "lake_io_manager": LakeIOManager(base_url=str(lake)),
+        "postgres": postgres,
+        **vector_resources(postgres, EmbedderResource(weights="random", batch_size=16)),
+    }
+
+
+def publish(resources, raise_on_error=True):
+    return dg.materialize(
+        EVERYTHING, resources=resources, selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
+        raise_on_error=raise_on_error,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def loaded(pg_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("goldsearch")
+    landing, lake = root / "landing", root / "lake"
+    for e_i, e in enumerate(EMOTIONS):
+        for j, split in enumerate(("train", "train", "test")):
+            put(landing, f"{split}/{e}/{e}{j}.png", face(e, 10 * e_i + j))
+    put(landing, "train/happy/copy of angry0.png", face("angry", 0))  # duplicate content
+    put(landing, "train/sad/rgb.png", encoded("RGB"))
+    put(landing, "test/fear/big.png", encoded("L", size=(64, 64)))
+    dsn = db.ensure_database(pg_server, "goldsearch")
+    db.ensure_schema(dsn)
+    res = make_resources(dsn, lake, landing)
+    for e in EMOTIONS:
+        assert dg.materialize(EVERYTHING, partition_key=partition_key(e, utc_today()), resources=res,
+                              selection=dg.AssetSelection.assets(*INGEST_ASSETS)).success  # fmt: skip
+    result = publish(res)
+    yield {"dsn": dsn, "lake": lake, "landing": landing, "root": root, "resources": res, "result": result}
+    with db.connect(pg_server, autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "goldsearch" WITH (FORCE)')
+
+
+def _gold(lake, name):
+    return pq.read_table(lake / f"gold/{name}.parquet").to_pylist()
+
+
+def test_gold_values_on_a_hand_checkable_set(loaded):
+    lake = loaded["lake"]
+    summary = {(r["emotion"], r["split"]): r for r in _gold(lake, "emotion_summary")}
+    assert len(summary) == 14 and all(r["images"] == (2 if s == "train" else 1) for (_, s), r in summary.items())
+    assert summary[("happy", "train")]["share_of_total"] == pytest.approx(2 / 21)
+    assert {r["nearest_emotion"] for r in summary.values()} <= set(EMOTIONS)
+
+    (day,) = _gold(lake, "daily_loads")
+    assert day["load_date"] == utc_today()
+    assert (day["files_seen"], day["loaded"], day["duplicates"], day["quarantined"]) == (24, 21, 1, 2)
+    assert {q["reason"]: q["files"] for q in day["quarantined_by_reason"]} == {
+        "not single-channel grayscale": 1, "wrong size": 1,
+    }  # fmt: skip
+
+    matrix = _gold(lake, "centroid_similarity")
+    assert [r["emotion"] for r in matrix] == list(EMOTIONS)
+    for i, r in enumerate(matrix):
+        assert r[EMOTIONS[i]] == pytest.approx(1.0, abs=1e-5)
+        for other in EMOTIONS:
+            assert r[other] == pytest.approx(matrix[EMOTIONS.index(other)][EMOTIONS[i]])
+
+    agree = {r["emotion"]: r for r in _gold(lake, "neighbour_agreement")}
+    assert agree["all"]["images"] == 21 and agree["all"]["k"] == 10
+    assert agree["angry"]["chance"] == pytest.approx(2 / 20)
+    assert 0.0 <= agree["all"]["agreement"] <= 1.0
+
+
+def test_gold_metadata_carries_plots_and_previews(loaded):
+    result = loaded["result"]
+    meta = result.asset_materializations_for_node("gold_centroid_similarity")[0].metadata
+    assert meta["heatmap"].value.startswith("![centroid similarity](data:image/png;base64,")
+    meta = result.asset_materializations_for_node("gold_emotion_summary")[0].metadata
+    assert "data:image/png;base64," in meta["class_balance"].value and "| emotion |" in meta["preview"].value
+    meta = result.asset_materializations_for_node("gold_neighbour_agreement")[0].metadata
+    assert "data:image/png;base64," in meta["projection"].value
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"search_index_recall": True, "gold_summary_counts_silver": True}
+
+
+def test_the_index_lands_in_the_lake_with_its_id_mapping(loaded):
+    folder = loaded["lake"] / "index" / MODEL
+    assert {p.name for p in folder.iterdir()} == {"index.faiss", "ids.parquet", "meta.json"}
+    assert (loaded["lake"] / "index" / "LATEST").read_text() == MODEL
+    mapping = pq.read_table(folder / "ids.parquet")
+    assert mapping.num_rows == 21 and len(set(mapping["image_id"].to_pylist())) == 21
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["kind"] == "flat" and meta["model"] == MODEL and meta["size"] == 21
+
+
+def test_search_finds_the_querys_duplicate_first_in_both_backends(loaded):
+    lake = Storage(str(loaded["lake"]))
+    spec = loaded["resources"]["embedder"].spec()
+    query = face("sad", 10 * EMOTIONS.index("sad") + 1)  # the bytes of sad1.png, loaded
+    out = {b: search.find_similar(lake, spec, image=query, k=5, backend=b, dsn=loaded["dsn"]) for b in search.BACKENDS}
+    for b, result in out.items():
+        first = result["hits"][0]
+        assert first["filepath"] == "raw/images/fer2013/train/sad/sad1.png", b
+        assert first["distance"] == pytest.approx(0.0, abs=1e-4), b
+        assert result["query"]["emotion"] == "sad" and len(result["hits"]) == 5
+    assert [h["image_id"] for h in out["index"]["hits"]] == [h["image_id"] for h in out["pgvector"]["hits"]]
+    np.testing.assert_allclose([h["distance"] for h in out["index"]["hits"]],
+                               [h["distance"] for h in out["pgvector"]["hits"]], atol=1e-4)  # fmt: skip
+
+
+def test_both_backends_agree_on_every_image_with_and_without_a_filter(loaded):
+    lake = Storage(str(loaded["lake"]))
+    spec = loaded["resources"]["embedder"].spec()
+    index = search.load_index(lake, MODEL)
+    emotions = dict(zip(index.mapping["image_id"].to_pylist(), index.mapping["emotion"].to_pylist()))
+    for image_id in index.mapping["image_id"].to_pylist()[::4]:
+        for emotion in (None, "fear"):
+            # three fear images are loaded; the query itself is never its own neighbour
+            expected = 2 if emotion == emotions[image_id] else 3
+            a = search.find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion)
+            b = search.find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion, backend="pgvector",
+                                    dsn=loaded["dsn"])  # fmt: skip
+            assert [h["image_id"] for h in a["hits"]] == [h["image_id"] for h in b["hits"]]
+            assert image_id not in {h["image_id"] for h in a["hits"]}  # the query itself is excluded
+            assert len(a["hits"]) == expected and (emotion is None or {h["emotion"] for h in a["hits"]} == {emotion})
+
+
+def test_cli_search_json_and_contact_sheet(loaded, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("FER_PG_DSN", loaded["dsn"])
+    monkeypatch.setenv("FER_LAKE_URL", str(loaded["lake"]))
+    monkeypatch.setenv("FER_LANDING", str(loaded["landing"]))
+    query = loaded["landing"] / "test/happy/happy2.png"
+    sheet_path = tmp_path / "sheet.png"
+    code = cli.main(["--home", str(tmp_path / "home"), "search", "--image", str(query), "-k", "4", "--json",
+                     "--sheet", str(sheet_path), "--backend", "pgvector"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["hits"][0]["filepath"] == "raw/images/fer2013/test/happy/happy2.png"
+    assert [h["rank"] for h in result["hits"]] == [1, 2, 3, 4]
+    assert all(a["distance"] <= b["distance"] for a, b in zip(result["hits"], result["hits"][1:]))
+    im = Image.open(io.BytesIO(sheet_path.read_bytes()))
+    cols, rows = sheet.layout(5)
+    assert im.format == "PNG" and im.size == (cols * sheet.cell_size()[0], rows * sheet.cell_size()[1])
+
+    code = cli.main(["--home", str(tmp_path / "home"), "search", "--image", str(loaded["landing"] / "nope.png")])
+    assert code == 2 and "cannot read" in capsys.readouterr().err
+    code = cli.main(["--home", str(tmp_path / "home"), "search", "--id", "f" * 64])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is not in the index" in err
+
+
+def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_server):
+    lake = tmp_path / "lake"
+    shutil.copytree(loaded["lake"], lake)
+    folder = lake / "index" / MODEL
+    mapping = pq.read_table(folder / "ids.parquet")
+    ids = mapping["image_id"].to_pylist()
+    shuffled = mapping.set_column(0, "image_id", pa.array([ids[(i + 7) % len(ids)] for i in range(len(ids))]))
+    pq.write_table(shuffled, folder / "ids.parquet")  # each vector now answers for another image
+    res = make_resources(loaded["dsn"], lake, loaded["landing"])
+    from fer_platform.checks import search_index_recall
+
+    result = dg.materialize(EVERYTHING, resources=res, selection=dg.AssetSelection.checks(search_index_recall),
+                            raise_on_error=False)  # fmt: skip
+    (ev,) = result.get_asset_check_evaluations()
+    assert not ev.passed and "recall@10 is" in ev.description
+    assert ev.metadata["recall_at_10"].value < 0.5

@@ -1,0 +1,130 @@
+"""The FAISS index (flat and HNSW), its files, recall, filtered search, and contact sheets."""
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from fer_platform.core import search, sheet
+from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.storage import Storage
+from fer_platform.core.vectors import vectors_to_arrow
+from fer_platform_tests.helpers import face
+
+
+def clustered(n_per=60, dim=512, spread=0.6, seed=0):
+    """Silver-like rows: one cluster per emotion, normalised."""
+    rng = np.random.default_rng(seed)
+    vectors, emotions = [], []
+    for e in EMOTIONS:
+        centre = rng.standard_normal(dim)
+        for _ in range(n_per):
+            vectors.append(centre + spread * rng.standard_normal(dim) * np.sqrt(1))
+            emotions.append(e)
+    v = np.asarray(vectors, np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    n = len(v)
+    return pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "image_id": [f"{j:06d}" for j in range(n)],
+            "filepath": [f"raw/images/fer2013/train/{e}/{j}.png" for j, e in enumerate(emotions)],
+            "emotion": emotions,
+            "split": ["train"] * n,
+            "load_date": pa.array([None] * n, pa.date32()),
+            "vector": vectors_to_arrow(v),
+        }
+    )
+
+
+def test_exact_search_matches_brute_force():
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((1000, 64)).astype(np.float32)
+    q = rng.standard_normal((7, 64)).astype(np.float32)
+    sims, pos = search.exact_search(v, q, 5, block=3)  # tiny blocks: the merge across blocks is exercised
+    expected = np.argsort(-(q @ v.T), axis=1)[:, :5]
+    assert (pos == expected).all()
+    np.testing.assert_allclose(sims, np.take_along_axis(q @ v.T, expected, 1), rtol=1e-5)
+
+
+def test_flat_index_round_trips_through_its_files_and_finds_itself():
+    silver = clustered(n_per=10)
+    index = search.build_index(silver, "m1")
+    assert index.kind == "flat" and index.size == 70
+    again = search.SearchIndex.from_files(index.to_files())
+    assert again.meta["model"] == "m1" and again.size == 70
+    v = again.vectors()
+    hits = again.search(v[5], k=3)
+    assert hits[0].image_id == again.mapping["image_id"][5].as_py() and hits[0].distance == pytest.approx(0, abs=1e-5)
+    assert [h.rank for h in hits] == [1, 2, 3] and hits[0].distance <= hits[1].distance <= hits[2].distance
+
+
+def test_hnsw_index_is_tuned_to_the_recall_target():
+    silver = clustered(n_per=80, spread=1.5)
+    index = search.build_index(silver, "m1", hnsw_threshold=100, m=8, ef_construction=40)
+    assert index.kind == "hnsw" and index.meta["ef_search"] >= 16
+    assert index.meta["tuned_recall"] >= search.RECALL_TARGET
+    measured = search.index_recall(search.SearchIndex.from_files(index.to_files()), silver)
+    assert measured["recall"] >= search.RECALL_TARGET and measured["queries"] == 200
+
+
+def test_a_broken_index_fails_the_recall_measure():
+    silver = clustered(n_per=20)
+    index = search.build_index(silver, "m1")
+    ids = index.mapping["image_id"].to_pylist()
+    rng = np.random.default_rng(0)
+    broken = search.SearchIndex(index.index, index.mapping.set_column(
+        0, "image_id", pa.array(list(rng.permutation(ids)))), index.meta)  # fmt: skip
+    assert search.index_recall(index, silver)["recall"] == 1.0
+    assert search.index_recall(broken, silver)["recall"] < 0.5
+
+
+@pytest.mark.parametrize("kind_threshold", [10_000, 50])  # flat, then HNSW
+def test_emotion_filter_returns_k_of_that_emotion(kind_threshold):
+    silver = clustered(n_per=30, spread=3.0)
+    index = search.build_index(silver, "m1", hnsw_threshold=kind_threshold, m=8)
+    q = index.vectors()[0]  # an angry image
+    hits = index.search(q, k=12, emotion="surprise")
+    assert len(hits) == 12 and {h.emotion for h in hits} == {"surprise"}
+    # exactly the 12 nearest surprise images
+    v = index.vectors()
+    mask = np.asarray(index.mapping["emotion"].to_pylist()) == "surprise"
+    sims = v[mask] @ q
+    expected = set(np.asarray(index.mapping["image_id"].to_pylist())[mask][np.argsort(-sims)[:12]])
+    assert {h.image_id for h in hits} == expected
+    # more than exist: all that exist
+    assert len(index.search(q, k=100, emotion="happy")) == 30
+    # the query itself can be excluded
+    own = index.mapping["image_id"][0].as_py()
+    assert own not in {h.image_id for h in index.search(q, k=5, exclude=own)}
+
+
+def test_load_index_from_the_lake_or_a_clear_error(tmp_path):
+    lake = Storage(str(tmp_path))
+    with pytest.raises(search.IndexUnavailable, match="no search index for model m1 .*materialise search_index"):
+        search.load_index(lake, "m1")
+    index = search.build_index(clustered(n_per=3), "m1")
+    for name, data in index.to_files().items():
+        lake.write_bytes(f"{search.index_dir('m1')}/{name}", data)
+    assert search.load_index(lake, "m1").size == 21
+
+
+def test_contact_sheet_has_one_tile_per_image_in_the_grid():
+    pngs = [face(e, i) for i, e in enumerate(EMOTIONS * 2)][:11]  # query + k=10
+    png = sheet.contact_sheet([(p, f"tile {i}") for i, p in enumerate(pngs)])
+    im = Image.open(io.BytesIO(png))
+    assert im.format == "PNG"
+    cols, rows = sheet.layout(11)
+    w, h = sheet.cell_size()
+    assert (cols, rows) == (6, 2) and im.size == (cols * w, rows * h)
+    for i, p in enumerate(pngs):  # each tile shows its image, at 2x
+        tile = im.crop(sheet.image_box(i, cols)).convert("L")
+        expected = Image.open(io.BytesIO(p)).convert("L").resize((sheet.TILE, sheet.TILE), Image.NEAREST)
+        assert np.array_equal(np.asarray(tile), np.asarray(expected)), i
+    # the query tile is highlighted, the others are not
+    x0, y0, _, _ = sheet.image_box(0, cols)
+    assert im.getpixel((x0 - 2, y0 - 2)) == sheet.QUERY_BG
+    x1, y1, _, _ = sheet.image_box(1, cols)
+    assert im.getpixel((x1 - 2, y1 - 2)) == sheet.BG
