@@ -35,7 +35,9 @@ def workspace(prefix="ferbench-"):
 
 def resources(root: Path, dsn: str, **embedder):
     from fer_platform.io_managers.parquet import LakeIOManager
-    from fer_platform.resources import EmbedderResource, LakeResource, LandingResource, PostgresResource
+    from fer_platform.resources import (
+        AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
+    )
     from fer_platform.resources.environments import vector_resources
 
     postgres = PostgresResource(dsn=dsn)
@@ -44,6 +46,7 @@ def resources(root: Path, dsn: str, **embedder):
         "landing": LandingResource(url=str(root / "landing")),
         "lake_io_manager": LakeIOManager(base_url=str(root / "lake")),
         "postgres": postgres,
+        "auto_loader": AutoLoaderResource(),
         **vector_resources(postgres, EmbedderResource(weights=os.environ["FER_EMBED_WEIGHTS"], **embedder)),
     }
 

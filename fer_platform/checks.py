@@ -1,6 +1,7 @@
 """Asset checks that guard each layer. Checks that protect downstream data are blocking."""
 
 
+import time
 import warnings
 
 import dagster as dg
@@ -9,14 +10,19 @@ import pyarrow as pa
 from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.gold import current_silver, gold_emotion_summary
+from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.core import ledger, search, vectors
 from fer_platform.core.checks import bronze_problems
+from fer_platform.core.reconcile import reconcile
+from fer_platform.core.report import markdown_table
 from fer_platform.core.silver import silver_problems
-from fer_platform.partitions import image_partitions, partition_of
 from fer_platform.core.storage import LakeFiles
-from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
+from fer_platform.partitions import image_partitions, partition_of
+from fer_platform.resources import (
+    AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
+)  # fmt: skip
 
 
 # Partitioned asset checks are a Dagster preview feature; they are what lets a check
@@ -142,7 +148,43 @@ def gold_summary_counts_silver(
     )
 
 
+@dg.asset_check(
+    asset=raw_images,
+    name="landing_reconciled",
+    description="A full re-listing of the landing zone against the load log and the lake (the auto-loader's "
+    "periodic backfill, made visible): every landing file is in the load log, every loaded file is in the lake. "
+    "Run weekly by the reconcile job.",
+)
+def landing_reconciled(
+    landing: LandingResource, lake: LakeResource, postgres: PostgresResource, auto_loader: AutoLoaderResource
+) -> dg.AssetCheckResult:
+    settle_us = int(auto_loader.settings().settle_seconds * 1e6)
+    r = reconcile(landing.storage(), lake.storage(), postgres.get_dsn(), time.time_ns() // 1000 - settle_us)
+    problems = []
+    if r.never_loaded:
+        problems.append(f"{len(r.never_loaded)} landing file(s) never loaded, e.g. {r.never_loaded[0]} (reset the "
+                        "landing_sensor cursor to pick them up: the load log keeps loaded files from loading twice)")  # fmt: skip
+    if r.missing_in_lake:
+        problems.append(f"{len(r.missing_in_lake)} loaded file(s) missing from the lake, e.g. {r.missing_in_lake[0]}")
+    return dg.AssetCheckResult(
+        passed=r.ok,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(problems) or None,
+        metadata={
+            "landing_files": r.landing_files,
+            "load_log_versions": r.ledger_versions,
+            "never_loaded": len(r.never_loaded),
+            "missing_in_lake": len(r.missing_in_lake),
+            "not_yet_settled": r.recent,
+            "never_loaded_files": dg.MetadataValue.md(markdown_table([{"key": k} for k in r.never_loaded], ["key"])),
+            "missing_lake_files": dg.MetadataValue.md(
+                markdown_table([{"lake_path": p} for p in r.missing_in_lake], ["lake_path"])
+            ),
+        },
+    )
+
+
 ALL_CHECKS = [
     bronze_images_valid, image_embeddings_complete, silver_matches_postgres, search_index_recall,
-    gold_summary_counts_silver,
+    gold_summary_counts_silver, landing_reconciled,
 ]  # fmt: skip

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument("--landing", help="landing folder or URL (env FER_LANDING)")
+    bl = sub.add_parser("bulk-load", parents=[common],
+                        help="first load of a large landing folder: a backfill through the running webserver")  # fmt: skip
+    bl.add_argument("--host", default="127.0.0.1")
+    bl.add_argument("--port", type=int, default=3000)
+    bl.add_argument("--wait", action="store_true", help="wait until every run of the backfill has finished")
+
     se = sub.add_parser("search", parents=[common], help="the images most similar to an image or a loaded image id")
     query = se.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="a query image file (embedded with the index's model)")
@@ -79,6 +85,13 @@ def _dispatch(args, home: Home) -> int:
         return 0
     if args.command == "db":
         return _db(args.action, home)
+    if args.command == "bulk-load":
+        import os
+
+        from fer_platform import bulk
+
+        os.environ["FER_HOME"] = str(home.root)
+        return bulk.run(args.host, args.port, args.wait)
     if args.command == "search":
         return _search(args, home)
     if args.command == "dev":

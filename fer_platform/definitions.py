@@ -9,12 +9,16 @@ from fer_platform.assets.gold import GOLD_ASSETS
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.automation.jobs import ingest_job, landing_triage, publish_job
+from fer_platform.automation.jobs import bulk_load_job, ingest_job, landing_triage, publish_job, reconcile_job
+from fer_platform.automation.schedules import daily_refresh, weekly_reconcile
+from fer_platform.automation.sensors import landing_sensor, publish_automation
 from fer_platform.checks import ALL_CHECKS
 from fer_platform.resources.environments import resources_for
 
 ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index]
-JOBS = [ingest_job, publish_job, landing_triage]
+JOBS = [ingest_job, bulk_load_job, publish_job, reconcile_job, landing_triage]
+SENSORS = [landing_sensor, publish_automation]
+SCHEDULES = [daily_refresh, weekly_reconcile]
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
@@ -22,6 +26,11 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
+        sensors=SENSORS,
+        schedules=SCHEDULES,
+        # Runs launched by automation, backfills and the UI execute their steps in one process:
+        # the steps of a partition are sequential anyway, and torch is imported once per run.
+        executor=dg.in_process_executor,
         resources=resources if resources is not None else resources_for(),
     )
 

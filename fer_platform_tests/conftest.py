@@ -69,7 +69,9 @@ def lake(tmp_path):
 def resources(pg_dsn, lake, landing):
     """The local resources, pointed at the test's database, lake and landing zone."""
     from fer_platform.io_managers.parquet import LakeIOManager
-    from fer_platform.resources import EmbedderResource, LakeResource, LandingResource, PostgresResource
+    from fer_platform.resources import (
+        AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
+    )
     from fer_platform.resources.environments import vector_resources
 
     postgres = PostgresResource(dsn=pg_dsn)
@@ -78,5 +80,6 @@ def resources(pg_dsn, lake, landing):
         "landing": LandingResource(url=str(landing)),
         "lake_io_manager": LakeIOManager(base_url=str(lake)),
         "postgres": postgres,
+        "auto_loader": AutoLoaderResource(),
         **vector_resources(postgres, EmbedderResource(weights="random", batch_size=16)),
     }

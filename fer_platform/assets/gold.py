@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
+from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.core import gold, ledger, plots
 from fer_platform.core.layout import EMOTIONS, GOLD
 from fer_platform.core.report import markdown_table
@@ -14,7 +15,9 @@ from fer_platform.core.silver import read_silver
 from fer_platform.io_managers.parquet import LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
 
-GOLD_KW = dict(io_manager_key="lake_io_manager", group_name="gold", kinds={"python", "parquet"})
+GOLD_KW = dict(
+    io_manager_key="lake_io_manager", group_name="gold", kinds={"python", "parquet"}, automation_condition=FOLLOW_UPSTREAM
+)
 
 
 def current_silver(lake: LakeResource, embedder: EmbedderResource) -> pa.Table:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from fer_platform.assets.gold import current_silver
 from fer_platform.assets.silver import silver_embeddings
+from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.core import search
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
@@ -27,6 +28,7 @@ class SearchIndexConfig(dg.Config):
     metadata={LAKE_PATH: INDEX, LAKE_FORMAT: "files"},
     group_name="search",
     kinds={"faiss"},
+    automation_condition=FOLLOW_UPSTREAM,
     description="FAISS index of every silver vector of the current model (exact below a size threshold, HNSW "
     "above), with the id mapping as Parquet: index/<model>/{index.faiss, ids.parquet, meta.json}.",
 )

@@ -10,6 +10,7 @@ from fer_platform.assets.gold import GOLD_ASSETS
 from fer_platform.assets.search import search_index
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
+from fer_platform.checks import landing_reconciled
 from fer_platform.core.ingest import ingest
 from fer_platform.partitions import image_partitions, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
@@ -28,6 +29,18 @@ ingest_job = dg.define_asset_job(
 )
 
 
+bulk_load_job = dg.define_asset_job(
+    "bulk_load",
+    selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+    partitions_def=image_partitions,
+    executor_def=dg.in_process_executor,
+    tags={"fer/bulk": "true"},
+    description="The first load of a large landing folder (FER2013's 35,887 images): launched as a backfill of "
+    "today's 7 emotion partitions (`fer-platform bulk-load`, or Jobs -> bulk_load -> Partitions in the UI); each "
+    "run takes every pending file of its emotion, in batches with progress in its logs. The run queue bounds how "
+    "many run at once (tag fer/bulk, see dagster.yaml).",
+)
+
 PUBLISH_ASSETS = [*GOLD_ASSETS, search_index]
 
 publish_job = dg.define_asset_job(
@@ -35,6 +48,15 @@ publish_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
     executor_def=dg.in_process_executor,
     description="The unpartitioned layers over every silver partition: gold summaries and the search index.",
+)
+
+
+reconcile_job = dg.define_asset_job(
+    "reconcile",
+    selection=dg.AssetSelection.checks(landing_reconciled),
+    executor_def=dg.in_process_executor,
+    description="Re-lists the whole landing zone and reports, as the landing_reconciled check on raw_images, "
+    "any file never loaded and any load-log entry whose lake file is missing.",
 )
 
 

@@ -49,12 +49,15 @@ class Home:
         return self
 
 
-def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2) -> str:
+def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2, bulk_concurrency: int = 1) -> str:
     """dagster.yaml for the local instance: storage on PostgreSQL through dagster-postgres.
 
     ``storage_url`` is written in only when it carries no password (the
     embedded server over its socket); otherwise the file reads it from
-    ``FER_DAGSTER_PG_URL`` at start.
+    ``FER_DAGSTER_PG_URL`` at start. The run queue runs at most ``max_concurrent_runs`` runs
+    at once (on 2 cores, more only contend for them), and at most ``bulk_concurrency`` of a bulk
+    load's runs, so the sensor's small runs still get through; a failed run is retried once
+    (loads are idempotent: the load log decides).
     """
     url = f'"{storage_url}"' if storage_url else "\n        env: FER_DAGSTER_PG_URL"
     return f"""# Written by fer-platform. Instance storage on PostgreSQL (dagster-postgres).
@@ -66,6 +69,12 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: {max_concurrent_runs}
+    tag_concurrency_limits:
+      - key: fer/bulk
+        limit: {bulk_concurrency}
+run_retries:
+  enabled: true
+  max_retries: 1
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30

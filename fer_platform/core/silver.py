@@ -35,7 +35,7 @@ def build_silver(embeddings: pa.Table) -> pa.Table:
     first = {}
     for i, image_id in enumerate(ids):
         first.setdefault(image_id, i)
-    table = table.take(sorted(first.values()))
+    table = table.take(pa.array(sorted(first.values()), pa.int64()))
     vectors = arrow_to_vectors(table["vector"])
     if vectors.shape[1:] != (EMBEDDING_DIM,):
         raise InvalidVectors(f"vectors have {vectors.shape[1:]} dims, expected {EMBEDDING_DIM}")

@@ -10,6 +10,7 @@ from fer_platform.core.errors import ConfigError
 from fer_platform.core.home import Home
 from fer_platform.io_managers.parquet import LakeIOManager
 from fer_platform.io_managers.pgvector import PgVectorIOManager
+from fer_platform.resources.auto_loader import AutoLoaderResource
 from fer_platform.resources.embedder import EmbedderResource
 from fer_platform.resources.lake import LakeResource, LandingResource
 from fer_platform.resources.postgres import PostgresResource
@@ -38,6 +39,35 @@ def embedder_from_env() -> EmbedderResource:
         raise ConfigError(f"FER_EMBED_BATCH_SIZE and FER_EMBED_THREADS must be integers ({exc})") from None
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean (true/false)")
+
+
+def auto_loader_from_env() -> AutoLoaderResource:
+    """The landing sensor's settings (the same in every environment)."""
+    try:
+        return AutoLoaderResource(
+            max_files_per_tick=int(os.environ.get("FER_MAX_FILES_PER_TICK", "1000")),
+            include_existing_files=_flag("FER_INCLUDE_EXISTING_FILES", True),
+            settle_seconds=float(os.environ.get("FER_SETTLE_SECONDS", "5")),
+            on_success=os.environ.get("FER_ON_SUCCESS", "keep"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"FER_MAX_FILES_PER_TICK and FER_SETTLE_SECONDS must be numbers ({exc})") from None
+
+
+def automation_on_by_default() -> bool:
+    """Sensors and schedules start RUNNING locally, STOPPED in the cloud (FER_AUTOMATION=on|off overrides)."""
+    return _flag("FER_AUTOMATION", environment() == "local")
+
+
 def vector_resources(postgres: PostgresResource, embedder: EmbedderResource | None = None) -> dict:
     """The embedder and the pgvector IO manager on ``postgres``."""
     embedder = embedder or embedder_from_env()
@@ -56,6 +86,7 @@ def local_resources(home: Home | None = None) -> dict:
         "landing": LandingResource(url=landing_url),
         "lake_io_manager": LakeIOManager(base_url=lake_url),
         "postgres": postgres,
+        "auto_loader": auto_loader_from_env(),
         **vector_resources(postgres),
     }
 

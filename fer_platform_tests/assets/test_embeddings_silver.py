@@ -138,3 +138,14 @@ def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn
     )  # fmt: skip
     ev = {c.check_name: c for c in result.get_asset_check_evaluations()}["silver_matches_postgres"]
     assert not ev.passed and "silver has 3 rows, PostgreSQL 4" in ev.description
+
+
+def test_a_partition_of_only_broken_files_gives_empty_layers(resources, landing, lake, pg_dsn):
+    from fer_platform_tests.helpers import encoded
+
+    put(landing, "train/surprise/broken.png", encoded("RGB"))
+    result = _run(resources, "surprise")
+    assert result.asset_materializations_for_node("raw_images")[0].metadata["quarantined"].value == 1
+    silver = lake / f"silver/embeddings/emotion=surprise/load_date={utc_today()}/part-0.parquet"
+    assert silver.exists() and ds.dataset(silver).count_rows() == 0
+    assert _pg(pg_dsn) == []

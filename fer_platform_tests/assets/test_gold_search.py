@@ -24,7 +24,9 @@ from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.storage import Storage
 from fer_platform.io_managers.parquet import LakeIOManager
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources import EmbedderResource, LakeResource, LandingResource, PostgresResource
+from fer_platform.resources import (
+    AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
+)
 from fer_platform.resources.environments import vector_resources
 from fer_platform_tests.helpers import encoded, face, put
 
@@ -39,6 +41,7 @@ def make_resources(dsn, lake, landing):
         "landing": LandingResource(url=str(landing)),
         "lake_io_manager": LakeIOManager(base_url=str(lake)),
         "postgres": postgres,
+        "auto_loader": AutoLoaderResource(),
         **vector_resources(postgres, EmbedderResource(weights="random", batch_size=16)),
     }
 
@@ -196,4 +199,4 @@ def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_
                             raise_on_error=False)  # fmt: skip
     (ev,) = result.get_asset_check_evaluations()
     assert not ev.passed and "recall@10 is" in ev.description
-    assert ev.metadata["recall_at_10"].value < 0.5
+    assert ev.metadata["recall_at_10"].value < 0.75  # about 10 of 20 by chance on 21 images, 1.0 when intact

@@ -1,0 +1,178 @@
+"""End to end with the real Dagster daemon and webserver (`fer-platform dev`) on the embedded PostgreSQL:
+a bulk load of an initial folder, then files dropped into the landing zone in three bursts (one while
+a run is in progress); every file must be loaded exactly once into PostgreSQL and silver, gold and the
+index must follow by declarative automation, and the webserver must see the same. Every process
+started is stopped.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pyarrow.dataset as ds
+import pytest
+
+from fer_platform.core import db
+from fer_platform.core.layout import EMOTIONS
+from fer_platform.partitions import utc_today
+from fer_platform_tests.helpers import encoded, face, put
+
+pytestmark = pytest.mark.slow
+MODEL = "resnet18-random-s0-fidelity"
+IN_FLIGHT = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port, query, variables=None):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=20) as r:
+        body = json.loads(r.read())
+    assert not body.get("errors"), body["errors"]
+    return body["data"]
+
+
+RUNS = """query($statuses: [RunStatus!]) { runsOrError(filter: {statuses: $statuses}) {
+  ... on Runs { results { runId status jobName startTime endTime tags { key value } } } } }"""
+
+
+def _runs(port, statuses=None):
+    return _graphql(port, RUNS, {"statuses": statuses})["runsOrError"]["results"]
+
+
+def _wait(what, predicate, timeout, proc):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "fer-platform dev exited"
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _max_overlap(runs):
+    events = sorted([(r["startTime"], 1) for r in runs] + [(r["endTime"], -1) for r in runs])
+    live = peak = 0
+    for _, step in events:
+        live += step
+        peak = max(peak, live)
+    return peak
+
+
+def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
+    home, landing, port = tmp_path / "home", tmp_path / "landing", _free_port()
+    env = dict(
+        os.environ, FER_HOME=str(home), FER_LANDING=str(landing), FER_SENSOR_INTERVAL="2",
+        FER_AUTOMATION_INTERVAL="5", FER_SETTLE_SECONDS="1", FER_EMBED_WEIGHTS="random", PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    cli = [sys.executable, "-m", "fer_platform.cli", "--home", str(home)]
+    written = {}  # landing key -> bytes of its latest version
+
+    def drop(key, data):
+        put(landing, key, data)
+        written[key] = data
+
+    for e in EMOTIONS[:3]:  # the initial folder, before anything runs
+        for i in range(3):
+            drop(f"train/{e}/init{i}.png", face(e, 100 + i))
+    proc = subprocess.Popen([*cli, "dev", "--port", str(port)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    family: set[int] = set()
+    try:
+        _wait("the webserver and the code location", lambda: _ready(port), 180, proc)
+        bulk = subprocess.run([*cli, "bulk-load", "--port", str(port), "--wait"], env=env, capture_output=True,
+                              text=True, timeout=400)  # fmt: skip
+        assert bulk.returncode == 0, bulk.stdout + bulk.stderr
+        assert "backfill" in bulk.stdout
+
+        # burst 1; burst 2 while one of its runs is in progress; burst 3 once everything is quiet
+        for e in ("happy", "sad"):
+            drop(f"train/{e}/b1.png", face(e, 201))
+        _wait("a run in progress", lambda: _runs(port, ["STARTED"]), 120, proc)
+        drop("test/happy/b2.png", face("happy", 202))
+        drop("test/fear/b2.png", face("fear", 202))
+        drop("train/neutral/b2 copy.png", face("angry", 100))  # the same content as an initial file
+        drop("train/surprise/b2-broken.png", encoded("RGB"))
+        _wait("a quiet instance", lambda: not _runs(port, IN_FLIGHT) and _ledger_rows(home) == len(written), 300, proc)
+        drop("train/happy/b1.png", face("happy", 203))  # overwritten with new content: a new version
+        drop("test/sad/b3.png", face("sad", 204))
+        versions = len(written) + 1  # b1.png twice
+
+        def settled():
+            if _runs(port, IN_FLIGHT) or _ledger_rows(home) != versions:
+                return False
+            meta = home / "lake/index" / MODEL / "meta.json"
+            return meta.exists() and json.loads(meta.read_text())["size"] == _loaded(home)
+
+        _wait("every file loaded and the index rebuilt", settled, 300, proc)
+        family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+
+        dsn = db.embedded_status(home / "postgres")["dsn"]
+        with db.connect(dsn) as conn:
+            statuses = dict(conn.execute("SELECT status, count(*) FROM load_log GROUP BY status").fetchall())
+            per_file = conn.execute("SELECT count(*), count(DISTINCT (source, size, modified_at)) FROM load_log").fetchone()
+            vectors = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s",
+                                   (MODEL,)).fetchone()  # fmt: skip
+        loaded = len(written) - 2 + 1  # every version but the duplicate and the broken file
+        assert statuses == {"loaded": loaded, "duplicate": 1, "quarantined": 1}
+        assert per_file[0] == per_file[1] == versions  # one load-log row per file version
+        assert vectors == (loaded, loaded)
+        silver = ds.dataset(home / "lake/silver/embeddings", partitioning="hive").to_table(columns=["image_id"])
+        assert silver.num_rows == loaded and len(set(silver["image_id"].to_pylist())) == loaded
+
+        runs = [r for r in _runs(port) if r["endTime"]]
+        bulk_runs = [r for r in runs if {"key": "fer/bulk", "value": "true"} in r["tags"]]
+        assert bulk_runs and _max_overlap(bulk_runs) <= 1  # the bulk load's runs queue one at a time
+        assert _max_overlap(runs) <= 2  # the run queue's limit
+        assert all(r["status"] == "SUCCESS" for r in runs), [(r["jobName"], r["status"]) for r in runs]
+        assert any(r["jobName"] == "ingest_images" for r in runs)  # the sensor's runs
+
+        # the UI sees the same: the latest materialisations of silver's partitions and of the index
+        nodes = _graphql(port, """{ assetNodes { assetKey { path } assetMaterializations(limit: 50) { partition runId } } }""")
+        by_asset = {"/".join(n["assetKey"]["path"]): n["assetMaterializations"] for n in nodes["assetNodes"]}
+        today = utc_today().isoformat()
+        assert {m["partition"] for m in by_asset["silver_embeddings"]} >= {f"{e}|{today}" for e in EMOTIONS if e != "disgust"}
+        assert by_asset["search_index"] and by_asset["gold_neighbour_agreement"]
+    finally:
+        if proc.poll() is None:
+            family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+        subprocess.run([*cli, "db", "stop"], env=env, check=False, capture_output=True)
+    time.sleep(1)
+    alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"left behind: {alive}"
+
+
+def _ready(port) -> bool:
+    """The webserver answers and has loaded the code location (errors while it loads: not yet)."""
+    try:
+        return bool(_graphql(port, "{ assetNodes { id } }")["assetNodes"])
+    except (OSError, AssertionError, KeyError, TypeError):
+        return False
+
+
+def _ledger_rows(home) -> int:
+    dsn = db.embedded_status(home / "postgres")["dsn"]
+    with db.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM load_log").fetchone()[0]
+
+
+def _loaded(home) -> int:
+    dsn = db.embedded_status(home / "postgres")["dsn"]
+    with db.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM load_log WHERE status = 'loaded'").fetchone()[0]
