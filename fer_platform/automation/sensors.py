@@ -8,6 +8,7 @@ load log is the checkpoint: a lost cursor reloads nothing. Logic in core/planner
 
 import os
 import time
+import warnings
 
 import dagster as dg
 
@@ -18,6 +19,10 @@ from fer_platform.core.planner import Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import AutoLoaderResource, LandingResource, PostgresResource
 from fer_platform.resources.environments import automation_on_by_default
+
+
+# AutomationConditionSensorDefinition passes Dagster's own beta `owners` parameter through.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*owners.*")
 
 
 def default_status() -> dg.DefaultSensorStatus:

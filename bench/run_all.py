@@ -1,0 +1,19 @@
+"""Run every benchmark in bench/, one after the other (each prints its own figures).
+
+    .venv/bin/python bench/run_all.py            (make bench)
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = [["bench_embeddings.py"], ["bench_search.py"]]
+
+if __name__ == "__main__":
+    failed = []
+    for args in BENCHES:
+        print(f"\n$ python bench/{' '.join(args)}", flush=True)
+        if subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]], cwd=HERE.parent).returncode:
+            failed.append(args[0])
+    sys.exit(1 if failed else 0)
