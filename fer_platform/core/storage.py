@@ -91,6 +91,9 @@ class Storage:
         base = self.path(prefix)
         if self.local:
             return sorted(_walk_local(base, self.root), key=lambda e: e.key)
+        # fsspec filesystems are cached per process and may keep listings: a sensor in a
+        # long-running daemon must see what other processes wrote since its last tick.
+        self.fs.invalidate_cache(base)
         try:
             found = self.fs.find(base, detail=True, withdirs=False)
         except FileNotFoundError:
@@ -123,6 +126,8 @@ class Storage:
         return found, missing
 
     def exists(self, key: str) -> bool:
+        if not self.local:
+            self.fs.invalidate_cache(self.path(key))
         return self.fs.exists(self.path(key))
 
     # ---- bytes
@@ -194,11 +199,11 @@ def _modified(info: dict[str, Any]) -> dt.datetime:
         value = info.get(field)
         if value is None:
             continue
-        if isinstance(value, dt.datetime):
-            return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        if isinstance(value, dt.datetime):  # S3 listings come in the local zone, Azure's in UTC
+            return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
         if isinstance(value, (int, float)):
             return _EPOCH + dt.timedelta(microseconds=int(value * 1e6))
         if isinstance(value, str):
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+            return parsed.astimezone(dt.timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
     raise ValueError(f"no modification time in listing entry: {sorted(info)}")
