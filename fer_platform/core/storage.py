@@ -17,6 +17,8 @@ from typing import Any
 
 import fsspec
 
+from fer_platform.core.errors import FerError
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class LakeFiles:
         return sum(len(b) for b in self.files.values())
 
 
+class StorageUnavailable(FerError):
+    """An object store root that cannot be used (credentials, container/bucket name, network); one line."""
+
+
 def to_us(t: dt.datetime) -> int:
     """Microseconds since the epoch (the precision PostgreSQL keeps)."""
     delta = t - _EPOCH
@@ -71,6 +77,22 @@ class Storage:
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
+
+    def check(self) -> None:
+        """Fail with one line if the container or bucket cannot be reached (a folder may not exist yet:
+        it is created on first write, and listing a missing one is empty)."""
+        if self.local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            self.fs.invalidate_cache(bucket)
+            self.fs.info(bucket)
+        except FileNotFoundError:
+            raise StorageUnavailable(f"{self.url}: there is no container or bucket named '{bucket}'") from None
+        except Exception as exc:  # noqa: BLE001 - SDK errors carry pages of XML; the first line says it
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            reason = lines[0] if lines else type(exc).__name__
+            raise StorageUnavailable(f"cannot reach {self.url}: {type(exc).__name__}: {reason}") from None
 
     # ---- addressing
     def path(self, key: str = "") -> str:

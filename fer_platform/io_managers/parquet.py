@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from fer_platform.core.storage import LakeFiles
+from fer_platform.core.storage import LakeFiles, Storage
 from fer_platform.resources.lake import ObjectStore, merged_options
 
 LAKE_PATH = "lake/path"
@@ -148,4 +148,6 @@ class LakeIOManager(dg.ConfigurableIOManagerFactory):
     storage_options: dict[str, str] = {}
 
     def create_io_manager(self, context) -> HiveParquetIOManager:
-        return HiveParquetIOManager(UPath(self.base_url, **merged_options(self.store, self.storage_options)))
+        options = merged_options(self.store, self.storage_options)
+        Storage(self.base_url, options).check()  # fail at start, in one line, if the store cannot be reached
+        return HiveParquetIOManager(UPath(self.base_url, **options))

@@ -62,6 +62,9 @@ class _StorageResource(dg.ConfigurableResource):
             self._storage = Storage(self.url, merged_options(self.store, self.storage_options))
         return self._storage
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.storage().check()  # a wrong credential or container fails the run at start, in one line
+
 
 class LakeResource(_StorageResource):
     """The data lake root: raw/ bronze/ silver/ gold/ index/ quarantine/ _meta/."""
