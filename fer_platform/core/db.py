@@ -278,7 +278,8 @@ def ensure_vector_extension(conn: psycopg.Connection, dsn: str) -> None:
         if "allow-listed" in text or "allowlisted" in text or "azure.extensions" in text:
             raise DatabaseUnavailable(
                 f"the 'vector' extension is not allow-listed on {where}: add VECTOR to the server parameter "
-                "azure.extensions (az postgres flexible-server parameter set --name azure.extensions --value VECTOR)"
+                "azure.extensions, keeping the extensions already listed (az postgres flexible-server parameter set "
+                "--name azure.extensions --value <current list>,VECTOR), then retry"
             ) from None
         if "control file" in text or "is not available" in text:
             raise DatabaseUnavailable(
