@@ -10,11 +10,12 @@ from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.jobs import ingest_job, landing_triage, publish_job
+from fer_platform.automation.migrate import migrate_vectors_job
 from fer_platform.checks import ALL_CHECKS
 from fer_platform.resources.environments import resources_for
 
 ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index]
-JOBS = [ingest_job, publish_job, landing_triage]
+JOBS = [ingest_job, publish_job, landing_triage, migrate_vectors_job]
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
