@@ -76,10 +76,10 @@ def local_resources(home: Home | None = None) -> dict:
     return {**lake_resources(lake_url, landing_url), "postgres": postgres, **vector_resources(postgres)}
 
 
-def cloud_postgres(env: str) -> PostgresResource:
+def cloud_postgres(env: str, entra_auth: bool = False) -> PostgresResource:
     """A PostgreSQL server by DSN (Azure Flexible Server, RDS/Aurora); optionally an Entra token as password."""
     cloud.require(env, "FER_PG_DSN", "the PostgreSQL + pgvector server, postgresql://user@host:5432/db")
-    return PostgresResource(dsn=dg.EnvVar("FER_PG_DSN"), entra_auth=cloud.flag("FER_PG_ENTRA_AUTH"))
+    return PostgresResource(dsn=dg.EnvVar("FER_PG_DSN"), entra_auth=entra_auth)
 
 
 def azure_resources() -> dict:
@@ -97,7 +97,7 @@ def azure_resources() -> dict:
         account_key=dg.EnvVar(credential) if credential == "AZURE_STORAGE_ACCOUNT_KEY" else None,
         sas_token=dg.EnvVar(credential) if credential == "AZURE_STORAGE_SAS_TOKEN" else None,
     )  # fmt: skip
-    postgres = cloud_postgres(env)
+    postgres = cloud_postgres(env, entra_auth=cloud.flag("FER_PG_ENTRA_AUTH"))
     return {
         **lake_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), store),
         "object_store": store,
