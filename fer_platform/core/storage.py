@@ -84,15 +84,24 @@ class Storage:
         if self.local:
             return
         bucket = self.root.split("/", 1)[0]
+        self.fs.invalidate_cache(bucket)
         try:
-            self.fs.invalidate_cache(bucket)
             self.fs.info(bucket)
+            return
         except FileNotFoundError:
             raise StorageUnavailable(f"{self.url}: there is no container or bucket named '{bucket}'") from None
         except Exception as exc:  # noqa: BLE001 - SDK errors carry pages of XML; the first line says it
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            reason = lines[0] if lines else type(exc).__name__
-            raise StorageUnavailable(f"cannot reach {self.url}: {type(exc).__name__}: {reason}") from None
+            error = exc
+        try:  # credentials scoped to a prefix (a SAS, a bucket policy) may list it without reading the container
+            self.fs.ls(self.root)
+            return
+        except FileNotFoundError:  # nothing under the prefix yet, but the store answered
+            return
+        except Exception:  # noqa: BLE001 - report the first error
+            pass
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        reason = lines[0] if lines else type(error).__name__
+        raise StorageUnavailable(f"cannot reach {self.url}: {type(error).__name__}: {reason}") from None
 
     # ---- addressing
     def path(self, key: str = "") -> str:
