@@ -56,7 +56,7 @@ class Process:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _start(name: str, cmd: list[str], pattern: str, timeout: float = 60, env: dict | None = None) -> tuple[Process, re.Match]:
+def _start(name: str, cmd: list, pattern: str, timeout: float = 60, env: dict | None = None) -> tuple[Process, re.Match]:
     """Start ``cmd`` in its own session, wait until its log matches ``pattern`` (the listening line)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"fer-{name}-"))
     log = workdir / "server.log"

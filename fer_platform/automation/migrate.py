@@ -36,7 +36,9 @@ def _dsn(which: str, setting: str, postgres: PostgresResource) -> str:
         return postgres.get_dsn()
     value = os.environ.get(setting, "").strip()
     if not value:
-        raise dg.Failure(description=f"{which}: environment variable {setting} is not set (it must hold a PostgreSQL DSN)")
+        raise dg.Failure(
+            description=f"{which}: environment variable {setting} is not set (it must hold a PostgreSQL DSN)"
+        )
     return value
 
 

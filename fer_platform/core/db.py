@@ -252,7 +252,9 @@ SCHEMA = [
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_source ON {LOAD_LOG_TABLE} (source)",
 ]
 VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
-VECTOR_INDEX_DDL = f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)"
+VECTOR_INDEX_DDL = (
+    f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)"
+)
 
 
 def ensure_schema(dsn: str, vector_index: bool = True) -> None:

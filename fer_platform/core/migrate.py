@@ -177,7 +177,8 @@ def _check_source(source: psycopg.Connection, dsn: str) -> None:
     found = {
         r[0]
         for r in source.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND table_schema = current_schema()",
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = current_schema()",
             (TABLE,),
         )
     }
@@ -215,7 +216,9 @@ def _copy_range(source, target, r, range_size, progress, done, todo, copied, str
     """Replace the target's rows of range ``r`` by the source's; (rows copied, rows removed, bytes)."""
     lo, hi = r * range_size, (r + 1) * range_size
     cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-    out_sql = sql.SQL("COPY (SELECT {cols} FROM {t} WHERE id >= {lo} AND id < {hi} ORDER BY id) TO STDOUT (FORMAT BINARY)")
+    out_sql = sql.SQL(
+        "COPY (SELECT {cols} FROM {t} WHERE id >= {lo} AND id < {hi} ORDER BY id) TO STDOUT (FORMAT BINARY)"
+    )
     in_sql = sql.SQL("COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)")
     sent = 0
     with target.transaction():

@@ -86,7 +86,8 @@ def azure_resources() -> dict:
     """Lake and landing zone on ADLS Gen2 / Blob Storage (adlfs), Azure Database for PostgreSQL."""
     env, example = "azure", "abfs://<container>@<account>.dfs.core.windows.net/<prefix>"
     for name, meaning in (("FER_LAKE_URL", "the lake root"), ("FER_LANDING", "the landing zone")):
-        url = cloud.check_url(env, name, cloud.require(env, name, f"{meaning}, {example}"), cloud.AZURE_SCHEMES, example)
+        value = cloud.require(env, name, f"{meaning}, {example}")
+        url = cloud.check_url(env, name, value, cloud.AZURE_SCHEMES, example)
         if not cloud.azure_account(url) and not cloud.is_set("AZURE_STORAGE_ACCOUNT_NAME"):
             raise ConfigError(f"FER_ENV=azure: {name} names no storage account ({example}); "
                               "name it there or set AZURE_STORAGE_ACCOUNT_NAME")  # fmt: skip

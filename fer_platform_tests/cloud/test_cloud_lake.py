@@ -94,7 +94,8 @@ def test_partitions_to_search_index_in_the_cloud(cloud_store, pg_dsn, monkeypatc
     assert [e.key for e in pending] == ["train/sad/s_new.png"]
     report = ingest(landing, lake, pg_dsn, pending, day, "new", on_success="archive")
     assert report.counts == {"loaded": 1} and report.source_errors == []
-    assert pending_files(landing, pg_dsn) == ([], [(f"_archive/{day}/train/sad/s_new.png", "archive of processed files")])
+    archived = f"_archive/{day}/train/sad/s_new.png"
+    assert pending_files(landing, pg_dsn) == ([], [(archived, "archive of processed files")])
     assert not landing.exists("train/sad/s_new.png") and landing.exists(f"_archive/{day}/train/sad/s_new.png")
     assert lake.read_bytes("raw/images/fer2013/train/sad/s_new.png") == face("sad", 7)
     assert len(_load_log(pg_dsn)) == 6
@@ -118,7 +119,8 @@ def test_a_store_that_cannot_be_reached_fails_the_run_at_start_in_one_line(env, 
     if env == "azure":  # a wrong account key (Azurite checks signatures)
         secret = "A" * 86 + "=="
         good = store.variables["AZURE_STORAGE_CONNECTION_STRING"]
-        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", good.replace(good.split("AccountKey=")[1].split(";")[0], secret))
+        key = good.split("AccountKey=")[1].split(";")[0]
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", good.replace(key, secret))
         expected = "cannot reach abfs://"
     else:  # a bucket that does not exist (moto accepts any credentials)
         secret = store.variables["AWS_SECRET_ACCESS_KEY"]

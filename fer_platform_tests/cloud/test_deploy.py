@@ -148,7 +148,8 @@ def test_compose_file_hangs_together():
         assert services[name]["image"] == services["code"]["image"]
         assert any(v.endswith(":/opt/fer-platform/deploy/workspace.yaml:ro") for v in services[name]["volumes"])
     # local.env holds only settings FER_ENV=local understands, no password
-    local = dict(line.split("=", 1) for line in (DEPLOY / "local.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    lines = (DEPLOY / "local.env").read_text().splitlines()
+    local = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
     assert local["FER_ENV"] == "local" and ":" not in local["FER_PG_DSN"].split("@")[0].removeprefix("postgresql://")
     assert "DAGSTER_PG_PASSWORD" in services["code"]["environment"]
     assert (DEPLOY / "postgres-init" / "10-dagster-database.sql").read_text().count("CREATE DATABASE dagster") == 1

@@ -87,8 +87,10 @@ def test_a_missing_variable_fails_the_load_with_one_line_naming_it(env):
     out = _python("import fer_platform.definitions", {"FER_ENV": env})
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    scheme = "abfs://<container>@<account>.dfs.core.windows.net/<prefix>" if env == "azure" else "s3://<bucket>/<prefix>"
-    assert last == f"fer_platform.core.errors.ConfigError: FER_ENV={env} needs FER_LAKE_URL (the lake root, {scheme}); it is not set"
+    url = "abfs://<container>@<account>.dfs.core.windows.net/<prefix>" if env == "azure" else "s3://<bucket>/<prefix>"
+    assert last == (
+        f"fer_platform.core.errors.ConfigError: FER_ENV={env} needs FER_LAKE_URL (the lake root, {url}); it is not set"
+    )
 
 
 AZURE = {
@@ -96,7 +98,11 @@ AZURE = {
     "FER_LANDING": "abfs://landing@acct.dfs.core.windows.net/in",
     "FER_PG_DSN": "postgresql://fer@srv.postgres.database.azure.com/fer",
 }
-AWS = {"FER_LAKE_URL": "s3://b/lake", "FER_LANDING": "s3://b/landing", "FER_PG_DSN": "postgresql://fer@rds.amazonaws.com/fer"}
+AWS = {
+    "FER_LAKE_URL": "s3://b/lake",
+    "FER_LANDING": "s3://b/landing",
+    "FER_PG_DSN": "postgresql://fer@db.eu-west-1.rds.amazonaws.com/fer",
+}
 
 
 @pytest.mark.parametrize(

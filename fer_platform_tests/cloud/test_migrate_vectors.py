@@ -13,7 +13,8 @@ from fer_platform.core import db
 from fer_platform.core.migrate import MigrationError, Progress, migrate_vectors
 from fer_platform_tests.cloud.conftest import unique
 
-ALL = "SELECT id, filepath, emotion, vector::text, image_id, split, load_date, model, created_at FROM imagenes_fer ORDER BY id"
+ALL = ("SELECT id, filepath, emotion, vector::text, image_id, split, load_date, model, created_at "
+       "FROM imagenes_fer ORDER BY id")
 
 
 def _rows(dsn):
@@ -60,7 +61,8 @@ def test_copy_then_rerun_then_source_changes(source, target):
     assert (first.rows, first.ranges, first.ranges_copied, first.rows_copied, first.rows_removed) == (22, 5, 5, 22, 0)
     assert first.index_built and _has_index(target)
     assert _rows(target) == _rows(source), "same ids, vectors, columns and created_at"
-    assert first.target == db.describe(target) and ":" not in first.target.split("/")[0].split(":")[0]
+    password = psycopg.conninfo.conninfo_to_dict(target)["password"]
+    assert first.target == db.describe(target) and password not in str(first)
 
     again = migrate_vectors(source, target, range_size=5)
     assert (again.rows_copied, again.ranges_copied, again.index_built) == (0, 0, False)
@@ -71,7 +73,8 @@ def test_copy_then_rerun_then_source_changes(source, target):
         conn.execute("UPDATE imagenes_fer SET vector = (SELECT vector FROM imagenes_fer WHERE id = 5) WHERE id = 3")
     _add(source, 2, seed=2)  # ids 24, 25
     third = migrate_vectors(source, target, range_size=5)
-    assert (third.ranges_copied, third.rows_copied, third.rows) == (3, 4 + 5 + 1, 24)  # ranges 0 (ids 1-4), 4 (20-24), 5 (25)
+    # ranges 0 (ids 1-4), 4 (20-24), 5 (25)
+    assert (third.ranges_copied, third.rows_copied, third.rows) == (3, 4 + 5 + 1, 24)
     assert third.checksum != first.checksum and _rows(target) == _rows(source)
     with psycopg.connect(source) as conn:
         conn.execute("DELETE FROM imagenes_fer WHERE id = 12")
@@ -87,7 +90,8 @@ def test_copy_then_rerun_then_source_changes(source, target):
     with psycopg.connect(target) as conn:
         new_id = conn.execute(
             "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, load_date, model) "
-            "SELECT filepath, emotion, vector, 'target-only', load_date, model FROM imagenes_fer WHERE id = 1 RETURNING id"
+            "SELECT filepath, emotion, vector, 'target-only', load_date, model FROM imagenes_fer WHERE id = 1 "
+            "RETURNING id"
         ).fetchone()[0]
     assert new_id == 26
 
