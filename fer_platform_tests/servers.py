@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,6 @@ class CloudPostgres:
     port: int
     password: str
     system_user: str | None
-    _names: list = field(default_factory=list)
 
     @property
     def admin_dsn(self) -> str:

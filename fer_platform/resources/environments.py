@@ -52,13 +52,21 @@ def vector_resources(postgres: PostgresResource, embedder: EmbedderResource | No
     return {"embedder": embedder, "pgvector_io_manager": PgVectorIOManager(postgres=postgres, embedder=embedder)}
 
 
-def lake_resources(lake_url: str, landing_url: str, store: Optional[ObjectStore] = None) -> dict:
-    """The lake, the landing zone and the lake IO manager, on one store."""
-    return {
+def environment_resources(lake_url: str, landing_url: str, postgres: PostgresResource,
+                          store: Optional[ObjectStore] = None) -> dict:  # fmt: skip
+    """What every environment provides, by the same keys: the lake, the landing zone and the lake IO
+    manager (on ``store`` when they are in an object store), PostgreSQL, the embedder and the pgvector
+    IO manager. Only the values differ between environments."""
+    resources = {
         "lake": LakeResource(url=lake_url, store=store),
         "landing": LandingResource(url=landing_url, store=store),
         "lake_io_manager": LakeIOManager(base_url=lake_url, store=store),
+        "postgres": postgres,
+        **vector_resources(postgres),
     }
+    if store is not None:
+        resources["object_store"] = store
+    return resources
 
 
 def _env(name: str) -> Optional[dg.EnvVar]:
@@ -73,7 +81,7 @@ def local_resources(home: Home | None = None) -> dict:
     landing_url = os.environ.get("FER_LANDING") or str(home.landing)
     dsn = os.environ.get("FER_PG_DSN") or None
     postgres = PostgresResource(dsn=dsn, embedded_dir=None if dsn else str(home.postgres))
-    return {**lake_resources(lake_url, landing_url), "postgres": postgres, **vector_resources(postgres)}
+    return environment_resources(lake_url, landing_url, postgres)
 
 
 def cloud_postgres(env: str, entra_auth: bool = False) -> PostgresResource:
@@ -99,12 +107,7 @@ def azure_resources() -> dict:
         sas_token=dg.EnvVar(credential) if credential == "AZURE_STORAGE_SAS_TOKEN" else None,
     )  # fmt: skip
     postgres = cloud_postgres(env, entra_auth=cloud.flag("FER_PG_ENTRA_AUTH"))
-    return {
-        **lake_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), store),
-        "object_store": store,
-        "postgres": postgres,
-        **vector_resources(postgres),
-    }
+    return environment_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), postgres, store)
 
 
 def aws_resources() -> dict:
@@ -113,13 +116,7 @@ def aws_resources() -> dict:
     for name, meaning in (("FER_LAKE_URL", "the lake root"), ("FER_LANDING", "the landing zone")):
         cloud.check_url(env, name, cloud.require(env, name, f"{meaning}, {example}"), cloud.S3_SCHEMES, example)
     store = S3Store(endpoint_url=_env("FER_S3_ENDPOINT_URL"), region_name=_env("AWS_REGION"))
-    postgres = cloud_postgres(env)
-    return {
-        **lake_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), store),
-        "object_store": store,
-        "postgres": postgres,
-        **vector_resources(postgres),
-    }
+    return environment_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), cloud_postgres(env), store)
 
 
 RESOURCES_BY_ENV = {"local": local_resources, "azure": azure_resources, "aws": aws_resources}

@@ -149,3 +149,14 @@ def test_azure_authentication_choices(monkeypatch):
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
     assert options() == {"account_name": "acct", "account_key": "a2V5"}
+
+
+@pytest.mark.parametrize("env, base", [("azure", AZURE), ("aws", AWS)])
+def test_cloud_environments_provide_every_local_resource(env, base, monkeypatch, tmp_path):
+    """Same keys everywhere (only values differ): an asset, check, sensor or job that loads locally loads
+    in the cloud. The cloud adds only the object store."""
+    monkeypatch.setenv("FER_HOME", str(tmp_path))
+    local = set(resources_for("local"))
+    for name, value in base.items():
+        monkeypatch.setenv(name, value)
+    assert set(resources_for(env)) == local | {"object_store"}
