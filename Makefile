@@ -4,10 +4,20 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOME_DIR ?= .fer
+NODE_STAMP := node_modules/.package-lock.json
 
 .PHONY: install demo test dev bench clean node
 
 install: $(STAMP)
+
+# Azurite, the Azure Storage emulator the cloud tests start, pinned in package-lock.json (Node 20).
+# npm ci rewrites node_modules/.package-lock.json, so this runs again only when the lock file changes.
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20 and npm (the tests run Azurite)"; exit 1; }
+	npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
 
 # Exact versions come from constraints.txt (torch/torchvision pinned as a matching PyPI pair).
 $(STAMP): pyproject.toml constraints.txt
@@ -19,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/fer-platform --home $(HOME_DIR) demo
 
-test: install
+test: install node
 	$(BIN)/pytest
 
 dev: install

@@ -62,9 +62,9 @@ def pending_partitions() -> tuple[list[str], int]:
     from fer_platform.core.ingest import pending_files
     from fer_platform.core.layout import route
     from fer_platform.partitions import partition_key, utc_today
-    from fer_platform.resources.environments import resources_for
+    from fer_platform.resources.environments import resolved_resources
 
-    res = resources_for()
+    res = resolved_resources(("landing", "postgres"))
     pending, _ = pending_files(res["landing"].storage(), res["postgres"].get_dsn())
     emotions = sorted({route(e.key).emotion for e in pending} - {None})
     today = utc_today()

@@ -130,10 +130,10 @@ def _search(args, home: Home) -> int:
     from pathlib import Path
 
     from fer_platform.core import search
-    from fer_platform.resources.environments import resources_for
+    from fer_platform.resources.environments import resolved_resources
 
     os.environ["FER_HOME"] = str(home.root)
-    res = resources_for()
+    res = resolved_resources(("lake", "embedder", "postgres"))
     lake, embedder = res["lake"].storage(), res["embedder"]
     image = None
     if args.image:

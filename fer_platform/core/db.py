@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -26,6 +28,8 @@ DAGSTER_DATABASE = "dagster"
 _SCHEMA_LOCK = 7_210_001  # pg_advisory_xact_lock key while creating the schema
 
 LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
+# The scope of a Microsoft Entra access token for Azure Database for PostgreSQL.
+ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +117,17 @@ def connect(dsn: str, *, autocommit: bool = False, password: str | None = None) 
     """Connect, or raise DatabaseUnavailable with one line naming the host.
 
     Non-local hosts get ``sslmode=require`` unless the DSN says otherwise;
-    ``password`` (e.g. a Microsoft Entra access token) overrides the DSN's.
+    ``password`` overrides the DSN's, and so does the password provider
+    registered for the DSN's server and user (``use_password_provider``), asked
+    at every connect, e.g. for a Microsoft Entra access token.
     """
     params = conninfo_to_dict(dsn)
     if not is_local_host(dsn):
         params.setdefault("sslmode", "require")
+    if password is None:
+        provider = _password_providers.get(_server_key(params))
+        if provider is not None:
+            password = provider()
     if password is not None:
         params["password"] = password
     params.setdefault("connect_timeout", "10")
@@ -129,6 +139,58 @@ def connect(dsn: str, *, autocommit: bool = False, password: str | None = None) 
         if secret:
             reason = reason.replace(secret, "***")
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe(dsn)}: {reason}") from None
+
+
+# --------------------------------------------------------------------------- passwords fetched at connect time
+_password_providers: dict[tuple[str, str, str], Callable[[], str]] = {}
+
+
+def _server_key(params: dict) -> tuple[str, str, str]:
+    return (params.get("host") or "localhost", str(params.get("port") or "5432"), params.get("user") or "")
+
+
+def use_password_provider(dsn: str, provider: Callable[[], str] | None) -> None:
+    """Every later ``connect`` to the server and user of ``dsn`` (any database) asks ``provider``
+    for the password; ``None`` removes it."""
+    key = _server_key(conninfo_to_dict(dsn))
+    if provider is None:
+        _password_providers.pop(key, None)
+    else:
+        _password_providers[key] = provider
+
+
+class EntraToken:
+    """A Microsoft Entra access token for Azure Database for PostgreSQL, used as the password.
+
+    ``credential`` is any azure-identity credential (default: ``DefaultAzureCredential``:
+    managed identity, workload identity, environment, Azure CLI). The token is
+    fetched when a connection is made and again 5 minutes before it expires;
+    it is never logged or put in a DSN.
+    """
+
+    REFRESH_MARGIN_S = 300
+
+    def __init__(self, credential=None, scope: str = ENTRA_SCOPE, where: str = "PostgreSQL"):
+        self._credential = credential
+        self._scope = scope
+        self._where = where
+        self._token = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or self._token.expires_on - self.REFRESH_MARGIN_S <= time.time():
+                if self._credential is None:
+                    from azure.identity import DefaultAzureCredential
+
+                    self._credential = DefaultAzureCredential()
+                try:
+                    self._token = self._credential.get_token(self._scope)
+                except Exception as exc:  # noqa: BLE001 - azure-identity errors are pages long
+                    raise DatabaseUnavailable(
+                        f"could not get a Microsoft Entra token for {self._where}: {_first_line(exc)}"
+                    ) from None
+            return self._token.token
 
 
 @contextlib.contextmanager
@@ -166,8 +228,6 @@ SCHEMA = [
         UNIQUE (image_id, model)
     )""",
     f"CREATE INDEX IF NOT EXISTS {VECTORS_TABLE}_partition ON {VECTORS_TABLE} (emotion, load_date, model)",
-    f"""CREATE INDEX IF NOT EXISTS {VECTORS_TABLE}_vector_hnsw
-        ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)""",
     f"""
     CREATE TABLE IF NOT EXISTS {LOAD_LOG_TABLE} (
         id           bigserial PRIMARY KEY,
@@ -191,16 +251,23 @@ SCHEMA = [
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_partition ON {LOAD_LOG_TABLE} (emotion, load_date)",
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_source ON {LOAD_LOG_TABLE} (source)",
 ]
+VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
+VECTOR_INDEX_DDL = (
+    f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)"
+)
 
 
-def ensure_schema(dsn: str) -> None:
-    """Create the vector extension, the vectors table and the load log, idempotently."""
+def ensure_schema(dsn: str, vector_index: bool = True) -> None:
+    """Create the vector extension, the vectors table (with its HNSW index unless
+    ``vector_index=False``, for a bulk load that builds it afterwards) and the load log, idempotently."""
     with connect(dsn) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             ensure_vector_extension(conn, dsn)
             for stmt in SCHEMA:
                 conn.execute(stmt)
+            if vector_index:
+                conn.execute(VECTOR_INDEX_DDL)
 
 
 def ensure_vector_extension(conn: psycopg.Connection, dsn: str) -> None:
@@ -213,7 +280,8 @@ def ensure_vector_extension(conn: psycopg.Connection, dsn: str) -> None:
         if "allow-listed" in text or "allowlisted" in text or "azure.extensions" in text:
             raise DatabaseUnavailable(
                 f"the 'vector' extension is not allow-listed on {where}: add VECTOR to the server parameter "
-                "azure.extensions (az postgres flexible-server parameter set --name azure.extensions --value VECTOR)"
+                "azure.extensions, keeping the extensions already listed (az postgres flexible-server parameter set "
+                "--name azure.extensions --value <current list>,VECTOR), then retry"
             ) from None
         if "control file" in text or "is not available" in text:
             raise DatabaseUnavailable(

@@ -17,6 +17,8 @@ from typing import Any
 
 import fsspec
 
+from fer_platform.core.errors import FerError
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class LakeFiles:
         return sum(len(b) for b in self.files.values())
 
 
+class StorageUnavailable(FerError):
+    """An object store root that cannot be used (credentials, container/bucket name, network); one line."""
+
+
 def to_us(t: dt.datetime) -> int:
     """Microseconds since the epoch (the precision PostgreSQL keeps)."""
     delta = t - _EPOCH
@@ -72,6 +78,31 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
 
+    def check(self) -> None:
+        """Fail with one line if the container or bucket cannot be reached (a folder may not exist yet:
+        it is created on first write, and listing a missing one is empty)."""
+        if self.local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        self.fs.invalidate_cache(bucket)
+        try:
+            self.fs.info(bucket)
+            return
+        except FileNotFoundError:
+            raise StorageUnavailable(f"{self.url}: there is no container or bucket named '{bucket}'") from None
+        except Exception as exc:  # noqa: BLE001 - SDK errors carry pages of XML; the first line says it
+            error = exc
+        try:  # credentials scoped to a prefix (a SAS, a bucket policy) may list it without reading the container
+            self.fs.ls(self.root)
+            return
+        except FileNotFoundError:  # nothing under the prefix yet, but the store answered
+            return
+        except Exception:  # noqa: BLE001 - report the first error
+            pass
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        reason = lines[0] if lines else type(error).__name__
+        raise StorageUnavailable(f"cannot reach {self.url}: {type(error).__name__}: {reason}") from None
+
     # ---- addressing
     def path(self, key: str = "") -> str:
         key = key.strip("/")
@@ -91,6 +122,9 @@ class Storage:
         base = self.path(prefix)
         if self.local:
             return sorted(_walk_local(base, self.root), key=lambda e: e.key)
+        # fsspec filesystems are cached per process and may keep listings: a sensor in a
+        # long-running daemon must see what other processes wrote since its last tick.
+        self.fs.invalidate_cache(base)
         try:
             found = self.fs.find(base, detail=True, withdirs=False)
         except FileNotFoundError:
@@ -123,6 +157,8 @@ class Storage:
         return found, missing
 
     def exists(self, key: str) -> bool:
+        if not self.local:
+            self.fs.invalidate_cache(self.path(key))
         return self.fs.exists(self.path(key))
 
     # ---- bytes
@@ -194,11 +230,11 @@ def _modified(info: dict[str, Any]) -> dt.datetime:
         value = info.get(field)
         if value is None:
             continue
-        if isinstance(value, dt.datetime):
-            return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        if isinstance(value, dt.datetime):  # S3 listings come in the local zone, Azure's in UTC
+            return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
         if isinstance(value, (int, float)):
             return _EPOCH + dt.timedelta(microseconds=int(value * 1e6))
         if isinstance(value, str):
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+            return parsed.astimezone(dt.timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
     raise ValueError(f"no modification time in listing entry: {sorted(info)}")

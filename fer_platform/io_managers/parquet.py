@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from fer_platform.core.storage import LakeFiles
+from fer_platform.core.storage import LakeFiles, Storage
+from fer_platform.resources.lake import ObjectStore, merged_options
 
 LAKE_PATH = "lake/path"
 LAKE_FORMAT = "lake/format"  # "parquet" (default) or "files" (a core.storage.LakeFiles folder)
@@ -139,10 +140,14 @@ class HiveParquetIOManager(dg.UPathIOManager):
 
 
 class LakeIOManager(dg.ConfigurableIOManagerFactory):
-    """Parquet in the lake: a folder locally, ``s3://bucket/prefix`` or ``abfs://container@account...``."""
+    """Parquet in the lake: a folder locally, ``s3://bucket/prefix`` or ``abfs://container@account...``
+    (``store`` says how to reach it: the same object store resource as the lake's)."""
 
     base_url: str
+    store: Optional[ObjectStore] = None
     storage_options: dict[str, str] = {}
 
     def create_io_manager(self, context) -> HiveParquetIOManager:
-        return HiveParquetIOManager(UPath(self.base_url, **self.storage_options))
+        options = merged_options(self.store, self.storage_options)
+        Storage(self.base_url, options).check()  # fail at start, in one line, if the store cannot be reached
+        return HiveParquetIOManager(UPath(self.base_url, **options))

@@ -1,18 +1,26 @@
 """Resources per environment, chosen once at load time by ``FER_ENV`` (local | azure | aws).
 
 Only resources differ between environments; no asset body branches on them.
+Cloud settings are environment variables: their presence and shape are checked
+here at load time (a missing one fails with one line naming it), and the
+resources receive them as ``dg.EnvVar``, resolved at run time and shown in the
+UI by name only. Every variable is listed, per environment, in the README.
 """
 
 
 import os
+from typing import Optional
 
+import dagster as dg
+
+from fer_platform.core import cloud
 from fer_platform.core.errors import ConfigError
 from fer_platform.core.home import Home
 from fer_platform.io_managers.parquet import LakeIOManager
 from fer_platform.io_managers.pgvector import PgVectorIOManager
 from fer_platform.resources.auto_loader import AutoLoaderResource
 from fer_platform.resources.embedder import EmbedderResource
-from fer_platform.resources.lake import LakeResource, LandingResource
+from fer_platform.resources.lake import AzureBlobStore, LakeResource, LandingResource, ObjectStore, S3Store
 from fer_platform.resources.postgres import PostgresResource
 
 ENVIRONMENTS = ("local", "azure", "aws")
@@ -74,6 +82,29 @@ def vector_resources(postgres: PostgresResource, embedder: EmbedderResource | No
     return {"embedder": embedder, "pgvector_io_manager": PgVectorIOManager(postgres=postgres, embedder=embedder)}
 
 
+def environment_resources(lake_url: str, landing_url: str, postgres: PostgresResource,
+                          store: Optional[ObjectStore] = None) -> dict:  # fmt: skip
+    """What every environment provides, by the same keys: the lake, the landing zone and the lake IO
+    manager (on ``store`` when they are in an object store), PostgreSQL, the embedder and the pgvector
+    IO manager. Only the values differ between environments."""
+    resources = {
+        "lake": LakeResource(url=lake_url, store=store),
+        "landing": LandingResource(url=landing_url, store=store),
+        "lake_io_manager": LakeIOManager(base_url=lake_url, store=store),
+        "postgres": postgres,
+        "auto_loader": auto_loader_from_env(),
+        **vector_resources(postgres),
+    }
+    if store is not None:
+        resources["object_store"] = store
+    return resources
+
+
+def _env(name: str) -> Optional[dg.EnvVar]:
+    """``dg.EnvVar(name)`` if the variable is set now (an optional setting), else None."""
+    return dg.EnvVar(name) if cloud.is_set(name) else None
+
+
 def local_resources(home: Home | None = None) -> dict:
     """A folder lake and landing zone under the home, the embedded PostgreSQL (or FER_PG_DSN)."""
     home = home or Home.resolve()
@@ -81,18 +112,54 @@ def local_resources(home: Home | None = None) -> dict:
     landing_url = os.environ.get("FER_LANDING") or str(home.landing)
     dsn = os.environ.get("FER_PG_DSN") or None
     postgres = PostgresResource(dsn=dsn, embedded_dir=None if dsn else str(home.postgres))
-    return {
-        "lake": LakeResource(url=lake_url),
-        "landing": LandingResource(url=landing_url),
-        "lake_io_manager": LakeIOManager(base_url=lake_url),
-        "postgres": postgres,
-        "auto_loader": auto_loader_from_env(),
-        **vector_resources(postgres),
-    }
+    return environment_resources(lake_url, landing_url, postgres)
+
+
+def cloud_postgres(env: str, entra_auth: bool = False) -> PostgresResource:
+    """A PostgreSQL server by DSN (Azure Flexible Server, RDS/Aurora); optionally an Entra token as password."""
+    cloud.require(env, "FER_PG_DSN", "the PostgreSQL + pgvector server, postgresql://user@host:5432/db")
+    return PostgresResource(dsn=dg.EnvVar("FER_PG_DSN"), entra_auth=entra_auth)
+
+
+def azure_resources() -> dict:
+    """Lake and landing zone on ADLS Gen2 / Blob Storage (adlfs), Azure Database for PostgreSQL."""
+    env, example = "azure", "abfs://<container>@<account>.dfs.core.windows.net/<prefix>"
+    for name, meaning in (("FER_LAKE_URL", "the lake root"), ("FER_LANDING", "the landing zone")):
+        value = cloud.require(env, name, f"{meaning}, {example}")
+        url = cloud.check_url(env, name, value, cloud.AZURE_SCHEMES, example)
+        if not cloud.azure_account(url) and not cloud.is_set("AZURE_STORAGE_ACCOUNT_NAME"):
+            raise ConfigError(f"FER_ENV=azure: {name} names no storage account ({example}); "
+                              "name it there or set AZURE_STORAGE_ACCOUNT_NAME")  # fmt: skip
+    credential = cloud.azure_credential_var(env)
+    store = AzureBlobStore(
+        account_name=_env("AZURE_STORAGE_ACCOUNT_NAME"),
+        connection_string=dg.EnvVar(credential) if credential == "AZURE_STORAGE_CONNECTION_STRING" else None,
+        account_key=dg.EnvVar(credential) if credential == "AZURE_STORAGE_ACCOUNT_KEY" else None,
+        sas_token=dg.EnvVar(credential) if credential == "AZURE_STORAGE_SAS_TOKEN" else None,
+    )  # fmt: skip
+    postgres = cloud_postgres(env, entra_auth=cloud.flag("FER_PG_ENTRA_AUTH"))
+    return environment_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), postgres, store)
+
+
+def aws_resources() -> dict:
+    """Lake and landing zone on S3 (s3fs, the standard AWS credential chain), RDS/Aurora PostgreSQL."""
+    env, example = "aws", "s3://<bucket>/<prefix>"
+    for name, meaning in (("FER_LAKE_URL", "the lake root"), ("FER_LANDING", "the landing zone")):
+        cloud.check_url(env, name, cloud.require(env, name, f"{meaning}, {example}"), cloud.S3_SCHEMES, example)
+    store = S3Store(endpoint_url=_env("FER_S3_ENDPOINT_URL"), region_name=_env("AWS_REGION"))
+    return environment_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), cloud_postgres(env), store)
+
+
+RESOURCES_BY_ENV = {"local": local_resources, "azure": azure_resources, "aws": aws_resources}
 
 
 def resources_for(env: str | None = None) -> dict:
-    env = env or environment()
-    if env == "local":
-        return local_resources()
-    raise ConfigError(f"FER_ENV={env} is not wired yet (see the cloud environments issue)")
+    return RESOURCES_BY_ENV[env or environment()]()
+
+
+def resolved_resources(keys: tuple[str, ...], env: str | None = None) -> dict:
+    """Some of the environment's resources with their ``dg.EnvVar`` settings resolved, for code that
+    runs outside a Dagster run (the CLI). These resources hold no open handles to tear down."""
+    resources = resources_for(env)
+    with dg.build_resources({k: resources[k] for k in keys}) as built:
+        return {k: getattr(built, k) for k in keys}

@@ -1,4 +1,5 @@
-"""Storage resources: the lake and the landing zone (a folder, s3:// or abfs://)."""
+"""Storage resources: the lake and the landing zone (a folder, s3:// or abfs://), and the object
+store credentials they share."""
 
 
 from typing import Optional
@@ -6,19 +7,63 @@ from typing import Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
+from fer_platform.core.cloud import adlfs_options, s3fs_options
+from fer_platform.core.errors import ConfigError
 from fer_platform.core.storage import Storage
+
+
+class ObjectStore(dg.ConfigurableResource):
+    """How to reach the object store behind ``abfs://`` or ``s3://`` URLs (none for a folder)."""
+
+    def storage_options(self) -> dict:
+        return {}
+
+
+class AzureBlobStore(ObjectStore):
+    """ADLS Gen2 / Blob Storage through adlfs: a connection string (also how Azurite is reached),
+    an account key, a SAS token, or none of them for ``DefaultAzureCredential`` (managed identity)."""
+
+    account_name: Optional[str] = None
+    connection_string: Optional[str] = None
+    account_key: Optional[str] = None
+    sas_token: Optional[str] = None
+
+    def storage_options(self) -> dict:
+        return adlfs_options(self.account_name, self.connection_string, self.account_key, self.sas_token)
+
+
+class S3Store(ObjectStore):
+    """S3 through s3fs; credentials from the standard AWS chain. ``endpoint_url`` for MinIO, moto,
+    LocalStack or a VPC endpoint."""
+
+    endpoint_url: Optional[str] = None
+    region_name: Optional[str] = None
+
+    def storage_options(self) -> dict:
+        return s3fs_options(self.endpoint_url, self.region_name)
+
+
+def merged_options(store: Optional[ObjectStore], extra: dict) -> dict:
+    return {**(store.storage_options() if store is not None else {}), **extra}
 
 
 class _StorageResource(dg.ConfigurableResource):
     url: str
+    store: Optional[ObjectStore] = None
     storage_options: dict[str, str] = {}
 
     _storage: Optional[Storage] = PrivateAttr(default=None)
 
     def storage(self) -> Storage:
+        if isinstance(self.url, dg.EnvVar):  # not initialised by Dagster: the value would be the variable's name
+            raise ConfigError(f"{type(self).__name__}.url is {self.url.env_var_name} unresolved: "
+                              "use it inside a run or through dg.build_resources")  # fmt: skip
         if self._storage is None:
-            self._storage = Storage(self.url, self.storage_options)
+            self._storage = Storage(self.url, merged_options(self.store, self.storage_options))
         return self._storage
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.storage().check()  # a wrong credential or container fails the run at start, in one line
 
 
 class LakeResource(_StorageResource):

@@ -22,7 +22,7 @@ def land(landing, key, data, at):
 
 
 def tick(landing, pg_dsn, cursor=None, instance=None, **settings):
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance or dg.DagsterInstance.ephemeral(),
         cursor=cursor,
         resources={
@@ -30,8 +30,8 @@ def tick(landing, pg_dsn, cursor=None, instance=None, **settings):
             "postgres": PostgresResource(dsn=pg_dsn),
             "auto_loader": AutoLoaderResource(settle_seconds=5, **settings),
         },
-    )
-    result = landing_sensor(context)
+    ) as context:
+        result = landing_sensor(context)
     skip = result.skip_reason.skip_message if result.skip_reason else None
     return result.run_requests or [], result.cursor, skip
 
