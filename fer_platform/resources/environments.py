@@ -24,8 +24,9 @@ def environment() -> str:
     return env
 
 
-def embedder_from_env() -> EmbedderResource:
-    """The embedding model's settings (the same in every environment)."""
+def embedder_from_env(lake: LakeResource | None = None) -> EmbedderResource:
+    """The embedding model's settings (the same in every environment); ``lake`` holds the emotion
+    models that ``FER_EMBED_WEIGHTS=tuned`` serves."""
     try:
         return EmbedderResource(
             weights=os.environ.get("FER_EMBED_WEIGHTS", "auto"),
@@ -33,14 +34,19 @@ def embedder_from_env() -> EmbedderResource:
             device=os.environ.get("FER_EMBED_DEVICE", "auto"),
             batch_size=int(os.environ.get("FER_EMBED_BATCH_SIZE", "64")),
             num_threads=int(os.environ.get("FER_EMBED_THREADS", "0")),
+            lake=lake,
+            model_cache=os.environ.get("FER_MODEL_CACHE", ""),
         )
     except ValueError as exc:
         raise ConfigError(f"FER_EMBED_BATCH_SIZE and FER_EMBED_THREADS must be integers ({exc})") from None
 
 
-def vector_resources(postgres: PostgresResource, embedder: EmbedderResource | None = None) -> dict:
-    """The embedder and the pgvector IO manager on ``postgres``."""
-    embedder = embedder or embedder_from_env()
+def vector_resources(
+    postgres: PostgresResource, embedder: EmbedderResource | None = None, lake: LakeResource | None = None
+) -> dict:
+    """The embedder (from the environment unless given; its emotion models in ``lake``) and the pgvector
+    IO manager on ``postgres``."""
+    embedder = embedder or embedder_from_env(lake)
     return {"embedder": embedder, "pgvector_io_manager": PgVectorIOManager(postgres=postgres, embedder=embedder)}
 
 
@@ -51,12 +57,13 @@ def local_resources(home: Home | None = None) -> dict:
     landing_url = os.environ.get("FER_LANDING") or str(home.landing)
     dsn = os.environ.get("FER_PG_DSN") or None
     postgres = PostgresResource(dsn=dsn, embedded_dir=None if dsn else str(home.postgres))
+    lake = LakeResource(url=lake_url)
     return {
-        "lake": LakeResource(url=lake_url),
+        "lake": lake,
         "landing": LandingResource(url=landing_url),
         "lake_io_manager": LakeIOManager(base_url=lake_url),
         "postgres": postgres,
-        **vector_resources(postgres),
+        **vector_resources(postgres, lake=lake),
     }
 
 
