@@ -6,15 +6,16 @@ import dagster as dg
 from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.gold import GOLD_ASSETS
+from fer_platform.assets.model import MODEL_ASSETS
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.automation.jobs import ingest_job, landing_triage, publish_job
+from fer_platform.automation.jobs import ingest_job, landing_triage, publish_job, reembed_job, train_model_job
 from fer_platform.checks import ALL_CHECKS
 from fer_platform.resources.environments import resources_for
 
-ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index]
-JOBS = [ingest_job, publish_job, landing_triage]
+ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index, *MODEL_ASSETS]
+JOBS = [ingest_job, publish_job, landing_triage, train_model_job, reembed_job]
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
