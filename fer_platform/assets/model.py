@@ -15,6 +15,7 @@ from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
 
+DATA_VERSION_TAG = "dagster/data_version"  # where a materialization records its data version
 BRONZE_COLUMNS = ["image_id", "split", "png"]  # + emotion and load_date from the Hive folders
 
 
@@ -108,13 +109,17 @@ def model_metadata(metrics: dict, trained, data) -> dict:
     deps=[emotion_model],
     group_name="model",
     kinds={"pytorch"},
+    output_required=False,
     description="The model whose vectors the platform serves: the embedder's weights resolved (for weights "
-    "'tuned', the latest emotion_model that passed its check). Its model id is the data version: when it "
-    "changes, image_embeddings, silver_embeddings, gold and the search index made by the previous model show "
-    "as unsynced until re-materialised (a re-embedding backfill: job reembed_images).",
+    "'tuned', the latest emotion_model that passed its check). Its model id is the data version, and it "
+    "materialises only when that id changes: then image_embeddings, silver_embeddings, gold and the search "
+    "index made by the previous model show as unsynced until re-materialised (a backfill of reembed_images).",
 )
-def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResource) -> dg.MaterializeResult:
+def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResource):
     model = served_model(embedder)
+    if model == last_data_version(context, context.asset_key):
+        context.log.info(f"still serving {model}: nothing downstream changes")
+        return
     meta: dict = {"model": model, "weights": embedder.weights}
     if embedder.tuned:
         record = embedder.approved()
@@ -126,7 +131,13 @@ def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResourc
         if note:
             context.log.warning(note)
     context.log.info(f"serving {model}")
-    return dg.MaterializeResult(data_version=dg.DataVersion(model), metadata=meta)
+    yield dg.MaterializeResult(data_version=dg.DataVersion(model), metadata=meta)
+
+
+def last_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> Optional[str]:
+    event = context.instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization if event else None
+    return materialization.tags.get(DATA_VERSION_TAG) if materialization and materialization.tags else None
 
 
 def served_model(embedder: EmbedderResource) -> str:

@@ -95,7 +95,8 @@ def test_train_approve_serve_and_reembed(loaded):
     vector_layers = [image_embeddings, silver_embeddings]
 
     # vectors of the untuned model for two partitions, the served model recorded, an index built
-    _run(res, instance, [embedding_model])
+    first = _run(res, instance, [embedding_model]).asset_materializations_for_node("embedding_model")
+    assert first[0].metadata["model"].value == RANDOM
     for emotion in ("happy", "sad"):
         _run(res, instance, vector_layers, emotion)
     _run(res, instance, [search_index])
@@ -116,15 +117,15 @@ def test_train_approve_serve_and_reembed(loaded):
                                                          "snapshot.parquet", "weights.pt"]  # fmt: skip
     assert (root / "lake/models/LATEST").read_text() == model
     assert models.approved_model(lake)["model"] == model
-    served = trained.asset_materializations_for_node("embedding_model")[0].metadata["model"].value
-    assert served == RANDOM
+    assert trained.asset_materializations_for_node("embedding_model") == [], "still serving the untuned model"
     keys = [(image_embeddings, "happy"), (silver_embeddings, "sad"), (search_index, None), (bronze_images, "happy")]
     assert set(_status(instance, keys).values()) == {"FRESH"}, "the same served model: nothing to redo"
 
     # serve the tuned model: every vector layer made by the untuned one is unsynced, bronze is not
     tuned = _resources(dsn, root / "lake", root / "landing", weights="tuned")
     assert tuned["embedder"].model_id() == model
-    _run(tuned, instance, [embedding_model])
+    served = _run(tuned, instance, [embedding_model]).asset_materializations_for_node("embedding_model")
+    assert served[0].metadata["model"].value == model
     assert _status(instance, keys) == {
         ("image_embeddings", "happy"): "STALE", ("silver_embeddings", "sad"): "STALE",
         ("search_index", None): "STALE", ("bronze_images", "happy"): "FRESH",
