@@ -52,7 +52,7 @@ class TrainingConfig:
     augment: bool = True  # random shifts of up to 3 px and horizontal flips
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: int = 0  # 0: torch's default
+    num_threads: int = 0  # 0: torch's default; else for the training only
     eval_batch_size: int = 256
 
     def __post_init__(self):
@@ -166,6 +166,7 @@ def train(
     import torch.nn.functional as F
 
     started = time.monotonic()
+    threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -235,6 +236,7 @@ def train(
                 on_epoch(report)
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic
+        torch.set_num_threads(threads)
     backbone = backbone.eval().cpu()
     state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
     return TrainedModel(state, config, base_spec, base_weights, history, time.monotonic() - started, str(device),

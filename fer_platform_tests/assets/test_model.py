@@ -34,6 +34,18 @@ TINY = {"epochs": 8, "batch_size": 16, "learning_rate": 2e-3}  # enough to beat 
 RANDOM = "resnet18-random-s0-fidelity"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for these tests: on a shared 2-core machine, two OpenMP threads spin against other
+    processes and run about 2x slower (measured); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _resources(dsn, lake, landing, weights="random"):
     postgres = PostgresResource(dsn=dsn)
     lake_res = LakeResource(url=str(lake))
