@@ -11,9 +11,13 @@ from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.gold import current_silver, gold_emotion_summary
 from fer_platform.assets.raw import raw_images
+from fer_platform.assets.model import BRONZE_COLUMNS, emotion_model
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.core import ledger, search, vectors
+from fer_platform.core import models, training
+from fer_platform.core.bronze import read_bronze
+from fer_platform.core.errors import FerError
 from fer_platform.core.checks import bronze_problems
 from fer_platform.core.reconcile import reconcile
 from fer_platform.core.report import markdown_table
@@ -184,7 +188,43 @@ def landing_reconciled(
     )
 
 
+@dg.asset_check(
+    asset=emotion_model,
+    blocking=True,
+    description=f"Re-measures the stored model from its lake files alone (weights digest, the bronze rows of its "
+    f"snapshot): on the test split it must beat the untuned base weights (same input size) by "
+    f"{training.APPROVAL_MARGIN} in 10-NN emotion agreement and in nearest-centroid accuracy, with finite vectors. "
+    "When it passes, the model is approved in the lake (models/<id>/APPROVAL.json, then the models/APPROVED "
+    "pointer) and becomes what embedder weights 'tuned' serve.",
+)
+def emotion_model_beats_untuned(
+    emotion_model: LakeFiles, lake: LakeResource, embedder: EmbedderResource
+) -> dg.AssetCheckResult:
+    bronze = read_bronze(lake.storage(), BRONZE_COLUMNS + ["emotion", "load_date"], splits=["train", "test"])
+    try:
+        result = training.verify_model(emotion_model.files, bronze, device=embedder.device)
+    except FerError as exc:
+        return dg.AssetCheckResult(passed=False, description=f"model {emotion_model.folder}: {exc}")
+    metrics, problems = result["metrics"], result["problems"]
+    figures = {
+        "tuned_agreement_at_10": metrics["tuned"]["agreement_at_10"],
+        "untuned_agreement_at_10": metrics["untuned"]["agreement_at_10"],
+        "tuned_centroid_accuracy": metrics["tuned"]["centroid_accuracy"],
+        "untuned_centroid_accuracy": metrics["untuned"]["centroid_accuracy"],
+    }
+    meta = {"model": result["model"], **figures, "test_images": metrics["test_images"]}
+    if not problems:
+        models.approve(lake.storage(), result["model"], {
+            "agreement_at_10": figures["tuned_agreement_at_10"],
+            "centroid_accuracy": figures["tuned_centroid_accuracy"],
+            "untuned_agreement_at_10": figures["untuned_agreement_at_10"],
+            "untuned_centroid_accuracy": figures["untuned_centroid_accuracy"],
+        })  # fmt: skip
+        meta["approved"] = dg.MetadataValue.path(lake.storage().uri(f"{models.MODELS}/{models.APPROVED}"))
+    return dg.AssetCheckResult(passed=not problems, description="; ".join(problems) or None, metadata=meta)
+
+
 ALL_CHECKS = [
     bronze_images_valid, image_embeddings_complete, silver_matches_postgres, search_index_recall,
-    gold_summary_counts_silver, landing_reconciled,
+    gold_summary_counts_silver, landing_reconciled, emotion_model_beats_untuned,
 ]  # fmt: skip

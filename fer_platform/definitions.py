@@ -6,18 +6,24 @@ import dagster as dg
 from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.gold import GOLD_ASSETS
+from fer_platform.assets.model import MODEL_ASSETS
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.automation.jobs import bulk_load_job, ingest_job, landing_triage, publish_job, reconcile_job
+from fer_platform.automation.jobs import (
+    bulk_load_job, ingest_job, landing_triage, publish_job, reconcile_job, reembed_job, train_model_job,
+)  # fmt: skip
 from fer_platform.automation.migrate import migrate_vectors_job
 from fer_platform.automation.schedules import daily_refresh, weekly_reconcile
 from fer_platform.automation.sensors import landing_sensor, publish_automation
 from fer_platform.checks import ALL_CHECKS
 from fer_platform.resources.environments import resources_for
 
-ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index]
-JOBS = [ingest_job, bulk_load_job, publish_job, reconcile_job, landing_triage, migrate_vectors_job]
+ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index, *MODEL_ASSETS]
+JOBS = [
+    ingest_job, bulk_load_job, publish_job, reconcile_job, landing_triage, migrate_vectors_job, train_model_job,
+    reembed_job,
+]  # fmt: skip
 SENSORS = [landing_sensor, publish_automation]
 SCHEDULES = [daily_refresh, weekly_reconcile]
 

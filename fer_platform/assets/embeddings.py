@@ -3,6 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
+from fer_platform.assets.model import embedding_model, served_model
 from fer_platform.core.vectors import EmbeddingPlan
 from fer_platform.partitions import image_partitions, partition_of
 from fer_platform.resources import EmbedderResource, LakeResource
@@ -15,6 +16,7 @@ class EmbeddingsConfig(dg.Config):
 
 @dg.asset(
     partitions_def=image_partitions,
+    deps=[embedding_model],  # the served model: a new one makes every partition's vectors unsynced
     io_manager_key="pgvector_io_manager",
     group_name="embeddings",
     kinds={"pytorch", "postgres"},
@@ -30,6 +32,7 @@ def image_embeddings(
     lake: LakeResource,
 ) -> EmbeddingPlan:
     emotion, load_date = partition_of(context)
+    model = served_model(embedder)
     note = embedder.weights_note()
     if note:
         context.log.warning(note)
@@ -37,7 +40,7 @@ def image_embeddings(
     return EmbeddingPlan(
         emotion=emotion,
         load_date=load_date,
-        model=embedder.model_id(),
+        model=model,
         image_ids=bronze_images["image_id"].to_pylist(),
         filepaths=[storage.uri(p) for p in bronze_images["filepath"].to_pylist()],
         splits=bronze_images["split"].to_pylist(),

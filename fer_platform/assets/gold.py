@@ -5,6 +5,7 @@ from collections import defaultdict
 import dagster as dg
 import pyarrow as pa
 
+from fer_platform.assets.model import embedding_model
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
@@ -30,7 +31,7 @@ def _preview(table: pa.Table, columns: list[str] | None = None) -> dg.MetadataVa
 
 
 @dg.asset(
-    deps=[silver_embeddings],
+    deps=[silver_embeddings, embedding_model],
     metadata={LAKE_PATH: f"{GOLD}/emotion_summary"},
     description="Per emotion and split: images, share of total, mean intra-class cosine, and the nearest "
     "other emotion by centroid. Reads every silver partition of the current model.",
@@ -88,7 +89,7 @@ def gold_daily_loads(context: dg.AssetExecutionContext, postgres: PostgresResour
 
 
 @dg.asset(
-    deps=[silver_embeddings],
+    deps=[silver_embeddings, embedding_model],
     metadata={LAKE_PATH: f"{GOLD}/centroid_similarity"},
     description="The 7x7 cosine matrix of the emotion centroids of the current model's vectors.",
     **GOLD_KW,
@@ -109,7 +110,7 @@ def gold_centroid_similarity(
 
 
 @dg.asset(
-    deps=[silver_embeddings],
+    deps=[silver_embeddings, embedding_model],
     metadata={LAKE_PATH: f"{GOLD}/neighbour_agreement"},
     description="For each emotion, the share of each image's 10 nearest neighbours (exact cosine) that carry "
     "the same emotion, beside the chance level: how well the embedding separates emotions.",

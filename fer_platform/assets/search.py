@@ -3,6 +3,7 @@
 import dagster as dg
 
 from fer_platform.assets.gold import current_silver
+from fer_platform.assets.model import embedding_model
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.core import search
@@ -23,7 +24,7 @@ class SearchIndexConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[silver_embeddings],
+    deps=[silver_embeddings, embedding_model],  # the model directly: silver has too many partitions for staleness
     io_manager_key="lake_io_manager",
     metadata={LAKE_PATH: INDEX, LAKE_FORMAT: "files"},
     group_name="search",

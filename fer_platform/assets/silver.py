@@ -3,6 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
+from fer_platform.assets.model import embedding_model
 from fer_platform.core.layout import SILVER_EMBEDDINGS
 from fer_platform.core.report import markdown_table
 from fer_platform.core.silver import InvalidVectors, build_silver
@@ -12,6 +13,7 @@ from fer_platform.partitions import image_partitions
 
 @dg.asset(
     partitions_def=image_partitions,
+    deps=[embedding_model],  # Dagster's staleness is not transitive: the model is a direct dependency
     io_manager_key="lake_io_manager",
     metadata={LAKE_PATH: SILVER_EMBEDDINGS},
     group_name="embeddings",

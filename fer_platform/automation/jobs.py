@@ -7,6 +7,7 @@ import dagster as dg
 from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.gold import GOLD_ASSETS
+from fer_platform.assets.model import MODEL_ASSETS
 from fer_platform.assets.search import search_index
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
@@ -88,3 +89,24 @@ def quarantine_unroutable(
 @dg.job(description="Quarantine landing files that belong to no emotion partition.", tags={"fer/kind": "triage"})
 def landing_triage():
     quarantine_unroutable()
+
+
+# The emotion model: train, check (blocking: a model that does not beat the untuned weights is never
+# approved, and embedding_model does not run), then record the served model.
+train_model_job = dg.define_asset_job(
+    "train_emotion_model",
+    selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    executor_def=dg.in_process_executor,
+    description="Fine-tune the emotion model on bronze, check it against the untuned weights on the test split "
+    "(approved in the lake when it passes), then record the model the embedder serves.",
+)
+
+reembed_job = dg.define_asset_job(
+    "reembed_images",
+    selection=dg.AssetSelection.assets(image_embeddings, silver_embeddings),
+    partitions_def=image_partitions,
+    executor_def=dg.in_process_executor,
+    description="Re-embed partitions with the served model: after a new model is served, launch it as a backfill "
+    "over the unsynced partitions. Vectors are keyed by (image, model): the new model's rows are added once, the "
+    "old model's stay until removed; silver is replaced by the new model's vectors.",
+)

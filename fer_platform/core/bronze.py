@@ -84,3 +84,25 @@ def with_partition_columns(table: pa.Table, emotion: str, load_date: dt.date) ->
     return table.append_column("emotion", pa.array([emotion] * n, pa.string())).append_column(
         "load_date", pa.array([load_date] * n, pa.date32())
     )
+
+
+def read_bronze(lake: Storage, columns: list[str] | None = None, splits: list[str] | None = None) -> pa.Table:
+    """Every bronze partition as one table (the Hive folders give emotion and load_date), optionally
+    only some columns and splits."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from fer_platform.core.layout import BRONZE_IMAGES
+
+    root = lake.path(BRONZE_IMAGES)
+    if not lake.fs.exists(root):
+        return pa.table({c: pa.array([], BRONZE_SCHEMA.field(c).type if c in BRONZE_SCHEMA.names else pa.string())
+                         for c in (columns or BRONZE_SCHEMA.names)})  # fmt: skip
+    dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs)
+    flt = ds.field("split").isin(splits) if splits else None
+    table = dataset.to_table(columns=columns, filter=flt)
+    if "load_date" in table.column_names and table.schema.field("load_date").type == pa.string():
+        table = table.set_column(
+            table.schema.get_field_index("load_date"), "load_date", pc.cast(table["load_date"], pa.date32())
+        )
+    return table

@@ -6,10 +6,15 @@ Profiles:
   fast                Resize(128) -> CenterCrop(112), bf16 autocast where the CPU has
                       AVX512-BF16/AMX or on a GPU; fp32 elsewhere. Its cosine to fidelity is
                       measured by bench/, never assumed.
+  native              the images' own 48x48 (Resize(48), no crop), fp32: what the emotion-tuned
+                      models are trained at and served with (their config names the profile).
 
 Weights: ``auto`` (ImageNet where cached or downloadable, else deterministic random),
 ``imagenet`` (torchvision IMAGENET1K_V1; fails offline with one line saying what to do),
-``random`` (deterministic, seeded) or a path to a state dict. The model id
+``random`` (deterministic, seeded), a path to a state dict, or a path to a model folder
+(``config.json`` + ``weights.pt``, what the ``emotion_model`` asset writes; its config names the
+profile it serves with). ``tuned`` (the latest approved emotion model) is resolved to such a
+folder by the embedder resource, which knows the lake. The model id
 ``resnet18-<weights>-<profile>`` is stored with every vector.
 
 torch and torchvision are imported only when a model is built.
@@ -25,7 +30,7 @@ import queue
 import threading
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +41,10 @@ from fer_platform.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DIM = 512
-PROFILES = ("fidelity", "fast")
+PROFILES = ("fidelity", "fast", "native")
+NATIVE_SIZE = 48  # FER2013 images are 48x48
+MODEL_CONFIG = "config.json"  # a model folder: config.json + weights.pt
+MODEL_WEIGHTS = "weights.pt"
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 IMAGENET_FILE = "resnet18-f37072fd.pth"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -65,23 +73,26 @@ class EmbedderSpec:
 
     @property
     def input_size(self) -> int:
-        return 224 if self.profile == "fidelity" else self.fast_size
+        return {"fidelity": 224, "native": NATIVE_SIZE}.get(self.profile, self.fast_size)
 
     @property
     def resize_to(self) -> int:
+        if self.profile == "native":
+            return NATIVE_SIZE  # the whole face, no crop
         return round(self.input_size * 256 / 224)
 
     @property
     def profile_tag(self) -> str:
-        return "fidelity" if self.profile == "fidelity" else f"fast{self.fast_size}"
+        return {"fidelity": "fidelity", "native": f"native{NATIVE_SIZE}"}.get(self.profile, f"fast{self.fast_size}")
 
 
 @dataclass(frozen=True)
 class Weights:
-    kind: str  # imagenet | random | file
+    kind: str  # imagenet | random | file | tuned
     tag: str  # goes into the model id
     path: Path | None = None
     note: str | None = None  # why auto chose what it chose
+    profile: str | None = None  # a model folder's own profile (it was trained at that input)
 
 
 # --------------------------------------------------------------------------- weights
@@ -116,6 +127,11 @@ def _resolve(spec: EmbedderSpec) -> Weights:
     w = spec.weights.strip()
     if w == "random":
         return Weights("random", f"random-s{spec.seed}")
+    if w == "tuned" or w.startswith("tuned:"):
+        raise WeightsUnavailable(
+            f"weights {w!r} name an emotion model in the lake: the embedder resource resolves them (it needs "
+            "its lake); here give the path of a model folder instead"
+        )
     if w in ("imagenet", "auto"):
         cached = torch_hub_checkpoints() / IMAGENET_FILE
         if cached.exists():
@@ -136,15 +152,51 @@ def _resolve(spec: EmbedderSpec) -> Weights:
                 "path of a state dict (FER_EMBED_WEIGHTS)"
             ) from None
     path = Path(w).expanduser()
+    if path.is_dir():
+        return model_folder_weights(path)
     if not path.is_file():
-        raise WeightsUnavailable(f"weights {w!r}: not 'auto', 'imagenet', 'random' or an existing state-dict file")
+        raise WeightsUnavailable(
+            f"weights {w!r}: not 'auto', 'imagenet', 'random', 'tuned', an existing state-dict file or model folder"
+        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return Weights("file", f"file-{digest}", path)
 
 
+def weights_digest(data: bytes) -> str:
+    """The digest of a state-dict file that names it in model ids."""
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def model_folder_weights(folder: Path) -> Weights:
+    """The weights of a model folder (config.json + weights.pt), checked against the digest its config names."""
+    import json
+
+    config_path, weights_path = folder / MODEL_CONFIG, folder / MODEL_WEIGHTS
+    if not config_path.is_file() or not weights_path.is_file():
+        raise WeightsUnavailable(f"{folder} is not a model folder (it needs {MODEL_CONFIG} and {MODEL_WEIGHTS})")
+    config = json.loads(config_path.read_text())
+    digest = weights_digest(weights_path.read_bytes())
+    if digest != config.get("weights_digest"):
+        raise WeightsUnavailable(
+            f"{weights_path} has digest {digest}, its config names {config.get('weights_digest')}: the folder is "
+            "corrupt or half-copied; fetch the model again"
+        )
+    profile = config.get("profile", "fidelity")
+    if profile not in PROFILES:
+        raise WeightsUnavailable(f"{config_path} names profile {profile!r}, not one of {', '.join(PROFILES)}")
+    return Weights("tuned", f"tuned-{digest}", weights_path, profile=profile)
+
+
+def effective_spec(spec: EmbedderSpec, weights: Weights) -> EmbedderSpec:
+    """``spec`` with the profile a model folder was trained at (a tuned model serves at its own input size)."""
+    if weights.profile and weights.profile != spec.profile:
+        return replace(spec, profile=weights.profile)
+    return spec
+
+
 def model_id(spec: EmbedderSpec, weights: Weights | None = None) -> str:
     weights = weights or resolve_weights(spec)
-    return f"resnet18-{weights.tag}-{spec.profile_tag}"
+    return f"resnet18-{weights.tag}-{effective_spec(spec, weights).profile_tag}"
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -171,26 +223,17 @@ class Embedder:
     _cache: dict[tuple, "Embedder"] = {}
     _lock = threading.Lock()
 
-    def __init__(self, spec: EmbedderSpec, weights: Weights):
+    def __init__(self, spec: EmbedderSpec, weights: Weights, model=None):
+        """``model``: an already built backbone (e.g. one just trained) instead of loading ``weights``."""
         import torch
-        import torchvision
 
+        spec = effective_spec(spec, weights)
         self.spec, self.weights = spec, weights
         self.model_id = model_id(spec, weights)
         if spec.num_threads:
             torch.set_num_threads(spec.num_threads)
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
-        )
-        torch.manual_seed(spec.seed)
-        model = torchvision.models.resnet18(weights=None)
-        if weights.path is not None:
-            state = torch.load(weights.path, map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if set(missing) - {"fc.weight", "fc.bias"} or unexpected:
-                raise WeightsUnavailable(f"{weights.path} is not a resnet18 state dict (missing {missing[:3]})")
-        model.fc = torch.nn.Identity()
+        self.device = resolve_device(spec.device)
+        model = model if model is not None else build_backbone(weights, spec.seed)
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.bf16 = spec.profile == "fast" and _bf16_supported(self.device)
 
@@ -258,6 +301,32 @@ class Embedder:
                     q.get_nowait()
                 except queue.Empty:
                     worker.join(0.05)
+
+
+def resolve_device(device: str):
+    """A torch device: ``auto`` is CUDA when available, else the CPU."""
+    import torch
+
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def build_backbone(weights: Weights, seed: int = 0, state: dict | None = None):
+    """ResNet18 with the classifier replaced by identity (512-d output), from ``weights`` (or a
+    state dict in memory); random weights are drawn from ``seed``."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None)
+    if state is None and weights.path is not None:
+        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if set(missing) - {"fc.weight", "fc.bias"} or unexpected:
+            raise WeightsUnavailable(f"{weights.path or 'the state dict'} is not a resnet18 state dict (missing {missing[:3]})")
+    model.fc = torch.nn.Identity()
+    return model
 
 
 def _bf16_supported(device) -> bool:

@@ -20,9 +20,10 @@ BRONZE_IMAGES = "bronze/images"
 SILVER_EMBEDDINGS = "silver/embeddings"
 GOLD = "gold"
 INDEX = "index"
+MODELS = "models"
 QUARANTINE = "quarantine"
 META = "_meta"
-LAKE_FOLDERS = ("raw", "bronze", "silver", "gold", "index", "quarantine", "_meta")
+LAKE_FOLDERS = ("raw", "bronze", "silver", "gold", "index", "models", "quarantine", "_meta")
 
 # Landing folders the listing never descends into: the archive of processed files.
 LANDING_ARCHIVE = "_archive"

@@ -108,3 +108,25 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
     return _png(plt, fig)
+
+
+def confusion_matrix(counts: np.ndarray, labels: Sequence[str], title: str) -> bytes:
+    """Rows: true class, columns: predicted; cells coloured by the share of the row, labelled with counts."""
+    counts = np.asarray(counts, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    plt, fig = _figure(5.6, 4.8)
+    ax = fig.add_subplot(111)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            if counts[i, j]:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_title(title)
+    return _png(plt, fig)

@@ -1,15 +1,21 @@
 """The embedding model as a resource (logic in core/embedding.py; torch loads only when used)."""
 
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
+from pydantic import PrivateAttr
 
-from fer_platform.core.embedding import Embedder, EmbedderSpec, model_id, resolve_weights
+from fer_platform.core import models
+from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, model_id, resolve_weights
+from fer_platform.resources.lake import LakeResource
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """ResNet18 -> 512-d vectors. ``weights``: auto | imagenet | random | a state-dict path;
-    ``profile``: fidelity | fast; ``device``: auto | cpu | cuda."""
+    """ResNet18 -> 512-d vectors. ``weights``: auto | imagenet | random | a state-dict path | a model
+    folder | ``tuned`` (the latest emotion_model that passed its check, from ``lake``) |
+    ``tuned:<model id>`` (that approved model, pinned); ``profile``: fidelity | fast | native (a tuned
+    model serves at the profile it was trained at); ``device``: auto | cpu | cuda."""
 
     weights: str = "auto"
     profile: str = "fidelity"
@@ -18,18 +24,61 @@ class EmbedderResource(dg.ConfigurableResource):
     num_threads: int = 0
     seed: int = 0
     fast_size: int = 112
+    lake: Optional[LakeResource] = None
+    """Where emotion models live (lake/models/): needed for weights 'tuned'."""
+    model_cache: str = ""
+    """Local folder for models fetched from a remote lake (default FER_MODEL_CACHE or ~/.cache/fer-platform/models)."""
 
-    def spec(self) -> EmbedderSpec:
+    # The approved model is read once per initialised resource (a run's resources, one CLI command), so the
+    # id a step stores with its vectors is the id of the model that made them.
+    _approved: Optional[dict] = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._approved = None
+
+    @property
+    def tuned(self) -> bool:
+        return self.weights.strip() == "tuned" or self.weights.strip().startswith("tuned:")
+
+    def approved(self) -> dict:
+        """The approval record of the tuned model these weights name (read from the lake once)."""
+        if self._approved is None:
+            if self.lake is None:
+                raise WeightsUnavailable(
+                    f"weights {self.weights!r} need the lake the emotion models are in: the embedder resource has none"
+                )
+            self._approved = models.resolve_tuned(self.lake.storage(), self.weights.strip())
+        return self._approved
+
+    def base_spec(self) -> EmbedderSpec:
         return EmbedderSpec(
             weights=self.weights, profile=self.profile, device=self.device, batch_size=self.batch_size,
             num_threads=self.num_threads, seed=self.seed, fast_size=self.fast_size,
         )  # fmt: skip
 
+    def spec(self) -> EmbedderSpec:
+        """The settings with the weights resolved to something the core embedder loads (for ``tuned``:
+        the approved model's local folder, fetched from the lake if it is remote)."""
+        spec = self.base_spec()
+        if not self.tuned:
+            return spec
+        model = self.approved()["model"]
+        cache = Path(self.model_cache).expanduser() if self.model_cache else None
+        folder = models.local_model_folder(self.lake.storage(), model, cache)
+        spec = models.serving_spec(spec, folder)
+        if model_id(spec) != model:
+            raise WeightsUnavailable(f"the model folder {folder} makes {model_id(spec)}, not the approved {model}")
+        return spec
+
     def model_id(self) -> str:
         """The id stored with every vector (resolving weights, not loading the model)."""
+        if self.tuned:
+            return self.approved()["model"]
         return model_id(self.spec())
 
     def weights_note(self) -> Optional[str]:
+        if self.tuned:
+            return None
         return resolve_weights(self.spec()).note
 
     def load(self) -> Embedder:

@@ -33,8 +33,9 @@ def environment() -> str:
     return env
 
 
-def embedder_from_env() -> EmbedderResource:
-    """The embedding model's settings (the same in every environment)."""
+def embedder_from_env(lake: LakeResource | None = None) -> EmbedderResource:
+    """The embedding model's settings (the same in every environment); ``lake`` holds the emotion
+    models that ``FER_EMBED_WEIGHTS=tuned`` serves."""
     try:
         return EmbedderResource(
             weights=os.environ.get("FER_EMBED_WEIGHTS", "auto"),
@@ -42,6 +43,8 @@ def embedder_from_env() -> EmbedderResource:
             device=os.environ.get("FER_EMBED_DEVICE", "auto"),
             batch_size=int(os.environ.get("FER_EMBED_BATCH_SIZE", "64")),
             num_threads=int(os.environ.get("FER_EMBED_THREADS", "0")),
+            lake=lake,
+            model_cache=os.environ.get("FER_MODEL_CACHE", ""),
         )
     except ValueError as exc:
         raise ConfigError(f"FER_EMBED_BATCH_SIZE and FER_EMBED_THREADS must be integers ({exc})") from None
@@ -76,9 +79,12 @@ def automation_on_by_default() -> bool:
     return _flag("FER_AUTOMATION", environment() == "local")
 
 
-def vector_resources(postgres: PostgresResource, embedder: EmbedderResource | None = None) -> dict:
-    """The embedder and the pgvector IO manager on ``postgres``."""
-    embedder = embedder or embedder_from_env()
+def vector_resources(
+    postgres: PostgresResource, embedder: EmbedderResource | None = None, lake: LakeResource | None = None
+) -> dict:
+    """The embedder (from the environment unless given; its emotion models in ``lake``) and the pgvector
+    IO manager on ``postgres``."""
+    embedder = embedder or embedder_from_env(lake)
     return {"embedder": embedder, "pgvector_io_manager": PgVectorIOManager(postgres=postgres, embedder=embedder)}
 
 
@@ -87,13 +93,14 @@ def environment_resources(lake_url: str, landing_url: str, postgres: PostgresRes
     """What every environment provides, by the same keys: the lake, the landing zone and the lake IO
     manager (on ``store`` when they are in an object store), PostgreSQL, the embedder and the pgvector
     IO manager. Only the values differ between environments."""
+    lake = LakeResource(url=lake_url, store=store)
     resources = {
-        "lake": LakeResource(url=lake_url, store=store),
+        "lake": lake,
         "landing": LandingResource(url=landing_url, store=store),
         "lake_io_manager": LakeIOManager(base_url=lake_url, store=store),
         "postgres": postgres,
         "auto_loader": auto_loader_from_env(),
-        **vector_resources(postgres),
+        **vector_resources(postgres, lake=lake),
     }
     if store is not None:
         resources["object_store"] = store

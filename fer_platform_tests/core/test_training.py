@@ -1,0 +1,137 @@
+"""The emotion model: training improves test-split figures, is seeded, and serves from its model folder."""
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fer_platform.core import models, training
+from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, model_id, resolve_weights
+from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.sample_data import render_face
+from fer_platform.core.storage import Storage
+
+BASE = EmbedderSpec(weights="random", seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for these tests: on a shared 2-core machine, two OpenMP threads spin against other
+    processes and run about 2x slower (measured); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def bronze_like(train_per_class: int, test_per_class: int, seed: int = 7) -> pa.Table:
+    """Rows shaped like bronze (image_id, emotion, split, png) of generated faces."""
+    rows = []
+    for s, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
+        for e, emotion in enumerate(EMOTIONS):
+            for i in range(n):
+                png = render_face(emotion, np.random.default_rng([seed, s, e, i]))
+                rows.append({"image_id": hashlib.sha256(png).hexdigest(), "emotion": emotion, "split": split, "png": png})
+    return pa.Table.from_pylist(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return bronze_like(16, 8)
+
+
+@pytest.fixture(scope="module")
+def built(tiny):
+    reports = []
+    config = training.TrainingConfig(epochs=8, batch_size=16, learning_rate=2e-3, seed=0)
+    out = training.build_model(tiny, BASE, config, on_epoch=reports.append)
+    return out, reports
+
+
+def test_training_on_a_tiny_set_beats_the_untuned_model_on_the_test_split(built):
+    out, reports = built
+    m = out["metrics"]
+    assert m["test_images"] == 56 and m["train_images"] == 112 and m["split"] == "test"
+    assert m["untuned"]["model"] == "resnet18-random-s0-native48"
+    assert out["model"].startswith("resnet18-tuned-") and out["model"].endswith("-native48")
+    assert m["tuned"]["agreement_at_10"] >= m["untuned"]["agreement_at_10"] + 0.05
+    assert m["tuned"]["centroid_accuracy"] >= m["untuned"]["centroid_accuracy"] + 0.1
+    assert not training.approval_problems(m)
+    # progress: one report per epoch, the loss going down
+    assert [r.epoch for r in reports] == list(range(1, 9))
+    assert reports[-1].loss < reports[0].loss
+    assert np.asarray(m["tuned"]["confusion"]).sum() == 56
+
+
+def test_training_is_deterministic_for_a_seed():
+    data = bronze_like(3, 2, seed=3)
+    config = training.TrainingConfig(epochs=1, batch_size=8, seed=5)
+    first = training.build_model(data, BASE, config)["model"]
+    assert training.build_model(data, BASE, config)["model"] == first
+    other = training.TrainingConfig(epochs=1, batch_size=8, seed=6)
+    assert training.build_model(data, BASE, other)["model"] != first
+
+
+def test_the_check_re_measures_the_files_and_rejects_an_untrained_model(built, tiny):
+    out, _ = built
+    verified = training.verify_model(out["files"], tiny)
+    assert verified["problems"] == [] and verified["model"] == out["model"]
+    assert verified["metrics"]["tuned"]["agreement_at_10"] == pytest.approx(out["metrics"]["tuned"]["agreement_at_10"])
+
+    untrained = training.build_model(tiny, BASE, training.TrainingConfig(epochs=0))
+    problems = training.verify_model(untrained["files"], tiny)["problems"]
+    assert any("does not beat the untuned" in p for p in problems)
+
+    broken = dict(out["files"])
+    broken["weights.pt"] = broken["weights.pt"][:-10] + b"0" * 10
+    with pytest.raises(WeightsUnavailable, match="digest"):
+        training.verify_model(broken, tiny)
+
+
+def test_a_model_folder_serves_with_its_own_profile(built, tmp_path):
+    out, _ = built
+    lake = Storage(tmp_path / "lake")
+    for name, data in out["files"].items():
+        lake.write_bytes(f"models/{out['model']}/{name}", data)
+    folder = models.local_model_folder(lake, out["model"])
+    spec = models.serving_spec(EmbedderSpec(profile="fidelity"), folder)
+    assert model_id(spec) == out["model"]  # the folder's profile (native48) wins over the setting
+    e = Embedder.get(spec)
+    assert e.spec.input_size == 48
+    pngs = [render_face("happy", np.random.default_rng(i)) for i in range(3)]
+    in_memory = out["trained"].embedder().embed(pngs)
+    np.testing.assert_allclose(e.embed(pngs), in_memory, rtol=1e-4, atol=1e-5)
+
+    (folder / "weights.pt").write_bytes(b"not the weights")
+    with pytest.raises(WeightsUnavailable, match="corrupt or half-copied"):
+        resolve_weights(EmbedderSpec(weights=str(folder), seed=99))
+
+
+def test_tuned_models_resolve_through_the_approval_records(built, tmp_path):
+    out, _ = built
+    lake = Storage(tmp_path / "lake")
+    with pytest.raises(WeightsUnavailable) as err:
+        models.resolve_tuned(lake, "tuned")
+    assert "no approved emotion model" in str(err.value) and "\n" not in str(err.value)
+    for name, data in out["files"].items():
+        lake.write_bytes(f"models/{out['model']}/{name}", data)
+    with pytest.raises(WeightsUnavailable, match="not an approved emotion model"):
+        models.resolve_tuned(lake, f"tuned:{out['model']}")
+    models.approve(lake, out["model"], {"agreement_at_10": 0.5})
+    assert models.resolve_tuned(lake, "tuned")["model"] == out["model"]
+    assert models.resolve_tuned(lake, f"tuned:{out['model']}")["agreement_at_10"] == 0.5
+
+
+def test_figures_on_hand_checkable_vectors():
+    # two tight clusters: every neighbour agrees, the centroid classifier is right
+    v = np.array([[1, 0], [0.99, 0.1], [0.98, -0.1], [0, 1], [0.1, 0.99], [-0.1, 0.98]], dtype=np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    got = training.agreement_at_k(v, y, k=2)
+    assert got["all"] == 1.0 and got["chance"] == pytest.approx(12 / 30)
+    clf = training.centroid_classifier(v, y, v[[0, 3]], y[[0, 3]])
+    assert clf["accuracy"] == 1.0 and np.asarray(clf["confusion"])[0, 0] == 1
+    swapped = training.centroid_classifier(v, y, v[[0, 3]], y[[3, 0]])
+    assert swapped["accuracy"] == 0.0
