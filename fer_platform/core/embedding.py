@@ -26,7 +26,6 @@ import hashlib
 import io
 import logging
 import os
-import queue
 import threading
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -267,40 +266,42 @@ class Embedder:
         parts = list(self.stream(pngs))
         return np.concatenate(parts) if parts else np.empty((0, DIM), np.float32)
 
+    def preprocess_workers(self) -> int:
+        """Threads that decode and transform ahead of the model: one on the CPU (the model has the
+        cores), several in front of a GPU, which one thread of PIL cannot keep busy (bench_gpu.py)."""
+        if self.device.type == "cpu":
+            return 1
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+
     def stream(self, pngs: Sequence[bytes], prefetch: int = 2) -> Iterator[np.ndarray]:
-        """Vectors batch by batch. Decoding and transforms run in a background thread, ``prefetch``
-        batches ahead, so the model never waits on PIL."""
+        """Vectors batch by batch, in order. Decoding and transforms run in background threads
+        (PIL releases the GIL), ``prefetch`` batches ahead of the model, so it never waits on PIL."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
         bs = self.spec.batch_size
-        chunks = [pngs[i : i + bs] for i in range(0, len(pngs), bs)]
-        if not chunks:
-            return
-        q: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
+        chunks = iter([pngs[i : i + bs] for i in range(0, len(pngs), bs)])
+        workers = self.preprocess_workers()
+        ahead = prefetch + workers - 1
+        with ThreadPoolExecutor(workers, thread_name_prefix="fer-preprocess") as pool:
+            pending: deque = deque()
 
-        def produce():
-            try:
-                for chunk in chunks:
-                    if stop.is_set():
+            def fill() -> None:
+                while len(pending) < ahead:
+                    chunk = next(chunks, None)
+                    if chunk is None:
                         return
-                    q.put(preprocess(chunk, self.spec))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                q.put(exc)
+                    pending.append(pool.submit(preprocess, chunk, self.spec))
 
-        worker = threading.Thread(target=produce, name="fer-preprocess", daemon=True)
-        worker.start()
-        try:
-            for _ in chunks:
-                item = q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield self.forward(item)
-        finally:
-            stop.set()
-            while worker.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    worker.join(0.05)
+            try:
+                fill()
+                while pending:
+                    batch = pending.popleft().result()
+                    fill()
+                    yield self.forward(batch)
+            finally:
+                for f in pending:
+                    f.cancel()
 
 
 def resolve_device(device: str):
