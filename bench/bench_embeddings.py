@@ -37,10 +37,9 @@ def main() -> None:
     from fer_platform.automation.jobs import INGEST_ASSETS
     from fer_platform.checks import ALL_CHECKS
     from fer_platform.core.db import connect
-    from fer_platform.core.embedding import Embedder, EmbedderSpec, preprocess
+    from fer_platform.core.embedding import Embedder, preprocess
     from fer_platform.core.layout import EMOTIONS
     from fer_platform.core.sample_data import write_sample_landing
-    from fer_platform.core.vectors import arrow_to_vectors
     from fer_platform.partitions import partition_key, utc_today
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; weights "

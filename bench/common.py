@@ -34,21 +34,15 @@ def workspace(prefix="ferbench-"):
 
 
 def resources(root: Path, dsn: str, **embedder):
-    from fer_platform.io_managers.parquet import LakeIOManager
-    from fer_platform.resources import (
-        AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
-    )
-    from fer_platform.resources.environments import vector_resources
+    """The environments' own resources on the workspace's folders and database; ``embedder`` settings
+    (batch_size, profile, ...) with the weights of FER_EMBED_WEIGHTS."""
+    from fer_platform.resources import EmbedderResource, PostgresResource
+    from fer_platform.resources.environments import environment_resources, vector_resources
 
-    postgres = PostgresResource(dsn=dsn)
-    return {
-        "lake": LakeResource(url=str(root / "lake")),
-        "landing": LandingResource(url=str(root / "landing")),
-        "lake_io_manager": LakeIOManager(base_url=str(root / "lake")),
-        "postgres": postgres,
-        "auto_loader": AutoLoaderResource(),
-        **vector_resources(postgres, EmbedderResource(weights=os.environ["FER_EMBED_WEIGHTS"], **embedder)),
-    }
+    res = environment_resources(str(root / "lake"), str(root / "landing"), PostgresResource(dsn=dsn))
+    weights = os.environ["FER_EMBED_WEIGHTS"]
+    res.update(vector_resources(res["postgres"], EmbedderResource(weights=weights, lake=res["lake"], **embedder)))
+    return res
 
 
 class Timer:
@@ -61,4 +55,5 @@ class Timer:
 
 
 def row(label: str, value: float, unit: str, note: str = "") -> None:
-    print(f"{label:<58} {value:>10.1f} {unit:<10} {note}", flush=True)
+    shown = f"{value:>10.4f}" if abs(value) < 10 else f"{value:>10.1f}"
+    print(f"{label:<58} {shown} {unit:<10} {note}", flush=True)

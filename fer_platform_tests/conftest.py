@@ -68,18 +68,6 @@ def lake(tmp_path):
 @pytest.fixture
 def resources(pg_dsn, lake, landing):
     """The local resources, pointed at the test's database, lake and landing zone."""
-    from fer_platform.io_managers.parquet import LakeIOManager
-    from fer_platform.resources import (
-        AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
-    )
-    from fer_platform.resources.environments import vector_resources
+    from fer_platform_tests.helpers import folder_resources
 
-    postgres = PostgresResource(dsn=pg_dsn)
-    return {
-        "lake": LakeResource(url=str(lake)),
-        "landing": LandingResource(url=str(landing)),
-        "lake_io_manager": LakeIOManager(base_url=str(lake)),
-        "postgres": postgres,
-        "auto_loader": AutoLoaderResource(),
-        **vector_resources(postgres, EmbedderResource(weights="random", batch_size=16)),
-    }
+    return folder_resources(pg_dsn, lake, landing, weights="random", batch_size=16)

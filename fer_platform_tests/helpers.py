@@ -1,4 +1,4 @@
-"""Builders of good and broken landing files for tests."""
+"""Builders of good and broken landing files for tests, and the local resources pointed at test places."""
 
 import io
 from pathlib import Path
@@ -25,3 +25,15 @@ def put(root: Path, key: str, data: bytes) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(data)
     return p
+
+
+def folder_resources(dsn: str, lake: Path, landing: Path, **embedder) -> dict:
+    """The environments' own resources (``environment_resources``) on a database and two folders;
+    ``embedder`` settings (e.g. ``weights="random"``) replace the environment's."""
+    from fer_platform.resources import EmbedderResource, PostgresResource
+    from fer_platform.resources.environments import environment_resources, vector_resources
+
+    res = environment_resources(str(lake), str(landing), PostgresResource(dsn=dsn))
+    if embedder:
+        res.update(vector_resources(res["postgres"], EmbedderResource(lake=res["lake"], **embedder)))
+    return res

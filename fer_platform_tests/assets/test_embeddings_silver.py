@@ -1,7 +1,5 @@
 """raw -> bronze -> image_embeddings -> silver_embeddings through dg.materialize, real PostgreSQL."""
 
-import datetime as dt
-
 import dagster as dg
 import duckdb
 import numpy as np

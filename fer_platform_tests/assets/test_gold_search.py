@@ -6,7 +6,6 @@ files, loaded through the ingest assets into a real PostgreSQL and a temporary l
 
 import io
 import json
-import os
 import shutil
 
 import dagster as dg
@@ -22,28 +21,15 @@ from fer_platform.checks import ALL_CHECKS
 from fer_platform.core import db, search, sheet
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.storage import Storage
-from fer_platform.io_managers.parquet import LakeIOManager
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources import (
-    AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
-)
-from fer_platform.resources.environments import vector_resources
-from fer_platform_tests.helpers import encoded, face, put
+from fer_platform_tests.helpers import encoded, face, folder_resources, put
 
 MODEL = "resnet18-random-s0-fidelity"
 EVERYTHING = [*INGEST_ASSETS, *PUBLISH_ASSETS, *ALL_CHECKS]
 
 
 def make_resources(dsn, lake, landing):
-    postgres = PostgresResource(dsn=dsn)
-    return {
-        "lake": LakeResource(url=str(lake)),
-        "landing": LandingResource(url=str(landing)),
-        "lake_io_manager": LakeIOManager(base_url=str(lake)),
-        "postgres": postgres,
-        "auto_loader": AutoLoaderResource(),
-        **vector_resources(postgres, EmbedderResource(weights="random", batch_size=16)),
-    }
+    return folder_resources(dsn, lake, landing, weights="random", batch_size=16)
 
 
 def publish(resources, raise_on_error=True):

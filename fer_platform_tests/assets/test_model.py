@@ -22,10 +22,9 @@ from fer_platform.core.embedding import WeightsUnavailable
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.silver import read_silver
-from fer_platform.io_managers.parquet import LakeIOManager
+from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources import EmbedderResource, LakeResource, LandingResource, PostgresResource
-from fer_platform.resources.environments import vector_resources
+from fer_platform_tests.helpers import folder_resources
 
 ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, search_index, emotion_model, embedding_model]
 CHECKS = [image_embeddings_complete, silver_matches_postgres, search_index_recall, emotion_model_beats_untuned]
@@ -47,16 +46,7 @@ def one_torch_thread():
 
 
 def _resources(dsn, lake, landing, weights="random"):
-    postgres = PostgresResource(dsn=dsn)
-    lake_res = LakeResource(url=str(lake))
-    embedder = EmbedderResource(weights=weights, batch_size=32, lake=lake_res)
-    return {
-        "lake": lake_res,
-        "landing": LandingResource(url=str(landing)),
-        "lake_io_manager": LakeIOManager(base_url=str(lake)),
-        "postgres": postgres,
-        **vector_resources(postgres, embedder),
-    }
+    return folder_resources(dsn, lake, landing, weights=weights, batch_size=32)
 
 
 def _run(res, instance, select, partition=None, config=None, ok=True):
@@ -187,7 +177,7 @@ def test_a_model_that_does_not_beat_the_untuned_weights_is_not_approved(loaded, 
     (check,) = result.get_asset_check_evaluations()
     assert not check.passed and "does not beat the untuned" in check.description
     assert result.asset_materializations_for_node("embedding_model") == [], "blocked by the failed check"
-    assert models.approved_model(LakeResource(url=str(lake)).storage()) is None
+    assert models.approved_model(Storage(str(lake))) is None
 
     # weights corrupted in the lake after training: the check catches it from the files alone
     model = (lake / "models/LATEST").read_text()
