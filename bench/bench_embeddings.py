@@ -17,12 +17,11 @@ import datetime as dt
 import io
 import time
 
-from common import Timer, resources, row, workspace
+from common import QUIET, Timer, resources, row, workspace
 
 import dagster as dg
 import numpy as np
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def main() -> None:

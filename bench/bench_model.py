@@ -19,11 +19,10 @@ accuracy of a nearest-centroid classifier (centroids of the train vectors) on th
 import argparse
 import time
 
-from common import Timer, resources, row, workspace
+from common import QUIET, Timer, resources, row, workspace
 
 import dagster as dg
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def main() -> None:

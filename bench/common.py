@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fer_platform.core import db  # noqa: E402
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # run config: warnings and errors only
+
 
 @contextlib.contextmanager
 def workspace(prefix="ferbench-"):

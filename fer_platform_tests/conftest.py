@@ -71,3 +71,15 @@ def resources(pg_dsn, lake, landing):
     from fer_platform_tests.helpers import folder_resources
 
     return folder_resources(pg_dsn, lake, landing, weights="random", batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: on a shared 2-core machine, two OpenMP threads spin against
+    other processes and run about 2x slower (measured); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,23 +26,14 @@ from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform_tests.helpers import folder_resources
 
+# one torch thread (conftest): two spin against other processes on a shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, search_index, emotion_model, embedding_model]
 CHECKS = [image_embeddings_complete, silver_matches_postgres, search_index_recall, emotion_model_beats_untuned]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 TINY = {"epochs": 8, "batch_size": 16, "learning_rate": 2e-3}  # enough to beat the untuned model on 112 faces
 RANDOM = "resnet18-random-s0-fidelity"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread for these tests: on a shared 2-core machine, two OpenMP threads spin against other
-    processes and run about 2x slower (measured); restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _resources(dsn, lake, landing, weights="random"):

@@ -12,19 +12,10 @@ from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.sample_data import render_face
 from fer_platform.core.storage import Storage
 
+# one torch thread (conftest): two spin against other processes on a shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BASE = EmbedderSpec(weights="random", seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread for these tests: on a shared 2-core machine, two OpenMP threads spin against other
-    processes and run about 2x slower (measured); restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def bronze_like(train_per_class: int, test_per_class: int, seed: int = 7) -> pa.Table:
