@@ -257,10 +257,34 @@ VECTOR_INDEX_DDL = (
 )
 
 
+SCHEMA_OBJECTS = (
+    VECTORS_TABLE, f"{VECTORS_TABLE}_partition", LOAD_LOG_TABLE, f"{LOAD_LOG_TABLE}_loaded_sha256",
+    f"{LOAD_LOG_TABLE}_partition", f"{LOAD_LOG_TABLE}_source",
+)  # fmt: skip
+
+
+def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
+    """Whether the extension and every table and index of the schema exist (catalog reads only, no lock)."""
+    names = [*SCHEMA_OBJECTS, *([VECTOR_INDEX] if vector_index else [])]
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pg_extension WHERE extname = 'vector'), "
+        "count(*) FILTER (WHERE to_regclass(n) IS NOT NULL) FROM unnest(%s::text[]) AS n",
+        (names,),
+    ).fetchone()
+    return row[0] == 1 and row[1] == len(names)
+
+
 def ensure_schema(dsn: str, vector_index: bool = True) -> None:
     """Create the vector extension, the vectors table (with its HNSW index unless
-    ``vector_index=False``, for a bulk load that builds it afterwards) and the load log, idempotently."""
+    ``vector_index=False``, for a bulk load that builds it afterwards) and the load log, idempotently.
+
+    When everything exists (every run and sensor tick after the first) nothing is executed but a
+    catalog read: ``CREATE INDEX IF NOT EXISTS`` would take a SHARE lock on the table and wait
+    behind a run that is writing a partition's vectors."""
     with connect(dsn) as conn:
+        if schema_present(conn, vector_index):
+            return
+        conn.rollback()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             ensure_vector_extension(conn, dsn)

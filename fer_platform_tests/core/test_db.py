@@ -65,3 +65,30 @@ def test_missing_extension_is_explained(pg_dsn, monkeypatch):
 
     with pytest.raises(db.DatabaseUnavailable, match="not allow-listed .*azure.extensions"):
         db.ensure_vector_extension(FakeConn(), "postgresql://u@srv.postgres.database.azure.com/x")
+
+
+def test_schema_check_does_not_wait_behind_a_run_writing_vectors(pg_dsn):
+    """A run holds the vectors table (writing a partition) for minutes: a sensor tick's or a new run's
+    schema check must not queue behind it (CREATE INDEX IF NOT EXISTS would take a SHARE lock)."""
+    import threading
+
+    import numpy as np
+    from pgvector.psycopg import register_vector
+
+    from fer_platform.core.db import connect, ensure_schema
+
+    writer = connect(pg_dsn)
+    register_vector(writer)
+    writer.execute(
+        "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, load_date, model) "
+        "VALUES ('f', 'happy', %s, 'x', '2026-11-01', 'm')", (np.ones(512, np.float32),),
+    )  # fmt: skip  (the transaction stays open: ROW EXCLUSIVE held)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (ensure_schema(pg_dsn), done.set()), daemon=True)
+    t.start()
+    try:
+        assert done.wait(10), "ensure_schema waited for the writing transaction"
+    finally:
+        writer.rollback()
+        writer.close()
+        t.join(30)
