@@ -117,8 +117,10 @@ def local_resources(home: Home | None = None) -> dict:
     home = home or Home.resolve()
     lake_url = os.environ.get("FER_LAKE_URL") or str(home.lake)
     landing_url = os.environ.get("FER_LANDING") or str(home.landing)
-    dsn = os.environ.get("FER_PG_DSN") or None
-    postgres = PostgresResource(dsn=dsn, embedded_dir=None if dsn else str(home.postgres))
+    # By EnvVar, not by value: a DSN may hold a password, and resource config shows in the UI.
+    external = bool(os.environ.get("FER_PG_DSN"))
+    postgres = PostgresResource(dsn=dg.EnvVar("FER_PG_DSN") if external else None,
+                                embedded_dir=None if external else str(home.postgres))  # fmt: skip
     return environment_resources(lake_url, landing_url, postgres)
 
 
