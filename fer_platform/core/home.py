@@ -56,8 +56,9 @@ def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2, bulk_con
     embedded server over its socket); otherwise the file reads it from
     ``FER_DAGSTER_PG_URL`` at start. The run queue runs at most ``max_concurrent_runs`` runs
     at once (on 2 cores, more only contend for them), and at most ``bulk_concurrency`` of a bulk
-    load's runs, so the sensor's small runs still get through; a failed run is retried once
-    (loads are idempotent: the load log decides).
+    load's runs, so the sensor's small runs still get through, and one run per partition at a
+    time (two would race on its bronze and silver files); a failed run is retried once (loads
+    are idempotent: the load log decides).
     """
     url = f'"{storage_url}"' if storage_url else "\n        env: FER_DAGSTER_PG_URL"
     return f"""# Written by fer-platform. Instance storage on PostgreSQL (dagster-postgres).
@@ -72,6 +73,10 @@ run_coordinator:
     tag_concurrency_limits:
       - key: fer/bulk
         limit: {bulk_concurrency}
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 run_retries:
   enabled: true
   max_retries: 1

@@ -12,6 +12,8 @@ The base may be a folder, ``s3://...`` or ``abfs://...``: only configuration cha
 
 
 import datetime as dt
+import os
+import uuid
 from typing import Any, Optional
 
 import dagster as dg
@@ -42,6 +44,11 @@ def _as_table(obj: Any) -> pa.Table:
     if isinstance(obj, pd.DataFrame):
         return pa.Table.from_pandas(obj, preserve_index=False)
     raise TypeError(f"the lake IO manager stores pyarrow Tables or pandas DataFrames, not {type(obj).__name__}")
+
+
+def _temp_beside(path: UPath) -> UPath:
+    """A temporary name next to ``path`` that no other writer uses (then renamed over it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
 def hive_values(parts: tuple[str, ...]) -> dict[str, str]:
@@ -98,7 +105,7 @@ class HiveParquetIOManager(dg.UPathIOManager):
         # object stores publish an object only when its upload completes.
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.protocol in ("", "file", "local"):
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = _temp_beside(path)
             with tmp.open("wb") as f:
                 pq.write_table(table, f, compression="zstd", **self.write_options)
             tmp.rename(path)
@@ -118,7 +125,7 @@ class HiveParquetIOManager(dg.UPathIOManager):
 
     def write_bytes(self, path: UPath, data: bytes) -> None:
         if path.protocol in ("", "file", "local"):
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = _temp_beside(path)
             tmp.write_bytes(data)
             tmp.rename(path)
         else:
