@@ -22,6 +22,9 @@ class RawImagesConfig(dg.Config):
     emotion, for today's partition only."""
     on_success: str = "keep"
     """What to do with a source file once its load is committed: keep, delete or archive."""
+    take_pending: bool = False
+    """Take every pending file of this emotion whatever the partition's date (the bulk load's runs, which
+    may start after midnight UTC); files then load into this partition."""
 
 
 @dg.asset(
@@ -44,7 +47,7 @@ def raw_images(
     emotion, load_date = partition_of(context)
     dsn = postgres.get_dsn()
     files, missing, ignored = select_files(
-        landing.storage(), dsn, emotion, load_date, utc_today(), config.files
+        landing.storage(), dsn, emotion, load_date, utc_today(), config.files, take_pending=config.take_pending
     )
     report = ingest(
         landing.storage(), lake.storage(), dsn, files, load_date, context.run.run_id, config.on_success,

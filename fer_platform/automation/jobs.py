@@ -36,6 +36,8 @@ bulk_load_job = dg.define_asset_job(
     partitions_def=image_partitions,
     executor_def=dg.in_process_executor,
     tags={"fer/bulk": "true"},
+    # a run that starts after midnight UTC still takes its emotion's pending files, into the launch day's partition
+    config={"ops": {"raw_images": {"config": {"take_pending": True}}}},
     description="The first load of a large landing folder (FER2013's 35,887 images): launched as a backfill of "
     "today's 7 emotion partitions (`fer-platform bulk-load`, or Jobs -> bulk_load -> Partitions in the UI); each "
     "run takes every pending file of its emotion, in batches with progress in its logs. The run queue bounds how "

@@ -89,13 +89,14 @@ def select_files(
     load_date: dt.date,
     today: dt.date,
     keys: Sequence[str] | None = None,
+    take_pending: bool = False,
 ) -> tuple[list[FileEntry], list[str], list[tuple[str, str]]]:
     """The landing files one run loads: (entries, missing keys, ignored (key, why)).
 
     With ``keys`` (the sensor's file list), exactly those files. Without, the
-    pending files of ``emotion``, but only for today's partition: files are
-    picked up on the day they load, and a past partition re-derives from the
-    ledger without taking new files.
+    pending files of ``emotion``, but only for today's partition (or with
+    ``take_pending``, for any): files are picked up on the day they load, and a
+    past partition re-derives from the ledger without taking new files.
     """
     if keys is not None:
         wrong = [k for k in keys if route(k).emotion not in (None, emotion)] if emotion else []
@@ -103,7 +104,7 @@ def select_files(
             raise ValueError(f"{len(wrong)} file(s) belong to another emotion than '{emotion}', e.g. {wrong[0]}")
         entries, missing = landing.stat_many(keys)
         return entries, missing, []
-    if load_date != today:
+    if load_date != today and not take_pending:
         return [], [], []
     pending, ignored = pending_files(landing, dsn, emotion)
     return pending, [], ignored

@@ -55,3 +55,18 @@ def test_reconcile_reports_never_loaded_files_and_lake_files_gone(resources, lan
     assert "raw/images/fer2013/train/happy/1.png" in ev.metadata["missing_lake_files"].value
     assert ev.metadata["not_yet_settled"].value == 1
     assert "1 landing file(s) never loaded" in ev.description and reconcile_job.name == "reconcile"
+
+
+def test_a_bulk_run_that_starts_after_midnight_still_takes_its_pending_files(resources, landing, pg_dsn):
+    """The bulk load's runs queue one at a time: a run launched yesterday may start today. It takes
+    its emotion's pending files whatever its partition's date (an ordinary run of a past partition
+    takes none)."""
+    for i in range(2):
+        put(landing, f"train/fear/{i}.png", face("fear", i))
+    yesterday = partition_key("fear", utc_today() - dt.timedelta(days=1))
+    defs = build_definitions(resources)
+    plain = defs.resolve_job_def("ingest_images").execute_in_process(partition_key=yesterday)
+    assert plain.asset_materializations_for_node("raw_images")[0].metadata["loaded"].value == 0
+    bulk = defs.resolve_job_def("bulk_load").execute_in_process(partition_key=yesterday)
+    assert bulk.success and bulk.asset_materializations_for_node("raw_images")[0].metadata["loaded"].value == 2
+    assert bulk.asset_materializations_for_node("silver_embeddings")[0].metadata["rows"].value == 2
