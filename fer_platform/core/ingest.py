@@ -178,7 +178,9 @@ def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]]) -> list[_R
     return out
 
 
-def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report) -> list[Outcome]:
+def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report) -> list[FileEntry]:
+    """Log one batch in one transaction; returns the file versions now in the ledger (this run's and
+    those an earlier run logged), whose sources may be cleaned."""
     reads = _read(landing, batch)
     for r in reads:
         if r.problem == "gone":
@@ -236,21 +238,30 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report) -> list[
             lake.write_many(copies)
             ledger.insert(conn, rows)
     report.outcomes.extend(outcomes)
-    return outcomes
+    return [r.entry for r in reads]  # every read version is in the ledger now (logged here or before)
 
 
-def _clean_sources(landing: Storage, done: Sequence[Outcome], on_success: str, load_date: dt.date, report) -> None:
-    """After the commit: delete or archive the sources of logged files (all statuses)."""
-    if on_success == "keep":
+def _clean_sources(landing: Storage, logged: Sequence[FileEntry], on_success: str, load_date: dt.date, report) -> None:
+    """After the commit: delete or archive the sources of logged file versions (all statuses). A key
+    whose file changed since it was read (overwritten meanwhile) holds a version the ledger does not
+    have: it stays for a later load."""
+    if on_success == "keep" or not logged:
         return
-    for o in done:
+    current = {e.key: e for e in landing.stat_many([e.key for e in logged])[0]}
+    for e in logged:
+        now = current.get(e.key)
+        if now is None:
+            continue
+        if (now.size, now.modified_us) != (e.size, e.modified_us):
+            log.warning("%s changed since it was loaded: left in place for the next load", e.key)
+            continue
         try:
             if on_success == "delete":
-                landing.delete(o.key)
+                landing.delete(e.key)
             else:
-                landing.move(o.key, f"{LANDING_ARCHIVE}/{load_date.isoformat()}/{o.key}")
+                landing.move(e.key, f"{LANDING_ARCHIVE}/{load_date.isoformat()}/{e.key}")
         except FileNotFoundError:
             pass
         except Exception as exc:  # noqa: BLE001 - the load is committed; report and go on
-            report.source_errors.append((o.key, f"{type(exc).__name__}: {exc}"))
-            log.warning("could not %s %s after loading it: %s", on_success, o.key, exc)
+            report.source_errors.append((e.key, f"{type(exc).__name__}: {exc}"))
+            log.warning("could not %s %s after loading it: %s", on_success, e.key, exc)

@@ -124,6 +124,39 @@ def test_failed_commit_keeps_sources_and_logs_nothing(pg_dsn, landing, lake, mon
     assert not (landing / "train/happy/a.png").exists()
 
 
+def test_a_source_overwritten_during_its_load_is_not_deleted(pg_dsn, landing, lake, monkeypatch):
+    path = put(landing, "train/happy/a.png", face("happy", 1))
+    real_insert = ingest_mod.ledger.insert
+
+    def insert_while_a_new_version_lands(conn, rows):
+        path.write_bytes(face("happy", 2))  # the producer overwrites the file mid-load
+        os.utime(path, (1_900_000_000, 1_900_000_000))
+        real_insert(conn, rows)
+
+    monkeypatch.setattr(ingest_mod.ledger, "insert", insert_while_a_new_version_lands)
+    assert _run(landing, lake, pg_dsn, emotion="happy", on_success="delete").counts == {"loaded": 1}
+    assert path.read_bytes() == face("happy", 2)  # the unlogged new version stays
+    monkeypatch.undo()
+    assert _run(landing, lake, pg_dsn, emotion="happy", on_success="delete").counts == {"loaded": 1}
+    assert not path.exists() and len(_ledger(pg_dsn)) == 2
+
+
+def test_a_retry_after_a_crash_between_commit_and_cleanup_cleans_the_sources(pg_dsn, landing, lake, monkeypatch):
+    put(landing, "train/happy/a.png", face("happy", 1))
+
+    def crash(*args):
+        raise RuntimeError("worker killed after the commit")
+
+    monkeypatch.setattr(ingest_mod, "_clean_sources", crash)
+    with pytest.raises(RuntimeError):
+        _run(landing, lake, pg_dsn, keys=["train/happy/a.png"], on_success="archive")
+    assert (landing / "train/happy/a.png").exists() and len(_ledger(pg_dsn)) == 1
+    monkeypatch.undo()
+    report = _run(landing, lake, pg_dsn, keys=["train/happy/a.png"], on_success="archive")
+    assert report.outcomes == [] and report.already_logged == ["train/happy/a.png"]
+    assert (landing / f"_archive/{DAY}/train/happy/a.png").exists() and not (landing / "train/happy/a.png").exists()
+
+
 def test_concurrent_runs_log_each_file_once(pg_dsn, landing, lake):
     keys = [put(landing, f"train/neutral/{i}.png", face("neutral", i)) and f"train/neutral/{i}.png" for i in range(40)]
     put(landing, "test/neutral/dup.png", face("neutral", 0))
