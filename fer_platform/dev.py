@@ -37,6 +37,9 @@ def start(home: Home, host: str = "127.0.0.1", port: int = 3000, landing: Option
     env = dict(os.environ, FER_HOME=str(home.root), DAGSTER_HOME=str(home.dagster))
     if landing:
         env["FER_LANDING"] = landing
+    for var in ("FER_LANDING", "FER_LAKE_URL"):  # dagster dev runs in the home: relative folders are ours
+        if env.get(var) and "://" not in env[var]:
+            env[var] = os.path.abspath(env[var])
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", write_workspace(home), "-h", host, "-p", str(port)]
     return subprocess.Popen(cmd, env=env, start_new_session=True, cwd=str(home.root))
 

@@ -45,6 +45,7 @@ class Home:
     def create(self) -> "Home":
         for sub in LAKE_FOLDERS:
             (self.lake / sub).mkdir(parents=True, exist_ok=True)
+        self.landing.mkdir(parents=True, exist_ok=True)
         self.dagster.mkdir(parents=True, exist_ok=True)
         return self
 

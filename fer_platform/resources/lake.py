@@ -2,6 +2,7 @@
 store credentials they share."""
 
 
+import os
 from typing import Optional
 
 import dagster as dg
@@ -9,7 +10,7 @@ from pydantic import PrivateAttr
 
 from fer_platform.core.cloud import adlfs_options, s3fs_options
 from fer_platform.core.errors import ConfigError
-from fer_platform.core.storage import Storage
+from fer_platform.core.storage import Storage, StorageUnavailable
 
 
 class ObjectStore(dg.ConfigurableResource):
@@ -72,3 +73,10 @@ class LakeResource(_StorageResource):
 
 class LandingResource(_StorageResource):
     """The landing zone that new files arrive in, in the FER2013 layout ``[split/]emotion/name``."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        super().setup_for_execution(context)
+        storage = self.storage()
+        if storage.local and not os.path.isdir(storage.root):  # a typo would otherwise list as "no new files"
+            raise StorageUnavailable(f"the landing zone {storage.url} is not a folder: create it, or point "
+                                     "FER_LANDING (or --landing) at the right one")  # fmt: skip

@@ -155,3 +155,11 @@ def test_files_no_partition_can_take_go_to_triage(landing, pg_dsn):
 def test_bad_settings_fail_with_one_line(landing, pg_dsn):
     with pytest.raises(Exception, match="on_success must be one of keep, delete, archive"):
         tick(landing, pg_dsn, on_success="shred")
+
+
+def test_a_landing_folder_that_does_not_exist_is_one_clear_error(tmp_path, pg_dsn):
+    with pytest.raises(Exception) as info:  # Dagster wraps a resource's set-up error: the cause is ours
+        tick(tmp_path / "nowhere", pg_dsn)
+    cause = info.value.__cause__
+    assert "the landing zone" in str(cause) and "nowhere is not a folder" in str(cause)
+    assert "\n" not in str(cause)
