@@ -166,8 +166,9 @@ def landing_reconciled(
     r = reconcile(landing.storage(), lake.storage(), postgres.get_dsn(), time.time_ns() // 1000 - settle_us)
     problems = []
     if r.never_loaded:
-        problems.append(f"{len(r.never_loaded)} landing file(s) never loaded, e.g. {r.never_loaded[0]} (reset the "
-                        "landing_sensor cursor to pick them up: the load log keeps loaded files from loading twice)")  # fmt: skip
+        problems.append(f"{len(r.never_loaded)} landing file(s) never loaded, e.g. {r.never_loaded[0]} (the "
+                        "landing_sensor asks for them again after a failed run, up to FER_MAX_ATTEMPTS runs: see its "
+                        "failed runs and re-execute one once the cause is fixed)")  # fmt: skip
     if r.missing_in_lake:
         problems.append(f"{len(r.missing_in_lake)} loaded file(s) missing from the lake, e.g. {r.missing_in_lake[0]}")
     return dg.AssetCheckResult(

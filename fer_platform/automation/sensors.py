@@ -15,7 +15,7 @@ import dagster as dg
 from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage
 from fer_platform.core import ledger
 from fer_platform.core.db import connect
-from fer_platform.core.planner import Watermark, plan_tick, run_key
+from fer_platform.core.planner import Attempts, Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import AutoLoaderResource, LandingResource, PostgresResource
 from fer_platform.resources.environments import automation_on_by_default
@@ -29,13 +29,40 @@ def default_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if automation_on_by_default() else dg.DefaultSensorStatus.STOPPED
 
 
+TRIGGER = {"fer/trigger": "landing_sensor"}
+UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
+FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+
+
+def files_of(run_config: dict) -> list[str]:
+    """The landing keys a run of the sensor carries (its run config's file list)."""
+    ops = (run_config or {}).get("ops", {})
+    op = ops.get("raw_images") or ops.get("quarantine_unroutable") or {}
+    return list(op.get("config", {}).get("files") or [])
+
+
+def runs_state(instance: dg.DagsterInstance, history: int = 1000) -> tuple[set[str], dict[str, Attempts]]:
+    """(keys carried by the sensor's unfinished runs, failed attempts per key from its last failed runs)."""
+    in_flight = {k for run in instance.get_runs(dg.RunsFilter(tags=TRIGGER, statuses=UNFINISHED))
+                 for k in files_of(run.run_config)}  # fmt: skip
+    attempts: dict[str, Attempts] = {}
+    for record in instance.get_run_records(dg.RunsFilter(tags=TRIGGER, statuses=FAILED), limit=history):
+        end_us = int((record.end_time or record.update_timestamp.timestamp()) * 1_000_000)
+        for k in files_of(record.dagster_run.run_config):
+            a = attempts.get(k, Attempts())
+            attempts[k] = Attempts(a.failed + 1, max(a.last_end_us, end_us))
+    return in_flight, attempts
+
+
 @dg.sensor(
     name="landing_sensor",
     jobs=[ingest_job, landing_triage],
     minimum_interval_seconds=int(os.environ.get("FER_SENSOR_INTERVAL", "30")),
     default_status=default_status(),
-    description="Picks up new landing files exactly once (auto-loader semantics): one ingest run per emotion "
-    "for today's partition with the exact file list; the load log is the checkpoint, the cursor a watermark.",
+    description="Picks up landing files exactly once (auto-loader semantics): one ingest run per emotion for "
+    "today's partition with the exact file list; the load log is the checkpoint, the cursor a watermark; files "
+    "of failed runs are asked for again (retry_after_seconds apart, max_attempts times).",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext,
@@ -45,36 +72,49 @@ def landing_sensor(
 ) -> dg.SensorResult:
     storage, settings = landing.storage(), auto_loader.settings()
     dsn = postgres.get_dsn()
+    cursor = Watermark.from_json(context.cursor)
+    if context.cursor and not cursor.started:
+        context.log.warning("the cursor could not be read: starting from the load log")
 
     def known(entries):
         with connect(dsn) as conn:
             return ledger.known_versions(conn, [storage.uri(e.key) for e in entries])
 
-    tick = plan_tick(storage, storage.list_files(), known, Watermark.from_json(context.cursor), settings,
-                     now_us=time.time_ns() // 1000)  # fmt: skip
+    oldest = None
+    if not cursor.started and not settings.include_existing_files:
+        with connect(dsn) as conn:
+            oldest = ledger.oldest_version_us(conn, storage.uri())
+    in_flight, attempts = runs_state(context.instance)
+    tick = plan_tick(storage, storage.list_files(), known, cursor, settings, now_us=time.time_ns() // 1000,
+                     in_flight=in_flight, attempts=attempts, oldest_logged_us=oldest)  # fmt: skip
     today = utc_today()
     requests = []
-    for emotion, files in tick.batches:
+    for emotion, files, attempt in tick.batches:
         keys = [e.key for e in files]
-        tags = {"fer/trigger": "landing_sensor", "fer/files": str(len(keys))}
+        tags = {**TRIGGER, "fer/files": str(len(keys)), "fer/attempt": str(attempt)}
         if emotion is None:
             requests.append(dg.RunRequest(
-                run_key=run_key(files), job_name=landing_triage.name, tags=tags,
+                run_key=run_key(files, attempt), job_name=landing_triage.name, tags=tags,
                 run_config={"ops": {"quarantine_unroutable": {"config": {"files": keys, "on_success": settings.on_success}}}},
             ))  # fmt: skip
         else:
             requests.append(dg.RunRequest(
-                run_key=run_key(files), job_name=ingest_job.name, partition_key=partition_key(emotion, today), tags=tags,
-                run_config={"ops": {"raw_images": {"config": {"files": keys, "on_success": settings.on_success}}}},
+                run_key=run_key(files, attempt), job_name=ingest_job.name, partition_key=partition_key(emotion, today),
+                tags=tags, run_config={"ops": {"raw_images": {"config": {"files": keys, "on_success": settings.on_success}}}},
             ))  # fmt: skip
-    waiting = f"{tick.deferred} still being written, {tick.already_logged} already in the load log"
+    if tick.given_up:
+        context.log.warning(f"{len(tick.given_up)} file(s) failed in {settings.max_attempts} runs and are left to a "
+                            f"person (see those runs), e.g. {tick.given_up[0]}")  # fmt: skip
+    state = (f"{tick.deferred} still being written, {tick.in_flight} in runs not finished, {tick.waiting_retry} "
+             f"waiting to be retried, {tick.already_logged} already in the load log")  # fmt: skip
     if requests:
-        context.log.info(f"{tick.files} file(s) in {len(requests)} run(s); {tick.capped} left for the next tick "
-                         f"(max_files_per_tick {settings.max_files_per_tick}); {waiting}")  # fmt: skip
+        context.log.info(f"{tick.files} file(s) ({tick.retried} asked for again) in {len(requests)} run(s); "
+                         f"{tick.capped} left for the next tick (max_files_per_tick {settings.max_files_per_tick}); "
+                         f"{state}")  # fmt: skip
     return dg.SensorResult(
         run_requests=requests,
         cursor=tick.cursor.to_json(),
-        skip_reason=None if requests else f"no new files ({waiting})",
+        skip_reason=None if requests else f"no new files ({state})",
     )
 
 

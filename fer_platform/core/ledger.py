@@ -151,3 +151,11 @@ def daily_rows(conn: psycopg.Connection) -> list[dict]:
     cur = conn.execute(f"SELECT load_date, status, reason, size FROM {LOAD_LOG_TABLE} ORDER BY load_date")
     names = [d.name for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def oldest_version_us(conn: psycopg.Connection, source_prefix: str) -> int | None:
+    """Modification time (microseconds) of the oldest file version logged under ``source_prefix``."""
+    (oldest,) = conn.execute(
+        f"SELECT min(modified_at) FROM {LOAD_LOG_TABLE} WHERE starts_with(source, %s)", (source_prefix,)
+    ).fetchone()
+    return to_us(oldest) if oldest is not None else None

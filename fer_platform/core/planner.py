@@ -55,19 +55,23 @@ class AutoLoaderSettings:
     include_existing_files: bool = True  # files already there at the first tick load too
     settle_seconds: float = 5.0  # files modified more recently than this may still be written: they wait
     on_success: str = "keep"  # keep | delete | archive the source once its load is committed
+    retry_after_seconds: float = 300.0  # a file whose run failed is asked for again this long after
+    max_attempts: int = 3  # runs that may fail on a file before the sensor leaves it to a person
 
 
 @dataclass(frozen=True)
 class Watermark:
-    """The sensor cursor: the newest modification time handed to a run, and the keys at that instant.
+    """The sensor cursor: the newest modification time handed to a run, the keys at that instant, and
+    (``include_existing_files=false``) the instant before which files are not the sensor's.
 
-    It only stops a tick from asking again for files an earlier tick already handed to a run
-    that may still be going; what was *loaded* is the load log's to say.
+    It orders the work (new files first come beyond the watermark) and marks where the sensor
+    started; it never decides alone what is loaded: the load log and the runs in flight do.
     """
 
     us: int = -1
     keys: frozenset[str] = frozenset()
     started: bool = False
+    since_us: int = -1
 
     def covers(self, e: FileEntry) -> bool:
         return e.modified_us < self.us or (e.modified_us == self.us and e.key in self.keys)
@@ -75,42 +79,58 @@ class Watermark:
     def to_json(self) -> str:
         import json
 
-        return json.dumps({"v": 1, "us": self.us, "keys": sorted(self.keys)})
+        return json.dumps({"v": 2, "us": self.us, "keys": sorted(self.keys), "since": self.since_us})
 
     @classmethod
     def from_json(cls, text: str | None) -> "Watermark":
+        """The cursor's watermark; a missing or unreadable cursor is a lost one (the load log decides)."""
         import json
 
         if not text:
             return cls()
-        data = json.loads(text)
-        return cls(int(data["us"]), frozenset(data["keys"]), True)
+        try:
+            data = json.loads(text)
+            return cls(int(data["us"]), frozenset(data["keys"]), True, int(data.get("since", -1)))
+        except (ValueError, KeyError, TypeError):
+            return cls()
 
     def advanced(self, covered: Sequence[FileEntry]) -> "Watermark":
         """The watermark that also covers ``covered``: files sorted by (mtime, key) that
         follow this watermark without a gap."""
         if not covered:
-            return Watermark(self.us, self.keys, True)
+            return Watermark(self.us, self.keys, True, self.since_us)
         top = max(e.modified_us for e in covered)
         at_top = {e.key for e in covered if e.modified_us == top}
         if top == self.us:
             at_top |= self.keys
-        return Watermark(top, frozenset(at_top), True)
+        return Watermark(top, frozenset(at_top), True, self.since_us)
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """Earlier runs of the sensor that failed on a file: how many, and when the last one ended."""
+
+    failed: int = 0
+    last_end_us: int = 0
 
 
 @dataclass
 class Tick:
-    batches: list[tuple[str | None, list[FileEntry]]]  # (emotion, files); None: no emotion partition can take them
+    batches: list[tuple[str | None, list[FileEntry], int]]  # (emotion or None for triage, files, attempt)
     cursor: Watermark
-    new: int = 0  # files beyond the watermark and not in the load log
+    new: int = 0  # files not in the load log, beyond the watermark
+    retried: int = 0  # files not in the load log below it: a failed run's, or one that came in with an old mtime
     deferred: int = 0  # still being written
     capped: int = 0  # left for the next tick by max_files_per_tick
-    already_logged: int = 0  # beyond the watermark but in the load log (e.g. after a lost cursor)
+    in_flight: int = 0  # carried by a run of the sensor that has not finished
+    waiting_retry: int = 0  # a run failed on them less than retry_after_seconds ago
+    given_up: list[str] = field(default_factory=list)  # runs failed on them max_attempts times
+    already_logged: int = 0
     ignored: int = 0
 
     @property
     def files(self) -> int:
-        return sum(len(f) for _, f in self.batches)
+        return sum(len(f) for _, f, _ in self.batches)
 
 
 def plan_tick(
@@ -120,9 +140,20 @@ def plan_tick(
     cursor: Watermark,
     settings: AutoLoaderSettings,
     now_us: int,
+    in_flight: set[str] | frozenset[str] = frozenset(),
+    attempts: dict[str, Attempts] | None = None,
+    oldest_logged_us: int | None = None,
 ) -> Tick:
-    """What one sensor tick hands to runs: the settled files beyond the watermark that the load log
-    does not hold, oldest first, at most ``max_files_per_tick``, grouped by emotion."""
+    """What one sensor tick hands to runs.
+
+    Every settled file whose version the load log does not hold and that no unfinished run of the
+    sensor carries is due: first the ones below the watermark (a failed run's files, ``retry_after``
+    apart and at most ``max_attempts`` times; files that came in with an old modification time),
+    then the new ones beyond it, oldest first, at most ``max_files_per_tick``, grouped by emotion.
+    ``oldest_logged_us`` (the oldest file version in the load log, None if it has none) rebuilds
+    ``include_existing_files=false``'s starting point when the cursor is lost.
+    """
+    attempts = attempts or {}
     entries, ignored = [], 0
     for e in listing:
         if route(e.key).ignored:
@@ -130,43 +161,65 @@ def plan_tick(
         else:
             entries.append(e)
     if not cursor.started and not settings.include_existing_files:
-        # start from what is there now: nothing present at the first tick is loaded
-        return Tick([], Watermark().advanced(entries), ignored=ignored)
+        if oldest_logged_us is None:  # the very first start: what is there now is not the sensor's
+            start = Watermark().advanced(entries)
+            return Tick([], Watermark(start.us, start.keys, True, max(start.us, now_us)), ignored=ignored)
+        cursor = Watermark(since_us=oldest_logged_us - 1)  # a lost cursor: the load log says where it began
+    elif not cursor.started:
+        cursor = Watermark(since_us=-1)
     settle_us = int(settings.settle_seconds * 1_000_000)
-    beyond = [e for e in entries if not cursor.covers(e)]
-    settled = [e for e in beyond if e.modified_us <= now_us - settle_us]
+    mine = [e for e in entries if e.modified_us > cursor.since_us]
+    settled = [e for e in mine if e.modified_us <= now_us - settle_us]
     logged = known(settled) if settled else set()
-    fresh = sorted(
-        (e for e in settled if (landing.uri(e.key), e.size, e.modified_us) not in logged),
-        key=lambda e: (e.modified_us, e.key),
-    )
-    taken = fresh[: settings.max_files_per_tick]
+    tick = Tick([], cursor, deferred=len(mine) - len(settled), ignored=ignored)
+    due_old, due_new = [], []
+    for e in sorted(settled, key=lambda e: (e.modified_us, e.key)):
+        if (landing.uri(e.key), e.size, e.modified_us) in logged:
+            tick.already_logged += 1
+        elif e.key in in_flight:
+            tick.in_flight += 1
+        elif not cursor.covers(e):
+            due_new.append(e)
+        else:
+            a = attempts.get(e.key, Attempts())
+            if a.failed >= settings.max_attempts:
+                tick.given_up.append(e.key)
+            elif a.failed and now_us - a.last_end_us < settings.retry_after_seconds * 1_000_000:
+                tick.waiting_retry += 1
+            else:
+                due_old.append(e)
+    taken = (due_old + due_new)[: settings.max_files_per_tick]
+    tick.retried = min(len(due_old), len(taken))
+    tick.new = len(due_new)
+    tick.capped = len(due_old) + len(due_new) - len(taken)
     groups: dict[str | None, list[FileEntry]] = defaultdict(list)
     for e in taken:
         groups[route(e.key).emotion].append(e)
-    batches = [(emo, groups[emo]) for emo in (*EMOTIONS, None) if groups.get(emo)]
-    # The watermark advances over the longest run, oldest first, of files that were taken or that
-    # the load log holds; never past a file left for later (capped, or still being written).
-    done = {e.key for e in taken} | {e.key for e in settled if (landing.uri(e.key), e.size, e.modified_us) in logged}
+    for emo in (*EMOTIONS, None):
+        if groups.get(emo):
+            attempt = 1 + max(attempts.get(e.key, Attempts()).failed for e in groups[emo])
+            tick.batches.append((emo, groups[emo], attempt))
+    # The watermark advances over the longest run, oldest first, of new files that were taken, are in
+    # the load log or are in flight; never past a file left for later (capped, or still being written).
+    taken_keys = {e.key for e in taken}
+
+    def done(e: FileEntry) -> bool:
+        return e.key in taken_keys or e.key in in_flight or (landing.uri(e.key), e.size, e.modified_us) in logged
+
     prefix = []
-    for e in sorted(beyond, key=lambda e: (e.modified_us, e.key)):
-        if e.key not in done:
+    for e in sorted((e for e in mine if not cursor.covers(e)), key=lambda e: (e.modified_us, e.key)):
+        if not done(e):
             break
         prefix.append(e)
-    return Tick(
-        batches=batches,
-        cursor=cursor.advanced(prefix),
-        new=len(fresh),
-        deferred=len(beyond) - len(settled),
-        capped=len(fresh) - len(taken),
-        already_logged=len(settled) - len(fresh),
-        ignored=ignored,
-    )
+    tick.cursor = cursor.advanced(prefix)
+    return tick
 
 
-def run_key(files: Sequence[FileEntry]) -> str:
-    """The same file versions always give the same key (so a repeated request is dropped)."""
+def run_key(files: Sequence[FileEntry], attempt: int = 1) -> str:
+    """The same file versions always give the same key (so a repeated request is dropped); a retry
+    after failed runs carries its attempt number (a new key, which Dagster does not drop)."""
     import hashlib
 
     text = "\n".join(f"{e.key}\t{e.size}\t{e.modified_us}" for e in sorted(files, key=lambda e: e.key))
-    return "landing-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    key = "landing-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    return key if attempt <= 1 else f"{key}-attempt{attempt}"

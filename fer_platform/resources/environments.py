@@ -69,9 +69,12 @@ def auto_loader_from_env() -> AutoLoaderResource:
             include_existing_files=_flag("FER_INCLUDE_EXISTING_FILES", True),
             settle_seconds=float(os.environ.get("FER_SETTLE_SECONDS", "5")),
             on_success=os.environ.get("FER_ON_SUCCESS", "keep"),
+            retry_after_seconds=float(os.environ.get("FER_RETRY_AFTER_SECONDS", "300")),
+            max_attempts=int(os.environ.get("FER_MAX_ATTEMPTS", "3")),
         )
     except ValueError as exc:
-        raise ConfigError(f"FER_MAX_FILES_PER_TICK and FER_SETTLE_SECONDS must be numbers ({exc})") from None
+        raise ConfigError(f"FER_MAX_FILES_PER_TICK, FER_SETTLE_SECONDS, FER_RETRY_AFTER_SECONDS and FER_MAX_ATTEMPTS "
+                          f"must be numbers ({exc})") from None
 
 
 def automation_on_by_default() -> bool:

@@ -6,6 +6,7 @@ import time
 
 import dagster as dg
 import pytest
+from dagster._core.test_utils import create_run_for_test  # runs as the daemon would create them
 
 from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core.ingest import ingest
@@ -22,13 +23,14 @@ def land(landing, key, data, at):
 
 
 def tick(landing, pg_dsn, cursor=None, instance=None, **settings):
+    settings.setdefault("settle_seconds", 5)
     with dg.build_sensor_context(
         instance=instance or dg.DagsterInstance.ephemeral(),
         cursor=cursor,
         resources={
             "landing": LandingResource(url=str(landing)),
             "postgres": PostgresResource(dsn=pg_dsn),
-            "auto_loader": AutoLoaderResource(settle_seconds=5, **settings),
+            "auto_loader": AutoLoaderResource(**settings),
         },
     ) as context:
         result = landing_sensor(context)
@@ -39,6 +41,12 @@ def tick(landing, pg_dsn, cursor=None, instance=None, **settings):
 def files_of(request):
     ops = request.run_config["ops"]
     return (ops.get("raw_images") or ops["quarantine_unroutable"])["config"]["files"]
+
+
+def submit(instance, requests):
+    """What the daemon does with the tick's requests: runs, in flight until they end."""
+    return [create_run_for_test(instance, job_name=r.job_name, run_config=r.run_config, tags=r.tags,
+                                status=dg.DagsterRunStatus.STARTED) for r in requests]  # fmt: skip
 
 
 def load(landing, lake, dsn, requests):
@@ -53,7 +61,8 @@ def test_new_files_become_one_run_per_emotion_with_their_exact_files(landing, pg
     land(landing, "test/happy/b.png", face("happy", 2), T0 + 1)
     land(landing, "train/sad/c.png", face("sad", 1), T0 + 2)
     land(landing, ".DS_Store", b"junk", T0 + 3)
-    requests, cursor, _ = tick(landing, pg_dsn)
+    instance = dg.DagsterInstance.ephemeral()
+    requests, cursor, _ = tick(landing, pg_dsn, instance=instance)
     by_key = {r.partition_key: r for r in requests}
     assert set(by_key) == {partition_key("happy", utc_today()), partition_key("sad", utc_today())}
     happy = by_key[partition_key("happy", utc_today())]
@@ -63,43 +72,51 @@ def test_new_files_become_one_run_per_emotion_with_their_exact_files(landing, pg
     state = json.loads(cursor)
     assert state["us"] == int((T0 + 2) * 1e6) and state["keys"] == ["train/sad/c.png"]
 
-    # the same files again (a repeated tick from the same state): the same run keys, deduplicated by Dagster
-    again, _, _ = tick(landing, pg_dsn)
+    # the same state again: the same run keys, which Dagster drops
+    again, _, _ = tick(landing, pg_dsn, instance=instance)
     assert {r.run_key for r in again} == {r.run_key for r in requests}
-    # with the cursor, nothing new: no request, even though nothing was loaded yet (the runs are in flight)
-    none, cursor2, skip = tick(landing, pg_dsn, cursor=cursor)
-    assert none == [] and cursor2 == cursor and "no new files" in skip
+    # once the runs exist and are going, nothing is asked for again, though nothing is loaded yet
+    submit(instance, requests)
+    none, cursor2, skip = tick(landing, pg_dsn, cursor=cursor, instance=instance)
+    assert none == [] and cursor2 == cursor and "3 in runs not finished" in skip
 
 
 def test_cap_takes_the_oldest_files_and_the_rest_next_tick(landing, pg_dsn):
+    instance = dg.DagsterInstance.ephemeral()
     for i in range(5):
         land(landing, f"train/angry/{i}.png", face("angry", i), T0 + i)
-    first, cursor, _ = tick(landing, pg_dsn, max_files_per_tick=3)
+    first, cursor, _ = tick(landing, pg_dsn, instance=instance, max_files_per_tick=3)
     assert [sorted(files_of(r)) for r in first] == [["train/angry/0.png", "train/angry/1.png", "train/angry/2.png"]]
-    second, cursor, _ = tick(landing, pg_dsn, cursor=cursor, max_files_per_tick=3)
+    submit(instance, first)
+    second, cursor, _ = tick(landing, pg_dsn, cursor=cursor, instance=instance, max_files_per_tick=3)
     assert [sorted(files_of(r)) for r in second] == [["train/angry/3.png", "train/angry/4.png"]]
-    third, _, _ = tick(landing, pg_dsn, cursor=cursor, max_files_per_tick=3)
+    submit(instance, second)
+    third, _, _ = tick(landing, pg_dsn, cursor=cursor, instance=instance, max_files_per_tick=3)
     assert third == []
 
 
 def test_cap_inside_files_of_one_instant_loses_none(landing, pg_dsn):
+    instance = dg.DagsterInstance.ephemeral()
     for i in range(4):  # one-second timestamps of an object store: four files at the same instant
         land(landing, f"train/fear/{i}.png", face("fear", i), T0)
     seen, cursor = [], None
     for _ in range(3):
-        requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor, max_files_per_tick=3)
+        requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor, instance=instance, max_files_per_tick=3)
+        submit(instance, requests)
         seen += [f for r in requests for f in files_of(r)]
     assert sorted(seen) == [f"train/fear/{i}.png" for i in range(4)]
 
 
 def test_a_file_still_being_written_waits(landing, pg_dsn):
+    instance = dg.DagsterInstance.ephemeral()
     land(landing, "train/surprise/old.png", face("surprise", 1), T0)
     land(landing, "train/surprise/writing.png", face("surprise", 2), time.time())  # modified just now
-    requests, cursor, _ = tick(landing, pg_dsn)
+    requests, cursor, _ = tick(landing, pg_dsn, instance=instance)
     assert [files_of(r) for r in requests] == [["train/surprise/old.png"]]
     assert json.loads(cursor)["us"] == int(T0 * 1e6)
+    submit(instance, requests)
     os.utime(landing / "train/surprise/writing.png", (T0 + 10, T0 + 10))  # done writing, settled
-    requests, _, _ = tick(landing, pg_dsn, cursor=cursor)
+    requests, _, _ = tick(landing, pg_dsn, cursor=cursor, instance=instance)
     assert [files_of(r) for r in requests] == [["train/surprise/writing.png"]]
 
 
@@ -112,15 +129,53 @@ def test_a_lost_cursor_reloads_nothing(landing, lake, pg_dsn):
     requests, cursor, _ = tick(landing, pg_dsn, cursor=None)  # the cursor was deleted
     assert [files_of(r) for r in requests] == [["train/neutral/new.png"]]  # only the file the ledger lacks
     assert json.loads(cursor)["us"] == int((T0 + 100) * 1e6)
+    # an unreadable cursor is a lost one
+    requests, _, _ = tick(landing, pg_dsn, cursor="{not json")
+    assert [files_of(r) for r in requests] == [["train/neutral/new.png"]]
 
 
-def test_existing_files_can_be_left_out_at_the_first_tick(landing, pg_dsn):
+def test_a_file_that_comes_in_with_an_old_modification_time_is_not_lost(landing, lake, pg_dsn):
+    """mv, unzip, tar and rsync -a keep a file's modification time: it can come in below the watermark."""
+    land(landing, "train/happy/a.png", face("happy", 1), T0)
+    requests, cursor, _ = tick(landing, pg_dsn)
+    load(landing, lake, pg_dsn, requests)
+    land(landing, "train/happy/moved.png", face("happy", 2), T0 - 86400)  # a day older than the watermark
+    requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor)
+    assert [files_of(r) for r in requests] == [["train/happy/moved.png"]]
+
+
+def test_a_failed_runs_files_are_asked_for_again_then_left_to_a_person(landing, pg_dsn):
+    instance = dg.DagsterInstance.ephemeral()
+    land(landing, "train/sad/a.png", face("sad", 1), T0)
+    first, cursor, _ = tick(landing, pg_dsn, instance=instance, retry_after_seconds=3600, max_attempts=2)
+    (run,) = submit(instance, first)
+    instance.report_run_failed(run)  # e.g. the database went away mid-run
+    waiting, cursor, skip = tick(landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=3600,
+                                 max_attempts=2)  # fmt: skip
+    assert waiting == [] and "1 waiting to be retried" in skip
+    again, cursor, _ = tick(landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=0, max_attempts=2)
+    assert [files_of(r) for r in again] == [["train/sad/a.png"]]
+    assert again[0].run_key == f"{first[0].run_key}-attempt2" and again[0].tags["fer/attempt"] == "2"
+    (run,) = submit(instance, again)
+    instance.report_run_failed(run)
+    last, _, skip = tick(landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=0, max_attempts=2)
+    assert last == [] and "no new files" in skip  # failed twice: the sensor leaves it (and says so)
+
+
+def test_existing_files_can_be_left_out_at_the_first_tick(landing, lake, pg_dsn):
     land(landing, "train/happy/before.png", face("happy", 1), T0)
-    requests, cursor, skip = tick(landing, pg_dsn, include_existing_files=False)
+    requests, cursor, skip = tick(landing, pg_dsn, include_existing_files=False, settle_seconds=0)
     assert requests == [] and skip
-    land(landing, "train/happy/after.png", face("happy", 2), T0 + 60)
-    requests, _, _ = tick(landing, pg_dsn, cursor=cursor, include_existing_files=False)
+    time.sleep(0.01)
+    land(landing, "train/happy/after.png", face("happy", 2), time.time())
+    requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor, include_existing_files=False, settle_seconds=0)
     assert [files_of(r) for r in requests] == [["train/happy/after.png"]]
+    load(landing, lake, pg_dsn, requests)
+    time.sleep(0.01)
+    land(landing, "train/happy/later.png", face("happy", 3), time.time())
+    # a lost cursor: the load log says where the sensor began; before.png stays out, later.png comes in
+    requests, _, _ = tick(landing, pg_dsn, cursor=None, include_existing_files=False, settle_seconds=0)
+    assert [files_of(r) for r in requests] == [["train/happy/later.png"]]
 
 
 def test_an_overwritten_file_is_a_new_version_and_the_same_content_a_duplicate(landing, lake, pg_dsn):
