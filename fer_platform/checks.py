@@ -118,7 +118,10 @@ def silver_matches_postgres(
 def search_index_recall(
     search_index: LakeFiles, lake: LakeResource, embedder: EmbedderResource
 ) -> dg.AssetCheckResult:
-    index = search.SearchIndex.from_files(search_index.files)
+    try:
+        index = search.SearchIndex.from_files(search_index.files)
+    except search.IndexUnavailable as exc:
+        return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
     silver = current_silver(lake, embedder)
     measured = search.index_recall(index, silver)
     problems = []

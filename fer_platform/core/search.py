@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 class IndexUnavailable(Exception):
     """No usable index (one line saying which and what to do)."""
+
+
+class IndexChanging(IndexUnavailable):
+    """The index's files were read while a rebuild replaced them."""
 
 
 def index_dir(model: str) -> str:
@@ -86,11 +91,12 @@ class SearchIndex:
 
         buf = io.BytesIO()
         pq.write_table(self.mapping, buf, compression="zstd")
-        return {
-            INDEX_FILE: faiss.serialize_index(self.index).tobytes(),
-            IDS_FILE: buf.getvalue(),
-            META_FILE: json.dumps(self.meta, indent=2, sort_keys=True, default=str).encode(),
-        }
+        files = {INDEX_FILE: faiss.serialize_index(self.index).tobytes(), IDS_FILE: buf.getvalue()}
+        # the digests of the other two, so a reader never pairs files of two builds (a rebuild
+        # replaces them one by one; object stores have no multi-file rename)
+        meta = {**self.meta, "digests": {name: _sha256(data) for name, data in files.items()}}
+        files[META_FILE] = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
+        return files
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> "SearchIndex":
@@ -99,11 +105,15 @@ class SearchIndex:
         missing = [f for f in (INDEX_FILE, IDS_FILE, META_FILE) if f not in files]
         if missing:
             raise IndexUnavailable(f"index files missing: {', '.join(missing)}")
+        meta = json.loads(files[META_FILE])
+        mixed = [n for n, d in (meta.get("digests") or {}).items() if _sha256(files.get(n, b"")) != d]
+        if mixed:
+            raise IndexChanging(f"the index files do not belong together ({', '.join(mixed)} changed): it is being "
+                                "rebuilt; try again in a moment")  # fmt: skip
         index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
         # one thread: arrow pool threads started after FAISS loads can abort the process at exit
         # (apache/arrow#34314); the mapping is small
         mapping = pq.read_table(io.BytesIO(files[IDS_FILE]), use_threads=False)
-        meta = json.loads(files[META_FILE])
         if mapping.num_rows != index.ntotal:
             raise IndexUnavailable(f"index holds {index.ntotal} vectors but its id mapping {mapping.num_rows} rows")
         out = cls(index, mapping, meta)
@@ -122,12 +132,25 @@ class SearchIndex:
         flat = self.index if self.kind == "flat" else faiss.downcast_index(self.index.storage)
         return faiss.rev_swig_ptr(flat.get_xb(), self.size * flat.d).reshape(self.size, flat.d).copy()
 
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at ``positions`` (no copy of the whole index)."""
+        return self.index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
+
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        """image_id of each position."""
+        return np.asarray(self.mapping["image_id"].to_pylist(), dtype=object)
+
+    @functools.cached_property
+    def emotions(self) -> np.ndarray:
+        return np.asarray(self.mapping["emotion"].to_pylist(), dtype=object)
+
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:
+        return {image_id: i for i, image_id in enumerate(self.ids)}
+
     def position_of(self, image_id: str) -> int | None:
-        ids = self.mapping["image_id"].to_pylist()
-        try:
-            return ids.index(image_id)
-        except ValueError:
-            return None
+        return self._positions.get(image_id)
 
     def raw_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, positions) of the ``k`` nearest stored vectors of each query."""
@@ -147,10 +170,9 @@ class SearchIndex:
         import faiss
 
         q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))
-        emotions = self.mapping["emotion"].to_numpy(zero_copy_only=False)
-        allowed = np.flatnonzero(emotions == emotion) if emotion else np.arange(self.size)
+        allowed = np.flatnonzero(self.emotions == emotion) if emotion else np.arange(self.size)
         if exclude is not None:
-            allowed = allowed[np.asarray(self.mapping["image_id"].to_pylist(), dtype=object)[allowed] != exclude]
+            allowed = allowed[self.ids[allowed] != exclude]
         want = min(k, len(allowed))
         if want == 0:
             return []
@@ -167,7 +189,7 @@ class SearchIndex:
             with single_thread():
                 sims, pos = self.index.search(q, want, params=params)
             if int((pos[0] >= 0).sum()) < want:  # the filtered graph walk came up short: exact over the subset
-                sims, pos = exact_search(self.vectors()[allowed], q, want)
+                sims, pos = exact_search(self.vectors_at(allowed), q, want)
                 pos = allowed[pos]
         return self.hits(sims[0], pos[0])
 
@@ -314,26 +336,36 @@ def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int 
     _, truth = exact_search(vectors, vectors[picks], kk + 1)
     truth_ids = [[i for i in ids[row] if i != ids[own]][:kk] for row, own in zip(truth, picks)]
     _, got = index.raw_search(vectors[picks], kk + 1)
-    index_ids = np.asarray(index.mapping["image_id"].to_pylist(), dtype=object)
+    index_ids = index.ids
     got_ids = [[i for i in index_ids[row[row >= 0]] if i != ids[own]][:kk] for row, own in zip(got, picks)]
     hits = sum(len(set(g) & set(t)) for g, t in zip(got_ids, truth_ids))
     return {"recall": hits / (len(picks) * kk), "queries": len(picks), "k": kk, "silver": len(vectors), "indexed": index.size}
 
 
 # --------------------------------------------------------------------------- the lake
-def load_index(lake, model: str) -> SearchIndex:
-    """The index of ``model`` from the lake (a core.storage.Storage)."""
+def load_index(lake, model: str, tries: int = 3) -> SearchIndex:
+    """The index of ``model`` from the lake (a core.storage.Storage); read again if a rebuild was
+    replacing its files meanwhile."""
+    import time
+
     folder = index_dir(model)
-    files = {}
-    for name in (INDEX_FILE, IDS_FILE, META_FILE):
+    for attempt in range(tries):
+        files = {}
+        for name in (META_FILE, INDEX_FILE, IDS_FILE):
+            try:
+                files[name] = lake.read_bytes(f"{folder}/{name}")
+            except FileNotFoundError:
+                raise IndexUnavailable(
+                    f"no search index for model {model} at {lake.uri(folder)}: materialise search_index "
+                    "(fer-platform demo, or the UI)"
+                ) from None
         try:
-            files[name] = lake.read_bytes(f"{folder}/{name}")
-        except FileNotFoundError:
-            raise IndexUnavailable(
-                f"no search index for model {model} at {lake.uri(folder)}: materialise search_index "
-                "(fer-platform demo, or the UI)"
-            ) from None
-    return SearchIndex.from_files(files)
+            return SearchIndex.from_files(files)
+        except IndexChanging:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- pgvector backend
@@ -365,7 +397,8 @@ def pgvector_search(conn, query: np.ndarray, model: str, k: int = 10, emotion: s
     )
     args = [q, *params, q, k]
     with conn.transaction():
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(ef_search, k)),))
+        # pgvector accepts ef_search up to 1000; a larger k is completed by the iterative scan
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(1000, max(ef_search, k))),))
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
         rows = conn.execute(sql, args).fetchall()
         if len(rows) < k:
@@ -466,7 +499,7 @@ def find_similar(
         pos = index.position_of(image_id)
         if pos is None:
             raise QueryError(f"image {image_id} is not in the index of model {model}")
-        vector = index.vectors()[pos]
+        vector = index.vectors_at([pos])[0]
         query.update(index.mapping.slice(pos, 1).to_pylist()[0])
     else:
         vector = None

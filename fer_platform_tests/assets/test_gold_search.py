@@ -4,6 +4,7 @@ The set: three generated faces per emotion (two train, one test), one duplicate 
 files, loaded through the ingest assets into a real PostgreSQL and a temporary lake.
 """
 
+import hashlib
 import io
 import json
 import shutil
@@ -178,6 +179,9 @@ def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_
     ids = mapping["image_id"].to_pylist()
     shuffled = mapping.set_column(0, "image_id", pa.array([ids[(i + 7) % len(ids)] for i in range(len(ids))]))
     pq.write_table(shuffled, folder / "ids.parquet")  # each vector now answers for another image
+    meta = json.loads((folder / "meta.json").read_text())  # a consistent build of a wrong index
+    meta["digests"]["ids.parquet"] = hashlib.sha256((folder / "ids.parquet").read_bytes()).hexdigest()
+    (folder / "meta.json").write_text(json.dumps(meta))
     res = make_resources(loaded["dsn"], lake, loaded["landing"])
     from fer_platform.checks import search_index_recall
 
@@ -186,3 +190,12 @@ def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_
     (ev,) = result.get_asset_check_evaluations()
     assert not ev.passed and "recall@10 is" in ev.description
     assert ev.metadata["recall_at_10"].value < 0.75  # about 10 of 20 by chance on 21 images, 1.0 when intact
+
+
+def test_a_k_beyond_pgvectors_ef_search_limit_returns_every_image(loaded):
+    lake = Storage(str(loaded["lake"]))
+    spec = loaded["resources"]["embedder"].spec()
+    image_id = search.load_index(lake, MODEL).ids[0]
+    for backend in search.BACKENDS:
+        result = search.find_similar(lake, spec, image_id=image_id, k=1500, backend=backend, dsn=loaded["dsn"])
+        assert len(result["hits"]) == 20, backend  # every other loaded image

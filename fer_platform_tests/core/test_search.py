@@ -128,3 +128,18 @@ def test_contact_sheet_has_one_tile_per_image_in_the_grid():
     assert im.getpixel((x0 - 2, y0 - 2)) == sheet.QUERY_BG
     x1, y1, _, _ = sheet.image_box(1, cols)
     assert im.getpixel((x1 - 2, y1 - 2)) == sheet.BG
+
+
+def test_files_of_two_builds_are_never_paired(tmp_path):
+    lake = Storage(str(tmp_path))
+    old = search.build_index(clustered(n_per=4), "m1").to_files()
+    new = search.build_index(clustered(n_per=3, seed=9), "m1").to_files()
+    mixed = {**new, search.IDS_FILE: old[search.IDS_FILE]}  # a reader between two file replacements
+    with pytest.raises(search.IndexChanging, match="being rebuilt"):
+        search.SearchIndex.from_files(mixed)
+    for name, data in mixed.items():
+        lake.write_bytes(f"{search.index_dir('m1')}/{name}", data)
+    with pytest.raises(search.IndexUnavailable, match="ids.parquet changed"):
+        search.load_index(lake, "m1", tries=2)
+    lake.write_bytes(f"{search.index_dir('m1')}/{search.IDS_FILE}", new[search.IDS_FILE])
+    assert search.load_index(lake, "m1").size == 21
