@@ -153,6 +153,12 @@ def _search(args, home: Home) -> int:
     except (search.QueryError, search.IndexUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FileNotFoundError as exc:
+        print(f"error: an image of the result is missing from the lake: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write the contact sheet {args.sheet}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, default=str))
     else:

@@ -121,7 +121,13 @@ def connect(dsn: str, *, autocommit: bool = False, password: str | None = None) 
     registered for the DSN's server and user (``use_password_provider``), asked
     at every connect, e.g. for a Microsoft Entra access token.
     """
-    params = conninfo_to_dict(dsn)
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:  # its message would quote the DSN, password included
+        raise DatabaseUnavailable(
+            "the PostgreSQL DSN cannot be read: expected postgresql://user[:password]@host:port/db "
+            "or 'host=... dbname=...' (check FER_PG_DSN)"
+        ) from None
     if not is_local_host(dsn):
         params.setdefault("sslmode", "require")
     if password is None:

@@ -104,12 +104,16 @@ def sqlalchemy_url(dsn: str) -> tuple[str, bool]:
 
     from psycopg.conninfo import conninfo_to_dict
 
+    from fer_platform.core.db import is_local_host
+
     p = conninfo_to_dict(dsn)
     user = quote(p.get("user") or "postgres", safe="")
     password = p.get("password")
     auth = f"{user}:{quote(password, safe='')}" if password else user
     host = p.get("host") or ""
     query = {k: p[k] for k in ("sslmode",) if p.get(k)}
+    if not is_local_host(dsn):
+        query.setdefault("sslmode", "require")  # as the application's own connections (core.db.connect)
     if host.startswith("/"):
         query["host"] = host
         netloc = f"{auth}@"
