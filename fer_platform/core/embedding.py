@@ -204,12 +204,15 @@ def preprocess(pngs: Sequence[bytes], spec: EmbedderSpec) -> np.ndarray:
     -> Normalize on each image (a gray image has three equal channels, so resizing one channel and
     replicating it is the same computation)."""
     r, s = spec.resize_to, spec.input_size
-    off = (r - s) // 2
     gray = np.empty((len(pngs), s, s), dtype=np.float32)
     for i, data in enumerate(pngs):
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("L").resize((r, r), Image.BILINEAR)
-            gray[i] = np.asarray(im, dtype=np.float32)[off : off + s, off : off + s]
+            w, h = im.size
+            # Resize(r): the shorter side to r, the aspect kept (a FER image is square: r x r)
+            nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+            im = im.convert("L").resize((nw, nh), Image.BILINEAR)
+            top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))  # CenterCrop(s)
+            gray[i] = np.asarray(im, dtype=np.float32)[top : top + s, left : left + s]
     gray /= 255.0
     out = (gray[:, None, :, :] - IMAGENET_MEAN[None, :, None, None]) / IMAGENET_STD[None, :, None, None]
     return np.ascontiguousarray(out, dtype=np.float32)

@@ -31,6 +31,22 @@ def test_fidelity_preprocessing_is_the_classic_torchvision_pipeline():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+def test_a_query_image_of_another_shape_is_preprocessed_as_torchvision_does():
+    """`fer-platform search --image` takes any image: not square, not 48x48, in colour."""
+    classic = T.Compose([
+        T.Grayscale(3), T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])  # fmt: skip
+    rng = np.random.default_rng(0)
+    for size, mode in (((80, 48), "L"), ((48, 97), "RGB"), ((300, 200), "RGB")):
+        shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(buf, format="PNG")
+        expected = classic(Image.open(io.BytesIO(buf.getvalue()))).numpy()
+        got = preprocess([buf.getvalue()], EmbedderSpec(weights="random"))[0]
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=str(size))
+
+
 def test_fast_profile_uses_a_smaller_input():
     assert preprocess(PNGS[:2], EmbedderSpec(weights="random", profile="fast")).shape == (2, 3, 112, 112)
 
