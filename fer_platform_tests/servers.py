@@ -91,6 +91,15 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
     raise ServerError(f"nothing answers on 127.0.0.1:{port}")
 
 
+def _answering(port: int, server) -> None:
+    """Wait for ``port``; a server started but not answering is stopped before the error."""
+    try:
+        wait_for_port(port)
+    except ServerError:
+        server.stop()
+        raise
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,7 +142,7 @@ def start_azurite() -> Azurite:
         r"listens on http://127\.0\.0\.1:(\d+)",
     )  # fmt: skip
     port = int(found.group(1))
-    wait_for_port(port)
+    _answering(port, process)
     return Azurite(process, port)
 
 
@@ -166,7 +175,7 @@ def start_moto() -> MotoS3:
         r"Running on http://127\.0\.0\.1:(\d+)",
     )  # fmt: skip
     port = int(found.group(1))
-    wait_for_port(port)
+    _answering(port, process)
     return MotoS3(process, port)
 
 
@@ -266,5 +275,5 @@ def start_cloud_postgres() -> CloudPostgres:
         shutil.rmtree(root, ignore_errors=True)
         raise ServerError(f"PostgreSQL did not start: {log}") from None
     server = CloudPostgres(root, port, password, system_user)
-    wait_for_port(port)
+    _answering(port, server)
     return server
