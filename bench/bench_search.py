@@ -60,8 +60,9 @@ def bench_faiss(vectors, queries, truth):
         lat.append(time.perf_counter() - t0)
         got.append(pos[0])
     p50, p95 = percentiles(lat)
-    # positions in the product's index follow its image_id order, which is the input order here
-    recall = search.recall_of(np.asarray(got), truth)
+    # the index's positions -> image ids -> positions in the input (image_id i is input row i)
+    as_input = np.asarray([[int(index.ids[p]) if p >= 0 else -1 for p in row] for row in got])
+    recall = search.recall_of(as_input, truth)
     row(f"[{n}] FAISS {index.kind} (the product's index) p50", p50, "ms", f"p95 {p95:.3f} ms, recall@10 {recall:.4f}")
     if index.kind != "flat":
         flat = faiss.IndexFlatIP(DIM)

@@ -37,6 +37,7 @@ HNSW_THRESHOLD = 20_000  # vectors; at or above it the index is HNSW
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 RECALL_TARGET = 0.99
+TUNE_QUERIES = 500
 EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
@@ -258,15 +259,22 @@ def build_index(
     table = silver.sort_by([("image_id", "ascending")])
     vectors = normalise(arrow_to_vectors(table["vector"]))
     dim = vectors.shape[1]
+    held = 0
     if len(vectors) >= hnsw_threshold:
         index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
         kind = "hnsw"
+        # ef_search is tuned on queries the graph does not hold yet (a stored vector finds its own
+        # neighbourhood too easily): a sample is moved to the end, added after the tuning
+        held = min(TUNE_QUERIES, max(1, len(vectors) // 20))
+        picks = np.random.default_rng(seed).choice(len(vectors), size=held, replace=False)
+        order = np.concatenate([np.setdiff1d(np.arange(len(vectors)), picks), np.sort(picks)])
+        table, vectors = table.take(pa.array(order, pa.int64())), vectors[order]
     else:
         index = faiss.IndexFlatIP(dim)
         kind = "flat"
     if len(vectors):
-        index.add(vectors)
+        index.add(vectors[: len(vectors) - held])
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
     meta = {
         "kind": kind,
@@ -280,26 +288,25 @@ def build_index(
     }
     out = SearchIndex(index, mapping, meta)
     if kind == "hnsw":
-        meta.update(hnsw_m=m, ef_construction=ef_construction)
-        meta["ef_search"], meta["tuned_recall"] = tune_ef(out, vectors, target_recall, seed=seed)
+        base, queries = vectors[: len(vectors) - held], vectors[len(vectors) - held :]
+        meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held)
+        meta["ef_search"], meta["tuned_recall"] = tune_ef(out, base, queries, target_recall)
         out.set_ef(meta["ef_search"])
+        index.add(queries)
+        meta["size"] = int(index.ntotal)
     return out
 
 
-def tune_ef(index: SearchIndex, vectors: np.ndarray, target: float, k: int = 10, sample: int = 500, seed: int = 0):
-    """The smallest ``ef_search`` whose leave-one-out recall@k (see ``leave_one_out``) on a sample of
-    the stored vectors reaches ``target`` plus a small margin, so that an independent check on
-    another sample passes too."""
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
-    kk = min(k, len(vectors) - 1)
-    _, truth = exact_search(vectors, vectors[picks], kk + 1)
-    truth = leave_one_out(truth, picks, kk)
+def tune_ef(index: SearchIndex, base: np.ndarray, queries: np.ndarray, target: float, k: int = 10):
+    """The smallest ``ef_search`` whose recall@k of ``queries`` (vectors the index does not hold)
+    against exact search over ``base`` (what it holds) reaches ``target`` plus a small margin."""
+    kk = min(k, len(base))
+    _, truth = exact_search(base, queries, kk)
     recall = 0.0
     for ef in EF_CANDIDATES:
         index.set_ef(ef)
-        _, got = index.raw_search(vectors[picks], kk + 1)
-        recall = recall_of(leave_one_out(got, picks, kk), truth)
+        _, got = index.raw_search(queries, kk)
+        recall = recall_of(got, truth)
         if recall >= min(1.0, target + 0.005):
             return ef, recall
     return EF_CANDIDATES[-1], recall
