@@ -14,7 +14,7 @@ from typing import Any, Optional
 from fer_platform.core import db, ledger
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
-from fer_platform.core.planner import plan, versions
+from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.search import index_dir
 from fer_platform.core.storage import Storage
@@ -53,32 +53,27 @@ def run_demo(
     listing = storage.list_files()
     with db.connect(dsn) as conn:
         known = ledger.versions_under(conn, storage.uri())
-    todo = plan(storage, listing, known)
+    # the landing sensor's own planning, all at once: every settled file the load log lacks
+    everything = AutoLoaderSettings(max_files_per_tick=max(1, len(listing)), settle_seconds=0)
+    tick = plan_tick(storage, listing, lambda _entries: known, Watermark(), everything, now_us=time.time_ns() // 1000)
     today = utc_today()
 
     runs = []
     with dg.DagsterInstance.get() as instance:
-        ingest = defs.resolve_job_def("ingest_images")
-        for emotion, entries in todo.by_emotion.items():
-            result = ingest.execute_in_process(
-                partition_key=partition_key(emotion, today),
-                run_config={**QUIET_LOGS, "ops": {"raw_images": {"config": {"files": [e.key for e in entries]}}}},
-                instance=instance,
+        for emotion, entries, _attempt in tick.batches:
+            keys = [e.key for e in entries]
+            if emotion is None:  # files no emotion partition can take: quarantined with the reason
+                job, partition = "landing_triage", None
+                config = {"quarantine_unroutable": {"config": {"files": keys}}}
+            else:
+                job, partition = "ingest_images", partition_key(emotion, today)
+                config = {"raw_images": {"config": {"files": keys}}}
+            result = defs.resolve_job_def(job).execute_in_process(
+                partition_key=partition, run_config={**QUIET_LOGS, "ops": config}, instance=instance,
                 raise_on_error=False,
-            )
-            runs.append({"job": "ingest_images", "partition": f"{emotion}|{today}", "run_id": result.run_id,
-                         "success": result.success, "files": len(entries)})  # fmt: skip
-        if todo.unroutable:
-            result = defs.resolve_job_def("landing_triage").execute_in_process(
-                run_config={
-                    **QUIET_LOGS,
-                    "ops": {"quarantine_unroutable": {"config": {"files": [e.key for e in todo.unroutable]}}},
-                },
-                instance=instance,
-                raise_on_error=False,
-            )
-            runs.append({"job": "landing_triage", "partition": None, "run_id": result.run_id,
-                         "success": result.success, "files": len(todo.unroutable)})  # fmt: skip
+            )  # fmt: skip
+            runs.append({"job": job, "partition": f"{emotion}|{today}" if emotion else None, "run_id": result.run_id,
+                         "success": result.success, "files": len(keys)})  # fmt: skip
         lake = defs.resources["lake"].storage()
         model = defs.resources["embedder"].model_id()
         if any(r["job"] == "ingest_images" for r in runs) or not lake.exists(f"{index_dir(model)}/meta.json"):
@@ -95,7 +90,7 @@ def run_demo(
         home=str(home.root),
         landing=landing_url,
         sample_data=generated,
-        new_files=todo.new_files,
+        new_files=tick.files,
         runs=runs,
         seconds=round(time.monotonic() - started, 1),
     )

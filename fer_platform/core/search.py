@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fer_platform.core.images import sha256
 from fer_platform.core.layout import INDEX
 from fer_platform.core.vectors import arrow_to_vectors
 
@@ -95,7 +96,7 @@ class SearchIndex:
         files = {INDEX_FILE: faiss.serialize_index(self.index).tobytes(), IDS_FILE: buf.getvalue()}
         # the digests of the other two, so a reader never pairs files of two builds (a rebuild
         # replaces them one by one; object stores have no multi-file rename)
-        meta = {**self.meta, "digests": {name: _sha256(data) for name, data in files.items()}}
+        meta = {**self.meta, "digests": {name: sha256(data) for name, data in files.items()}}
         files[META_FILE] = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
         return files
 
@@ -107,7 +108,7 @@ class SearchIndex:
         if missing:
             raise IndexUnavailable(f"index files missing: {', '.join(missing)}")
         meta = json.loads(files[META_FILE])
-        mixed = [n for n, d in (meta.get("digests") or {}).items() if _sha256(files.get(n, b"")) != d]
+        mixed = [n for n, d in (meta.get("digests") or {}).items() if sha256(files.get(n, b"")) != d]
         if mixed:
             raise IndexChanging(f"the index files do not belong together ({', '.join(mixed)} changed): it is being "
                                 "rebuilt; try again in a moment")  # fmt: skip
@@ -125,13 +126,6 @@ class SearchIndex:
     def set_ef(self, ef: int | None) -> None:
         if ef and self.kind == "hnsw":
             self.index.hnsw.efSearch = int(ef)
-
-    def vectors(self) -> np.ndarray:
-        """Every stored vector (N, d), in index order."""
-        import faiss
-
-        flat = self.index if self.kind == "flat" else faiss.downcast_index(self.index.storage)
-        return faiss.rev_swig_ptr(flat.get_xb(), self.size * flat.d).reshape(self.size, flat.d).copy()
 
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
         """The stored vectors at ``positions`` (no copy of the whole index)."""
@@ -498,7 +492,7 @@ def find_similar(
     query: dict[str, Any] = {"image_id": image_id}
     if image is not None:
         vector = embed_query(image, spec)
-        query["image_id"] = _sha256(image)
+        query["image_id"] = sha256(image)
         pos = index.position_of(query["image_id"]) if index is not None else None
         if pos is not None:  # the query is a loaded image: say which
             query.update(index.mapping.slice(pos, 1).to_pylist()[0])
@@ -564,8 +558,3 @@ def result_sheet(result: dict[str, Any], lake, query_image: bytes | None = None)
         tiles.append((lake.read_bytes(h["filepath"]), f"#{h['rank']} {h['emotion']}\nd={h['distance']:.3f}"))
     return contact_sheet(tiles)
 
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test  # runs as the daemon would create them
 
+from fer_platform.automation import sensors
 from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core.ingest import ingest
 from fer_platform.core.storage import Storage
@@ -39,8 +40,7 @@ def tick(landing, pg_dsn, cursor=None, instance=None, **settings):
 
 
 def files_of(request):
-    ops = request.run_config["ops"]
-    return (ops.get("raw_images") or ops["quarantine_unroutable"])["config"]["files"]
+    return sensors.files_of(request.run_config)
 
 
 def submit(instance, requests):

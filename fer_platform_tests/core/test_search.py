@@ -55,7 +55,7 @@ def test_flat_index_round_trips_through_its_files_and_finds_itself():
     assert index.kind == "flat" and index.size == 70
     again = search.SearchIndex.from_files(index.to_files())
     assert again.meta["model"] == "m1" and again.size == 70
-    v = again.vectors()
+    v = again.vectors_at(np.arange(again.size))
     hits = again.search(v[5], k=3)
     assert hits[0].image_id == again.mapping["image_id"][5].as_py() and hits[0].distance == pytest.approx(0, abs=1e-5)
     assert [h.rank for h in hits] == [1, 2, 3] and hits[0].distance <= hits[1].distance <= hits[2].distance
@@ -85,11 +85,11 @@ def test_a_broken_index_fails_the_recall_measure():
 def test_emotion_filter_returns_k_of_that_emotion(kind_threshold):
     silver = clustered(n_per=30, spread=3.0)
     index = search.build_index(silver, "m1", hnsw_threshold=kind_threshold, m=8)
-    q = index.vectors()[0]  # an angry image
+    q = index.vectors_at(np.arange(index.size))[0]  # an angry image
     hits = index.search(q, k=12, emotion="surprise")
     assert len(hits) == 12 and {h.emotion for h in hits} == {"surprise"}
     # exactly the 12 nearest surprise images
-    v = index.vectors()
+    v = index.vectors_at(np.arange(index.size))
     mask = np.asarray(index.mapping["emotion"].to_pylist()) == "surprise"
     sims = v[mask] @ q
     expected = set(np.asarray(index.mapping["image_id"].to_pylist())[mask][np.argsort(-sims)[:12]])
