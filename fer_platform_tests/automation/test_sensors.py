@@ -16,7 +16,7 @@ from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import AutoLoaderResource, LandingResource, PostgresResource
 from fer_platform_tests.helpers import face, put
 
-T0 = time.time() - 3600  # files written an hour ago: settled
+T0 = float(int(time.time()) - 3600)  # files written an hour ago (whole seconds: exact in ns and us): settled
 
 
 def land(landing, key, data, at):
