@@ -4,10 +4,12 @@ Runs are executed in this process (one per partition, no process per step) but
 recorded on the PostgreSQL-backed instance, so they show in the UI afterwards.
 """
 
+import contextlib
 import json
 import os
 import sys
 import time
+import traceback
 from collections import Counter
 from typing import Any, Optional
 
@@ -22,6 +24,65 @@ from fer_platform.core.storage import Storage
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+@contextlib.contextmanager
+def python_logs_to(path):
+    """Python's own logging (e.g. dagster-postgres retrying a lost database, with tracebacks) goes to a
+    file under the home while the demo runs, not to the terminal; the runs' logs stay in Dagster."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved, saved_err = root.handlers[:], sys.stderr
+    root.handlers = [handler]
+    sys.stderr = _Filtered(saved_err, handler.stream)
+    try:
+        yield
+    finally:
+        root.handlers, sys.stderr = saved, saved_err
+        handler.close()
+
+
+class _Filtered:
+    """stderr without the lines Dagster writes there directly when its event log is unreachable (they go
+    to the log file)."""
+
+    NOISE = ("Exception while writing logger call to event log",)
+
+    def __init__(self, stream, log):
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.NOISE):
+            self._log.write(text)
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def database_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a lost or unreachable PostgreSQL."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = type(exc).__name__
+        if isinstance(exc, db.DatabaseUnavailable) or name in ("DagsterPostgresException", "OperationalError",
+                                                              "InterfaceError", "AdminShutdown"):  # fmt: skip
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def first_line(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def run_demo(
     home: Home,
     landing: Optional[str] = None,
@@ -31,6 +92,27 @@ def run_demo(
 ) -> dict[str, Any]:
     started = time.monotonic()
     home.create()
+    with home_lock(home):
+        return _run_demo(home, landing, per_class, test_per_class, seed, started)
+
+
+@contextlib.contextmanager
+def home_lock(home: Home):
+    """One demo at a time on a home: a second one waits for the first (an OS lock, released if the
+    holder is killed), then finds everything loaded."""
+    import fcntl
+
+    with open(home.root / ".demo.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another demo on {home.root} to finish...", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class: int, seed: int,
+              started: float) -> dict[str, Any]:  # fmt: skip
     landing_url = landing or os.environ.get("FER_LANDING") or str(home.landing)
     generated = None
     if not landing and not os.environ.get("FER_LANDING") and not any(home.landing.rglob("*")):
@@ -44,44 +126,56 @@ def run_demo(
 
     import dagster as dg
 
+    from fer_platform.automation.convergence import audit_layers, busy_partitions
+    from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs
+    from fer_platform.core import convergence, liveness
     from fer_platform.definitions import build_definitions
     from fer_platform.partitions import partition_key, utc_today
     from fer_platform.resources.environments import resources_for
 
     defs = build_definitions(resources_for())
+    lake = defs.resources["lake"].storage()
+    model = defs.resources["embedder"].model_id()
     storage = Storage(landing_url)
-    listing = storage.list_files()
-    with db.connect(dsn) as conn:
-        known = ledger.versions_under(conn, storage.uri())
-    # the landing sensor's own planning, all at once: every settled file the load log lacks
-    everything = AutoLoaderSettings(max_files_per_tick=max(1, len(listing)), settle_seconds=0)
-    tick = plan_tick(storage, listing, lambda _entries: known, Watermark(), everything, now_us=time.time_ns() // 1000)
-    today = utc_today()
-
-    runs = []
+    runs: list[dict] = []
+    tags = {WORKER_TAG: liveness.this_worker(), "fer/trigger": "demo"}
     with dg.DagsterInstance.get() as instance:
+        dead = fail_dead_runs(instance)  # runs of a killed demo (or worker) end as failed, not STARTED
+        with db.connect(dsn) as conn:
+            restored = convergence.restore_load_log(conn, lake)
+            known = ledger.versions_under(conn, storage.uri())
+        listing = storage.list_files()
+        # the landing sensor's own planning, all at once: every settled file the load log lacks
+        everything = AutoLoaderSettings(max_files_per_tick=max(1, len(listing)), settle_seconds=0)
+        tick = plan_tick(storage, listing, lambda _entries: known, Watermark(), everything, now_us=time.time_ns() // 1000)
+        today = utc_today()
+
+        def execute(job: str, partition, config: dict | None, extra: dict | None = None) -> None:
+            result = defs.resolve_job_def(job).execute_in_process(
+                partition_key=partition, run_config={**QUIET_LOGS, "ops": config or {}}, instance=instance,
+                raise_on_error=False, tags={**tags, **(extra or {})},
+            )  # fmt: skip
+            runs.append({"job": job, "partition": str(partition) if partition else None, "run_id": result.run_id,
+                         "success": result.success, "files": len((config or {}).get("raw_images", {}).get(
+                             "config", {}).get("files") or [])})  # fmt: skip
+
         for emotion, entries, _attempt in tick.batches:
             keys = [e.key for e in entries]
             if emotion is None:  # files no emotion partition can take: quarantined with the reason
-                job, partition = "landing_triage", None
-                config = {"quarantine_unroutable": {"config": {"files": keys}}}
+                execute("landing_triage", None, {"quarantine_unroutable": {"config": {"files": keys}}})
             else:
-                job, partition = "ingest_images", partition_key(emotion, today)
-                config = {"raw_images": {"config": {"files": keys}}}
-            result = defs.resolve_job_def(job).execute_in_process(
-                partition_key=partition, run_config={**QUIET_LOGS, "ops": config}, instance=instance,
-                raise_on_error=False,
-            )  # fmt: skip
-            runs.append({"job": job, "partition": f"{emotion}|{today}" if emotion else None, "run_id": result.run_id,
-                         "success": result.success, "files": len(keys)})  # fmt: skip
-        lake = defs.resources["lake"].storage()
-        model = defs.resources["embedder"].model_id()
-        if any(r["job"] == "ingest_images" for r in runs) or not lake.exists(f"{index_dir(model)}/meta.json"):
-            result = defs.resolve_job_def("publish_gold_and_index").execute_in_process(
-                run_config=QUIET_LOGS, instance=instance, raise_on_error=False
-            )
-            runs.append({"job": "publish_gold_and_index", "partition": None, "run_id": result.run_id,
-                         "success": result.success, "files": 0})  # fmt: skip
+                execute("ingest_images", partition_key(emotion, today), {"raw_images": {"config": {"files": keys}}})
+        # then every partition whose layers disagree with the load log (a crash, an outage, a deleted layer)
+        with db.connect(dsn) as conn:
+            _, audit = audit_layers(instance, conn, lake, model)
+        for emotion, day in audit.partitions:
+            execute("ingest_images", partition_key(emotion, day), {"raw_images": {"config": {"files": []}}},
+                    {"fer/repair": "true"})  # fmt: skip
+        ingested = any(r["job"] == "ingest_images" for r in runs)
+        if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
+            execute("publish_gold_and_index", None, None)
+        with db.connect(dsn) as conn:  # what still disagrees is told, not hidden behind exit 0
+            final = convergence.audit(conn, lake, model, skip=busy_partitions(instance))
 
     summary = summarise(storage, listing, dsn)
     summary.update(layer_counts(lake, dsn, model))
@@ -92,6 +186,10 @@ def run_demo(
         sample_data=generated,
         new_files=tick.files,
         runs=runs,
+        repaired=[f"{e}|{d.isoformat()}" for e, d in audit.partitions],
+        restored_load_log_rows=restored,
+        failed_dead_runs=dead,
+        disagreements=final.lines(),
         seconds=round(time.monotonic() - started, 1),
     )
     failed = [r for r in runs if not r["success"]]
@@ -183,18 +281,43 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     w(f"  runs           {ok}/{len(runs)} succeeded ({summary['seconds']} s)\n")
     for r in summary.get("failed_runs", []):
         w(f"    FAILED {r['job']} {r['partition'] or ''} run {r['run_id']}\n")
+    if summary.get("failed_dead_runs"):
+        w(f"  marked failed  {len(summary['failed_dead_runs'])} run(s) whose process was gone (killed earlier)\n")
+    if summary.get("restored_load_log_rows"):
+        w(f"  load log       put back {summary['restored_load_log_rows']} row(s) from the raw manifests\n")
+    if summary.get("repaired"):
+        w(f"  repaired       {len(summary['repaired'])} partition(s) whose layers disagreed: "
+          f"{', '.join(summary['repaired'])}\n")  # fmt: skip
     w("  see them in the UI: make dev  (or fer-platform dev)\n")
 
 
+def print_disagreements(summary: dict[str, Any], err=sys.stderr) -> None:
+    for line in summary.get("disagreements", []):
+        err.write(f"disagreement: {line}\n")
+
+
 def main(home: Home, landing: Optional[str], as_json: bool, **kwargs) -> int:
+    log_file = home.root / "logs" / "demo.log"
     try:
-        summary = run_demo(home, landing, **kwargs)
+        with python_logs_to(log_file):
+            summary = run_demo(home, landing, **kwargs)
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a lost database is one line; anything else is a bug: raise
+        if not database_lost(exc):
+            raise
+        with open(log_file, "a") as f:
+            traceback.print_exception(exc, file=f)
+        where = db.describe(os.environ.get("FER_PG_DSN") or f"host={home.postgres}")
+        print(f"error: lost the PostgreSQL database at {where} during the demo ({first_line(exc)}): start it "
+              "(fer-platform db start, or bring FER_PG_DSN's server back) and run the demo again; it repairs "
+              f"what the outage interrupted (details: {log_file} and the runs' event logs)", file=sys.stderr)  # fmt: skip
         return 2
     if as_json:
         print(json.dumps(summary, default=str))
     else:
         print_human(summary)
-    return 1 if summary.get("failed_runs") else 0
+    print_disagreements(summary)
+    return 1 if summary.get("failed_runs") or summary.get("disagreements") else 0
 

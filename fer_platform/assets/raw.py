@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from fer_platform.core import ledger
 from fer_platform.core.bronze import manifest_table
+from fer_platform.core.convergence import restore_load_log
 from fer_platform.core.ingest import ingest, select_files
 from fer_platform.core.layout import RAW_MANIFEST
 from fer_platform.core.report import human_bytes, markdown_table
@@ -46,6 +47,10 @@ def raw_images(
 ) -> pa.Table:
     emotion, load_date = partition_of(context)
     dsn = postgres.get_dsn()
+    with postgres.connect() as conn:  # a lost checkpoint is put back before anything is decided
+        restored = restore_load_log(conn, lake.storage())
+    if restored:
+        context.log.warning(f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)")
     files, missing, ignored = select_files(
         landing.storage(), dsn, emotion, load_date, utc_today(), config.files, take_pending=config.take_pending
     )

@@ -17,12 +17,15 @@ from fer_platform.partitions import image_partitions, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
 
 INGEST_ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings]
+# The layers of a partition with the checks that guard them, but not the full re-listing of the landing zone
+# (landing_reconciled): that one is the reconcile job's.
+INGEST_SELECTION = dg.AssetSelection.assets(*INGEST_ASSETS) - dg.AssetSelection.checks(landing_reconciled)
 
 # One process per run, steps in that process: the chain is sequential anyway, and the
 # embedding step then pays for importing torch once per run, not once per step.
 ingest_job = dg.define_asset_job(
     "ingest_images",
-    selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+    selection=INGEST_SELECTION,
     partitions_def=image_partitions,
     executor_def=dg.in_process_executor,
     description="One partition (emotion x load date) from the landing zone to searchable vectors: "
@@ -32,7 +35,7 @@ ingest_job = dg.define_asset_job(
 
 bulk_load_job = dg.define_asset_job(
     "bulk_load",
-    selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+    selection=INGEST_SELECTION,
     partitions_def=image_partitions,
     executor_def=dg.in_process_executor,
     tags={"fer/bulk": "true"},

@@ -12,12 +12,16 @@ import warnings
 
 import dagster as dg
 
-from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage
+from fer_platform.automation.convergence import audit_layers, repair_requests
+from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage, publish_job
 from fer_platform.core import ledger
+from fer_platform.core.convergence import restore_load_log
 from fer_platform.core.db import connect
 from fer_platform.core.planner import Attempts, Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources import AutoLoaderResource, LandingResource, PostgresResource
+from fer_platform.resources import (
+    AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
+)  # fmt: skip
 from fer_platform.resources.environments import automation_on_by_default
 
 
@@ -57,21 +61,29 @@ def runs_state(instance: dg.DagsterInstance, history: int = 1000) -> tuple[set[s
 
 @dg.sensor(
     name="landing_sensor",
-    jobs=[ingest_job, landing_triage],
+    jobs=[ingest_job, landing_triage, publish_job],
     minimum_interval_seconds=int(os.environ.get("FER_SENSOR_INTERVAL", "30")),
     default_status=default_status(),
     description="Picks up landing files exactly once (auto-loader semantics): one ingest run per emotion for "
     "today's partition with the exact file list; the load log is the checkpoint, the cursor a watermark; files "
-    "of failed runs are asked for again (retry_after_seconds apart, max_attempts times).",
+    "of failed runs are asked for again (retry_after_seconds apart, max_attempts times). Each tick also puts back "
+    "load-log rows a lost checkpoint dropped, and re-materialises partitions whose layers disagree with the load "
+    "log (a crash, an outage, a deleted layer), and the index when it does not hold exactly silver.",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext,
     landing: LandingResource,
     postgres: PostgresResource,
     auto_loader: AutoLoaderResource,
+    lake: LakeResource,
+    embedder: EmbedderResource,
 ) -> dg.SensorResult:
     storage, settings = landing.storage(), auto_loader.settings()
     dsn = postgres.get_dsn()
+    with connect(dsn) as conn:  # a lost checkpoint first: the files it had are not new
+        restored = restore_load_log(conn, lake.storage())
+    if restored:
+        context.log.warning(f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)")
     cursor = Watermark.from_json(context.cursor)
     if context.cursor and not cursor.started:
         context.log.warning("the cursor could not be read: starting from the load log")
@@ -102,6 +114,7 @@ def landing_sensor(
                 run_key=run_key(files, attempt), job_name=ingest_job.name, partition_key=partition_key(emotion, today),
                 tags=tags, run_config={"ops": {"raw_images": {"config": {"files": keys, "on_success": settings.on_success}}}},
             ))  # fmt: skip
+    requests += _repairs(context, dsn, lake, embedder, settings, {r.partition_key for r in requests})
     if tick.given_up:
         context.log.warning(f"{len(tick.given_up)} file(s) failed in {settings.max_attempts} runs and are left to a "
                             f"person (see those runs), e.g. {tick.given_up[0]}")  # fmt: skip
@@ -116,6 +129,26 @@ def landing_sensor(
         cursor=tick.cursor.to_json(),
         skip_reason=None if requests else f"no new files ({state})",
     )
+
+
+def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequest]:
+    """Repair runs for partitions whose layers disagree (not those this tick already loads into). A failing
+    audit (an unreadable model, a lake hiccup) is logged and never stops the pickup of files."""
+    try:
+        with connect(dsn) as conn:
+            _, audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())
+    except Exception as exc:  # noqa: BLE001 - one line; the next tick audits again
+        context.log.warning(f"could not audit the layers this tick: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return []
+    if audit.ok:
+        return []
+    requests, given_up = repair_requests(context.instance, audit, settings.max_attempts, "landing_sensor")
+    requests = [r for r in requests if r.partition_key not in loading or r.partition_key is None]
+    for line in audit.lines()[:20]:
+        context.log.warning(f"layers disagree: {line}")
+    if given_up:
+        context.log.warning(f"repairs failed {settings.max_attempts} times, left to a person: {', '.join(given_up)}")
+    return requests
 
 
 publish_automation = dg.AutomationConditionSensorDefinition(

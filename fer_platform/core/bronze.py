@@ -22,6 +22,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("ingested_at", pa.timestamp("us", tz="UTC")),
         ("run_id", pa.string()),
+        # the landing file's modification time: with source and size, the version the load log
+        # knows it by (a lost load log is restored from the manifests: core/convergence.py)
+        ("modified_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 

@@ -213,8 +213,8 @@ def ensure_database(dsn: str, dbname: str) -> str:
         if not exists:
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-            except psycopg.errors.DuplicateDatabase:
-                pass
+            except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                pass  # created meanwhile by another process (two first starts at once)
     return with_database(dsn, dbname)
 
 

@@ -50,7 +50,8 @@ class Home:
         return self
 
 
-def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2, bulk_concurrency: int = 1) -> str:
+def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2, bulk_concurrency: int = 1,
+                 monitor_seconds: int = 30) -> str:
     """dagster.yaml for the local instance: storage on PostgreSQL through dagster-postgres.
 
     ``storage_url`` is written in only when it carries no password (the
@@ -59,13 +60,18 @@ def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2, bulk_con
     at once (on 2 cores, more only contend for them), and at most ``bulk_concurrency`` of a bulk
     load's runs, so the sensor's small runs still get through, and one run per partition at a
     time (two would race on its bronze and silver files); a failed run is retried once (loads
-    are idempotent: the load log decides).
+    are idempotent: the load log decides). Run monitoring asks fer-platform's launcher, every
+    ``monitor_seconds``, whether each run's worker process is still alive: a killed run ends as failed
+    (and is retried), not STARTED for ever.
     """
     url = f'"{storage_url}"' if storage_url else "\n        env: FER_DAGSTER_PG_URL"
     return f"""# Written by fer-platform. Instance storage on PostgreSQL (dagster-postgres).
 storage:
   postgres:
     postgres_url: {url}
+run_launcher:
+  module: fer_platform.automation.runs
+  class: MonitoredRunLauncher
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
@@ -83,7 +89,7 @@ run_retries:
   max_retries: 1
 run_monitoring:
   enabled: true
-  poll_interval_seconds: 30
+  poll_interval_seconds: {monitor_seconds}
 telemetry:
   enabled: false
 nux:

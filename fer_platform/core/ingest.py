@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fer_platform.core import images, ledger
+from fer_platform.core import faults, images, ledger
 from fer_platform.core.db import connect
 from fer_platform.core.layout import LANDING_ARCHIVE, Route, quarantine_path, raw_image_path, route, versioned_name
 from fer_platform.core.storage import FileEntry, Storage
@@ -144,6 +144,7 @@ def ingest(
     for start in range(0, len(todo), BATCH):
         batch = todo[start : start + BATCH]
         done = _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report)
+        faults.point("ingest.committed")
         _clean_sources(landing, done, on_success, load_date, report)
         if progress:
             progress(min(start + BATCH, len(todo)), len(todo))

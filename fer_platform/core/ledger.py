@@ -103,7 +103,7 @@ def insert(conn: psycopg.Connection, rows: Sequence[LedgerRow]) -> None:
 def partition_rows(conn: psycopg.Connection, emotion: str, load_date: dt.date, status: str = "loaded") -> list[dict]:
     cur = conn.execute(
         f"""SELECT sha256 AS image_id, lake_path AS filepath, split, path AS landing_path, size, source,
-                   logged_at AS ingested_at, run_id
+                   logged_at AS ingested_at, run_id, modified_at
             FROM {LOAD_LOG_TABLE}
             WHERE emotion = %s AND load_date = %s AND status = %s
             ORDER BY lake_path""",
@@ -111,6 +111,39 @@ def partition_rows(conn: psycopg.Connection, emotion: str, load_date: dt.date, s
     )
     names = [d.name for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def restore(conn: psycopg.Connection, emotion: str, load_date: dt.date, manifest_rows: Sequence[dict]) -> int:
+    """Put back ``loaded`` rows of a partition from its raw manifest's rows (a lost load log); a version
+    or a content the load log holds already is skipped. Returns the rows inserted."""
+    if not manifest_rows:
+        return 0
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    cols = {
+        "source": [r["source"] for r in manifest_rows],
+        "path": [r.get("landing_path") or r["filepath"] for r in manifest_rows],
+        "size": [r["size"] for r in manifest_rows],
+        # a manifest written before it carried modification times: the version is unknown, so the
+        # landing file is seen again and logged as a duplicate of its own restored content
+        "modified_at": [r.get("modified_at") or epoch for r in manifest_rows],
+        "sha256": [r["image_id"] for r in manifest_rows],
+        "split": [r["split"] for r in manifest_rows],
+        "lake_path": [r["filepath"] for r in manifest_rows],
+        "run_id": [r.get("run_id") for r in manifest_rows],
+    }
+    cur = conn.execute(
+        f"""INSERT INTO {LOAD_LOG_TABLE}
+                (source, path, size, modified_at, sha256, emotion, split, load_date, status, reason, lake_path, run_id)
+            SELECT source, path, size, modified_at, sha256, %s, split, %s, 'loaded',
+                   'restored from the raw manifest (the load log had lost it)', lake_path, run_id
+            FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[],
+                        %s::text[], %s::text[])
+                 AS r(source, path, size, modified_at, sha256, split, lake_path, run_id)
+            ON CONFLICT DO NOTHING""",
+        (emotion, load_date, cols["source"], cols["path"], cols["size"], cols["modified_at"], cols["sha256"],
+         cols["split"], cols["lake_path"], cols["run_id"]),
+    )  # fmt: skip
+    return cur.rowcount
 
 
 def status_counts(conn: psycopg.Connection, emotion: str | None = None, load_date: dt.date | None = None) -> Counter:

@@ -12,6 +12,18 @@ from fer_platform.core.vectors import arrow_to_vectors, vectors_to_arrow
 
 NORM_TOLERANCE = 1e-5
 COLUMNS = ("id", "image_id", "filepath", "emotion", "split", "load_date", "model", "vector")
+SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("image_id", pa.string()),
+        ("filepath", pa.string()),
+        ("emotion", pa.string()),
+        ("split", pa.string()),
+        ("load_date", pa.date32()),
+        ("model", pa.string()),
+        ("vector", pa.list_(pa.float32(), EMBEDDING_DIM)),
+    ]
+)
 
 
 class InvalidVectors(ValueError):
@@ -87,9 +99,12 @@ def read_silver(lake, columns: list[str] | None = None, model: str | None = None
     import pyarrow.dataset as ds
 
     root = lake.path(SILVER_EMBEDDINGS)
-    if not lake.fs.exists(root):
-        return pa.table({c: [] for c in (columns or ["image_id"])})
+    empty = SCHEMA.empty_table().select(list(columns or SCHEMA.names))
+    if not lake.fs.exists(root):  # no silver yet (or deleted): an empty layer, not an error
+        return empty
     dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs)
+    if not dataset.files:
+        return empty
     flt = ds.field("model") == model if model else None
     table = dataset.to_table(columns=columns, filter=flt)
     if "load_date" in table.column_names and table.schema.field("load_date").type == pa.string():

@@ -10,6 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import posixpath
+import re
+import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from fer_platform.core import faults
 from fer_platform.core.errors import FerError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -56,6 +60,71 @@ def to_us(t: dt.datetime) -> int:
     """Microseconds since the epoch (the precision PostgreSQL keeps)."""
     delta = t - _EPOCH
     return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+
+
+# A write to a local folder goes to a hidden temporary name beside its target, then is renamed over it,
+# so a reader never sees half a file. A write killed before the rename leaves the temporary file: the
+# next write of the same place removes it, and the reconcile reports (and removes) the others.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})\.tmp$")
+STALE_TEMP_SECONDS = 3600.0  # older than this, a temporary file is stale whatever its writer
+
+
+def temp_path(path: str) -> str:
+    """The temporary name a write of ``path`` uses (unique to this process and this write)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def temp_target(name: str) -> str | None:
+    """The file name a temporary file of a write was for; None if ``name`` is not one."""
+    m = _TEMP.match(name)
+    return m.group("name") if m else None
+
+
+def temp_is_stale(path: str, now: float | None = None) -> bool:
+    """Whether a temporary file's writer is gone (its process no longer exists) or it is older than
+    ``STALE_TEMP_SECONDS``: a write in progress in another live process is left alone."""
+    m = _TEMP.match(os.path.basename(path))
+    if m is None:
+        return False
+    try:
+        age = (now or time.time()) - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_TEMP_SECONDS or not _pid_alive(int(m.group("pid")))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str, names: set[str] | None = None) -> list[str]:
+    """Remove the stale temporary files in ``folder`` (of the targets ``names``, or all); their paths."""
+    removed = []
+    try:
+        listing = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for entry in listing:
+        target = temp_target(entry)
+        if target is None or (names is not None and target not in names):
+            continue
+        full = os.path.join(folder, entry)
+        if temp_is_stale(full):
+            try:
+                os.remove(full)
+                removed.append(full)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def is_local(url: str) -> bool:
@@ -179,16 +248,30 @@ class Storage:
         path = self.path(key)
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            tmp = temp_path(path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
         else:
             self.fs.pipe_file(path, data)
 
     def write_many(self, items: Iterable[tuple[str, bytes]], threads: int = 8) -> None:
         items = list(items)
-        if self.local or len(items) < 2:
+        if self.local:
+            folders: dict[str, set[str]] = {}
+            for key, data in items:
+                self.write_bytes(key, data)
+                faults.point("lake.file_written")
+                folder, name = os.path.split(self.path(key))
+                folders.setdefault(folder, set()).add(name)
+            for folder, names in folders.items():  # what killed writes of the same places left behind
+                remove_stale_temps(folder, names)
+            return
+        if len(items) < 2:
             for key, data in items:
                 self.write_bytes(key, data)
             return
@@ -209,6 +292,13 @@ class Storage:
     def makedirs(self, key: str) -> None:
         if self.local:
             os.makedirs(self.path(key), exist_ok=True)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _walk_local(base: str, root: str) -> Iterable[FileEntry]:

@@ -20,6 +20,7 @@ import psycopg
 import pyarrow as pa
 from pgvector.psycopg import register_vector
 
+from fer_platform.core import faults
 from fer_platform.core.db import EMBEDDING_DIM, VECTORS_TABLE
 
 VECTOR_TYPE = pa.list_(pa.float32(), EMBEDDING_DIM)
@@ -68,6 +69,15 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
                 (plan.model, plan.image_ids),
             )
         }
+        # the content hash is the identity: an image's vector that another partition holds (its file
+        # was logged there before the load log was lost and restored) moves to this partition
+        moved = conn.execute(
+            f"""UPDATE {VECTORS_TABLE} v SET emotion = %s, load_date = %s, filepath = p.filepath, split = p.split
+                FROM unnest(%s::text[], %s::text[], %s::text[]) AS p(image_id, filepath, split)
+                WHERE v.model = %s AND v.image_id = p.image_id AND (v.emotion <> %s OR v.load_date <> %s)""",
+            (plan.emotion, plan.load_date, plan.image_ids, plan.filepaths, plan.splits, plan.model, plan.emotion,
+             plan.load_date),
+        ).rowcount  # fmt: skip
         removed = conn.execute(
             f"""DELETE FROM {VECTORS_TABLE}
                 WHERE emotion = %s AND load_date = %s AND model = %s AND NOT (image_id = ANY(%s))""",
@@ -98,6 +108,7 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
                     written += 1
                 if on_batch:
                     on_batch(written, len(todo))
+                faults.point("vectors.batch_copied")
         if written != len(todo):
             raise RuntimeError(f"embedder returned {written} vectors for {len(todo)} images")
         if target != VECTORS_TABLE:
@@ -114,6 +125,7 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
         "embedded": written,
         "reused": rows - written,
         "removed": removed,
+        "moved": moved,
         "seconds": round(time.monotonic() - started, 3),
     }
     plan.stats.update(stats)

@@ -12,8 +12,6 @@ The base may be a folder, ``s3://...`` or ``abfs://...``: only configuration cha
 
 
 import datetime as dt
-import os
-import uuid
 from typing import Any, Optional
 
 import dagster as dg
@@ -21,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from fer_platform.core.storage import LakeFiles, Storage
+from fer_platform.core import faults
+from fer_platform.core.storage import LakeFiles, Storage, remove_stale_temps, temp_path
 from fer_platform.resources.lake import ObjectStore, merged_options
 
 LAKE_PATH = "lake/path"
@@ -48,7 +47,14 @@ def _as_table(obj: Any) -> pa.Table:
 
 def _temp_beside(path: UPath) -> UPath:
     """A temporary name next to ``path`` that no other writer uses (then renamed over it)."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    return UPath(temp_path(str(path)))
+
+
+def _publish(tmp: UPath, path: UPath) -> None:
+    """Rename the finished temporary file over ``path``, then remove what killed writes of the same
+    place left behind."""
+    tmp.rename(path)
+    remove_stale_temps(str(path.parent), {path.name})
 
 
 def hive_values(parts: tuple[str, ...]) -> dict[str, str]:
@@ -108,7 +114,8 @@ class HiveParquetIOManager(dg.UPathIOManager):
             tmp = _temp_beside(path)
             with tmp.open("wb") as f:
                 pq.write_table(table, f, compression="zstd", **self.write_options)
-            tmp.rename(path)
+                faults.point(f"lake.write:{self._layer(path)}")  # before the rename: a killed write leaves tmp
+            _publish(tmp, path)
         else:
             with path.open("wb") as f:
                 pq.write_table(table, f, compression="zstd", **self.write_options)
@@ -127,7 +134,7 @@ class HiveParquetIOManager(dg.UPathIOManager):
         if path.protocol in ("", "file", "local"):
             tmp = _temp_beside(path)
             tmp.write_bytes(data)
-            tmp.rename(path)
+            _publish(tmp, path)
         else:
             path.write_bytes(data)
 
@@ -140,6 +147,10 @@ class HiveParquetIOManager(dg.UPathIOManager):
         with path.open("rb") as f:
             table = pq.read_table(f)
         return add_partition_columns(table, self._hive_values(path))
+
+    def _layer(self, path: UPath) -> str:
+        rel = path.parts[len(self._base_path.parts) :]
+        return rel[0] if rel else ""
 
     def _hive_values(self, path: UPath) -> dict[str, str]:
         """Partition values from the folders below the base path (never from the base itself)."""

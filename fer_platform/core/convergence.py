@@ -1,0 +1,254 @@
+"""Convergence of the layers: what each layer actually holds, per partition, against the load log.
+
+The load log is the checkpoint, but no layer is trusted because an earlier step logged it. For
+each partition (emotion, load date) the truth is the load log's ``loaded`` files; the raw
+manifest, bronze, the vectors of the served model in PostgreSQL and silver must each hold exactly
+those images, and the search index exactly silver. ``audit`` reads every layer itself (the lake's
+partition files, the table, the index's id mapping) and lists what disagrees; the entry points
+(the landing sensor, ``demo``, the schedules) re-materialise those partitions, which is
+idempotent, and rebuild the index.
+
+``restore_load_log`` is the other direction: when the load log lost rows (deleted, or a database
+restored from an old dump), the raw manifests in the lake, written only after the load log
+committed, say what was loaded; the rows are put back, so a lost checkpoint loads nothing twice.
+
+A layer's content is summarised as (rows, digest): the digest is an order-independent sum of a
+hash of each image id, the same in SQL and in Python, so PostgreSQL aggregates in place and a
+lake partition file is read one column at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import posixpath
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psycopg
+import pyarrow.parquet as pq
+
+from fer_platform.core.db import LOAD_LOG_TABLE, VECTORS_TABLE
+from fer_platform.core.layout import BRONZE_IMAGES, RAW_MANIFEST, SILVER_EMBEDDINGS
+from fer_platform.core.storage import FileEntry, Storage
+
+Partition = tuple[str, dt.date]
+_MOD = 1 << 64
+# md5 of the id, its first 15 hex digits (60 bits) as a bigint: summed as numeric in SQL
+_SQL_DIGEST = "coalesce(sum(('x' || substr(md5({col}), 1, 15))::bit(60)::bigint), 0)"
+LAYERS = ("raw manifest", "bronze", "postgres", "silver")
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """How many images a layer holds for a partition, and a digest of which."""
+
+    rows: int = 0
+    digest: int = 0
+
+    def __add__(self, other: "LayerState") -> "LayerState":
+        return LayerState(self.rows + other.rows, (self.digest + other.digest) % _MOD)
+
+
+EMPTY = LayerState()
+
+
+def id_hash(image_id: str) -> int:
+    return int(hashlib.md5(image_id.encode()).hexdigest()[:15], 16)
+
+
+def state_of(image_ids: Iterable[str]) -> LayerState:
+    ids = list(image_ids)
+    return LayerState(len(ids), sum(id_hash(i) for i in ids) % _MOD)
+
+
+# --------------------------------------------------------------------------- each layer, as it is
+def ledger_state(conn: psycopg.Connection) -> dict[Partition, LayerState]:
+    """The truth: the load log's loaded files per partition."""
+    rows = conn.execute(
+        f"""SELECT emotion, load_date, count(*), {_SQL_DIGEST.format(col='sha256')}
+            FROM {LOAD_LOG_TABLE} WHERE status = 'loaded' AND emotion IS NOT NULL GROUP BY 1, 2"""
+    ).fetchall()
+    return {(e, d): LayerState(int(n), int(s) % _MOD) for e, d, n, s in rows}
+
+
+def postgres_state(conn: psycopg.Connection, model: str) -> dict[Partition, LayerState] | None:
+    """The vectors of ``model`` per partition; None when the table itself is gone."""
+    if conn.execute("SELECT to_regclass(%s)", (VECTORS_TABLE,)).fetchone()[0] is None:
+        return None
+    rows = conn.execute(
+        f"""SELECT emotion, load_date, count(*), {_SQL_DIGEST.format(col='image_id')}
+            FROM {VECTORS_TABLE} WHERE model = %s GROUP BY 1, 2""",
+        (model,),
+    ).fetchall()
+    return {(e, d): LayerState(int(n), int(s) % _MOD) for e, d, n, s in rows}
+
+
+_cache: dict[tuple[str, int, int, str | None], LayerState] = {}
+_cache_lock = threading.Lock()
+
+
+def _file_state(lake: Storage, entry: FileEntry, model: str | None) -> LayerState:
+    """Image ids of one Parquet file (only rows of ``model``, when given), cached by file version: a
+    sensor in a long-lived process reads each partition file once."""
+    key = (lake.uri(entry.key), entry.size, entry.modified_us, model)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    columns = ["image_id"] + (["model"] if model else [])
+    table = pq.read_table(io.BytesIO(lake.read_bytes(entry.key)), columns=columns)
+    ids = table["image_id"].to_pylist()
+    if model:
+        ids = [i for i, m in zip(ids, table["model"].to_pylist()) if m == model]
+    state = state_of(ids)
+    with _cache_lock:
+        if len(_cache) > 100_000:
+            _cache.clear()
+        _cache[key] = state
+    return state
+
+
+def partition_of_key(key: str) -> Partition | None:
+    """(emotion, load_date) of ``.../emotion=<e>/load_date=<d>/part-0.parquet``."""
+    values = dict(p.split("=", 1) for p in key.split("/") if "=" in p)
+    try:
+        return values["emotion"], dt.date.fromisoformat(values["load_date"])
+    except (KeyError, ValueError):
+        return None
+
+
+def lake_state(lake: Storage, prefix: str, model: str | None = None) -> dict[Partition, LayerState]:
+    """Per partition, the images of a Hive-partitioned lake layer (its ``part-0.parquet`` files)."""
+    out: dict[Partition, LayerState] = {}
+    for entry in lake.list_files(prefix):
+        if posixpath.basename(entry.key) != "part-0.parquet":
+            continue  # temporary files of a write in progress (or killed) are not the layer
+        part = partition_of_key(entry.key)
+        if part is not None:
+            out[part] = _file_state(lake, entry, model)
+    return out
+
+
+def index_state(lake: Storage, model: str) -> LayerState | None:
+    """The images the search index of ``model`` holds; None when there is no index."""
+    from fer_platform.core.search import IDS_FILE, index_dir
+
+    key = f"{index_dir(model)}/{IDS_FILE}"
+    entries, _missing = lake.stat_many([key])
+    if not entries:
+        return None
+    return _file_state(lake, entries[0], None)
+
+
+# --------------------------------------------------------------------------- the audit
+@dataclass(frozen=True)
+class Disagreement:
+    partition: Partition | None  # None: the search index
+    layer: str
+    expected: int
+    found: int | None  # None: the layer (or the whole table) is missing
+
+    def line(self) -> str:
+        where = f"{self.partition[0]}|{self.partition[1].isoformat()}" if self.partition else "search index"
+        truth = "the load log" if self.partition else "silver"
+        if self.found is None:
+            return f"{where}: {self.layer} is missing ({truth} has {self.expected} images)"
+        if self.found == self.expected:
+            return f"{where}: {self.layer} holds {self.found} images but not the same ones as {truth}"
+        return f"{where}: {self.layer} holds {self.found} images, {truth} {self.expected}"
+
+
+@dataclass
+class Audit:
+    model: str
+    disagreements: list[Disagreement] = field(default_factory=list)
+    partitions_checked: int = 0
+    silver: LayerState = EMPTY  # every silver image of the model
+
+    @property
+    def ok(self) -> bool:
+        return not self.disagreements
+
+    @property
+    def partitions(self) -> list[Partition]:
+        """Partitions to re-materialise (every layer of a partition is rebuilt from the load log)."""
+        return sorted({d.partition for d in self.disagreements if d.partition is not None})
+
+    @property
+    def index_stale(self) -> bool:
+        return any(d.partition is None for d in self.disagreements)
+
+    def lines(self) -> list[str]:
+        return [d.line() for d in self.disagreements]
+
+
+def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Partition] = ()) -> Audit:
+    """Every partition whose layers do not hold exactly the load log's loaded images, and whether the
+    index holds exactly silver. ``skip``: partitions a run is writing now (their layers may
+    legitimately differ until it ends)."""
+    truth = ledger_state(conn)
+    pg = postgres_state(conn, model)
+    layers = {
+        "raw manifest": lake_state(lake, RAW_MANIFEST),
+        "bronze": lake_state(lake, BRONZE_IMAGES),
+        "postgres": pg if pg is not None else {},
+        "silver": lake_state(lake, SILVER_EMBEDDINGS, model),
+    }
+    out = Audit(model)
+    busy = set(skip)
+    every = set(truth).union(*layers.values())
+    out.partitions_checked = len(every)
+    for part in sorted(every):
+        if part in busy:
+            continue
+        want = truth.get(part, EMPTY)
+        for layer, states in layers.items():
+            have = states.get(part)
+            if have == want or (have is None and want == EMPTY):
+                continue
+            missing = have is None or (layer == "postgres" and pg is None)
+            out.disagreements.append(Disagreement(part, layer, want.rows, None if missing else have.rows))
+    silver = layers["silver"]
+    out.silver = whole = sum(silver.values(), EMPTY)
+    if not busy.intersection(silver) and not busy.intersection(truth):
+        indexed = index_state(lake, model)
+        if (indexed or EMPTY) != whole or (indexed is None and silver):
+            out.disagreements.append(
+                Disagreement(None, "the search index", whole.rows, None if indexed is None else indexed.rows)
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- a lost checkpoint
+def restore_load_log(conn: psycopg.Connection, lake: Storage, lock: bool = True) -> int:
+    """Put back the load log's ``loaded`` rows that the lake's raw manifests hold and the load log
+    lost; returns how many. Content that the load log has loaded elsewhere is left alone (the
+    content hash is the identity: that partition's stale layers are then repaired by the audit)."""
+    from fer_platform.core import ledger
+
+    manifests = lake_state(lake, RAW_MANIFEST)
+    if not manifests:
+        return 0
+    truth = ledger_state(conn)
+    short = [p for p, s in manifests.items() if s != truth.get(p, EMPTY) and s.rows > 0]
+    if not short:
+        return 0
+    restored = 0
+    with conn.transaction():
+        if lock:
+            ledger.lock(conn)
+        for emotion, load_date in sorted(short):
+            key = f"{RAW_MANIFEST}/emotion={emotion}/load_date={load_date.isoformat()}/part-0.parquet"
+            try:
+                table = pq.read_table(io.BytesIO(lake.read_bytes(key)))
+            except FileNotFoundError:
+                continue
+            rows = table.to_pylist()
+            loaded = ledger.loaded_shas(conn, [r["image_id"] for r in rows])
+            lost = [r for r in rows if r["image_id"] not in loaded]
+            restored += ledger.restore(conn, emotion, load_date, lost)
+    return restored
+
