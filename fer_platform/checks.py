@@ -159,14 +159,26 @@ def gold_summary_counts_silver(
     asset=raw_images,
     name="landing_reconciled",
     description="A full re-listing of the landing zone against the load log and the lake (the auto-loader's "
-    "periodic backfill, made visible): every landing file is in the load log, every loaded file is in the lake. "
-    "Run weekly by the reconcile job.",
+    "periodic backfill, made visible): every landing file is in the load log (files still settling or carried by "
+    "an unfinished run are not judged), every loaded file is in the lake, every partition's layers hold exactly "
+    "the load log's images; temporary files of killed writes are removed and reported. Run weekly by the "
+    "reconcile job (weekly_reconcile), or on demand; never inside ingest runs.",
 )
 def landing_reconciled(
-    landing: LandingResource, lake: LakeResource, postgres: PostgresResource, auto_loader: AutoLoaderResource
+    context: dg.AssetCheckExecutionContext,
+    landing: LandingResource,
+    lake: LakeResource,
+    postgres: PostgresResource,
+    auto_loader: AutoLoaderResource,
+    embedder: EmbedderResource,
 ) -> dg.AssetCheckResult:
+    from fer_platform.automation.convergence import busy_partitions
+    from fer_platform.automation.sensors import runs_state
+
     settle_us = int(auto_loader.settings().settle_seconds * 1e6)
-    r = reconcile(landing.storage(), lake.storage(), postgres.get_dsn(), time.time_ns() // 1000 - settle_us)
+    in_flight, _ = runs_state(context.instance, unfinished_only=True)
+    r = reconcile(landing.storage(), lake.storage(), postgres.get_dsn(), time.time_ns() // 1000 - settle_us,
+                  in_flight=in_flight, model=embedder.model_id(), busy=busy_partitions(context.instance))  # fmt: skip
     problems = []
     if r.never_loaded:
         problems.append(f"{len(r.never_loaded)} landing file(s) never loaded, e.g. {r.never_loaded[0]} (the "
@@ -174,6 +186,12 @@ def landing_reconciled(
                         "failed runs and re-execute one once the cause is fixed)")  # fmt: skip
     if r.missing_in_lake:
         problems.append(f"{len(r.missing_in_lake)} loaded file(s) missing from the lake, e.g. {r.missing_in_lake[0]}")
+    if r.disagreements:
+        problems.append(f"{len(r.disagreements)} layer(s) disagree with the load log, e.g. {r.disagreements[0]} (the "
+                        "landing_sensor re-materialises them, or run the demo)")  # fmt: skip
+    if r.temp_files_removed:
+        context.log.warning(f"removed {len(r.temp_files_removed)} temporary file(s) of killed writes, e.g. "
+                            f"{r.temp_files_removed[0]}")  # fmt: skip
     return dg.AssetCheckResult(
         passed=r.ok,
         severity=dg.AssetCheckSeverity.WARN,
@@ -184,6 +202,14 @@ def landing_reconciled(
             "never_loaded": len(r.never_loaded),
             "missing_in_lake": len(r.missing_in_lake),
             "not_yet_settled": r.recent,
+            "in_runs_not_finished": r.in_flight,
+            "layer_disagreements": dg.MetadataValue.md(
+                markdown_table([{"disagreement": d} for d in r.disagreements], ["disagreement"])
+            ),
+            "temp_files_removed": dg.MetadataValue.md(
+                markdown_table([{"path": p} for p in r.temp_files_removed], ["path"])
+            ),
+            "temp_files_in_use": len(r.temp_files_in_use),
             "never_loaded_files": dg.MetadataValue.md(markdown_table([{"key": k} for k in r.never_loaded], ["key"])),
             "missing_lake_files": dg.MetadataValue.md(
                 markdown_table([{"lake_path": p} for p in r.missing_in_lake], ["lake_path"])
@@ -232,3 +258,6 @@ ALL_CHECKS = [
     bronze_images_valid, image_embeddings_complete, silver_matches_postgres, search_index_recall,
     gold_summary_counts_silver, landing_reconciled, emotion_model_beats_untuned,
 ]  # fmt: skip
+# The checks that run in the runs that write their assets; landing_reconciled judges the whole landing zone and
+# every layer, so it runs in the reconcile job only (inside an ingest run, the layers after raw are not written yet).
+RUN_CHECKS = [c for c in ALL_CHECKS if c is not landing_reconciled]

@@ -4,10 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
+from fer_platform.automation.convergence import audit_layers, repair_requests
 from fer_platform.automation.jobs import ingest_job, reconcile_job
 from fer_platform.automation.sensors import default_status
-from fer_platform.core.layout import EMOTIONS
+from fer_platform.core import convergence
 from fer_platform.partitions import partition_key
+from fer_platform.resources import AutoLoaderResource, EmbedderResource, LakeResource, PostgresResource
 
 
 def _status() -> dg.DefaultScheduleStatus:
@@ -16,18 +18,43 @@ def _status() -> dg.DefaultScheduleStatus:
 
 @dg.schedule(
     name="daily_refresh",
-    job=ingest_job,
+    job_name=ingest_job.name,
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
     default_status=_status(),
-    description="02:00 UTC: refreshes the previous day's partitions (one run per emotion) from the load log: "
-    "bronze, vectors and silver re-derived; nothing is re-embedded or loaded twice.",
+    description="02:00 UTC: re-derives from the load log the previous day's partitions that hold images (one run "
+    "per emotion; nothing is re-embedded or loaded twice), and every partition of any day whose layers disagree "
+    "with the load log (and the index, when it does not hold exactly silver).",
 )
-def daily_refresh(context: dg.ScheduleEvaluationContext):
+def daily_refresh(
+    context: dg.ScheduleEvaluationContext,
+    postgres: PostgresResource,
+    lake: LakeResource,
+    embedder: EmbedderResource,
+    auto_loader: AutoLoaderResource,
+):
     day = context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)
-    for emotion in EMOTIONS:
+    with postgres.connect() as conn:
+        _, audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())
+        loaded = convergence.ledger_state(conn)
+    requests, given_up = repair_requests(context.instance, audit, auto_loader.settings().max_attempts, "daily_refresh")
+    # a schedule targets one job: the index follows silver (publish_automation), the landing sensor rebuilds a lost one
+    requests = [r for r in requests if r.job_name == ingest_job.name]
+    for line in audit.lines()[:20]:
+        context.log.warning(f"layers disagree: {line}")
+    if given_up:
+        context.log.warning(f"repairs failed too often, left to a person: {', '.join(given_up)}")
+    repaired = {r.partition_key for r in requests}
+    for emotion, _day in sorted(p for p in loaded if p[1] == day):
         key = partition_key(emotion, day)
-        yield dg.RunRequest(run_key=f"daily_refresh|{key}", partition_key=key, tags={"fer/trigger": "daily_refresh"})
+        if key not in repaired:
+            requests.append(dg.RunRequest(
+                run_key=f"daily_refresh|{key}", job_name=ingest_job.name, partition_key=key,
+                tags={"fer/trigger": "daily_refresh"}, run_config={"ops": {"raw_images": {"config": {"files": []}}}},
+            ))  # fmt: skip
+    if not requests:
+        return dg.SkipReason(f"nothing loaded on {day.isoformat()} and every layer agrees with the load log")
+    return requests
 
 
 weekly_reconcile = dg.ScheduleDefinition(

@@ -46,10 +46,14 @@ def files_of(run_config: dict) -> list[str]:
     return list(op.get("config", {}).get("files") or [])
 
 
-def runs_state(instance: dg.DagsterInstance, history: int = 1000) -> tuple[set[str], dict[str, Attempts]]:
+def runs_state(instance: dg.DagsterInstance, history: int = 1000, unfinished_only: bool = False) -> tuple[
+    set[str], dict[str, Attempts]
+]:  # fmt: skip
     """(keys carried by the sensor's unfinished runs, failed attempts per key from its last failed runs)."""
     in_flight = {k for run in instance.get_runs(dg.RunsFilter(tags=TRIGGER, statuses=UNFINISHED))
                  for k in files_of(run.run_config)}  # fmt: skip
+    if unfinished_only:
+        return in_flight, {}
     attempts: dict[str, Attempts] = {}
     for record in instance.get_run_records(dg.RunsFilter(tags=TRIGGER, statuses=FAILED), limit=history):
         end_us = int((record.end_time or record.update_timestamp.timestamp()) * 1_000_000)

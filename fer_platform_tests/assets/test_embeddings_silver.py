@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from fer_platform.automation.jobs import INGEST_ASSETS
-from fer_platform.checks import ALL_CHECKS
+from fer_platform.checks import RUN_CHECKS
 from fer_platform.core.db import connect
 from fer_platform.core.vectors import arrow_to_vectors
 from fer_platform.partitions import partition_key, utc_today
@@ -20,7 +20,7 @@ MODEL = "resnet18-random-s0-fidelity"
 def _run(resources, emotion, force=False):
     run_config = {"ops": {"image_embeddings": {"config": {"force": True}}}} if force else None
     result = dg.materialize(
-        [*INGEST_ASSETS, *ALL_CHECKS], partition_key=partition_key(emotion, utc_today()),
+        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key(emotion, utc_today()),
         resources=resources, run_config=run_config,
     )  # fmt: skip
     assert result.success
@@ -109,7 +109,7 @@ def test_checks_fail_when_postgres_and_silver_disagree(resources, two_partitions
     from fer_platform.checks import image_embeddings_complete
 
     result = dg.materialize(
-        [*INGEST_ASSETS, *ALL_CHECKS], partition_key=partition_key("happy", utc_today()), resources=resources,
+        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("happy", utc_today()), resources=resources,
         # a check-only selection has no partitioned asset to take the partition from: add bronze
         selection=dg.AssetSelection.checks(image_embeddings_complete) | dg.AssetSelection.assets("bronze_images"),
         raise_on_error=False,
@@ -130,7 +130,7 @@ def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn
             "SELECT filepath, emotion, vector, 'extra', split, load_date, model FROM imagenes_fer LIMIT 1"
         )
     result = dg.materialize(
-        [*INGEST_ASSETS, *ALL_CHECKS], partition_key=partition_key("sad", utc_today()), resources=resources,
+        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("sad", utc_today()), resources=resources,
         selection=dg.AssetSelection.checks(silver_matches_postgres) | dg.AssetSelection.assets("bronze_images"),
         raise_on_error=False,
     )  # fmt: skip

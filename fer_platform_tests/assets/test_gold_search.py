@@ -18,7 +18,7 @@ from PIL import Image
 
 from fer_platform import cli
 from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS
-from fer_platform.checks import ALL_CHECKS
+from fer_platform.checks import RUN_CHECKS
 from fer_platform.core import db, search, sheet
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.storage import Storage
@@ -26,7 +26,7 @@ from fer_platform.partitions import partition_key, utc_today
 from fer_platform_tests.helpers import encoded, face, folder_resources, put
 
 MODEL = "resnet18-random-s0-fidelity"
-EVERYTHING = [*INGEST_ASSETS, *PUBLISH_ASSETS, *ALL_CHECKS]
+EVERYTHING = [*INGEST_ASSETS, *PUBLISH_ASSETS, *RUN_CHECKS]
 
 
 def make_resources(dsn, lake, landing):

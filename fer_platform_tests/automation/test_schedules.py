@@ -6,25 +6,49 @@ import time
 
 import dagster as dg
 
+from fer_platform.assets.search import search_index
 from fer_platform.automation.jobs import INGEST_ASSETS, reconcile_job
 from fer_platform.automation.schedules import daily_refresh, weekly_reconcile
-from fer_platform.checks import ALL_CHECKS
-from fer_platform.core.layout import EMOTIONS
 from fer_platform.definitions import build_definitions
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import AutoLoaderResource
 from fer_platform_tests.helpers import face, put
 
 
-def test_daily_refresh_requests_yesterdays_partitions_one_per_emotion():
-    tick = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.timezone.utc)
-    requests = list(daily_refresh(dg.build_schedule_context(scheduled_execution_time=tick)))
-    assert [r.partition_key for r in requests] == [partition_key(e, "2026-11-27") for e in EMOTIONS]
-    assert len({r.run_key for r in requests}) == 7
-    # a tick just after midnight in another zone is still judged in UTC
-    late = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
-    assert {r.partition_key.keys_by_dimension["load_date"] for r in daily_refresh(
-        dg.build_schedule_context(scheduled_execution_time=late))} == {"2026-11-30"}  # fmt: skip
+def _load(resources, landing, emotion, day, n):
+    keys = [f"train/{emotion}/{i}.png" for i in range(n)]
+    for i, key in enumerate(keys):
+        put(landing, key, face(emotion, i))
+    assert dg.materialize(INGEST_ASSETS, partition_key=partition_key(emotion, day), resources=resources,
+                          run_config={"ops": {"raw_images": {"config": {"files": keys}}}}).success  # fmt: skip
+
+
+def test_daily_refresh_rederives_yesterdays_loaded_partitions_and_repairs_any_day(resources, landing, lake):
+    today = utc_today()
+    yesterday = today - dt.timedelta(days=1)
+    _load(resources, landing, "happy", yesterday, 2)
+    _load(resources, landing, "sad", yesterday, 1)
+
+    def tick(at: dt.datetime):
+        with dg.instance_for_test() as instance, dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=at, resources=resources
+        ) as context:
+            return daily_refresh(context)
+
+    # 02:00 UTC today (a tick just after midnight in another zone is judged in UTC): only the emotions loaded
+    at = dt.datetime.combine(today, dt.time(3, 0), tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    requests = tick(at)
+    assert [r.partition_key for r in requests] == [partition_key("happy", yesterday), partition_key("sad", yesterday)]
+    assert all(r.run_config["ops"]["raw_images"]["config"]["files"] == [] for r in requests)
+    assert len({r.run_key for r in requests}) == 2 and not any("fer/repair" in r.tags for r in requests)
+    # a day with nothing loaded and every layer in agreement: no run at all
+    skipped = tick(at - dt.timedelta(days=1))
+    assert isinstance(skipped, dg.SkipReason) and "every layer agrees" in skipped.skip_message
+    # a deleted silver partition of any day is repaired by the next tick, even a day with nothing new
+    for f in (lake / f"silver/embeddings/emotion=sad/load_date={yesterday}").iterdir():
+        f.unlink()
+    (repair,) = tick(at - dt.timedelta(days=1))
+    assert repair.partition_key == partition_key("sad", yesterday) and repair.tags["fer/repair"] == "true"
     assert daily_refresh.cron_schedule == "0 2 * * *" and daily_refresh.execution_timezone == "UTC"
     assert weekly_reconcile.cron_schedule == "0 3 * * 0" and weekly_reconcile.job_name == "reconcile"
 
@@ -33,8 +57,9 @@ def test_reconcile_reports_never_loaded_files_and_lake_files_gone(resources, lan
     hour_ago = time.time() - 3600
     for i in range(3):
         os.utime(put(landing, f"train/happy/{i}.png", face("happy", i)), (hour_ago, hour_ago))
-    assert dg.materialize([*INGEST_ASSETS, *ALL_CHECKS], partition_key=partition_key("happy", utc_today()),
-                          resources=resources, selection=dg.AssetSelection.assets("raw_images")).success  # fmt: skip
+    assert dg.materialize(INGEST_ASSETS, partition_key=partition_key("happy", utc_today()),
+                          resources=resources).success  # fmt: skip
+    assert dg.materialize([search_index], resources=resources).success
     res = {**resources, "auto_loader": AutoLoaderResource(settle_seconds=1)}
     defs = build_definitions(res)
     ok = defs.resolve_job_def("reconcile").execute_in_process()

@@ -13,7 +13,7 @@ from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core.ingest import ingest
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources import AutoLoaderResource, LandingResource, PostgresResource
+from fer_platform.resources import AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource
 from fer_platform_tests.helpers import face, put
 
 T0 = float(int(time.time()) - 3600)  # files written an hour ago (whole seconds: exact in ns and us): settled
@@ -23,8 +23,12 @@ def land(landing, key, data, at):
     os.utime(put(landing, key, data), (at, at))
 
 
-def tick(landing, pg_dsn, cursor=None, instance=None, **settings):
+def tick(landing, pg_dsn, cursor=None, instance=None, lake=None, repairs=False, **settings):
+    """One tick's (file requests, cursor, skip reason). The runs these tests simulate write only the load
+    log (``load``), so every layer after it disagrees: the repair requests that follows are left out here
+    unless ``repairs`` (the tests of repairs below run the real runs)."""
     settings.setdefault("settle_seconds", 5)
+    lake_res = LakeResource(url=str(lake or landing.parent / "lake"))
     with dg.build_sensor_context(
         instance=instance or dg.DagsterInstance.ephemeral(),
         cursor=cursor,
@@ -32,11 +36,14 @@ def tick(landing, pg_dsn, cursor=None, instance=None, **settings):
             "landing": LandingResource(url=str(landing)),
             "postgres": PostgresResource(dsn=pg_dsn),
             "auto_loader": AutoLoaderResource(**settings),
+            "lake": lake_res,
+            "embedder": EmbedderResource(weights="random", lake=lake_res),
         },
     ) as context:
         result = landing_sensor(context)
     skip = result.skip_reason.skip_message if result.skip_reason else None
-    return result.run_requests or [], result.cursor, skip
+    requests = [r for r in result.run_requests or [] if repairs or "fer/repair" not in r.tags]
+    return requests, result.cursor, skip
 
 
 def files_of(request):

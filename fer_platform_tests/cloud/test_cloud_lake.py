@@ -11,7 +11,7 @@ import pytest
 
 from fer_platform.assets.search import search_index
 from fer_platform.automation.jobs import INGEST_ASSETS
-from fer_platform.checks import ALL_CHECKS
+from fer_platform.checks import RUN_CHECKS
 from fer_platform.core.db import connect
 from fer_platform.core.ingest import ingest, pending_files
 from fer_platform.core.vectors import arrow_to_vectors
@@ -28,7 +28,7 @@ FILES = {
 
 def _materialize(resources, selection=None, partition=None):
     result = dg.materialize(
-        [*INGEST_ASSETS, search_index, *ALL_CHECKS], resources=resources, partition_key=partition,
+        [*INGEST_ASSETS, search_index, *RUN_CHECKS], resources=resources, partition_key=partition,
         selection=selection,
     )  # fmt: skip
     assert result.success
