@@ -1,8 +1,9 @@
 """End to end with the real Dagster daemon and webserver (`fer-platform dev`) on the embedded PostgreSQL:
 a bulk load of an initial folder, then files dropped into the landing zone in three bursts (one while
 a run is in progress); every file must be loaded exactly once into PostgreSQL and silver, gold and the
-index must follow by declarative automation, and the webserver must see the same. Every process
-started is stopped.
+index must follow by declarative automation, and the webserver must see the same. Then a fourth burst's
+run worker is SIGKILLed while the landing sensor drives: the run must end as failed (run monitoring), and
+every layer must converge again without anyone clicking. Every process started is stopped.
 """
 
 import json
@@ -78,6 +79,7 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
     env = dict(
         os.environ, FER_HOME=str(home), FER_LANDING=str(landing), FER_SENSOR_INTERVAL="2",
         FER_AUTOMATION_INTERVAL="5", FER_SETTLE_SECONDS="1", FER_EMBED_WEIGHTS="random", PYTHONUNBUFFERED="1",
+        FER_RETRY_AFTER_SECONDS="5",
     )  # fmt: skip
     cli = [sys.executable, "-m", "fer_platform.cli", "--home", str(home)]
     written = {}  # landing key -> bytes of its latest version
@@ -134,11 +136,30 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         silver = ds.dataset(home / "lake/silver/embeddings", partitioning="hive").to_table(columns=["image_id"])
         assert silver.num_rows == loaded and len(set(silver["image_id"].to_pylist())) == loaded
 
-        runs = [r for r in _runs(port) if r["endTime"]]
+        # burst 4: its run's worker is killed (SIGKILL) while it runs; nobody clicks anything afterwards
+        for i in range(4):
+            drop(f"train/angry/b4_{i}.png", face("angry", 300 + i))
+        versions += 4
+        killed_run, pid = _wait("the burst's run worker", lambda: _worker_of_started_run(home, port), 120, proc)
+        os.kill(pid, signal.SIGKILL)
+        _wait("the killed run marked failed by run monitoring",
+              lambda: _run_status(port, killed_run) == "FAILURE", 180, proc)  # fmt: skip
+        _wait("every layer converged after the kill", settled, 300, proc)
+        _wait("the layers agree", lambda: _layers_agree(home), 120, proc)
+        family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        with db.connect(dsn) as conn:
+            after = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s",
+                                 (MODEL,)).fetchone()  # fmt: skip
+        assert after == (loaded + 4, loaded + 4)
+        silver = ds.dataset(home / "lake/silver/embeddings", partitioning="hive").to_table(columns=["image_id"])
+        assert silver.num_rows == loaded + 4 and len(set(silver["image_id"].to_pylist())) == loaded + 4
+
+        runs = [r for r in _runs(port) if r["endTime"] and r["runId"] != killed_run]
         bulk_runs = [r for r in runs if {"key": "fer/bulk", "value": "true"} in r["tags"]]
         assert bulk_runs and _max_overlap(bulk_runs) <= 1  # the bulk load's runs queue one at a time
         assert _max_overlap(runs) <= 2  # the run queue's limit
-        assert all(r["status"] == "SUCCESS" for r in runs), [(r["jobName"], r["status"]) for r in runs]
+        assert all(r["status"] == "SUCCESS" for r in runs), [(r["jobName"], r["status"], r["runId"]) for r in runs
+                                                             if r["status"] != "SUCCESS"]  # fmt: skip
         assert any(r["jobName"] == "ingest_images" for r in runs)  # the sensor's runs
 
         # the UI sees the same: the latest materialisations of silver's partitions and of the index
@@ -156,6 +177,36 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
     time.sleep(1)
     alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"left behind: {alive}"
+
+
+def _worker_of_started_run(home, port):
+    """(run id, worker pid) of a STARTED ingest run, from its "Started process for run (pid: N)" event."""
+    import re
+
+    import dagster as dg
+
+    started = [r for r in _runs(port, ["STARTED"]) if r["jobName"] == "ingest_images"]
+    if not started:
+        return None
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        for entry in instance.all_logs(started[0]["runId"]):
+            m = re.match(r"Started process for run \(pid: (\d+)\)", entry.message or "")
+            if m:
+                return started[0]["runId"], int(m.group(1))
+    return None
+
+
+def _run_status(port, run_id):
+    return next((r["status"] for r in _runs(port) if r["runId"] == run_id), None)
+
+
+def _layers_agree(home) -> bool:
+    from fer_platform.core import convergence
+    from fer_platform.core.storage import Storage
+
+    dsn = db.embedded_status(home / "postgres")["dsn"]
+    with db.connect(dsn) as conn:
+        return convergence.audit(conn, Storage(str(home / "lake")), MODEL).ok
 
 
 def _ready(port) -> bool:

@@ -199,3 +199,18 @@ def test_a_k_beyond_pgvectors_ef_search_limit_returns_every_image(loaded):
     for backend in search.BACKENDS:
         result = search.find_similar(lake, spec, image_id=image_id, k=1500, backend=backend, dsn=loaded["dsn"])
         assert len(result["hits"]) == 20, backend  # every other loaded image
+
+
+def test_gold_and_the_index_over_no_silver_are_empty_not_a_traceback(resources, lake):
+    """Nothing loaded yet (an empty landing), or silver deleted: every gold table and the index are empty,
+    and their checks pass."""
+    result = publish(resources, raise_on_error=False)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    for asset in PUBLISH_ASSETS:
+        (mat,) = result.asset_materializations_for_node(asset.key.path[-1])
+        assert mat is not None
+    index = search.load_index(Storage(str(lake)), MODEL)
+    assert index.size == 0
+    gold = pq.read_table(lake / "gold/emotion_summary.parquet")
+    assert gold.num_rows == 0 or sum(gold["images"].to_pylist()) == 0
+    assert all(e.passed for e in result.get_asset_check_evaluations())
