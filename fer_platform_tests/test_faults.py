@@ -232,3 +232,22 @@ def test_two_demos_started_together_on_a_fresh_home_both_succeed(tmp_path):
         assert_converged(home, landing)
     finally:
         cli(home, "db", "stop")
+
+
+def test_what_the_demo_cannot_repair_is_told_one_line_per_layer_and_exit_1(loaded):
+    """A partition whose repair fails (its vectors deleted and a raw lake copy lost, so bronze cannot be
+    rebuilt): the demo says which layer disagrees, one line each, and exits 1. (Last: it leaves the home broken.)"""
+    home, landing = loaded
+    dsn = db.embedded_status(home / "postgres")["dsn"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM imagenes_fer WHERE emotion = 'disgust'")
+    victim = next((home / "lake/raw/images/fer2013/train/disgust").glob("*.png"))
+    victim.unlink()
+    out = demo(home, landing, check=False)
+    assert out.returncode == 1
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("disagreement: ")]
+    assert lines and all(ln.startswith("disagreement: disgust|") for ln in lines), out.stderr[-3000:]
+    assert any("postgres holds 0 images, the load log" in ln for ln in lines), lines
+    summary = json.loads(out.stdout)
+    assert summary["disagreements"] == [ln.removeprefix("disagreement: ") for ln in lines]
+    assert [r["partition"].split("|")[0] for r in summary["failed_runs"]] == ["disgust"]

@@ -209,8 +209,9 @@ def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Pa
             have = states.get(part)
             if have == want or (have is None and want == EMPTY):
                 continue
-            missing = have is None or (layer == "postgres" and pg is None)
-            out.disagreements.append(Disagreement(part, layer, want.rows, None if missing else have.rows))
+            # a lake partition file that is not there is missing; a partition without rows in an existing table holds 0
+            missing = pg is None if layer == "postgres" else have is None
+            out.disagreements.append(Disagreement(part, layer, want.rows, None if missing else (have or EMPTY).rows))
     silver = layers["silver"]
     out.silver = whole = sum(silver.values(), EMPTY)
     if not busy.intersection(silver) and not busy.intersection(truth):

@@ -147,3 +147,20 @@ def test_a_partition_of_only_broken_files_gives_empty_layers(resources, landing,
     silver = lake / f"silver/embeddings/emotion=surprise/load_date={utc_today()}/part-0.parquet"
     assert silver.exists() and ds.dataset(silver).count_rows() == 0
     assert _pg(pg_dsn) == []
+
+
+def test_silver_materialised_alone_over_lost_vectors_fails_against_the_load_log(resources, two_partitions, pg_dsn):
+    """A UI materialisation of silver alone after the vectors were lost: silver and PostgreSQL agree (both empty),
+    but the check compares with the load log too, so the lost images are not silently published."""
+    _run(resources, "sad")
+    from fer_platform.checks import silver_matches_postgres
+
+    with connect(pg_dsn) as conn:
+        conn.execute("DELETE FROM imagenes_fer")
+    result = dg.materialize(
+        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("sad", utc_today()), resources=resources,
+        selection=dg.AssetSelection.assets("silver_embeddings") | dg.AssetSelection.checks(silver_matches_postgres),
+        raise_on_error=False,
+    )  # fmt: skip
+    ev = {c.check_name: c for c in result.get_asset_check_evaluations()}["silver_matches_postgres"]
+    assert not ev.passed and "does not hold the load log's 3 loaded images" in ev.description

@@ -82,6 +82,39 @@ def test_reconcile_reports_never_loaded_files_and_lake_files_gone(resources, lan
     assert "1 landing file(s) never loaded" in ev.description and reconcile_job.name == "reconcile"
 
 
+def test_reconcile_judges_no_file_a_run_carries_reports_layers_and_removes_temp_files(resources, landing, lake):
+    """No false positives: a file carried by an unfinished (queued, running) run of the sensor is not "never loaded". A layer
+    that disagrees with the load log is reported; a temporary file a killed write left is removed and reported
+    (one of a live writer is left alone)."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from fer_platform.automation.sensors import TRIGGER
+
+    hour_ago = time.time() - 3600
+    os.utime(put(landing, "train/happy/0.png", face("happy", 0)), (hour_ago, hour_ago))
+    assert dg.materialize(INGEST_ASSETS, partition_key=partition_key("happy", utc_today()),
+                          resources=resources).success  # fmt: skip
+    assert dg.materialize([search_index], resources=resources).success
+    os.utime(put(landing, "train/sad/queued.png", face("sad", 1)), (hour_ago, hour_ago))
+    silver = lake / f"silver/embeddings/emotion=happy/load_date={utc_today()}"
+    dead = silver / ".part-0.parquet.999999-0badf00d.tmp"  # pid 999999: no such process
+    dead.write_bytes(b"half a file")
+    live = silver / f".part-0.parquet.{os.getpid()}-0000abcd.tmp"  # this process: a write in progress
+    live.write_bytes(b"being written")
+    (lake / f"bronze/images/emotion=happy/load_date={utc_today()}/part-0.parquet").unlink()
+    defs = build_definitions({**resources, "auto_loader": AutoLoaderResource(settle_seconds=1)})
+    with dg.instance_for_test() as instance:
+        create_run_for_test(instance, job_name="ingest_images", status=dg.DagsterRunStatus.STARTED, tags=TRIGGER,
+                            run_config={"ops": {"raw_images": {"config": {"files": ["train/sad/queued.png"]}}}})
+        result = defs.resolve_job_def("reconcile").execute_in_process(instance=instance)
+    (ev,) = result.get_asset_check_evaluations()
+    assert ev.metadata["never_loaded"].value == 0 and ev.metadata["in_runs_not_finished"].value == 1
+    assert not ev.passed and "bronze is missing" in ev.metadata["layer_disagreements"].value
+    assert "1 layer(s) disagree" in ev.description
+    assert dead.name in ev.metadata["temp_files_removed"].value and not dead.exists()
+    assert live.exists() and ev.metadata["temp_files_in_use"].value == 1
+
+
 def test_a_bulk_run_that_starts_after_midnight_still_takes_its_pending_files(resources, landing, pg_dsn):
     """The bulk load's runs queue one at a time: a run launched yesterday may start today. It takes
     its emotion's pending files whatever its partition's date (an ordinary run of a past partition
