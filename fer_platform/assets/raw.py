@@ -57,6 +57,7 @@ def raw_images(
     report = ingest(
         landing.storage(), lake.storage(), dsn, files, load_date, context.run.run_id, config.on_success,
         progress=lambda done, total: context.log.info(f"ingested {done}/{total} files"),
+        max_bytes=landing.max_file_bytes,
     )  # fmt: skip
     for o in report.quarantined:
         context.log.warning(f"quarantined {o.key}: {o.reason}")

@@ -83,7 +83,8 @@ def quarantine_unroutable(
     storage = landing.storage()
     entries, missing = storage.stat_many(config.files)
     report = ingest(
-        storage, lake.storage(), postgres.get_dsn(), entries, utc_today(), context.run.run_id, config.on_success
+        storage, lake.storage(), postgres.get_dsn(), entries, utc_today(), context.run.run_id, config.on_success,
+        max_bytes=landing.max_file_bytes,
     )
     for o in report.outcomes:
         context.log.warning(f"{o.status} {o.key}: {o.reason}")

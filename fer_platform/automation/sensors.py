@@ -6,7 +6,6 @@ request one ingest run per emotion for today's partition carrying exactly those 
 load log is the checkpoint: a lost cursor reloads nothing. Logic in core/planner.py.
 """
 
-import os
 import time
 import warnings
 
@@ -22,7 +21,7 @@ from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import (
     AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
 )  # fmt: skip
-from fer_platform.resources.environments import automation_on_by_default
+from fer_platform.resources.environments import automation_interval, automation_on_by_default, sensor_interval
 
 
 # AutomationConditionSensorDefinition passes Dagster's own beta `owners` parameter through.
@@ -66,7 +65,7 @@ def runs_state(instance: dg.DagsterInstance, history: int = 1000, unfinished_onl
 @dg.sensor(
     name="landing_sensor",
     jobs=[ingest_job, landing_triage, publish_job],
-    minimum_interval_seconds=int(os.environ.get("FER_SENSOR_INTERVAL", "30")),
+    minimum_interval_seconds=sensor_interval(),
     default_status=default_status(),
     description="Picks up landing files exactly once (auto-loader semantics): one ingest run per emotion for "
     "today's partition with the exact file list; the load log is the checkpoint, the cursor a watermark; files "
@@ -159,6 +158,6 @@ publish_automation = dg.AutomationConditionSensorDefinition(
     "publish_automation",
     target=dg.AssetSelection.assets(*PUBLISH_ASSETS),
     default_status=default_status(),
-    minimum_interval_seconds=int(os.environ.get("FER_AUTOMATION_INTERVAL", "30")),
+    minimum_interval_seconds=automation_interval(),
     description="Declarative automation of gold and the search index (they follow silver).",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -45,9 +46,13 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def validate(data: bytes, name: str, size: tuple[int, int] = EXPECTED_SIZE) -> ImageInfo:
-    """Check that ``data`` (a file called ``name``) is a FER2013 image.
+    """Check that ``data`` (a file called ``name``) is a FER2013 image: one 48x48 grayscale still image,
+    nothing before or after it.
 
-    Raises InvalidImage with a one-line reason otherwise.
+    Raises InvalidImage with a one-line reason otherwise, and nothing else whatever the bytes. Decoding
+    is bounded before it starts: the header's declared size is checked first, so a decompression bomb is
+    refused without decoding it; several frames, bytes after the image's end and a second image inside
+    the file are refused.
     """
     ext = posixpath.splitext(name)[1].lower()
     if ext not in IMAGE_EXTENSIONS:
@@ -61,17 +66,94 @@ def validate(data: bytes, name: str, size: tuple[int, int] = EXPECTED_SIZE) -> I
         raise InvalidImage(f"not a PNG or JPEG: content starts with {kind} {head!r}")
     if fmt != _EXT_FORMAT[ext]:
         raise InvalidImage(f"{fmt} content with a {ext} extension")
+    end, declared = _png_layout(data) if fmt == "PNG" else _jpeg_layout(data)
+    if declared is not None and declared != size:  # from the header alone: nothing is decoded
+        raise InvalidImage(f"wrong size {declared[0]}x{declared[1]} (expected {size[0]}x{size[1]})")
+    if end < len(data):
+        raise InvalidImage(f"{len(data) - end} byte(s) after the end of the {fmt} image (a second file appended?)")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            info = ImageInfo(format=fmt, width=im.width, height=im.height, mode=im.mode)
-    except (OSError, SyntaxError, UnidentifiedImageError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the size is judged below, from the header
+            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+                declared = im.size
+                if declared != size:  # from the header alone: nothing is decoded
+                    raise InvalidImage(f"wrong size {declared[0]}x{declared[1]} (expected {size[0]}x{size[1]})")
+                frames = getattr(im, "n_frames", 1)
+                if frames != 1:
+                    raise InvalidImage(f"{frames} frames (animated or multi-page): expected one still image")
+                im.load()
+                info = ImageInfo(format=fmt, width=im.width, height=im.height, mode=im.mode)
+    except (InvalidImage, MemoryError):  # running out of memory is not the file's fault: never hidden
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on hostile bytes is the file's fault
         raise InvalidImage(f"truncated or corrupt {fmt}: {_one_line(exc)}") from None
-    if (info.width, info.height) != size:
-        raise InvalidImage(f"wrong size {info.width}x{info.height} (expected {size[0]}x{size[1]})")
     if info.mode != EXPECTED_MODE:
         raise InvalidImage(f"not single-channel grayscale: mode {info.mode} (expected {EXPECTED_MODE})")
     return info
+
+
+def _png_layout(data: bytes) -> tuple[int, tuple[int, int] | None]:
+    """(offset just after the PNG's IEND chunk, the size IHDR declares). APNG (an acTL chunk) and chunks
+    that run past the end are refused here."""
+    pos, declared = 8, None
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if length > 0x7FFFFFFF or end > len(data):
+            raise InvalidImage(f"truncated or corrupt PNG: chunk {kind!r} runs past the end of the file")
+        if kind == b"IHDR" and length >= 8:
+            declared = (int.from_bytes(data[pos + 8 : pos + 12], "big"), int.from_bytes(data[pos + 12 : pos + 16], "big"))
+        if kind == b"acTL":
+            raise InvalidImage("animated PNG (APNG): expected one still image")
+        if kind == b"IEND":
+            return end, declared
+        pos = end
+    raise InvalidImage("truncated or corrupt PNG: no IEND chunk")
+
+
+def _jpeg_layout(data: bytes) -> tuple[int, tuple[int, int] | None]:
+    """(offset just after the JPEG's EOI marker, the size its frame header declares), walking its segments
+    (and the entropy-coded data of each scan). A second JPEG inside a segment (e.g. an EXIF thumbnail) is
+    refused."""
+    pos, n, declared = 2, len(data), None
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            raise InvalidImage(f"truncated or corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return pos + 2, declared
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > n:
+            raise InvalidImage("truncated or corrupt JPEG: a segment runs past the end of the file")
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker in _JPEG_FRAMES and len(segment) >= 5 and declared is None:
+            declared = (int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big"))
+        if 0xE0 <= marker <= 0xEF and b"\xff\xd8\xff" in segment:
+            raise InvalidImage("a second image inside the JPEG (e.g. an EXIF thumbnail): expected one image")
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker that is not stuffing or RSTn
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= n:
+                    pos = n
+                    break
+                if data[pos + 1] not in _JPEG_IN_SCAN:
+                    break
+                pos += 2
+    raise InvalidImage("truncated or corrupt JPEG: no end-of-image marker")
+
+
+_JPEG_IN_SCAN = frozenset({0x00, *range(0xD0, 0xD8)})
+_JPEG_FRAMES = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)})  # SOFn
 
 
 def to_png(data: bytes) -> bytes:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fer_platform.core import faults, images, ledger
 from fer_platform.core.db import connect
 from fer_platform.core.layout import LANDING_ARCHIVE, Route, quarantine_path, raw_image_path, route, versioned_name
-from fer_platform.core.storage import FileEntry, Storage
+from fer_platform.core.storage import FileEntry, FileTooLarge, NotARegularFile, Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,10 @@ def ingest(
     run_id: str | None,
     on_success: str = "keep",
     progress: Callable[[int, int], None] | None = None,
+    max_bytes: int | None = None,
 ) -> IngestReport:
-    """Load ``files`` (landing entries) for ``load_date``; see the module docstring for the order."""
+    """Load ``files`` (landing entries) for ``load_date``; see the module docstring for the order. Files
+    larger than ``max_bytes`` are quarantined by their size without being read."""
     if on_success not in ON_SUCCESS:
         raise ValueError(f"on_success must be one of {', '.join(ON_SUCCESS)}, not {on_success!r}")
     report = IngestReport()
@@ -143,7 +146,7 @@ def ingest(
             todo.append((e, r))
     for start in range(0, len(todo), BATCH):
         batch = todo[start : start + BATCH]
-        done = _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report)
+        done = _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_bytes)
         faults.point("ingest.committed")
         _clean_sources(landing, done, on_success, load_date, report)
         if progress:
@@ -151,23 +154,51 @@ def ingest(
     return report
 
 
-def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]]) -> list[_Read]:
+def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]], max_bytes: int | None) -> list[_Read]:
+    """Read and validate a batch. A file's own problem (not a regular file, too large, unreadable, not a
+    valid image) becomes its quarantine reason; a store that cannot be reached fails the run (StorageUnavailable):
+    its files are not at fault and are retried later."""
+    out: list[_Read | None] = [None] * len(batch)
+    todo = []
+    for i, (entry, r) in enumerate(batch):
+        if entry.kind != "file":  # never opened: a link's target may be anything outside the landing zone
+            out[i] = _Read(entry, r, None, None, f"not a regular file: {entry.kind} (not followed, never read)")
+        elif max_bytes is not None and entry.size > max_bytes:
+            out[i] = _Read(entry, r, None, None, f"too large: {entry.size} bytes (the cap is {max_bytes} bytes, "
+                                                 "FER_MAX_FILE_BYTES); not read")  # fmt: skip
+        else:
+            todo.append(i)
+    keys = [batch[i][0].key for i in todo]
     try:
-        blobs: list[bytes | Exception] = list(landing.read_many([e.key for e, _ in batch]))
+        blobs: list[bytes | Exception] = list(landing.read_many(keys, max_bytes=max_bytes))
     except Exception:  # noqa: BLE001 - fall back to one at a time to find the bad one
         blobs = []
-        for e, _ in batch:
+        for key in keys:
             try:
-                blobs.append(landing.read_bytes(e.key))
+                blobs.append(landing.read_bytes(key, max_bytes))
             except Exception as exc:  # noqa: BLE001
                 blobs.append(exc)
-    out = []
-    for (entry, r), data in zip(batch, blobs):
+    store_checked = False
+    for i, data in zip(todo, blobs):
+        entry, r = batch[i]
+        if isinstance(data, (FileNotFoundError, NotADirectoryError)):
+            if not store_checked:  # one file removed meanwhile, or the whole landing zone gone (unmounted)?
+                _check_store(landing, "landing zone", data)
+                store_checked = True
+            out[i] = _Read(entry, r, None, None, "gone")
+            continue
+        if isinstance(data, NotARegularFile):
+            out[i] = _Read(entry, r, None, None, f"not a regular file: {data} (not followed, never read)")
+            continue
+        if isinstance(data, FileTooLarge):
+            out[i] = _Read(entry, r, None, None, f"too large: {data} (the cap is {max_bytes} bytes, "
+                                                 "FER_MAX_FILE_BYTES); not read")  # fmt: skip
+            continue
         if isinstance(data, Exception):
-            if isinstance(data, FileNotFoundError):
-                out.append(_Read(entry, r, None, None, "gone"))
-                continue
-            out.append(_Read(entry, r, None, None, f"unreadable: {type(data).__name__}: {data}"))
+            if not store_checked:  # the store's fault or the file's?
+                _check_store(landing, "landing zone", data)
+                store_checked = True
+            out[i] = _Read(entry, r, None, None, f"unreadable: {type(data).__name__}: {_one_line(data)}")
             continue
         problem = r.problem
         if problem is None:
@@ -175,14 +206,55 @@ def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]]) -> list[_R
                 images.validate(data, r.name)
             except images.InvalidImage as exc:
                 problem = str(exc)
-        out.append(_Read(entry, r, data, images.sha256(data), problem))
-    return out
+        out[i] = _Read(entry, r, data, images.sha256(data), problem)
+    return [o for o in out if o is not None]
 
 
-def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report) -> list[FileEntry]:
+def _check_store(store: Storage, what: str, cause: BaseException) -> None:
+    """Raise StorageUnavailable (one line) when ``store`` itself cannot be listed: then a file error is the
+    store's, not the file's."""
+    try:
+        if store.local:
+            os.listdir(store.root)
+        else:
+            store.fs.invalidate_cache(store.root)
+            store.fs.ls(store.root)
+    except FileNotFoundError:
+        if store.local:
+            raise StorageUnavailable(f"the {what} {store.url} is gone ({type(cause).__name__}: "
+                                     f"{_one_line(cause)}): nothing was quarantined; its files are retried") from None
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnavailable(f"cannot reach the {what} {store.url}: {type(exc).__name__}: {_one_line(exc)}; "
+                                 "nothing was quarantined, its files are retried") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _copy(lake: Storage, copies: list[tuple[str, bytes]]) -> dict[str, str]:
+    """Write the lake copies; {lake path: reason} of those that could not be written while the lake itself
+    answers (the file's fault, e.g. a name the store refuses). A lake that cannot be reached raises."""
+    try:
+        lake.write_many(copies)
+        return {}
+    except Exception as first:  # noqa: BLE001 - find which, one at a time
+        _check_store(lake, "lake", first)
+    failed = {}
+    for path, data in copies:
+        try:
+            lake.write_bytes(path, data)
+        except Exception as exc:  # noqa: BLE001
+            _check_store(lake, "lake", exc)
+            failed[path] = f"cannot be copied to the lake: {type(exc).__name__}: {_one_line(exc)}"
+    return failed
+
+
+def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_bytes=None) -> list[FileEntry]:
     """Log one batch in one transaction; returns the file versions now in the ledger (this run's and
     those an earlier run logged), whose sources may be cleaned."""
-    reads = _read(landing, batch)
+    reads = _read(landing, batch, max_bytes)
     for r in reads:
         if r.problem == "gone":
             report.missing.append(r.entry.key)
@@ -236,7 +308,12 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report) -> list[
                     )
                 )  # fmt: skip
                 outcomes.append(Outcome(key, status, reason, r.sha256, path, r.entry.size))
-            lake.write_many(copies)
+            failed = _copy(lake, copies)
+            if failed:  # the file's fault (the lake answers): quarantined with the reason, not loaded
+                rows = [replace(row, status="quarantined", reason=failed[row.lake_path], lake_path=None)
+                        if row.lake_path in failed else row for row in rows]  # fmt: skip
+                outcomes = [replace(o, status="quarantined", reason=failed[o.lake_path], lake_path=None)
+                            if o.lake_path in failed else o for o in outcomes]  # fmt: skip
             ledger.insert(conn, rows)
     report.outcomes.extend(outcomes)
     return [r.entry for r in reads]  # every read version is in the ledger now (logged here or before)

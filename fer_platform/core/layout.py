@@ -74,19 +74,40 @@ def route(key: str) -> Route:
     return Route(key, emotion, split, name, problem=problem)
 
 
+# A lake name leaves room for the temporary name of a write (".<name>.<pid>-<8 hex>.tmp", 24 bytes more)
+# within the 255 bytes most filesystems allow in a name; the original name stays in the load log and bronze.
+MAX_LAKE_NAME_BYTES = 200
+
+
+def fit_name(name: str) -> str:
+    """``name``, or when it is longer than MAX_LAKE_NAME_BYTES (UTF-8), its start cut on a character
+    boundary plus a digest of the whole name, with its extension: distinct long names stay distinct."""
+    if len(name.encode()) <= MAX_LAKE_NAME_BYTES:
+        return name
+    import hashlib
+
+    stem, ext = posixpath.splitext(name)
+    ext = ext if len(ext.encode()) <= 16 else ""
+    tag = "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    room = MAX_LAKE_NAME_BYTES - len(tag.encode()) - len(ext.encode())
+    head = stem.encode()[:room].decode("utf-8", errors="ignore")
+    return f"{head}{tag}{ext}"
+
+
 def raw_image_path(split: str | None, emotion: str, name: str) -> str:
-    """Lake path of a loaded image: the landing hierarchy under raw/images/fer2013."""
-    return posixpath.join(RAW_IMAGES, *(p for p in (split, emotion, name) if p))
+    """Lake path of a loaded image: the landing hierarchy under raw/images/fer2013 (the name fitted)."""
+    return posixpath.join(RAW_IMAGES, *(p for p in (split, emotion, fit_name(name)) if p))
 
 
 def versioned_name(name: str, sha256: str) -> str:
     """Name of a new version of a file whose lake path already holds other content."""
-    stem, ext = posixpath.splitext(name)
-    return f"{stem}.{sha256[:12]}{ext}"
+    folder, base = posixpath.split(name)
+    stem, ext = posixpath.splitext(base)
+    return posixpath.join(folder, fit_name(f"{stem}.{sha256[:12]}{ext}"))
 
 
 def quarantine_path(load_date: str, key: str) -> str:
-    return posixpath.join(QUARANTINE, load_date, key)
+    return posixpath.join(QUARANTINE, load_date, *(fit_name(p) for p in key.split("/") if p))
 
 
 def hive_dir(prefix: str, emotion: str, load_date: str) -> str:

@@ -8,9 +8,11 @@ ADLS Gen2 / Blob container prefix.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import posixpath
 import re
+import stat
 import time
 import uuid
 from collections.abc import Iterable
@@ -30,6 +32,7 @@ class FileEntry:
     key: str
     size: int
     modified: dt.datetime  # UTC, microsecond precision
+    kind: str = "file"  # "file" (a regular file), or what else it is: never opened (see special_kind)
 
     @property
     def modified_us(self) -> int:
@@ -54,6 +57,32 @@ class LakeFiles:
 
 class StorageUnavailable(FerError):
     """An object store root that cannot be used (credentials, container/bucket name, network); one line."""
+
+
+class NotARegularFile(OSError):
+    """A landing entry that is a symbolic link, a FIFO, a socket or a device, or that lies under a
+    symbolic link: its target is never opened."""
+
+
+class FileTooLarge(OSError):
+    """A file larger than the size cap: it is not read."""
+
+
+def special_kind(mode: int) -> str:
+    """'file' for a regular file, else what the entry is (from ``os.lstat``: links are not followed)."""
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "special file"
 
 
 def to_us(t: dt.datetime) -> int:
@@ -212,11 +241,12 @@ class Storage:
         if self.local:
             for key in keys:
                 try:
-                    st = os.stat(self.path(key))
-                except FileNotFoundError:
+                    st = os.lstat(self.path(key))  # a link is described, never followed
+                except (FileNotFoundError, NotADirectoryError):
                     missing.append(key)
                     continue
-                found.append(FileEntry(key, st.st_size, _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000)))
+                kind = special_kind(st.st_mode) if self._inside(key) else "path through a symbolic link"
+                found.append(FileEntry(key, st.st_size, _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000), kind))
             return found, missing
         wanted = set(keys)
         parents = {k.rsplit("/", 1)[0] if "/" in k else "" for k in keys}
@@ -230,19 +260,56 @@ class Storage:
             self.fs.invalidate_cache(self.path(key))
         return self.fs.exists(self.path(key))
 
-    # ---- bytes
-    def read_bytes(self, key: str) -> bytes:
-        if self.local:
-            with open(self.path(key), "rb") as f:
-                return f.read()
-        return self.fs.cat_file(self.path(key))
+    def _inside(self, key: str) -> bool:
+        """Whether the folders of ``key`` are real folders under the root (no symbolic link on the way)."""
+        parent = os.path.dirname(self.path(key))
+        return os.path.realpath(parent) == os.path.join(os.path.realpath(self.root), os.path.dirname(key.strip("/"))).rstrip("/")
 
-    def read_many(self, keys: Iterable[str], threads: int = 8) -> list[bytes]:
+    # ---- bytes
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The file's bytes. Locally only a regular file inside the root is opened (a symbolic link, a FIFO, a
+        socket or a device raises NotARegularFile, and its target is never opened); a file larger than
+        ``max_bytes`` raises FileTooLarge without being read whole."""
+        if self.local:
+            return self._read_local(key, max_bytes)
+        path = self.path(key)
+        if max_bytes is None:
+            return self.fs.cat_file(path)
+        data = self.fs.cat_file(path, start=0, end=max_bytes + 1)
+        if len(data) > max_bytes:
+            raise FileTooLarge(f"larger than {max_bytes} bytes")
+        return data
+
+    def _read_local(self, key: str, max_bytes: int | None) -> bytes:
+        if not self._inside(key):
+            raise NotARegularFile("path through a symbolic link")
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.path(key), flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symbolic link
+                raise NotARegularFile("symbolic link") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            kind = special_kind(st.st_mode)
+            if kind != "file":
+                raise NotARegularFile(kind)
+            if max_bytes is None:
+                return f.read()
+            if st.st_size > max_bytes:
+                raise FileTooLarge(f"{st.st_size} bytes")
+            data = f.read(max_bytes + 1)  # it may have grown since
+            if len(data) > max_bytes:
+                raise FileTooLarge(f"more than {max_bytes} bytes")
+            return data
+
+    def read_many(self, keys: Iterable[str], threads: int = 8, max_bytes: int | None = None) -> list[bytes]:
         keys = list(keys)
         if self.local or len(keys) < 2:
-            return [self.read_bytes(k) for k in keys]
+            return [self.read_bytes(k, max_bytes) for k in keys]
         with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(self.read_bytes, keys))
+            return list(pool.map(lambda k: self.read_bytes(k, max_bytes), keys))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self.path(key)
@@ -302,17 +369,20 @@ def _remove_quietly(path: str) -> None:
 
 
 def _walk_local(base: str, root: str) -> Iterable[FileEntry]:
+    """Every entry under ``base`` that is not a real folder, links not followed: regular files, and symbolic
+    links (to files or folders), FIFOs, sockets and devices with their ``kind`` (never opened)."""
     if not os.path.isdir(base):
         return
-    for dirpath, _dirs, files in os.walk(base):
-        for name in files:
+    for dirpath, dirs, files in os.walk(base):  # followlinks=False: a linked folder is listed, not entered
+        for name in (*files, *(d for d in dirs if os.path.islink(os.path.join(dirpath, d)))):
             full = os.path.join(dirpath, name)
             try:
-                st = os.stat(full)
+                st = os.lstat(full)
             except FileNotFoundError:  # removed while listing
                 continue
             modified = _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000)
-            yield FileEntry(os.path.relpath(full, root).replace(os.sep, "/"), st.st_size, modified)
+            key = os.path.relpath(full, root).replace(os.sep, "/")
+            yield FileEntry(key, st.st_size, modified, special_kind(st.st_mode))
 
 
 def _modified(info: dict[str, Any]) -> dt.datetime:

@@ -20,7 +20,9 @@ from fer_platform.io_managers.parquet import LakeIOManager
 from fer_platform.io_managers.pgvector import PgVectorIOManager
 from fer_platform.resources.auto_loader import AutoLoaderResource
 from fer_platform.resources.embedder import EmbedderResource
-from fer_platform.resources.lake import AzureBlobStore, LakeResource, LandingResource, ObjectStore, S3Store
+from fer_platform.resources.lake import (
+    DEFAULT_MAX_FILE_BYTES, AzureBlobStore, LakeResource, LandingResource, ObjectStore, S3Store,
+)  # fmt: skip
 from fer_platform.resources.postgres import PostgresResource
 
 ENVIRONMENTS = ("local", "azure", "aws")
@@ -33,21 +35,61 @@ def environment() -> str:
     return env
 
 
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    """An integer setting; a wrong value fails with one line naming the variable and what it accepts."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise ConfigError(f"{name}={value!r} is not a whole number >= {minimum} (default {default})")
+    return number
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    """A number setting (seconds, ...); a wrong value fails with one line naming the variable."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        number = float(value.strip())
+    except ValueError:
+        number = None
+    if number is None or not number >= minimum or number == float("inf"):
+        raise ConfigError(f"{name}={value!r} is not a number >= {minimum:g} (default {default:g})")
+    return number
+
+
+def sensor_interval() -> int:
+    """Seconds between landing sensor ticks (FER_SENSOR_INTERVAL)."""
+    return env_int("FER_SENSOR_INTERVAL", 30, minimum=1)
+
+
+def automation_interval() -> int:
+    """Seconds between evaluations of the declarative automation (FER_AUTOMATION_INTERVAL)."""
+    return env_int("FER_AUTOMATION_INTERVAL", 30, minimum=1)
+
+
+def max_file_bytes() -> int:
+    """Landing files larger than this are quarantined by their size, unread (FER_MAX_FILE_BYTES)."""
+    return env_int("FER_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, minimum=1)
+
+
 def embedder_from_env(lake: LakeResource | None = None) -> EmbedderResource:
     """The embedding model's settings (the same in every environment); ``lake`` holds the emotion
     models that ``FER_EMBED_WEIGHTS=tuned`` serves."""
-    try:
-        return EmbedderResource(
-            weights=os.environ.get("FER_EMBED_WEIGHTS", "auto"),
-            profile=os.environ.get("FER_EMBED_PROFILE", "fidelity"),
-            device=os.environ.get("FER_EMBED_DEVICE", "auto"),
-            batch_size=int(os.environ.get("FER_EMBED_BATCH_SIZE", "64")),
-            num_threads=int(os.environ.get("FER_EMBED_THREADS", "0")),
-            lake=lake,
-            model_cache=os.environ.get("FER_MODEL_CACHE", ""),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"FER_EMBED_BATCH_SIZE and FER_EMBED_THREADS must be integers ({exc})") from None
+    return EmbedderResource(
+        weights=os.environ.get("FER_EMBED_WEIGHTS", "auto"),
+        profile=os.environ.get("FER_EMBED_PROFILE", "fidelity"),
+        device=os.environ.get("FER_EMBED_DEVICE", "auto"),
+        batch_size=env_int("FER_EMBED_BATCH_SIZE", 64, minimum=1),
+        num_threads=env_int("FER_EMBED_THREADS", 0),
+        lake=lake,
+        model_cache=os.environ.get("FER_MODEL_CACHE", ""),
+    )
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -63,18 +105,14 @@ def _flag(name: str, default: bool) -> bool:
 
 def auto_loader_from_env() -> AutoLoaderResource:
     """The landing sensor's settings (the same in every environment)."""
-    try:
-        return AutoLoaderResource(
-            max_files_per_tick=int(os.environ.get("FER_MAX_FILES_PER_TICK", "1000")),
-            include_existing_files=_flag("FER_INCLUDE_EXISTING_FILES", True),
-            settle_seconds=float(os.environ.get("FER_SETTLE_SECONDS", "5")),
-            on_success=os.environ.get("FER_ON_SUCCESS", "keep"),
-            retry_after_seconds=float(os.environ.get("FER_RETRY_AFTER_SECONDS", "300")),
-            max_attempts=int(os.environ.get("FER_MAX_ATTEMPTS", "3")),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"FER_MAX_FILES_PER_TICK, FER_SETTLE_SECONDS, FER_RETRY_AFTER_SECONDS and FER_MAX_ATTEMPTS "
-                          f"must be numbers ({exc})") from None
+    return AutoLoaderResource(
+        max_files_per_tick=env_int("FER_MAX_FILES_PER_TICK", 1000, minimum=1),
+        include_existing_files=_flag("FER_INCLUDE_EXISTING_FILES", True),
+        settle_seconds=env_float("FER_SETTLE_SECONDS", 5.0),
+        on_success=os.environ.get("FER_ON_SUCCESS", "keep"),
+        retry_after_seconds=env_float("FER_RETRY_AFTER_SECONDS", 300.0),
+        max_attempts=env_int("FER_MAX_ATTEMPTS", 3, minimum=1),
+    )
 
 
 def automation_on_by_default() -> bool:
@@ -99,7 +137,7 @@ def environment_resources(lake_url: str, landing_url: str, postgres: PostgresRes
     lake = LakeResource(url=lake_url, store=store)
     resources = {
         "lake": lake,
-        "landing": LandingResource(url=landing_url, store=store),
+        "landing": LandingResource(url=landing_url, store=store, max_file_bytes=max_file_bytes()),
         "lake_io_manager": LakeIOManager(base_url=lake_url, store=store),
         "postgres": postgres,
         "auto_loader": auto_loader_from_env(),

@@ -71,8 +71,14 @@ class LakeResource(_StorageResource):
     """The data lake root: raw/ bronze/ silver/ gold/ index/ quarantine/ _meta/."""
 
 
+DEFAULT_MAX_FILE_BYTES = 64 * 1024  # a 48x48 grayscale image is 1-3 KB as PNG or JPEG
+
+
 class LandingResource(_StorageResource):
     """The landing zone that new files arrive in, in the FER2013 layout ``[split/]emotion/name``."""
+
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    """Files larger than this are quarantined by their size without being read (FER_MAX_FILE_BYTES)."""
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         super().setup_for_execution(context)

@@ -160,3 +160,20 @@ def test_cloud_environments_provide_every_local_resource(env, base, monkeypatch,
     for name, value in base.items():
         monkeypatch.setenv(name, value)
     assert set(resources_for(env)) == local | {"object_store"}
+
+
+@pytest.mark.parametrize(
+    "var, value, accepts",
+    [
+        ("FER_SENSOR_INTERVAL", "abc", "is not a whole number >= 1 (default 30)"),
+        ("FER_AUTOMATION_INTERVAL", "0", "is not a whole number >= 1 (default 30)"),
+        ("FER_MAX_FILE_BYTES", "1e9", "is not a whole number >= 1 (default 65536)"),
+        ("FER_SETTLE_SECONDS", "soon", "is not a number >= 0 (default 5)"),
+        ("FER_EMBED_BATCH_SIZE", "-1", "is not a whole number >= 1 (default 64)"),
+    ],
+)
+def test_every_setting_is_parsed_in_one_place_with_one_line_naming_it(var, value, accepts):
+    out = _python("import fer_platform.definitions", {var: value})
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"fer_platform.core.errors.ConfigError: {var}={value!r} {accepts}", last

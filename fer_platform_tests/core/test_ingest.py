@@ -204,3 +204,21 @@ def test_unroutable_and_misplaced_files_are_quarantined_with_the_layout_reason(p
     assert "unknown split folder 'validation'" in reasons["validation/happy/b.png"]
     with connect(pg_dsn) as conn:
         assert ledger.status_counts(conn) == {"quarantined": 2}
+
+
+def test_a_landing_zone_that_cannot_be_reached_fails_the_run_and_quarantines_nothing(pg_dsn, landing, lake):
+    """A store failure is not a file's fault: one line, nothing logged, the files are retried later."""
+    import shutil
+
+    from fer_platform.core.storage import StorageUnavailable
+
+    for i in range(3):
+        put(landing, f"train/happy/{i}.png", face("happy", i))
+    store = Storage(str(landing))
+    entries = store.list_files()
+    shutil.rmtree(landing)
+    landing.write_bytes(b"")  # the mount point is now something else: nothing under it can be read
+    with pytest.raises(StorageUnavailable, match="nothing was quarantined"):
+        ingest(store, Storage(str(lake)), pg_dsn, entries, dt.date(2026, 11, 30), "run")
+    with connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM load_log").fetchone()[0] == 0
