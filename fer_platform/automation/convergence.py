@@ -51,14 +51,23 @@ def publish_busy(instance: dg.DagsterInstance) -> bool:
     return bool(instance.get_runs(dg.RunsFilter(statuses=UNFINISHED, job_name="publish_gold_and_index"), limit=1))
 
 
-def failed_repairs(instance: dg.DagsterInstance, history: int = 500) -> dict[str, int]:
-    """Failed repair runs per partition key (``angry|2026-11-30``)."""
-    counts: dict[str, int] = {}
-    for run in instance.get_runs(dg.RunsFilter(tags={REPAIR_TAG: "true"}, statuses=FAILED), limit=history):
+def repair_history(instance: dg.DagsterInstance, history: int = 1000) -> dict[str, tuple[int, int]]:
+    """Per partition key (``angry|2026-11-30``): (repair runs ever asked for, repairs that failed since the
+    last one that succeeded)."""
+    out: dict[str, tuple[int, int]] = {}
+    streak_open: dict[str, bool] = {}
+    for run in instance.get_runs(dg.RunsFilter(tags={REPAIR_TAG: "true"}), limit=history):  # newest first
         key = run.tags.get("dagster/partition")
-        if key:
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+        if not key:
+            continue
+        total, failed = out.get(key, (0, 0))
+        if streak_open.get(key, True):
+            if run.status in FAILED:
+                failed += 1
+            elif run.status == dg.DagsterRunStatus.SUCCESS:
+                streak_open[key] = False
+        out[key] = (total + 1, failed)
+    return out
 
 
 def audit_layers(instance: dg.DagsterInstance | None, conn, lake, model: str) -> tuple[int, Audit]:
@@ -71,20 +80,23 @@ def audit_layers(instance: dg.DagsterInstance | None, conn, lake, model: str) ->
 def repair_requests(instance: dg.DagsterInstance, audit: Audit, max_attempts: int, trigger: str) -> tuple[
     list[dg.RunRequest], list[str]
 ]:  # fmt: skip
-    """One ingest run per disagreeing partition (with its attempt in the run key, so a failed repair is
-    asked for again, up to ``max_attempts``), and one publish run when the index disagrees with silver
+    """One ingest run per disagreeing partition (a failed repair is asked for again, up to ``max_attempts``
+    failures in a row), and one publish run when the index disagrees with silver
     and nothing will rebuild it otherwise; plus the partitions given up on."""
-    failed = failed_repairs(instance)
+    history = repair_history(instance)
     requests, given_up = [], []
     for emotion, day in audit.partitions:
         key = partition_key(emotion, day)
         text = f"{emotion}|{day.isoformat()}"
-        attempt = failed.get(text, 0) + 1
+        asked, failed = history.get(text, (0, 0))
+        attempt = failed + 1
         if attempt > max_attempts:
             given_up.append(text)
             continue
+        # a new key for each repair of the partition (a disagreement next week is repaired again, not dropped
+        # as a repeated request); a partition with a repair queued or running is busy and never audited
         requests.append(dg.RunRequest(
-            run_key=f"repair|{text}|{attempt}", job_name="ingest_images", partition_key=key,
+            run_key=f"repair|{text}|{asked + 1}", job_name="ingest_images", partition_key=key,
             tags={REPAIR_TAG: "true", "fer/trigger": trigger, "fer/attempt": str(attempt)},
             run_config={"ops": {"raw_images": {"config": {"files": []}}}},
         ))  # fmt: skip

@@ -99,7 +99,8 @@ def _file_state(lake: Storage, entry: FileEntry, model: str | None) -> LayerStat
     if hit is not None:
         return hit
     columns = ["image_id"] + (["model"] if model else [])
-    table = pq.read_table(io.BytesIO(lake.read_bytes(entry.key)), columns=columns)
+    # only these columns' chunks are read (bronze's PNG bytes are not), from a folder or an object store
+    table = pq.read_table(lake.path(entry.key), columns=columns, filesystem=lake.fs)
     ids = table["image_id"].to_pylist()
     if model:
         ids = [i for i, m in zip(ids, table["model"].to_pylist()) if m == model]

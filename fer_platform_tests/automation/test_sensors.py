@@ -225,3 +225,46 @@ def test_a_landing_folder_that_does_not_exist_is_one_clear_error(tmp_path, pg_ds
     cause = info.value.__cause__
     assert "the landing zone" in str(cause) and "nowhere is not a folder" in str(cause)
     assert "\n" not in str(cause)
+
+
+def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(resources, landing, lake, pg_dsn):
+    """A deleted silver partition is asked for again (an empty file list: re-derived from the load log), not while
+    a run writes it, again after a failed repair, and again next time it disagrees (a new run key); a deleted
+    index with every partition in agreement gets a publish run."""
+    from fer_platform.assets.search import search_index
+    from fer_platform.automation.jobs import INGEST_ASSETS
+
+    land(landing, "train/happy/a.png", face("happy", 1), T0)
+    key = partition_key("happy", utc_today())
+    assert dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources,
+                          run_config={"ops": {"raw_images": {"config": {"files": ["train/happy/a.png"]}}}}).success
+    assert dg.materialize([search_index], resources=resources).success
+    silver = lake / f"silver/embeddings/emotion=happy/load_date={utc_today()}/part-0.parquet"
+    with dg.instance_for_test() as instance:
+        cursor = tick(landing, pg_dsn, instance=instance, lake=lake, repairs=True)[1]
+        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []  # everything agrees
+        silver.unlink()
+        (first,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
+        assert first.partition_key == key and first.tags["fer/repair"] == "true" and files_of(first) == []
+        run = create_run_for_test(instance, job_name="ingest_images", run_config=first.run_config,
+                                  tags={**first.tags, "dagster/partition": key},  # as the daemon launches it
+                                  status=dg.DagsterRunStatus.STARTED)  # busy: its partition is not audited
+        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
+        instance.report_run_failed(run)
+        (second,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
+        assert second.run_key != first.run_key and second.tags["fer/attempt"] == "2"
+        repaired = dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources,
+                                  run_config=second.run_config)  # fmt: skip
+        assert repaired.success and silver.exists()
+        create_run_for_test(instance, job_name="ingest_images", tags={**second.tags, "dagster/partition": key},
+                            status=dg.DagsterRunStatus.SUCCESS)  # fmt: skip
+        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
+        silver.unlink()  # the same disagreement, a week later: repaired again, under a new key
+        (third,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
+        assert third.run_key not in (first.run_key, second.run_key) and third.tags["fer/attempt"] == "1"
+        assert dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources, run_config=third.run_config).success
+        import shutil
+
+        shutil.rmtree(lake / "index")
+        (publish,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
+        assert publish.job_name == "publish_gold_and_index" and publish.partition_key is None
