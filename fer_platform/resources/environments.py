@@ -35,32 +35,27 @@ def environment() -> str:
     return env
 
 
-def env_int(name: str, default: int, minimum: int = 0) -> int:
-    """An integer setting; a wrong value fails with one line naming the variable and what it accepts."""
+def _env_number(name: str, default, minimum, parse, what: str):
     value = os.environ.get(name)
     if value is None or not value.strip():
         return default
     try:
-        number = int(value.strip())
+        number = parse(value.strip())
     except ValueError:
         number = None
-    if number is None or number < minimum:
-        raise ConfigError(f"{name}={value!r} is not a whole number >= {minimum} (default {default})")
+    if number is None or not minimum <= number < float("inf"):
+        raise ConfigError(f"{name}={value!r} is not {what} >= {minimum:g} (default {default:g})")
     return number
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    """An integer setting; a wrong value fails with one line naming the variable and what it accepts."""
+    return _env_number(name, default, minimum, int, "a whole number")
 
 
 def env_float(name: str, default: float, minimum: float = 0.0) -> float:
     """A number setting (seconds, ...); a wrong value fails with one line naming the variable."""
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        number = float(value.strip())
-    except ValueError:
-        number = None
-    if number is None or not number >= minimum or number == float("inf"):
-        raise ConfigError(f"{name}={value!r} is not a number >= {minimum:g} (default {default:g})")
-    return number
+    return _env_number(name, default, minimum, float, "a number")
 
 
 def sensor_interval() -> int:
