@@ -35,9 +35,14 @@ def daily_refresh(
 ):
     day = context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)
     with postgres.connect() as conn:
-        _, audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())
+        restored = convergence.restore_load_log(conn, lake.storage())
+        if restored:
+            context.log.warning(f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)")
+        audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())
         loaded = convergence.ledger_state(conn)
-    requests, given_up = repair_requests(context.instance, audit, auto_loader.settings().max_attempts, "daily_refresh")
+    settings = auto_loader.settings()
+    requests, given_up = repair_requests(context.instance, audit, settings.max_attempts, "daily_refresh",
+                                         settings.retry_after_seconds, limit=len(audit.partitions))  # fmt: skip
     # a schedule targets one job: the index follows silver (publish_automation), the landing sensor rebuilds a lost one
     requests = [r for r in requests if r.job_name == ingest_job.name]
     for line in audit.lines()[:20]:

@@ -11,7 +11,7 @@ import warnings
 
 import dagster as dg
 
-from fer_platform.automation.convergence import audit_layers, repair_requests
+from fer_platform.automation.convergence import FAILED, UNFINISHED, audit_layers, repair_requests
 from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage, publish_job
 from fer_platform.core import ledger
 from fer_platform.core.convergence import restore_load_log
@@ -33,9 +33,6 @@ def default_status() -> dg.DefaultSensorStatus:
 
 
 TRIGGER = {"fer/trigger": "landing_sensor"}
-UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
-FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 def files_of(run_config: dict) -> list[str]:
@@ -139,13 +136,14 @@ def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequ
     audit (an unreadable model, a lake hiccup) is logged and never stops the pickup of files."""
     try:
         with connect(dsn) as conn:
-            _, audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())
+            audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())  # restored above
     except Exception as exc:  # noqa: BLE001 - one line; the next tick audits again
         context.log.warning(f"could not audit the layers this tick: {type(exc).__name__}: {str(exc).splitlines()[0]}")
         return []
     if audit.ok:
         return []
-    requests, given_up = repair_requests(context.instance, audit, settings.max_attempts, "landing_sensor")
+    requests, given_up = repair_requests(context.instance, audit, settings.max_attempts, "landing_sensor",
+                                         settings.retry_after_seconds)  # fmt: skip
     requests = [r for r in requests if r.partition_key not in loading or r.partition_key is None]
     for line in audit.lines()[:20]:
         context.log.warning(f"layers disagree: {line}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
+import logging
 import posixpath
 import threading
 from collections.abc import Iterable
@@ -34,6 +34,7 @@ from fer_platform.core.db import LOAD_LOG_TABLE, VECTORS_TABLE
 from fer_platform.core.layout import BRONZE_IMAGES, RAW_MANIFEST, SILVER_EMBEDDINGS
 from fer_platform.core.storage import FileEntry, Storage
 
+log = logging.getLogger(__name__)
 Partition = tuple[str, dt.date]
 _MOD = 1 << 64
 # md5 of the id, its first 15 hex digits (60 bits) as a bigint: summed as numeric in SQL
@@ -122,14 +123,22 @@ def partition_of_key(key: str) -> Partition | None:
 
 
 def lake_state(lake: Storage, prefix: str, model: str | None = None) -> dict[Partition, LayerState]:
-    """Per partition, the images of a Hive-partitioned lake layer (its ``part-0.parquet`` files)."""
+    """Per partition, the images of a Hive-partitioned lake layer (its ``part-0.parquet`` files). A file that
+    cannot be read (truncated, not Parquet) counts as missing: its partition is repaired, which rewrites it."""
     out: dict[Partition, LayerState] = {}
     for entry in lake.list_files(prefix):
         if posixpath.basename(entry.key) != "part-0.parquet":
             continue  # temporary files of a write in progress (or killed) are not the layer
         part = partition_of_key(entry.key)
-        if part is not None:
+        if part is None:
+            continue
+        try:
             out[part] = _file_state(lake, entry, model)
+        except FileNotFoundError:
+            continue  # replaced or removed while listing
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is one partition's problem, not the audit's
+            log.warning("%s cannot be read (%s: %s): its partition counts as missing", entry.key, type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
     return out
 
 
@@ -137,11 +146,16 @@ def index_state(lake: Storage, model: str) -> LayerState | None:
     """The images the search index of ``model`` holds; None when there is no index."""
     from fer_platform.core.search import IDS_FILE, index_dir
 
-    key = f"{index_dir(model)}/{IDS_FILE}"
-    entries, _missing = lake.stat_many([key])
-    if not entries:
+    from fer_platform.core.search import INDEX_FILE, META_FILE
+
+    folder = index_dir(model)
+    entries, missing = lake.stat_many([f"{folder}/{name}" for name in (IDS_FILE, INDEX_FILE, META_FILE)])
+    if missing:  # an index without all of its files is no index
         return None
-    return _file_state(lake, entries[0], None)
+    try:
+        return _file_state(lake, entries[0], None)
+    except Exception:  # noqa: BLE001 - an unreadable id mapping: rebuild the index
+        return None
 
 
 # --------------------------------------------------------------------------- the audit
@@ -235,22 +249,34 @@ def restore_load_log(conn: psycopg.Connection, lake: Storage, lock: bool = True)
     if not manifests:
         return 0
     truth = ledger_state(conn)
-    short = [p for p, s in manifests.items() if s != truth.get(p, EMPTY) and s.rows > 0]
-    if not short:
+
+    def lost_rows(manifest: LayerState, logged: LayerState) -> bool:
+        # a load log ahead of its manifest is a partition being loaded now (its manifest comes after the
+        # load log's commit), not a lost checkpoint
+        return manifest.rows > logged.rows or (manifest.rows == logged.rows and manifest != logged)
+
+    short = [p for p, s in manifests.items() if s.rows > 0 and lost_rows(s, truth.get(p, EMPTY))]
+    lost: dict[Partition, list[dict]] = {}
+    for emotion, load_date in sorted(short):
+        key = f"{RAW_MANIFEST}/emotion={emotion}/load_date={load_date.isoformat()}/part-0.parquet"
+        try:
+            rows = pq.read_table(lake.path(key), filesystem=lake.fs).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - unreadable: the audit repairs the partition from the load log
+            log.warning("%s cannot be read to restore the load log: %s", key, type(exc).__name__)
+            continue
+        loaded = ledger.loaded_shas(conn, [r["image_id"] for r in rows])
+        missing = [r for r in rows if r["image_id"] not in loaded]
+        if missing:
+            lost[(emotion, load_date)] = missing
+    if not lost:
+        conn.rollback()  # end the read-only transaction the look-ups opened
         return 0
     restored = 0
-    with conn.transaction():
+    conn.rollback()
+    with conn.transaction():  # the ledger lock only when there is something to put back
         if lock:
             ledger.lock(conn)
-        for emotion, load_date in sorted(short):
-            key = f"{RAW_MANIFEST}/emotion={emotion}/load_date={load_date.isoformat()}/part-0.parquet"
-            try:
-                table = pq.read_table(io.BytesIO(lake.read_bytes(key)))
-            except FileNotFoundError:
-                continue
-            rows = table.to_pylist()
-            loaded = ledger.loaded_shas(conn, [r["image_id"] for r in rows])
-            lost = [r for r in rows if r["image_id"] not in loaded]
-            restored += ledger.restore(conn, emotion, load_date, lost)
+        for (emotion, load_date), rows in lost.items():
+            restored += ledger.restore(conn, emotion, load_date, rows)
     return restored
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from fer_platform.core.errors import one_line
 from fer_platform.core.layout import IMAGE_EXTENSIONS
 
 EXPECTED_SIZE = (48, 48)
@@ -86,7 +87,7 @@ def validate(data: bytes, name: str, size: tuple[int, int] = EXPECTED_SIZE) -> I
     except (InvalidImage, MemoryError):  # running out of memory is not the file's fault: never hidden
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on hostile bytes is the file's fault
-        raise InvalidImage(f"truncated or corrupt {fmt}: {_one_line(exc)}") from None
+        raise InvalidImage(f"truncated or corrupt {fmt}: {one_line(exc)}") from None
     if info.mode != EXPECTED_MODE:
         raise InvalidImage(f"not single-channel grayscale: mode {info.mode} (expected {EXPECTED_MODE})")
     return info
@@ -168,8 +169,3 @@ def to_png(data: bytes) -> bytes:
 
 def _looks_like_text(head: bytes) -> bool:
     return all(32 <= b < 127 or b in (9, 10, 13) for b in head)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -16,6 +16,7 @@ a crash after it leaves logged files that every later listing skips.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 from collections import Counter
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from fer_platform.core import faults, images, ledger
 from fer_platform.core.db import connect
+from fer_platform.core.errors import one_line
 from fer_platform.core.layout import LANDING_ARCHIVE, Route, quarantine_path, raw_image_path, route, versioned_name
 from fer_platform.core.storage import FileEntry, FileTooLarge, NotARegularFile, Storage, StorageUnavailable
 
@@ -198,7 +200,7 @@ def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]], max_bytes:
             if not store_checked:  # the store's fault or the file's?
                 _check_store(landing, "landing zone", data)
                 store_checked = True
-            out[i] = _Read(entry, r, None, None, f"unreadable: {type(data).__name__}: {_one_line(data)}")
+            out[i] = _Read(entry, r, None, None, f"unreadable: {type(data).__name__}: {one_line(data)}")
             continue
         problem = r.problem
         if problem is None:
@@ -222,15 +224,10 @@ def _check_store(store: Storage, what: str, cause: BaseException) -> None:
     except FileNotFoundError:
         if store.local:
             raise StorageUnavailable(f"the {what} {store.url} is gone ({type(cause).__name__}: "
-                                     f"{_one_line(cause)}): nothing was quarantined; its files are retried") from None
+                                     f"{one_line(cause)}): nothing was quarantined; its files are retried") from None
     except Exception as exc:  # noqa: BLE001
-        raise StorageUnavailable(f"cannot reach the {what} {store.url}: {type(exc).__name__}: {_one_line(exc)}; "
+        raise StorageUnavailable(f"cannot reach the {what} {store.url}: {type(exc).__name__}: {one_line(exc)}; "
                                  "nothing was quarantined, its files are retried") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _copy(lake: Storage, copies: list[tuple[str, bytes]]) -> dict[str, str]:
@@ -247,8 +244,16 @@ def _copy(lake: Storage, copies: list[tuple[str, bytes]]) -> dict[str, str]:
             lake.write_bytes(path, data)
         except Exception as exc:  # noqa: BLE001
             _check_store(lake, "lake", exc)
-            failed[path] = f"cannot be copied to the lake: {type(exc).__name__}: {_one_line(exc)}"
+            if not _names_the_file(exc):  # full, read-only, no permission: the lake's state, not the file's
+                raise StorageUnavailable(f"cannot write to the lake {lake.url}: {type(exc).__name__}: "
+                                         f"{one_line(exc)}; nothing was quarantined, its files are retried") from None
+            failed[path] = f"cannot be copied to the lake: {type(exc).__name__}: {one_line(exc)}"
     return failed
+
+
+def _names_the_file(exc: BaseException) -> bool:
+    """Whether a write error is about the file's own name (too long, characters the store refuses)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ)
 
 
 def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_bytes=None) -> list[FileEntry]:
@@ -330,6 +335,8 @@ def _clean_sources(landing: Storage, logged: Sequence[FileEntry], on_success: st
         now = current.get(e.key)
         if now is None:
             continue
+        if now.kind != "file":  # a link (or a path through one) is quarantined and left where it is: never
+            continue  # deleted or moved, which would act on what lies outside the landing zone
         if (now.size, now.modified_us) != (e.size, e.modified_us):
             log.warning("%s changed since it was loaded: left in place for the next load", e.key)
             continue

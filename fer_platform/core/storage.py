@@ -12,6 +12,7 @@ import errno
 import os
 import posixpath
 import re
+import socket
 import stat
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 
 import fsspec
 
-from fer_platform.core import faults
+from fer_platform.core import faults, liveness
 from fer_platform.core.errors import FerError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -120,19 +121,7 @@ def temp_is_stale(path: str, now: float | None = None) -> bool:
         age = (now or time.time()) - os.stat(path).st_mtime
     except FileNotFoundError:
         return False
-    return age > STALE_TEMP_SECONDS or not _pid_alive(int(m.group("pid")))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return age > STALE_TEMP_SECONDS or liveness.gone(f"{socket.gethostname()}:{m.group('pid')}") is True
 
 
 def remove_stale_temps(folder: str, names: set[str] | None = None) -> list[str]:
@@ -163,7 +152,10 @@ def is_local(url: str) -> bool:
 class Storage:
     """A storage root (folder or bucket/container prefix) addressed by relative keys."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, confined: bool = False):
+        """``confined`` (the landing zone): a local read opens only a regular file inside the root, never
+        through a symbolic link; the lake (not confined) may live behind links, e.g. on a bigger disk."""
+        self.confined = confined
         url = str(url)
         if is_local(url):
             url = os.path.abspath(url.removeprefix("file://"))
@@ -271,7 +263,13 @@ class Storage:
         socket or a device raises NotARegularFile, and its target is never opened); a file larger than
         ``max_bytes`` raises FileTooLarge without being read whole."""
         if self.local:
-            return self._read_local(key, max_bytes)
+            if self.confined:
+                return self._read_local(key, max_bytes)
+            with open(self.path(key), "rb") as f:
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+            if max_bytes is not None and len(data) > max_bytes:
+                raise FileTooLarge(f"more than {max_bytes} bytes")
+            return data
         path = self.path(key)
         if max_bytes is None:
             return self.fs.cat_file(path)
@@ -295,6 +293,9 @@ class Storage:
             kind = special_kind(st.st_mode)
             if kind != "file":
                 raise NotARegularFile(kind)
+            opened = f"/proc/self/fd/{fd}"  # what was opened, whatever a folder on the path became meanwhile
+            if os.path.exists(opened) and not os.path.realpath(opened).startswith(os.path.realpath(self.root) + os.sep):
+                raise NotARegularFile("path through a symbolic link")
             if max_bytes is None:
                 return f.read()
             if st.st_size > max_bytes:

@@ -3,7 +3,7 @@ store credentials they share."""
 
 
 import os
-from typing import Optional
+from typing import ClassVar, Optional
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -54,13 +54,14 @@ class _StorageResource(dg.ConfigurableResource):
     storage_options: dict[str, str] = {}
 
     _storage: Optional[Storage] = PrivateAttr(default=None)
+    CONFINED: ClassVar[bool] = False  # reads only regular files inside the root, never through a link
 
     def storage(self) -> Storage:
         if isinstance(self.url, dg.EnvVar):  # not initialised by Dagster: the value would be the variable's name
             raise ConfigError(f"{type(self).__name__}.url is {self.url.env_var_name} unresolved: "
                               "use it inside a run or through dg.build_resources")  # fmt: skip
         if self._storage is None:
-            self._storage = Storage(self.url, merged_options(self.store, self.storage_options))
+            self._storage = Storage(self.url, merged_options(self.store, self.storage_options), confined=self.CONFINED)
         return self._storage
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -79,6 +80,7 @@ class LandingResource(_StorageResource):
 
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     """Files larger than this are quarantined by their size without being read (FER_MAX_FILE_BYTES)."""
+    CONFINED: ClassVar[bool] = True  # nothing outside the landing root is ever read
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         super().setup_for_execution(context)

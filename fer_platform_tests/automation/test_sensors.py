@@ -251,7 +251,8 @@ def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(reso
                                   status=dg.DagsterRunStatus.STARTED)  # busy: its partition is not audited
         assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
         instance.report_run_failed(run)
-        (second,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
+        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []  # retry_after_seconds (300)
+        (second,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True, retry_after_seconds=0)[0]
         assert second.run_key != first.run_key and second.tags["fer/attempt"] == "2"
         repaired = dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources,
                                   run_config=second.run_config)  # fmt: skip

@@ -105,3 +105,22 @@ def test_a_lost_load_log_is_put_back_from_the_raw_manifests(pg_dsn, lake):
         conn.commit()
         assert convergence.restore_load_log(conn, store) == 1
         assert conn.execute("SELECT count(*) FROM load_log WHERE sha256 = %s", (ids[1],)).fetchone()[0] == 1
+
+
+def test_an_unreadable_partition_file_is_one_partition_missing_not_a_failed_audit(pg_dsn, lake):
+    store = Storage(str(lake))
+    ids = _ids(3)
+    with connect(pg_dsn) as conn:
+        _log(conn, "angry", ids)
+        _all_layers(conn, lake, "angry", ids)
+        for layer in ("silver/embeddings", "raw/manifest"):
+            (lake / layer / f"emotion=angry/load_date={DAY}/part-0.parquet").write_bytes(b"PAR1 not parquet")
+        conn.execute("DELETE FROM load_log")
+        conn.commit()
+        assert convergence.restore_load_log(conn, store) == 0  # nothing to read it from: no exception
+        lines = convergence.audit(conn, store, MODEL).lines()
+        assert f"angry|{DAY}: silver is missing (the load log has 0 images)" not in lines  # 0 = 0: agrees
+        _log(conn, "angry", ids)
+        lines = convergence.audit(conn, store, MODEL).lines()
+        assert f"angry|{DAY}: silver is missing (the load log has 3 images)" in lines
+        assert f"angry|{DAY}: raw manifest is missing (the load log has 3 images)" in lines

@@ -222,3 +222,32 @@ def test_a_landing_zone_that_cannot_be_reached_fails_the_run_and_quarantines_not
         ingest(store, Storage(str(lake)), pg_dsn, entries, dt.date(2026, 11, 30), "run")
     with connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM load_log").fetchone()[0] == 0
+
+
+def test_a_lake_that_refuses_writes_fails_the_run_and_quarantines_nothing(pg_dsn, landing, lake):
+    """A full, read-only or otherwise refusing lake is not the files' fault: nothing is logged, the files stay."""
+    from fer_platform.core.storage import StorageUnavailable
+
+    for i in range(2):
+        put(landing, f"train/happy/{i}.png", face("happy", i))
+    (lake / "raw").write_bytes(b"")  # no folder can be made under it: every copy fails, the lake still lists
+    store = Storage(str(landing), confined=True)
+    with pytest.raises(StorageUnavailable, match="cannot write to the lake"):
+        ingest(store, Storage(str(lake)), pg_dsn, store.list_files(), dt.date(2026, 11, 30), "run", "delete")
+    with connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM load_log").fetchone()[0] == 0
+    assert len(list((landing / "train/happy").iterdir())) == 2
+
+
+def test_a_path_through_a_linked_folder_is_never_read_deleted_or_moved(pg_dsn, landing, lake, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(face("happy", 1))
+    (landing / "train").mkdir(parents=True)
+    os.symlink(outside, landing / "train/happy")
+    store = Storage(str(landing), confined=True)
+    entries, _ = store.stat_many(["train/happy/x.png"])  # as a run's explicit file list would name it
+    report = ingest(store, Storage(str(lake)), pg_dsn, entries, dt.date(2026, 11, 30), "run", "delete")
+    (o,) = report.outcomes
+    assert o.status == "quarantined" and "path through a symbolic link" in o.reason and o.lake_path is None
+    assert (outside / "x.png").exists() and not list(lake.rglob("*.png"))
