@@ -5,7 +5,7 @@ rows a lost checkpoint dropped (``restore_load_log``), then audits every layer a
 (``core/convergence.py``) and asks for one ``ingest_images`` run per disagreeing partition with an
 empty file list: it re-derives raw's manifest, bronze, the vectors and silver from the load log,
 idempotently, and takes no new file. A partition a run is writing now is skipped: its layers may
-differ until the run ends. A repair that failed ``max_attempts`` times is left to a person (the
+differ until the run ends. A repair that failed ``max_attempts`` times in a row is left to a person (the
 reconcile job lists it), so a partition that cannot be repaired does not spin.
 """
 
