@@ -38,7 +38,7 @@ def main(n: int) -> None:
         for i, image_id in enumerate(ids):
             parts.setdefault((EMOTIONS[i % 7], days[(i // 7) % 5]), []).append(image_id)
         modified = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
-        rows, vec_rows = [], []
+        rows = []
         for (emotion, day), members in parts.items():
             for image_id in members:
                 key = f"train/{emotion}/{image_id[:16]}.png"

@@ -126,7 +126,7 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
 
     import dagster as dg
 
-    from fer_platform.automation.convergence import audit_layers
+    from fer_platform.automation.convergence import REPAIR_TAG, audit_layers, rederive_run_config
     from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs
     from fer_platform.core import convergence, liveness
     from fer_platform.definitions import build_definitions
@@ -171,8 +171,7 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
         for emotion, day in audit.partitions:
             if not image_partitions.has_partition_key(partition_key(emotion, day)):
                 continue  # a stray lake folder, no partition of this code location: told at the end
-            execute("ingest_images", partition_key(emotion, day), {"raw_images": {"config": {"files": []}}},
-                    {"fer/repair": "true"})  # fmt: skip
+            execute("ingest_images", partition_key(emotion, day), rederive_run_config()["ops"], {REPAIR_TAG: "true"})
         ingested = any(r["job"] == "ingest_images" for r in runs)
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)

@@ -93,6 +93,12 @@ def _due(history: RepairHistory, max_attempts: int, retry_after_s: float, now: f
     return None
 
 
+def rederive_run_config() -> dict:
+    """An ingest run's config that takes no new file: every layer of its partition re-derived from the load log
+    (the repairs, the daily refresh, the demo's repairs)."""
+    return {"ops": {"raw_images": {"config": {"files": []}}}}
+
+
 def audit_layers(instance: dg.DagsterInstance, conn, lake, model: str) -> Audit:
     """The audit of every layer, skipping partitions a run is writing. (The caller has put back what a lost
     checkpoint dropped first: ``restore_load_log``.)"""
@@ -127,7 +133,7 @@ def repair_requests(instance: dg.DagsterInstance, audit: Audit, max_attempts: in
         requests.append(dg.RunRequest(
             run_key=f"repair|{text}|{history.asked + 1}", job_name="ingest_images", partition_key=key,
             tags={REPAIR_TAG: "true", "fer/trigger": trigger, "fer/attempt": str(history.failed_in_a_row + 1)},
-            run_config={"ops": {"raw_images": {"config": {"files": []}}}},
+            run_config=rederive_run_config(),
         ))  # fmt: skip
     # A repaired partition's silver update makes publish_automation rebuild the index; a deleted or
     # stale index with nothing to repair below it is rebuilt here.

@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from fer_platform.automation.convergence import audit_layers, repair_requests
+from fer_platform.automation.convergence import audit_layers, rederive_run_config, repair_requests
 from fer_platform.automation.jobs import ingest_job, reconcile_job
 from fer_platform.automation.sensors import default_status
 from fer_platform.core import convergence
@@ -55,7 +55,7 @@ def daily_refresh(
         if key not in repaired:
             requests.append(dg.RunRequest(
                 run_key=f"daily_refresh|{key}", job_name=ingest_job.name, partition_key=key,
-                tags={"fer/trigger": "daily_refresh"}, run_config={"ops": {"raw_images": {"config": {"files": []}}}},
+                tags={"fer/trigger": "daily_refresh"}, run_config=rederive_run_config(),
             ))  # fmt: skip
     if not requests:
         return dg.SkipReason(f"nothing loaded on {day.isoformat()} and every layer agrees with the load log")

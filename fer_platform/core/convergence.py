@@ -39,7 +39,6 @@ Partition = tuple[str, dt.date]
 _MOD = 1 << 64
 # md5 of the id, its first 15 hex digits (60 bits) as a bigint: summed as numeric in SQL
 _SQL_DIGEST = "coalesce(sum(('x' || substr(md5({col}), 1, 15))::bit(60)::bigint), 0)"
-LAYERS = ("raw manifest", "bronze", "postgres", "silver")
 
 
 @dataclass(frozen=True)
@@ -239,7 +238,7 @@ def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Pa
 
 
 # --------------------------------------------------------------------------- a lost checkpoint
-def restore_load_log(conn: psycopg.Connection, lake: Storage, lock: bool = True) -> int:
+def restore_load_log(conn: psycopg.Connection, lake: Storage) -> int:
     """Put back the load log's ``loaded`` rows that the lake's raw manifests hold and the load log
     lost; returns how many. Content that the load log has loaded elsewhere is left alone (the
     content hash is the identity: that partition's stale layers are then repaired by the audit)."""
@@ -274,8 +273,7 @@ def restore_load_log(conn: psycopg.Connection, lake: Storage, lock: bool = True)
     restored = 0
     conn.rollback()
     with conn.transaction():  # the ledger lock only when there is something to put back
-        if lock:
-            ledger.lock(conn)
+        ledger.lock(conn)
         for (emotion, load_date), rows in lost.items():
             restored += ledger.restore(conn, emotion, load_date, rows)
     return restored

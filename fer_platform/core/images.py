@@ -8,7 +8,7 @@ import posixpath
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fer_platform.core.errors import one_line
 from fer_platform.core.layout import IMAGE_EXTENSIONS

@@ -6,12 +6,13 @@ left in the lake (removed here when their writer is gone).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-from fer_platform.core import ledger
+from fer_platform.core import convergence, ledger
 from fer_platform.core.db import LOAD_LOG_TABLE, connect
 from fer_platform.core.layout import RAW_IMAGES, route
-from fer_platform.core.storage import Storage
+from fer_platform.core.storage import Storage, remove_stale_temps, temp_is_stale, temp_target
 
 
 @dataclass
@@ -42,9 +43,6 @@ def reconcile(landing: Storage, lake: Storage, dsn: str, settle_before_us: int,
     run carries (``in_flight``: queued, loading, or waiting for the triage run that quarantines them)
     will be logged by it: neither is judged. ``busy`` partitions are being written and not audited.
     """
-    from fer_platform.core import convergence
-    from fer_platform.core.storage import remove_stale_temps, temp_is_stale, temp_target
-
     out = Reconciliation()
     listing = [e for e in landing.list_files() if not route(e.key).ignored]
     out.landing_files = len(listing)
@@ -73,8 +71,6 @@ def reconcile(landing: Storage, lake: Storage, dsn: str, settle_before_us: int,
         with connect(dsn) as conn:
             out.disagreements = convergence.audit(conn, lake, model, skip=busy).lines()
     if lake.local:
-        import os
-
         for e in lake.list_files():
             name = e.key.rsplit("/", 1)[-1]
             target = temp_target(name)
