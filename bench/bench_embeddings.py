@@ -34,7 +34,7 @@ def main() -> None:
     import torch
 
     from fer_platform.automation.jobs import INGEST_ASSETS
-    from fer_platform.checks import RUN_CHECKS
+    from fer_platform.automation.jobs import RUN_CHECKS
     from fer_platform.core.db import connect
     from fer_platform.core.embedding import Embedder, preprocess
     from fer_platform.core.layout import EMOTIONS

@@ -43,12 +43,14 @@ def main() -> None:
 
     from fer_platform.assets.bronze import bronze_images
     from fer_platform.assets.embeddings import image_embeddings
-    from fer_platform.assets.model import BRONZE_COLUMNS, embedding_model, emotion_model
+    from fer_platform.assets.model import embedding_model, emotion_model
     from fer_platform.assets.raw import raw_images
     from fer_platform.assets.silver import silver_embeddings
-    from fer_platform.checks import emotion_model_beats_untuned, image_embeddings_complete, silver_matches_postgres
+    from fer_platform.assets.model import emotion_model_beats_untuned
+    from fer_platform.assets.embeddings import image_embeddings_complete
+    from fer_platform.assets.silver import silver_matches_postgres
     from fer_platform.core import training
-    from fer_platform.core.bronze import read_bronze
+    from fer_platform.core.bronze import read_labelled
     from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, resolve_weights
     from fer_platform.core.layout import EMOTIONS
     from fer_platform.core.sample_data import write_sample_landing
@@ -94,7 +96,7 @@ def main() -> None:
         print(f"\ntest split: {meta['test_images'].value} images; 10-NN agreement chance level {chance:.3f}, "
               f"classifier chance {1 / len(EMOTIONS):.3f}")  # fmt: skip
 
-        data = training.Dataset.from_bronze(read_bronze(res["lake"].storage(), BRONZE_COLUMNS + ["emotion", "load_date"]))
+        data = training.Dataset.from_bronze(read_labelled(res["lake"].storage()))
 
         def figures(label: str, agreement: float, accuracy: float, note: str = "") -> None:
             print(f"{label:<44} 10-NN agreement {agreement:.3f}   centroid accuracy {accuracy:.3f}   {note}", flush=True)

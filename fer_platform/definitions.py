@@ -11,12 +11,12 @@ from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.jobs import (
-    bulk_load_job, ingest_job, landing_triage, publish_job, reconcile_job, reembed_job, train_model_job,
+    RUN_CHECKS, bulk_load_job, ingest_job, landing_triage, publish_job, reembed_job, train_model_job,
 )  # fmt: skip
 from fer_platform.automation.migrate import migrate_vectors_job
+from fer_platform.automation.reconcile import landing_reconciled, reconcile_job
 from fer_platform.automation.schedules import daily_refresh, weekly_reconcile
 from fer_platform.automation.sensors import landing_sensor, publish_automation
-from fer_platform.checks import ALL_CHECKS
 from fer_platform.resources.environments import resources_for
 
 ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index, *MODEL_ASSETS]
@@ -24,6 +24,7 @@ JOBS = [
     ingest_job, bulk_load_job, publish_job, reconcile_job, landing_triage, migrate_vectors_job, train_model_job,
     reembed_job,
 ]  # fmt: skip
+CHECKS = [*RUN_CHECKS, landing_reconciled]
 SENSORS = [landing_sensor, publish_automation]
 SCHEDULES = [daily_refresh, weekly_reconcile]
 
@@ -31,7 +32,7 @@ SCHEDULES = [daily_refresh, weekly_reconcile]
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
-        asset_checks=ALL_CHECKS,
+        asset_checks=CHECKS,
         jobs=JOBS,
         sensors=SENSORS,
         schedules=SCHEDULES,

@@ -11,6 +11,10 @@ from fer_platform.core.report import human_bytes, markdown_table
 from fer_platform.io_managers.parquet import LAKE_PATH
 from fer_platform.partitions import image_partitions
 from fer_platform.resources import LakeResource
+from fer_platform.core import ledger
+from fer_platform.core.checks import bronze_problems
+from fer_platform.partitions import partition_of
+from fer_platform.resources import PostgresResource
 
 
 @dg.asset(
@@ -45,3 +49,24 @@ def bronze_images(context: dg.AssetExecutionContext, raw_images: pa.Table, lake:
 def _value_counts(column: pa.ChunkedArray) -> tuple[list, list]:
     vc = pc.value_counts(column.fill_null("(none)")) if column.null_count else pc.value_counts(column)
     return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+
+
+@dg.asset_check(
+    asset=bronze_images,
+    partitions_def=image_partitions,
+    blocking=True,
+    description="Every image is 48x48 grayscale with bytes, image_ids are unique, and the row count "
+    "equals the load log's loaded files for the partition.",
+)
+def bronze_images_valid(
+    context: dg.AssetCheckExecutionContext, bronze_images: pa.Table, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    emotion, load_date = partition_of(context)
+    with postgres.connect() as conn:
+        expected = ledger.status_counts(conn, emotion, load_date)["loaded"]
+    problems = bronze_problems(bronze_images, expected_rows=expected)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or None,
+        metadata={"rows": bronze_images.num_rows, "loaded_in_load_log": expected},
+    )

@@ -1,12 +1,14 @@
-"""image_embeddings: ResNet18 vectors of a bronze partition, in PostgreSQL + pgvector."""
+"""image_embeddings: ResNet18 vectors of a bronze partition, made here and written to PostgreSQL + pgvector."""
 
 import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model, served_model
-from fer_platform.core.vectors import EmbeddingPlan
+from fer_platform.core import vectors
+from fer_platform.core.db import VECTORS_TABLE
+from fer_platform.core.vectors import EmbeddingPlan, write_partition
 from fer_platform.partitions import image_partitions, partition_of
-from fer_platform.resources import EmbedderResource, LakeResource
+from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
 
 
 class EmbeddingsConfig(dg.Config):
@@ -17,7 +19,7 @@ class EmbeddingsConfig(dg.Config):
 @dg.asset(
     partitions_def=image_partitions,
     deps=[embedding_model],  # the served model: a new one makes every partition's vectors unsynced
-    io_manager_key="pgvector_io_manager",
+    io_manager_key="pgvector_io_manager",  # only reads them back, for silver: this asset writes its rows itself
     group_name="embeddings",
     kinds={"pytorch", "postgres"},
     description="One 512-d ResNet18 vector per bronze image and model in the imagenes_fer table "
@@ -30,14 +32,22 @@ def image_embeddings(
     bronze_images: pa.Table,
     embedder: EmbedderResource,
     lake: LakeResource,
-) -> EmbeddingPlan:
+    postgres: PostgresResource,
+) -> dg.MaterializeResult:
+    """Embeds the partition's new images and writes the partition's rows for the served model, here, in one
+    transaction (binary COPY, the model streaming vectors into it). The pgvector IO manager only reads the
+    rows back as the input of silver_embeddings."""
     emotion, load_date = partition_of(context)
     model = served_model(embedder)
     note = embedder.weights_note()
     if note:
         context.log.warning(note)
     storage = lake.storage()
-    return EmbeddingPlan(
+
+    def embed(pngs):  # called only for the images without a vector: the model loads only if something is new
+        return embedder.load().stream(pngs)
+
+    plan = EmbeddingPlan(
         emotion=emotion,
         load_date=load_date,
         model=model,
@@ -45,6 +55,51 @@ def image_embeddings(
         filepaths=[storage.uri(p) for p in bronze_images["filepath"].to_pylist()],
         splits=bronze_images["split"].to_pylist(),
         pngs=bronze_images["png"].to_pylist(),
-        embed=lambda pngs: embedder.load().stream(pngs),  # the model loads only if something is new
+        embed=embed,
         force=config.force,
+    )
+    with postgres.connect() as conn:
+        stats = write_partition(
+            conn, plan, on_batch=lambda done, todo: context.log.debug(f"embedded {done}/{todo} new images of {len(plan)}")
+        )
+    seconds = stats["seconds"]
+    return dg.MaterializeResult(
+        metadata={
+            "table": VECTORS_TABLE,
+            "model": model,
+            "dagster/row_count": stats["rows"],
+            "embedded": stats["embedded"],
+            "reused": stats["reused"],
+            "removed": stats["removed"],
+            "write_seconds": seconds,
+            "images_per_second": round(stats["embedded"] / seconds, 1) if seconds else 0.0,
+        }
+    )
+
+
+@dg.asset_check(
+    asset=image_embeddings,
+    partitions_def=image_partitions,
+    blocking=True,
+    additional_ins={"bronze_images": dg.AssetIn()},
+    description="Every bronze image of the partition has exactly one vector for the current model, "
+    "no other rows exist, every vector has 512 dims and no NaN/inf.",
+)
+def image_embeddings_complete(
+    context: dg.AssetCheckExecutionContext,
+    bronze_images: pa.Table,
+    postgres: PostgresResource,
+    embedder: EmbedderResource,
+) -> dg.AssetCheckResult:
+    emotion, load_date = partition_of(context)
+    with postgres.connect() as conn:
+        facts = vectors.partition_check(conn, emotion, load_date, embedder.model_id(), bronze_images["image_id"].to_pylist())
+    problems = [f"{len(facts[k])} {k.replace('_', ' ')} image(s), e.g. {facts[k][0][:12]}"
+                for k in ("missing", "extra", "duplicated", "wrong_dims") if facts[k]]  # fmt: skip
+    if facts["nonfinite"]:
+        problems.append(f"{facts['nonfinite']} vector(s) with NaN/inf")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or None,
+        metadata={"vectors": facts["rows"], "bronze_images": bronze_images.num_rows},
     )

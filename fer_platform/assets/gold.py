@@ -21,11 +21,6 @@ GOLD_KW = dict(
 )
 
 
-def current_silver(lake: LakeResource, embedder: EmbedderResource) -> pa.Table:
-    """Every silver partition's rows of the embedder's current model."""
-    return read_silver(lake.storage(), model=embedder.model_id())
-
-
 def _preview(table: pa.Table, columns: list[str] | None = None) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(table.to_pylist(), columns or table.column_names, limit=30))
 
@@ -38,7 +33,7 @@ def _preview(table: pa.Table, columns: list[str] | None = None) -> dg.MetadataVa
     **GOLD_KW,
 )
 def gold_emotion_summary(context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource) -> pa.Table:
-    silver = current_silver(lake, embedder)
+    silver = read_silver(lake.storage(), model=embedder.model_id())
     table = gold.emotion_summary(silver)
     counts: dict = defaultdict(dict)
     for r in table.to_pylist():
@@ -97,7 +92,7 @@ def gold_daily_loads(context: dg.AssetExecutionContext, postgres: PostgresResour
 def gold_centroid_similarity(
     context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
 ) -> pa.Table:
-    table = gold.centroid_similarity(current_silver(lake, embedder))
+    table = gold.centroid_similarity(read_silver(lake.storage(), model=embedder.model_id()))
     png = plots.heatmap(gold.similarity_matrix(table), EMOTIONS, "Cosine of emotion centroids")
     context.add_output_metadata(
         {
@@ -119,7 +114,7 @@ def gold_centroid_similarity(
 def gold_neighbour_agreement(
     context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
 ) -> pa.Table:
-    silver = current_silver(lake, embedder)
+    silver = read_silver(lake.storage(), model=embedder.model_id())
     table = gold.neighbour_agreement(silver)
     rows = [r for r in table.to_pylist() if r["emotion"] != "all"]
     overall = next((r for r in table.to_pylist() if r["emotion"] == "all"), None)
@@ -147,3 +142,19 @@ def gold_neighbour_agreement(
 
 
 GOLD_ASSETS = [gold_emotion_summary, gold_daily_loads, gold_centroid_similarity, gold_neighbour_agreement]
+
+
+@dg.asset_check(
+    asset=gold_emotion_summary,
+    description="The summary counts every silver image of the current model exactly once.",
+)
+def gold_summary_counts_silver(
+    gold_emotion_summary: pa.Table, lake: LakeResource, embedder: EmbedderResource
+) -> dg.AssetCheckResult:
+    counted = sum(gold_emotion_summary["images"].to_pylist())
+    in_silver = read_silver(lake.storage(), model=embedder.model_id()).num_rows
+    return dg.AssetCheckResult(
+        passed=counted == in_silver,
+        description=None if counted == in_silver else f"summary counts {counted} images, silver has {in_silver}",
+        metadata={"summary_images": counted, "silver_rows": in_silver},
+    )

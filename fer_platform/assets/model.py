@@ -6,8 +6,8 @@ from typing import Optional
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images
-from fer_platform.core import plots, training
-from fer_platform.core.bronze import read_bronze
+from fer_platform.core import models, plots, training
+from fer_platform.core.bronze import read_labelled
 from fer_platform.core.errors import FerError
 from fer_platform.core.layout import EMOTIONS, MODELS
 from fer_platform.core.report import markdown_table
@@ -16,7 +16,6 @@ from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
 
 DATA_VERSION_TAG = "dagster/data_version"  # where a materialization records its data version
-BRONZE_COLUMNS = ["image_id", "split", "png"]  # + emotion and load_date from the Hive folders
 
 
 class EmotionModelConfig(dg.Config):
@@ -54,7 +53,7 @@ def base_spec(config: EmotionModelConfig, embedder: EmbedderResource):
 def emotion_model(
     context: dg.AssetExecutionContext, config: EmotionModelConfig, lake: LakeResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
-    bronze = read_bronze(lake.storage(), BRONZE_COLUMNS + ["emotion", "load_date"], splits=["train", "test"])
+    bronze = read_labelled(lake.storage())
     settings = training.TrainingConfig(
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, loss=config.loss,
         seed=config.seed, device=config.device, num_threads=config.num_threads,
@@ -150,3 +149,39 @@ def served_model(embedder: EmbedderResource) -> str:
 
 
 MODEL_ASSETS = [emotion_model, embedding_model]
+
+
+@dg.asset_check(
+    asset=emotion_model,
+    blocking=True,
+    description=f"Re-measures the stored model from its lake files alone (weights digest, the bronze rows of its "
+    f"snapshot): on the test split it must beat the untuned base weights (same input size) by "
+    f"{training.APPROVAL_MARGIN} in 10-NN emotion agreement and in nearest-centroid accuracy, with finite vectors. "
+    "When it passes, the model is approved in the lake (models/<id>/APPROVAL.json, then the models/APPROVED "
+    "pointer) and becomes what embedder weights 'tuned' serve.",
+)
+def emotion_model_beats_untuned(
+    emotion_model: LakeFiles, lake: LakeResource, embedder: EmbedderResource
+) -> dg.AssetCheckResult:
+    bronze = read_labelled(lake.storage())
+    try:
+        result = training.verify_model(emotion_model.files, bronze, device=embedder.device)
+    except FerError as exc:
+        return dg.AssetCheckResult(passed=False, description=f"model {emotion_model.folder}: {exc}")
+    metrics, problems = result["metrics"], result["problems"]
+    figures = {
+        "tuned_agreement_at_10": metrics["tuned"]["agreement_at_10"],
+        "untuned_agreement_at_10": metrics["untuned"]["agreement_at_10"],
+        "tuned_centroid_accuracy": metrics["tuned"]["centroid_accuracy"],
+        "untuned_centroid_accuracy": metrics["untuned"]["centroid_accuracy"],
+    }
+    meta = {"model": result["model"], **figures, "test_images": metrics["test_images"]}
+    if not problems:
+        models.approve(lake.storage(), result["model"], {
+            "agreement_at_10": figures["tuned_agreement_at_10"],
+            "centroid_accuracy": figures["tuned_centroid_accuracy"],
+            "untuned_agreement_at_10": figures["untuned_agreement_at_10"],
+            "untuned_centroid_accuracy": figures["untuned_centroid_accuracy"],
+        })  # fmt: skip
+        meta["approved"] = dg.MetadataValue.path(lake.storage().uri(f"{models.MODELS}/{models.APPROVED}"))
+    return dg.AssetCheckResult(passed=not problems, description="; ".join(problems) or None, metadata=meta)

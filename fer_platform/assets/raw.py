@@ -1,6 +1,7 @@
 """raw_images: landing files of one emotion and day, validated and copied into the lake."""
 
 
+from collections.abc import Sequence
 from typing import Optional
 
 import dagster as dg
@@ -26,6 +27,21 @@ class RawImagesConfig(dg.Config):
     take_pending: bool = False
     """Take every pending file of this emotion whatever the partition's date (the bulk load's runs, which
     may start after midnight UTC); files then load into this partition."""
+
+
+def ingest_run_config(
+    files: Optional[Sequence[str]] = None, on_success: str = "keep", take_pending: bool = False
+) -> dg.RunConfig:
+    """The one builder of an ingest run's config (the landing sensor, the bulk load job, the repairs, the daily
+    refresh and the demo all use it).
+
+    ``files`` None: the emotion's pending files (what a run launched from the UI takes); a list: exactly those
+    landing keys (the sensor's and the demo's runs); an empty list: no new file, every layer of the partition
+    re-derived from the load log (the repairs, the daily refresh)."""
+    files = None if files is None else list(files)
+    return dg.RunConfig(
+        ops={"raw_images": RawImagesConfig(files=files, on_success=on_success, take_pending=take_pending)}
+    )
 
 
 @dg.asset(

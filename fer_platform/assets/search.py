@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from fer_platform.assets.gold import current_silver
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.core import search
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
+from fer_platform.core.silver import read_silver
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
@@ -36,7 +36,7 @@ class SearchIndexConfig(dg.Config):
 def search_index(
     context: dg.AssetExecutionContext, config: SearchIndexConfig, lake: LakeResource, embedder: EmbedderResource
 ) -> LakeFiles:
-    silver = current_silver(lake, embedder)
+    silver = read_silver(lake.storage(), model=embedder.model_id())
     spec = embedder.spec()
     index = search.build_index(
         silver, embedder.model_id(),
@@ -56,3 +56,33 @@ def search_index(
         }
     )
     return files
+
+
+@dg.asset_check(
+    asset=search_index,
+    blocking=True,
+    description=f"recall@10 of the index against exact search over silver, on a sample of queries, is at "
+    f"least {search.RECALL_TARGET}; the index holds exactly the current model's silver vectors.",
+)
+def search_index_recall(
+    search_index: LakeFiles, lake: LakeResource, embedder: EmbedderResource
+) -> dg.AssetCheckResult:
+    try:
+        index = search.SearchIndex.from_files(search_index.files)
+    except search.IndexUnavailable as exc:
+        return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
+    silver = read_silver(lake.storage(), model=embedder.model_id())
+    measured = search.index_recall(index, silver)
+    problems = []
+    if measured["recall"] < search.RECALL_TARGET:
+        problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {search.RECALL_TARGET}")
+    if index.size != silver.num_rows:
+        problems.append(f"the index holds {index.size} vectors, silver {silver.num_rows}")
+    if index.model != embedder.model_id():
+        problems.append(f"the index is of model {index.model}, the embedder makes {embedder.model_id()}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or None,
+        metadata={"recall_at_10": measured["recall"], "queries": measured["queries"], "vectors": index.size,
+                  "kind": index.kind},  # fmt: skip
+    )

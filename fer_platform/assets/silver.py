@@ -9,6 +9,10 @@ from fer_platform.core.report import markdown_table
 from fer_platform.core.silver import InvalidVectors, build_silver
 from fer_platform.io_managers.parquet import LAKE_PATH
 from fer_platform.partitions import image_partitions
+from fer_platform.core import convergence, ledger, vectors
+from fer_platform.core.silver import silver_problems
+from fer_platform.partitions import partition_of
+from fer_platform.resources import EmbedderResource, PostgresResource
 
 
 @dg.asset(
@@ -38,3 +42,34 @@ def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Ta
         }
     )
     return table
+
+
+@dg.asset_check(
+    asset=silver_embeddings,
+    partitions_def=image_partitions,
+    blocking=True,
+    description="Row-count parity with PostgreSQL for the partition and model (the classic migration's "
+    "'verify the row count' step), exactly the load log's loaded images of the partition, plus dims, finiteness, "
+    "norm 1 and unique image ids.",
+)
+def silver_matches_postgres(
+    context: dg.AssetCheckExecutionContext,
+    silver_embeddings: pa.Table,
+    postgres: PostgresResource,
+    embedder: EmbedderResource,
+) -> dg.AssetCheckResult:
+    emotion, load_date = partition_of(context)
+    with postgres.connect() as conn:
+        in_postgres = vectors.count_partition(conn, emotion, load_date, embedder.model_id())
+        logged = [r["image_id"] for r in ledger.partition_rows(conn, emotion, load_date)]
+    problems = silver_problems(silver_embeddings)
+    if silver_embeddings.num_rows != in_postgres:
+        problems.append(f"silver has {silver_embeddings.num_rows} rows, PostgreSQL {in_postgres}")
+    # not only the layer before it: the load log's images (a materialisation over lost vectors fails here)
+    if convergence.state_of(silver_embeddings["image_id"].to_pylist()) != convergence.state_of(logged):
+        problems.append(f"silver does not hold the load log's {len(logged)} loaded images of the partition")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or None,
+        metadata={"silver_rows": silver_embeddings.num_rows, "postgres_rows": in_postgres, "loaded_in_load_log": len(logged)},
+    )

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from fer_platform.assets.raw import ingest_run_config
+from fer_platform.automation.runs import FAILED, UNFINISHED
 from fer_platform.core import convergence
 from fer_platform.core.convergence import Audit, Partition
 from fer_platform.partitions import image_partitions, partition_key
@@ -25,9 +27,6 @@ from fer_platform.partitions import image_partitions, partition_key
 log = logging.getLogger(__name__)
 
 REPAIR_TAG = "fer/repair"
-UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
-FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 PUBLISH_JOB = "publish_gold_and_index"
 # Repairs asked for per tick, oldest partitions first: a model switch that makes every partition disagree
 # re-embeds them a few at a time, behind the new files of each tick, not in one flood of runs.
@@ -93,12 +92,6 @@ def _due(history: RepairHistory, max_attempts: int, retry_after_s: float, now: f
     return None
 
 
-def rederive_run_config() -> dict:
-    """An ingest run's config that takes no new file: every layer of its partition re-derived from the load log
-    (the repairs, the daily refresh, the demo's repairs)."""
-    return {"ops": {"raw_images": {"config": {"files": []}}}}
-
-
 def audit_layers(instance: dg.DagsterInstance, conn, lake, model: str) -> Audit:
     """The audit of every layer, skipping partitions a run is writing. (The caller has put back what a lost
     checkpoint dropped first: ``restore_load_log``.)"""
@@ -133,7 +126,7 @@ def repair_requests(instance: dg.DagsterInstance, audit: Audit, max_attempts: in
         requests.append(dg.RunRequest(
             run_key=f"repair|{text}|{history.asked + 1}", job_name="ingest_images", partition_key=key,
             tags={REPAIR_TAG: "true", "fer/trigger": trigger, "fer/attempt": str(history.failed_in_a_row + 1)},
-            run_config=rederive_run_config(),
+            run_config=ingest_run_config(files=[]),  # no new file: re-derived from the load log
         ))  # fmt: skip
     # A repaired partition's silver update makes publish_automation rebuild the index; a deleted or
     # stale index with nothing to repair below it is rebuilt here.

@@ -4,30 +4,38 @@ partition can take."""
 
 import dagster as dg
 
-from fer_platform.assets.bronze import bronze_images
-from fer_platform.assets.embeddings import image_embeddings
-from fer_platform.assets.gold import GOLD_ASSETS
-from fer_platform.assets.model import MODEL_ASSETS
-from fer_platform.assets.search import search_index
-from fer_platform.assets.raw import raw_images
-from fer_platform.assets.silver import silver_embeddings
-from fer_platform.checks import landing_reconciled
+from fer_platform.assets.bronze import bronze_images, bronze_images_valid
+from fer_platform.assets.embeddings import image_embeddings, image_embeddings_complete
+from fer_platform.assets.gold import GOLD_ASSETS, gold_summary_counts_silver
+from fer_platform.assets.model import MODEL_ASSETS, emotion_model_beats_untuned
+from fer_platform.assets.search import search_index, search_index_recall
+from fer_platform.assets.raw import ingest_run_config, raw_images
+from fer_platform.assets.silver import silver_embeddings, silver_matches_postgres
+from fer_platform.automation.reconcile import landing_reconciled
 from fer_platform.core.ingest import ingest
 from fer_platform.partitions import image_partitions, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
 
 INGEST_ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings]
+# The checks that run in the runs that write the assets they guard (each lives beside its asset).
+RUN_CHECKS = [
+    bronze_images_valid,
+    image_embeddings_complete,
+    silver_matches_postgres,
+    search_index_recall,
+    gold_summary_counts_silver,
+    emotion_model_beats_untuned,
+]
 # The layers of a partition with the checks that guard them, but not the full re-listing of the landing zone
 # (landing_reconciled): that one is the reconcile job's.
 INGEST_SELECTION = dg.AssetSelection.assets(*INGEST_ASSETS) - dg.AssetSelection.checks(landing_reconciled)
 
-# One process per run, steps in that process: the chain is sequential anyway, and the
-# embedding step then pays for importing torch once per run, not once per step.
+# Every job runs its steps in one process (the Definitions' executor): the chain is sequential anyway, and
+# the embedding step then pays for importing torch once per run, not once per step.
 ingest_job = dg.define_asset_job(
     "ingest_images",
     selection=INGEST_SELECTION,
     partitions_def=image_partitions,
-    executor_def=dg.in_process_executor,
     description="One partition (emotion x load date) from the landing zone to searchable vectors: "
     "raw -> bronze -> embeddings (pgvector) -> silver.",
 )
@@ -37,10 +45,9 @@ bulk_load_job = dg.define_asset_job(
     "bulk_load",
     selection=INGEST_SELECTION,
     partitions_def=image_partitions,
-    executor_def=dg.in_process_executor,
     tags={"fer/bulk": "true"},
     # a run that starts after midnight UTC still takes its emotion's pending files, into the launch day's partition
-    config={"ops": {"raw_images": {"config": {"take_pending": True}}}},
+    config=ingest_run_config(take_pending=True),
     description="The first load of a large landing folder (FER2013's 35,887 images): launched as a backfill of "
     "today's 7 emotion partitions (`fer-platform bulk-load`, or Jobs -> bulk_load -> Partitions in the UI); each "
     "run takes every pending file of its emotion, in batches with progress in its logs. The run queue bounds how "
@@ -52,24 +59,21 @@ PUBLISH_ASSETS = [*GOLD_ASSETS, search_index]
 publish_job = dg.define_asset_job(
     "publish_gold_and_index",
     selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
-    executor_def=dg.in_process_executor,
     description="The unpartitioned layers over every silver partition: gold summaries and the search index.",
 )
 
 
-reconcile_job = dg.define_asset_job(
-    "reconcile",
-    selection=dg.AssetSelection.checks(landing_reconciled),
-    executor_def=dg.in_process_executor,
-    description="Re-lists the whole landing zone and reports, as the landing_reconciled check on raw_images, "
-    "any file never loaded and any load-log entry whose lake file is missing.",
-)
 
 
 class TriageConfig(dg.Config):
     files: list[str]
     """Landing keys that no emotion partition can take (e.g. an unknown emotion folder)."""
     on_success: str = "keep"
+
+
+def triage_run_config(files: list[str], on_success: str = "keep") -> dg.RunConfig:
+    """A landing_triage run's config: the landing keys to quarantine."""
+    return dg.RunConfig(ops={"quarantine_unroutable": TriageConfig(files=files, on_success=on_success)})
 
 
 @dg.op(description="Quarantine landing files outside the FER layout, with the reason, in the load log.")
@@ -102,7 +106,6 @@ def landing_triage():
 train_model_job = dg.define_asset_job(
     "train_emotion_model",
     selection=dg.AssetSelection.assets(*MODEL_ASSETS),
-    executor_def=dg.in_process_executor,
     description="Fine-tune the emotion model on bronze, check it against the untuned weights on the test split "
     "(approved in the lake when it passes), then record the model the embedder serves.",
 )
@@ -111,7 +114,6 @@ reembed_job = dg.define_asset_job(
     "reembed_images",
     selection=dg.AssetSelection.assets(image_embeddings, silver_embeddings),
     partitions_def=image_partitions,
-    executor_def=dg.in_process_executor,
     description="Re-embed partitions with the served model: after a new model is served, launch it as a backfill "
     "over the unsynced partitions. Vectors are keyed by (image, model): the new model's rows are added once, the "
     "old model's stay until removed; silver is replaced by the new model's vectors.",

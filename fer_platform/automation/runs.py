@@ -1,4 +1,6 @@
-"""Runs whose worker died (SIGKILL, an out-of-memory kill, a lost machine) end as failed, not STARTED.
+"""What the instance's runs are doing: the files the landing sensor's runs carry, and workers that died.
+
+Runs whose worker died (SIGKILL, an out-of-memory kill, a lost machine) end as failed, not STARTED.
 
 Dagster's run monitoring (the daemon, ``run_monitoring`` in dagster.yaml) asks the run launcher
 whether a run's worker is alive; the default launcher cannot tell. ``MonitoredRunLauncher`` is the
@@ -14,8 +16,12 @@ import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
 from fer_platform.core import liveness
+from fer_platform.core.planner import Attempts
 
 WORKER_TAG = "fer/worker"
+UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
+FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 _IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
@@ -65,3 +71,30 @@ class MonitoredRunLauncher(DefaultRunLauncher):
         if worker_gone(self._instance, run):
             return CheckRunHealthResult(WorkerStatus.FAILED, "the run's worker process is gone")
         return CheckRunHealthResult(WorkerStatus.RUNNING, "")
+
+
+TRIGGER = {"fer/trigger": "landing_sensor"}
+
+
+def files_of(run_config: dict) -> list[str]:
+    """The landing keys a run of the sensor carries (its run config's file list)."""
+    ops = (run_config or {}).get("ops", {})
+    op = ops.get("raw_images") or ops.get("quarantine_unroutable") or {}
+    return list(op.get("config", {}).get("files") or [])
+
+
+def runs_state(instance: dg.DagsterInstance, history: int = 1000, unfinished_only: bool = False) -> tuple[
+    set[str], dict[str, Attempts]
+]:  # fmt: skip
+    """(keys carried by the sensor's unfinished runs, failed attempts per key from its last failed runs)."""
+    in_flight = {k for run in instance.get_runs(dg.RunsFilter(tags=TRIGGER, statuses=UNFINISHED))
+                 for k in files_of(run.run_config)}  # fmt: skip
+    if unfinished_only:
+        return in_flight, {}
+    attempts: dict[str, Attempts] = {}
+    for record in instance.get_run_records(dg.RunsFilter(tags=TRIGGER, statuses=FAILED), limit=history):
+        end_us = int((record.end_time or record.update_timestamp.timestamp()) * 1_000_000)
+        for k in files_of(record.dagster_run.run_config):
+            a = attempts.get(k, Attempts())
+            attempts[k] = Attempts(a.failed + 1, max(a.last_end_us, end_us))
+    return in_flight, attempts

@@ -4,8 +4,10 @@ import datetime as dt
 
 import dagster as dg
 
-from fer_platform.automation.convergence import audit_layers, rederive_run_config, repair_requests
-from fer_platform.automation.jobs import ingest_job, reconcile_job
+from fer_platform.assets.raw import ingest_run_config
+from fer_platform.automation.convergence import audit_layers, repair_requests
+from fer_platform.automation.jobs import ingest_job
+from fer_platform.automation.reconcile import reconcile_job
 from fer_platform.automation.sensors import default_status
 from fer_platform.core import convergence
 from fer_platform.partitions import partition_key
@@ -55,7 +57,7 @@ def daily_refresh(
         if key not in repaired:
             requests.append(dg.RunRequest(
                 run_key=f"daily_refresh|{key}", job_name=ingest_job.name, partition_key=key,
-                tags={"fer/trigger": "daily_refresh"}, run_config=rederive_run_config(),
+                tags={"fer/trigger": "daily_refresh"}, run_config=ingest_run_config(files=[]),
             ))  # fmt: skip
     if not requests:
         return dg.SkipReason(f"nothing loaded on {day.isoformat()} and every layer agrees with the load log")

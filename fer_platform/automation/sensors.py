@@ -11,12 +11,14 @@ import warnings
 
 import dagster as dg
 
-from fer_platform.automation.convergence import FAILED, UNFINISHED, audit_layers, repair_requests
-from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage, publish_job
+from fer_platform.assets.raw import ingest_run_config
+from fer_platform.automation.convergence import audit_layers, repair_requests
+from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage, publish_job, triage_run_config
+from fer_platform.automation.runs import TRIGGER, runs_state
 from fer_platform.core import ledger
 from fer_platform.core.convergence import restore_load_log
 from fer_platform.core.db import connect
-from fer_platform.core.planner import Attempts, Watermark, plan_tick, run_key
+from fer_platform.core.planner import Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import (
     AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
@@ -30,33 +32,6 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*owners.*")
 
 def default_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if automation_on_by_default() else dg.DefaultSensorStatus.STOPPED
-
-
-TRIGGER = {"fer/trigger": "landing_sensor"}
-
-
-def files_of(run_config: dict) -> list[str]:
-    """The landing keys a run of the sensor carries (its run config's file list)."""
-    ops = (run_config or {}).get("ops", {})
-    op = ops.get("raw_images") or ops.get("quarantine_unroutable") or {}
-    return list(op.get("config", {}).get("files") or [])
-
-
-def runs_state(instance: dg.DagsterInstance, history: int = 1000, unfinished_only: bool = False) -> tuple[
-    set[str], dict[str, Attempts]
-]:  # fmt: skip
-    """(keys carried by the sensor's unfinished runs, failed attempts per key from its last failed runs)."""
-    in_flight = {k for run in instance.get_runs(dg.RunsFilter(tags=TRIGGER, statuses=UNFINISHED))
-                 for k in files_of(run.run_config)}  # fmt: skip
-    if unfinished_only:
-        return in_flight, {}
-    attempts: dict[str, Attempts] = {}
-    for record in instance.get_run_records(dg.RunsFilter(tags=TRIGGER, statuses=FAILED), limit=history):
-        end_us = int((record.end_time or record.update_timestamp.timestamp()) * 1_000_000)
-        for k in files_of(record.dagster_run.run_config):
-            a = attempts.get(k, Attempts())
-            attempts[k] = Attempts(a.failed + 1, max(a.last_end_us, end_us))
-    return in_flight, attempts
 
 
 @dg.sensor(
@@ -107,12 +82,12 @@ def landing_sensor(
         if emotion is None:
             requests.append(dg.RunRequest(
                 run_key=run_key(files, attempt), job_name=landing_triage.name, tags=tags,
-                run_config={"ops": {"quarantine_unroutable": {"config": {"files": keys, "on_success": settings.on_success}}}},
+                run_config=triage_run_config(keys, settings.on_success),
             ))  # fmt: skip
         else:
             requests.append(dg.RunRequest(
                 run_key=run_key(files, attempt), job_name=ingest_job.name, partition_key=partition_key(emotion, today),
-                tags=tags, run_config={"ops": {"raw_images": {"config": {"files": keys, "on_success": settings.on_success}}}},
+                tags=tags, run_config=ingest_run_config(keys, settings.on_success),
             ))  # fmt: skip
     requests += _repairs(context, dsn, lake, embedder, settings, {r.partition_key for r in requests})
     if tick.given_up:

@@ -89,6 +89,14 @@ def with_partition_columns(table: pa.Table, emotion: str, load_date: dt.date) ->
     )
 
 
+LABELLED_COLUMNS = ["image_id", "split", "png", "emotion", "load_date"]  # emotion, load_date: the Hive folders
+
+
+def read_labelled(lake: Storage) -> pa.Table:
+    """The bronze rows a model trains on and is judged on: both splits, each image with its emotion."""
+    return read_bronze(lake, LABELLED_COLUMNS, splits=["train", "test"])
+
+
 def read_bronze(lake: Storage, columns: list[str] | None = None, splits: list[str] | None = None) -> pa.Table:
     """Every bronze partition as one table (the Hive folders give emotion and load_date), optionally
     only some columns and splits."""

@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from fer_platform.automation.jobs import INGEST_ASSETS
-from fer_platform.checks import RUN_CHECKS
+from fer_platform.automation.jobs import RUN_CHECKS
 from fer_platform.core.db import connect
 from fer_platform.core.vectors import arrow_to_vectors
 from fer_platform.partitions import partition_key, utc_today
@@ -106,7 +106,7 @@ def test_checks_fail_when_postgres_and_silver_disagree(resources, two_partitions
     _run(resources, "happy")
     with connect(pg_dsn) as conn:
         conn.execute("DELETE FROM imagenes_fer WHERE id = (SELECT min(id) FROM imagenes_fer)")
-    from fer_platform.checks import image_embeddings_complete
+    from fer_platform.assets.embeddings import image_embeddings_complete
 
     result = dg.materialize(
         [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("happy", utc_today()), resources=resources,
@@ -122,7 +122,7 @@ def test_checks_fail_when_postgres_and_silver_disagree(resources, two_partitions
 
 def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn):
     _run(resources, "sad")
-    from fer_platform.checks import silver_matches_postgres
+    from fer_platform.assets.silver import silver_matches_postgres
 
     with connect(pg_dsn) as conn:  # a vector Postgres has but silver never saw
         conn.execute(
@@ -153,7 +153,7 @@ def test_silver_materialised_alone_over_lost_vectors_fails_against_the_load_log(
     """A UI materialisation of silver alone after the vectors were lost: silver and PostgreSQL agree (both empty),
     but the check compares with the load log too, so the lost images are not silently published."""
     _run(resources, "sad")
-    from fer_platform.checks import silver_matches_postgres
+    from fer_platform.assets.silver import silver_matches_postgres
 
     with connect(pg_dsn) as conn:
         conn.execute("DELETE FROM imagenes_fer")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fer_platform import cli
 from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS
-from fer_platform.checks import RUN_CHECKS
+from fer_platform.automation.jobs import RUN_CHECKS
 from fer_platform.core import db, search, sheet
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.storage import Storage
@@ -183,7 +183,7 @@ def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_
     meta["digests"]["ids.parquet"] = hashlib.sha256((folder / "ids.parquet").read_bytes()).hexdigest()
     (folder / "meta.json").write_text(json.dumps(meta))
     res = make_resources(loaded["dsn"], lake, loaded["landing"])
-    from fer_platform.checks import search_index_recall
+    from fer_platform.assets.search import search_index_recall
 
     result = dg.materialize(EVERYTHING, resources=res, selection=dg.AssetSelection.checks(search_index_recall),
                             raise_on_error=False)  # fmt: skip

@@ -14,9 +14,10 @@ from fer_platform.assets.model import embedding_model, emotion_model
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.checks import (
-    emotion_model_beats_untuned, image_embeddings_complete, search_index_recall, silver_matches_postgres,
-)  # fmt: skip
+from fer_platform.assets.model import emotion_model_beats_untuned
+from fer_platform.assets.embeddings import image_embeddings_complete
+from fer_platform.assets.search import search_index_recall
+from fer_platform.assets.silver import silver_matches_postgres  # fmt: skip
 from fer_platform.core import db, models, search
 from fer_platform.core.embedding import WeightsUnavailable
 from fer_platform.core.layout import EMOTIONS

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.raw import raw_images
-from fer_platform.checks import bronze_images_valid
+from fer_platform.assets.bronze import bronze_images_valid
 from fer_platform.core import images
 from fer_platform.core.db import connect
 from fer_platform.partitions import image_partitions, partition_key, utc_today

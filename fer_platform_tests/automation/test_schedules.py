@@ -7,7 +7,8 @@ import time
 import dagster as dg
 
 from fer_platform.assets.search import search_index
-from fer_platform.automation.jobs import INGEST_ASSETS, reconcile_job
+from fer_platform.automation.jobs import INGEST_ASSETS
+from fer_platform.automation.reconcile import reconcile_job
 from fer_platform.automation.schedules import daily_refresh, weekly_reconcile
 from fer_platform.definitions import build_definitions
 from fer_platform.partitions import partition_key, utc_today
@@ -88,7 +89,7 @@ def test_reconcile_judges_no_file_a_run_carries_reports_layers_and_removes_temp_
     (one of a live writer is left alone)."""
     from dagster._core.test_utils import create_run_for_test
 
-    from fer_platform.automation.sensors import TRIGGER
+    from fer_platform.automation.runs import TRIGGER
 
     hour_ago = time.time() - 3600
     os.utime(put(landing, "train/happy/0.png", face("happy", 0)), (hour_ago, hour_ago))

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test  # runs as the daemon would create them
 
-from fer_platform.automation import sensors
+from fer_platform.automation import runs
 from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core.ingest import ingest
 from fer_platform.core.storage import Storage
@@ -47,7 +47,7 @@ def tick(landing, pg_dsn, cursor=None, instance=None, lake=None, repairs=False, 
 
 
 def files_of(request):
-    return sensors.files_of(request.run_config)
+    return runs.files_of(request.run_config)
 
 
 def submit(instance, requests):
