@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOME_DIR ?= .fer
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: install demo test dev bench clean node
+.PHONY: install demo test lint dev bench clean node
 
 install: $(STAMP)
 
@@ -29,8 +29,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/fer-platform --home $(HOME_DIR) demo
 
-test: install node
+# The formatter and the linter first (seconds), then the suite.
+test: install node lint
 	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 dev: install
 	$(BIN)/fer-platform --home $(HOME_DIR) dev

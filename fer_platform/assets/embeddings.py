@@ -3,7 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
-from fer_platform.assets.model import embedding_model, served_model
+from fer_platform.assets.model import embedding_model
 from fer_platform.core import vectors
 from fer_platform.core.db import VECTORS_TABLE
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
@@ -38,7 +38,7 @@ def image_embeddings(
     transaction (binary COPY, the model streaming vectors into it). The pgvector IO manager only reads the
     rows back as the input of silver_embeddings."""
     emotion, load_date = partition_of(context)
-    model = served_model(embedder)
+    model = embedder.served_model()
     note = embedder.weights_note()
     if note:
         context.log.warning(note)

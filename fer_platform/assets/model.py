@@ -115,7 +115,7 @@ def model_metadata(metrics: dict, trained, data) -> dict:
     "index made by the previous model show as unsynced until re-materialised (a backfill of reembed_images).",
 )
 def embedding_model(context: dg.AssetExecutionContext, embedder: EmbedderResource):
-    model = served_model(embedder)
+    model = embedder.served_model()
     if model == last_data_version(context, context.asset_key):
         context.log.info(f"still serving {model}: nothing downstream changes")
         return
@@ -137,15 +137,6 @@ def last_data_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> Op
     event = context.instance.get_latest_materialization_event(key)
     materialization = event.asset_materialization if event else None
     return materialization.tags.get(DATA_VERSION_TAG) if materialization and materialization.tags else None
-
-
-def served_model(embedder: EmbedderResource) -> str:
-    """The embedder's model id; a wrong setting (e.g. weights 'tuned' with no approved model) ends the step
-    with its one-line reason."""
-    try:
-        return embedder.model_id()
-    except FerError as exc:
-        raise dg.Failure(description=str(exc)) from None
 
 
 MODEL_ASSETS = [emotion_model, embedding_model]

@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from fer_platform.core import models
+from fer_platform.core.errors import FerError
 from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, model_id, resolve_weights
 from fer_platform.resources.lake import LakeResource
 
@@ -75,6 +76,14 @@ class EmbedderResource(dg.ConfigurableResource):
         if self.tuned:
             return self.approved()["model"]
         return model_id(self.spec())
+
+    def served_model(self) -> str:
+        """``model_id`` inside a step: a wrong setting (e.g. weights 'tuned' with no approved model) ends the
+        step with its one-line reason."""
+        try:
+            return self.model_id()
+        except FerError as exc:
+            raise dg.Failure(description=str(exc)) from None
 
     def weights_note(self) -> Optional[str]:
         if self.tuned:
