@@ -15,7 +15,7 @@ from fer_platform.automation.convergence import FAILED, UNFINISHED, audit_layers
 from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage, publish_job
 from fer_platform.core import ledger
 from fer_platform.core.convergence import restore_load_log
-from fer_platform.core.db import connect
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.planner import Attempts, Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import (

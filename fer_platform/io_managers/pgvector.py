@@ -9,7 +9,7 @@ Input: the partition's rows for the embedder's current model, as an Arrow table 
 import dagster as dg
 import pyarrow as pa
 
-from fer_platform.core.db import VECTORS_TABLE
+from fer_platform.core.pg.schema import VECTORS_TABLE
 from fer_platform.core.vectors import EmbeddingPlan, read_partition, write_partition
 from fer_platform.partitions import partition_of
 from fer_platform.resources.embedder import EmbedderResource
