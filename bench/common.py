@@ -40,7 +40,10 @@ def resources(root: Path, dsn: str, **embedder):
     """The environments' own resources on the workspace's folders and database; ``embedder`` settings
     (batch_size, profile, ...) with the weights of FER_EMBED_WEIGHTS."""
     from fer_platform.resources import EmbedderResource, PostgresResource  # deferred: dagster
-    from fer_platform.resources.environments import environment_resources, vector_resources  # deferred: dagster
+    from fer_platform.resources.environments import (  # deferred: dagster
+        environment_resources,
+        vector_resources,
+    )
 
     res = environment_resources(str(root / "lake"), str(root / "landing"), PostgresResource(dsn=dsn))
     weights = os.environ["FER_EMBED_WEIGHTS"]
