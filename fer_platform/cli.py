@@ -2,11 +2,16 @@
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
+from fer_platform.core.pg.connect import describe, masked
+from fer_platform.core.pg.embedded import embedded_start, embedded_status, embedded_stop
+from fer_platform.core.pg.schema import ensure_schema
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,8 +91,6 @@ def _dispatch(args, home: Home) -> int:
     if args.command == "db":
         return _db(args.action, home)
     if args.command == "bulk-load":
-        import os
-
         from fer_platform import bulk
 
         os.environ["FER_HOME"] = str(home.root)
@@ -102,33 +105,26 @@ def _dispatch(args, home: Home) -> int:
 
 
 def _db(action: str, home: Home) -> int:
-    import os
-
-    from fer_platform.core import db
-
     external = os.environ.get("FER_PG_DSN")
     if action == "start":
-        dsn = external or db.embedded_start(home.postgres)
-        db.ensure_schema(dsn)
-        print(f"PostgreSQL ready at {db.describe(dsn)}")
+        dsn = external or embedded_start(home.postgres)
+        ensure_schema(dsn)
+        print(f"PostgreSQL ready at {describe(dsn)}")
     elif action == "stop":
         if external:
             print("FER_PG_DSN names an external server; nothing to stop")
         else:
-            print("stopped" if db.embedded_stop(home.postgres) else "not running")
+            print("stopped" if embedded_stop(home.postgres) else "not running")
     elif action == "status":
-        status = {"external": db.describe(external)} if external else db.embedded_status(home.postgres)
+        status = {"external": describe(external)} if external else embedded_status(home.postgres)
         print(json.dumps(status))
         return 0 if external or status["running"] else 1
     elif action == "url":
-        print(db.masked(external) if external else db.embedded_start(home.postgres))
+        print(masked(external) if external else embedded_start(home.postgres))
     return 0
 
 
 def _search(args, home: Home) -> int:
-    import os
-    from pathlib import Path
-
     from fer_platform.core import search
     from fer_platform.resources.environments import resolved_resources
 

@@ -5,7 +5,9 @@ recorded on the PostgreSQL-backed instance, so they show in the UI afterwards.
 """
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import sys
 import time
@@ -13,13 +15,18 @@ import traceback
 from collections import Counter
 from typing import Any, Optional
 
-from fer_platform.core import db, ledger
-from fer_platform.core.errors import FerError
+from fer_platform.core import convergence, ledger, liveness, search
+from fer_platform.core.errors import DatabaseUnavailable, FerError
 from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
+from fer_platform.core.layout import route
+from fer_platform.core.pg.connect import connect, describe
+from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.search import index_dir
+from fer_platform.core.silver import count_silver_rows
 from fer_platform.core.storage import Storage
+from fer_platform.core.vectors import count_model
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -28,8 +35,6 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def python_logs_to(path):
     """Python's own logging (e.g. dagster-postgres retrying a lost database, with tracebacks) goes to a
     file under the home while the demo runs, not to the terminal; the runs' logs stay in Dagster."""
-    import logging
-
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     handler = logging.FileHandler(path)
@@ -69,8 +74,8 @@ def database_lost(exc: BaseException) -> bool:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         name = type(exc).__name__
-        if isinstance(exc, db.DatabaseUnavailable) or name in ("DagsterPostgresException", "OperationalError",
-                                                              "InterfaceError", "AdminShutdown"):  # fmt: skip
+        if isinstance(exc, DatabaseUnavailable) or name in ("DagsterPostgresException", "OperationalError",
+                                                           "InterfaceError", "AdminShutdown"):  # fmt: skip
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -100,8 +105,6 @@ def run_demo(
 def home_lock(home: Home):
     """One demo at a time on a home: a second one waits for the first (an OS lock, released if the
     holder is killed), then finds everything loaded."""
-    import fcntl
-
     with open(home.root / ".demo.lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -121,17 +124,22 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
     os.environ["FER_LANDING"] = landing_url
 
     dsn = local_dsn(home)
-    db.ensure_schema(dsn)
+    ensure_schema(dsn)
     prepare_dagster_home(home, dsn)
 
-    import dagster as dg
+    # dagster only now: the CLI stays light, and fer_platform.definitions builds its defs at import from
+    # the environment set above
+    import dagster as dg  # deferred: dagster
 
-    from fer_platform.automation.convergence import REPAIR_TAG, audit_layers, rederive_run_config
-    from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs
-    from fer_platform.core import convergence, liveness
-    from fer_platform.definitions import build_definitions
-    from fer_platform.partitions import image_partitions, partition_key, utc_today
-    from fer_platform.resources.environments import resources_for
+    from fer_platform.automation.convergence import (  # deferred: dagster
+        REPAIR_TAG,
+        audit_layers,
+        rederive_run_config,
+    )
+    from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs  # deferred: dagster
+    from fer_platform.definitions import build_definitions  # deferred: dagster, reads the environment
+    from fer_platform.partitions import image_partitions, partition_key, utc_today  # deferred: dagster
+    from fer_platform.resources.environments import resources_for  # deferred: dagster
 
     defs = build_definitions(resources_for())
     lake = defs.resources["lake"].storage()
@@ -141,7 +149,7 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
     tags = {WORKER_TAG: liveness.this_worker(), "fer/trigger": "demo"}
     with dg.DagsterInstance.get() as instance:
         dead = fail_dead_runs(instance)  # runs of a killed demo (or worker) end as failed, not STARTED
-        with db.connect(dsn) as conn:
+        with connect(dsn) as conn:
             restored = convergence.restore_load_log(conn, lake)
             known = ledger.versions_under(conn, storage.uri())
         listing = storage.list_files()
@@ -166,7 +174,7 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
             else:
                 execute("ingest_images", partition_key(emotion, today), {"raw_images": {"config": {"files": keys}}})
         # then every partition whose layers disagree with the load log (a crash, an outage, a deleted layer)
-        with db.connect(dsn) as conn:
+        with connect(dsn) as conn:
             audit = audit_layers(instance, conn, lake, model)
         for emotion, day in audit.partitions:
             if not image_partitions.has_partition_key(partition_key(emotion, day)):
@@ -175,7 +183,7 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
         ingested = any(r["job"] == "ingest_images" for r in runs)
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)
-        with db.connect(dsn) as conn:  # what still disagrees is told, not hidden behind exit 0
+        with connect(dsn) as conn:  # what still disagrees is told, not hidden behind exit 0
             final = audit_layers(instance, conn, lake, model)
 
     summary = summarise(storage, listing, dsn)
@@ -202,11 +210,9 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
 def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
     """Counts over the files now in the landing zone, from the ledger: they reconcile by construction
     only if every file was logged exactly once, which is what a test checks."""
-    from fer_platform.core.layout import route
-
     ignored = [e.key for e in listing if route(e.key).ignored]
     counted = [e for e in listing if not route(e.key).ignored]
-    with db.connect(dsn) as conn:
+    with connect(dsn) as conn:
         rows = ledger.rows_for_versions(conn, versions(storage, counted))
         totals = ledger.status_counts(conn)
     status = Counter(r["status"] for r in rows)
@@ -226,18 +232,13 @@ def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
 
 def layer_counts(lake: Storage, dsn: str, model: Optional[str]) -> dict[str, Any]:
     """Rows of the current model in PostgreSQL and in the silver layer."""
-    from fer_platform.core.silver import count_silver_rows
-    from fer_platform.core.vectors import count_model
-
-    with db.connect(dsn) as conn:
+    with connect(dsn) as conn:
         postgres_rows = count_model(conn, model) if model else 0
     return {"model": model, "postgres_rows": postgres_rows, "silver_rows": count_silver_rows(lake, model)}
 
 
 def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
     """The index size and one search: the first test image's 10 nearest other images."""
-    from fer_platform.core import search
-
     try:
         index = search.load_index(lake, model)
     except search.IndexUnavailable:
@@ -310,7 +311,7 @@ def main(home: Home, landing: Optional[str], as_json: bool, **kwargs) -> int:
             raise
         with open(log_file, "a") as f:
             traceback.print_exception(exc, file=f)
-        where = db.describe(os.environ.get("FER_PG_DSN") or f"host={home.postgres}")
+        where = describe(os.environ.get("FER_PG_DSN") or f"host={home.postgres}")
         print(f"error: lost the PostgreSQL database at {where} during the demo ({first_line(exc)}): start it "
               "(fer-platform db start, or bring FER_PG_DSN's server back) and run the demo again; it repairs "
               f"what the outage interrupted (details: {log_file} and the runs' event logs)", file=sys.stderr)  # fmt: skip

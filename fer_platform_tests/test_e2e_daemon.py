@@ -8,6 +8,7 @@ every layer must converge again without anyone clicking. Every process started i
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,12 +16,16 @@ import sys
 import time
 import urllib.request
 
+import dagster as dg
 import psutil
 import pyarrow.dataset as ds
 import pytest
 
-from fer_platform.core import db
+from fer_platform.core import convergence
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.pg.connect import connect
+from fer_platform.core.pg.embedded import embedded_status
+from fer_platform.core.storage import Storage
 from fer_platform.partitions import utc_today
 from fer_platform_tests.helpers import encoded, face, put
 
@@ -123,8 +128,8 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         _wait("every file loaded and the index rebuilt", settled, 300, proc)
         family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
 
-        dsn = db.embedded_status(home / "postgres")["dsn"]
-        with db.connect(dsn) as conn:
+        dsn = embedded_status(home / "postgres")["dsn"]
+        with connect(dsn) as conn:
             statuses = dict(conn.execute("SELECT status, count(*) FROM load_log GROUP BY status").fetchall())
             per_file = conn.execute("SELECT count(*), count(DISTINCT (source, size, modified_at)) FROM load_log").fetchone()
             vectors = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s",
@@ -147,7 +152,7 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         _wait("every layer converged after the kill", settled, 300, proc)
         _wait("the layers agree", lambda: _layers_agree(home), 120, proc)
         family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
-        with db.connect(dsn) as conn:
+        with connect(dsn) as conn:
             after = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s",
                                  (MODEL,)).fetchone()  # fmt: skip
         assert after == (loaded + 4, loaded + 4)
@@ -181,10 +186,6 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
 
 def _worker_of_started_run(home, port):
     """(run id, worker pid) of a STARTED ingest run, from its "Started process for run (pid: N)" event."""
-    import re
-
-    import dagster as dg
-
     started = [r for r in _runs(port, ["STARTED"]) if r["jobName"] == "ingest_images"]
     if not started:
         return None
@@ -201,11 +202,8 @@ def _run_status(port, run_id):
 
 
 def _layers_agree(home) -> bool:
-    from fer_platform.core import convergence
-    from fer_platform.core.storage import Storage
-
-    dsn = db.embedded_status(home / "postgres")["dsn"]
-    with db.connect(dsn) as conn:
+    dsn = embedded_status(home / "postgres")["dsn"]
+    with connect(dsn) as conn:
         return convergence.audit(conn, Storage(str(home / "lake")), MODEL).ok
 
 
@@ -218,12 +216,12 @@ def _ready(port) -> bool:
 
 
 def _ledger_rows(home) -> int:
-    dsn = db.embedded_status(home / "postgres")["dsn"]
-    with db.connect(dsn) as conn:
+    dsn = embedded_status(home / "postgres")["dsn"]
+    with connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM load_log").fetchone()[0]
 
 
 def _loaded(home) -> int:
-    dsn = db.embedded_status(home / "postgres")["dsn"]
-    with db.connect(dsn) as conn:
+    dsn = embedded_status(home / "postgres")["dsn"]
+    with connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM load_log WHERE status = 'loaded'").fetchone()[0]

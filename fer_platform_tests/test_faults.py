@@ -13,11 +13,13 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import psycopg
 import pyarrow.dataset as ds
@@ -25,8 +27,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fer_platform.core import db
+import fer_platform.assets.raw as raw_asset
+import fer_platform.partitions as partitions
+from fer_platform.core.home import Home
+from fer_platform.core.pg.connect import connect
+from fer_platform.core.pg.embedded import embedded_status
 from fer_platform.core.sample_data import write_sample_landing
+from fer_platform.demo import run_demo
 
 pytestmark = pytest.mark.slow
 MODEL = "resnet18-random-s0-fidelity"
@@ -81,8 +88,8 @@ def _ids(root: Path, columns=("image_id",), **flt) -> list[str]:
 def assert_converged(home, landing):
     """Every layer holds exactly the landing zone's valid faces, once; nothing stays STARTED or half-written."""
     want = expected(landing)
-    dsn = db.embedded_status(home / "postgres")["dsn"]
-    with db.connect(dsn) as conn:
+    dsn = embedded_status(home / "postgres")["dsn"]
+    with connect(dsn) as conn:
         logged = [r[0] for r in conn.execute("SELECT sha256 FROM load_log WHERE status = 'loaded'")]
         vectors = conn.execute("SELECT image_id, emotion FROM imagenes_fer WHERE model = %s", (MODEL,)).fetchall()
     lake = home / "lake"
@@ -100,8 +107,6 @@ def assert_converged(home, landing):
         assert set(ids) == set(want), f"{name}: {len(set(want) - set(ids))} missing, {len(set(ids) - set(want))} extra"
     assert {i: e for i, e in vectors} == want  # each vector in its emotion's partition
     assert not [p for p in lake.rglob("*.tmp")], "temporary files of killed writes stayed in the lake"
-    import dagster as dg
-
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         stuck = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]))
         assert not stuck, [r.run_id for r in stuck]
@@ -168,11 +173,9 @@ def test_the_database_stopped_mid_copy_is_one_line_then_the_next_demo_repairs(lo
 
 def test_deleted_layers_are_rebuilt_by_the_next_demo(loaded):
     home, landing = loaded
-    dsn = db.embedded_status(home / "postgres")["dsn"]
+    dsn = embedded_status(home / "postgres")["dsn"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE imagenes_fer")
-    import shutil
-
     shutil.rmtree(home / "lake/silver")
     shutil.rmtree(home / "lake/index")
     again = demo(home, landing)
@@ -186,11 +189,6 @@ def test_deleted_layers_are_rebuilt_by_the_next_demo(loaded):
 def test_a_load_log_lost_on_a_later_day_loads_nothing_twice(tmp_path, monkeypatch):
     """First load on day D (yesterday: the clock is pinned for the demo's runs), the load log deleted, then the
     demo on day D+1 (today): the raw manifests put the load log back, and nothing is loaded twice."""
-    import fer_platform.assets.raw as raw_asset
-    import fer_platform.partitions as partitions
-    from fer_platform.core.home import Home
-    from fer_platform.demo import run_demo
-
     home, landing = tmp_path / "home", tmp_path / "landing"
     write_sample_landing(landing, per_class=3, test_per_class=1, seed=9, defects=True)
     for var in ("FER_HOME", "FER_LANDING", "DAGSTER_HOME", "FER_DAGSTER_PG_URL"):
@@ -203,14 +201,14 @@ def test_a_load_log_lost_on_a_later_day_loads_nothing_twice(tmp_path, monkeypatc
             first = run_demo(Home(home), str(landing))
         assert first["loaded"] == 28 and {r["partition"].split("|")[1] for r in first["runs"] if r["partition"]} == {
             day_d.isoformat()}  # fmt: skip
-        dsn = db.embedded_status(home / "postgres")["dsn"]
+        dsn = embedded_status(home / "postgres")["dsn"]
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM load_log")
         second = run_demo(Home(home), str(landing))
         assert second["restored_load_log_rows"] == 28 and not second["disagreements"]
         assert second["loaded"] == 28 and second["postgres_rows"] == second["silver_rows"] == 28
         assert_converged(home, landing)
-        with db.connect(dsn) as conn:  # and every image is still in its day-D partition
+        with connect(dsn) as conn:  # and every image is still in its day-D partition
             days = {r[0] for r in conn.execute("SELECT DISTINCT load_date FROM imagenes_fer")}
         assert days == {day_d}
     finally:
@@ -238,7 +236,7 @@ def test_what_the_demo_cannot_repair_is_told_one_line_per_layer_and_exit_1(loade
     """A partition whose repair fails (its vectors deleted and a raw lake copy lost, so bronze cannot be
     rebuilt): the demo says which layer disagrees, one line each, and exits 1. (Last: it leaves the home broken.)"""
     home, landing = loaded
-    dsn = db.embedded_status(home / "postgres")["dsn"]
+    dsn = embedded_status(home / "postgres")["dsn"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM imagenes_fer WHERE emotion = 'disgust'")
     victim = next((home / "lake/raw/images/fer2013/train/disgust").glob("*.png"))

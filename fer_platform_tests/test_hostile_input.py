@@ -14,10 +14,15 @@ import sys
 import zlib
 
 import numpy as np
+import psycopg
 import pytest
 from PIL import Image
 
+from fer_platform.core.errors import ConfigError
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.pg.embedded import embedded_status
+from fer_platform.core.storage import FileTooLarge, Storage
+from fer_platform.resources.environments import max_file_bytes
 from fer_platform_tests.helpers import face
 
 pytestmark = pytest.mark.slow
@@ -131,11 +136,7 @@ def test_the_hostile_catalogue_beside_good_files_of_every_emotion(tmp_path):
             if p.is_file() and not p.name.endswith(".parquet"):
                 assert not any(s in p.read_bytes() for s in secrets), p
         # the original names are kept in the load log
-        import psycopg
-
-        from fer_platform.core import db
-
-        with psycopg.connect(db.embedded_status(home / "postgres")["dsn"]) as conn:
+        with psycopg.connect(embedded_status(home / "postgres")["dsn"]) as conn:
             paths = {r[0] for r in conn.execute("SELECT path FROM load_log WHERE status = 'loaded'")}
         assert paths == set(good)
     finally:
@@ -145,8 +146,6 @@ def test_the_hostile_catalogue_beside_good_files_of_every_emotion(tmp_path):
 
 def test_a_file_bigger_than_the_cap_is_never_read_whole(tmp_path, monkeypatch):
     """The size cap is a setting; a file over it is judged by its size (no read), one under it by its content."""
-    from fer_platform.core.storage import FileTooLarge, Storage
-
     landing = tmp_path / "l"
     (landing / "train/happy").mkdir(parents=True)
     data = face("happy", 1)
@@ -156,8 +155,5 @@ def test_a_file_bigger_than_the_cap_is_never_read_whole(tmp_path, monkeypatch):
     with pytest.raises(FileTooLarge):
         store.read_bytes("train/happy/a.png", max_bytes=len(data) - 1)
     monkeypatch.setenv("FER_MAX_FILE_BYTES", "12x")
-    from fer_platform.core.errors import ConfigError
-    from fer_platform.resources.environments import max_file_bytes
-
     with pytest.raises(ConfigError, match=re.escape("FER_MAX_FILE_BYTES='12x' is not a whole number")):
         max_file_bytes()

@@ -5,7 +5,7 @@ import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
 from fer_platform.core import vectors
-from fer_platform.core.db import VECTORS_TABLE
+from fer_platform.core.pg.schema import VECTORS_TABLE
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 from fer_platform.partitions import image_partitions, partition_of
 from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource

@@ -10,8 +10,11 @@ import time
 
 import dagster as dg
 
-from fer_platform.core import db
+from fer_platform.core.errors import DatabaseUnavailable
 from fer_platform.core.migrate import RANGE_SIZE, MigrationError, Progress, migrate_vectors
+from fer_platform.core.pg.auth import EntraToken, use_password_provider
+from fer_platform.core.pg.connect import describe
+from fer_platform.core.pg.schema import VECTORS_TABLE
 from fer_platform.resources import PostgresResource
 
 THIS_DATABASE = "postgres"
@@ -50,9 +53,9 @@ def _dsn(which: str, setting: str, postgres: PostgresResource) -> str:
 def copy_vector_table(context: dg.OpExecutionContext, config: MigrateVectorsConfig, postgres: PostgresResource):
     source = _dsn("source", config.source, postgres)
     target = _dsn("target", config.target, postgres)
-    if config.target_entra_auth:
-        db.use_password_provider(target, db.EntraToken(where=f"PostgreSQL at {db.describe(target)}"))
-    context.log.info(f"migrating {db.VECTORS_TABLE}: {db.describe(source)} -> {db.describe(target)}")
+    if config.target_entra_auth:  # every connect of the migration to the target asks for a token
+        use_password_provider(target, EntraToken(where=f"PostgreSQL at {describe(target)}"))
+    context.log.info(f"migrating {VECTORS_TABLE}: {describe(source)} -> {describe(target)}")
     last_log = [time.monotonic()]
 
     def progress(p: Progress) -> None:  # every 10 s while streaming, and when the last range is in
@@ -65,7 +68,7 @@ def copy_vector_table(context: dg.OpExecutionContext, config: MigrateVectorsConf
     try:
         report = migrate_vectors(source, target, range_size=config.range_size, allow_deletes=config.allow_deletes,
                                  progress=progress)  # fmt: skip
-    except (MigrationError, db.DatabaseUnavailable) as exc:
+    except (MigrationError, DatabaseUnavailable) as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(f"verified: {report.rows} rows, checksum {report.checksum[:16]}")
     yield dg.Output(

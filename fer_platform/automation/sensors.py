@@ -17,7 +17,7 @@ from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_tri
 from fer_platform.automation.runs import TRIGGER, runs_state
 from fer_platform.core import ledger
 from fer_platform.core.convergence import restore_load_log
-from fer_platform.core.db import connect
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.planner import Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import (

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fer_platform.core.layout import LAKE_FOLDERS
+from fer_platform.core.pg.connect import ensure_database, is_local_host
+from fer_platform.core.pg.embedded import embedded_start
+from fer_platform.core.pg.schema import DAGSTER_DATABASE
 
 DEFAULT_HOME = ".fer"
 
@@ -99,9 +102,7 @@ nux:
 
 def local_dsn(home: Home) -> str:
     """``FER_PG_DSN`` if set, else the embedded server under the home (started if needed)."""
-    from fer_platform.core import db
-
-    return os.environ.get("FER_PG_DSN") or db.embedded_start(home.postgres)
+    return os.environ.get("FER_PG_DSN") or embedded_start(home.postgres)
 
 
 def sqlalchemy_url(dsn: str) -> tuple[str, bool]:
@@ -110,8 +111,6 @@ def sqlalchemy_url(dsn: str) -> tuple[str, bool]:
 
     from psycopg.conninfo import conninfo_to_dict
 
-    from fer_platform.core.db import is_local_host
-
     p = conninfo_to_dict(dsn)
     user = quote(p.get("user") or "postgres", safe="")
     password = p.get("password")
@@ -119,7 +118,7 @@ def sqlalchemy_url(dsn: str) -> tuple[str, bool]:
     host = p.get("host") or ""
     query = {k: p[k] for k in ("sslmode",) if p.get(k)}
     if not is_local_host(dsn):
-        query.setdefault("sslmode", "require")  # as the application's own connections (core.db.connect)
+        query.setdefault("sslmode", "require")  # as the application's own connections (core.pg.connect)
     if host.startswith("/"):
         query["host"] = host
         netloc = f"{auth}@"
@@ -135,10 +134,8 @@ def prepare_dagster_home(home: Home, dsn: str) -> Path:
     A URL with a password never lands in the file: it goes to FER_DAGSTER_PG_URL in this
     process's environment (inherited by the processes it starts).
     """
-    from fer_platform.core import db
-
     home.create()
-    url, secret = sqlalchemy_url(db.ensure_database(dsn, db.DAGSTER_DATABASE))
+    url, secret = sqlalchemy_url(ensure_database(dsn, DAGSTER_DATABASE))
     if secret:
         os.environ["FER_DAGSTER_PG_URL"] = url
     text = dagster_yaml(None if secret else url)

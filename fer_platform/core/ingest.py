@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from fer_platform.core import faults, images, ledger
-from fer_platform.core.db import connect
 from fer_platform.core.errors import one_line
 from fer_platform.core.layout import LANDING_ARCHIVE, Route, quarantine_path, raw_image_path, route, versioned_name
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import FileEntry, FileTooLarge, NotARegularFile, Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from fer_platform.core.db import LOAD_LOG_TABLE
+from fer_platform.core.pg.schema import LOAD_LOG_TABLE
 from fer_platform.core.storage import to_us
 
 INGEST_LOCK = 7_210_002  # pg_advisory_xact_lock key: one ledger decision at a time

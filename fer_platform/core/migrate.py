@@ -1,6 +1,6 @@
 """Copy the vector table from one PostgreSQL to another: the classic "local -> Azure" step.
 
-1. The target gets the extension and the schema (``db.ensure_schema``); an advisory
+1. The target gets the extension and the schema (``pg.schema.ensure_schema``); an advisory
    lock lets one migration at a time write it.
 2. The source is read in one ``REPEATABLE READ, READ ONLY`` transaction: every read of
    the run, verification included, sees the same snapshot while the platform goes on
@@ -41,10 +41,11 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from fer_platform.core import db
-from fer_platform.core.errors import FerError
+from fer_platform.core.errors import FerError, one_line
+from fer_platform.core.pg.connect import connect, describe
+from fer_platform.core.pg.schema import VECTOR_INDEX, VECTOR_INDEX_DDL, VECTORS_TABLE, ensure_schema
 
-TABLE = db.VECTORS_TABLE
+TABLE = VECTORS_TABLE
 COLUMNS = ("id", "filepath", "emotion", "vector", "image_id", "split", "load_date", "model", "created_at")
 STAGE = "fer_migrate_stage"
 _MIGRATE_LOCK = 7_210_003  # pg_try_advisory_lock key on the target
@@ -118,15 +119,17 @@ def migrate_vectors(
     if range_size < 1:
         raise MigrationError(f"range_size must be at least 1, not {range_size}")
     started = time.monotonic()
-    where = f"{db.describe(source_dsn)} -> {db.describe(target_dsn)}"
-    if db.describe(source_dsn) == db.describe(target_dsn):
-        raise MigrationError(f"source and target are the same database ({db.describe(source_dsn)})")
-    db.ensure_schema(target_dsn, vector_index=False)
-    with db.connect(source_dsn, autocommit=True) as source, db.connect(target_dsn, autocommit=True) as target:
+    where = f"{describe(source_dsn)} -> {describe(target_dsn)}"
+    if describe(source_dsn) == describe(target_dsn):
+        raise MigrationError(f"source and target are the same database ({describe(source_dsn)})")
+    ensure_schema(target_dsn, vector_index=False)
+    with connect(source_dsn, autocommit=True) as source, connect(target_dsn, autocommit=True) as target:
         for conn in (source, target):
             conn.execute("SET datestyle = 'ISO, YMD'")
         if not target.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATE_LOCK,)).fetchone()[0]:
-            raise MigrationError(f"another migration is writing {db.describe(target_dsn)}; try again when it ends")
+            raise MigrationError(
+                f"another migration is writing {describe(target_dsn)}; try again when it ends"
+            )
         source.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for the whole run
         source.read_only = True
         with source.transaction():
@@ -139,7 +142,7 @@ def migrate_vectors(
             target_rows = sum(n for n, _ in tgt.values())
             bulk = target_rows == 0 or not _has_index(target)
             if bulk:
-                target.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(db.VECTOR_INDEX)))
+                target.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(VECTOR_INDEX)))
             target.execute(
                 sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(
                     sql.Identifier(STAGE), sql.Identifier(TABLE)
@@ -152,7 +155,8 @@ def migrate_vectors(
                                                    streamed)  # fmt: skip
                 except psycopg.Error as exc:
                     raise MigrationError(
-                        f"{where}: stopped in id range {r} ({done} of {len(todo)} ranges copied): {_first_line(exc)}; "
+                        f"{where}: stopped in id range {r} ({done} of {len(todo)} ranges copied): "
+                        f"{one_line(exc)}; "
                         "the ranges copied are kept, run it again to finish"
                     ) from None
                 copied, removed, streamed = copied + rows, removed + gone, streamed + sent
@@ -163,11 +167,11 @@ def migrate_vectors(
             final_src, final_tgt = summarise(source, range_size), summarise(target, range_size)
         index_built = False
         if bulk or not _has_index(target):
-            target.execute(db.VECTOR_INDEX_DDL)  # built once, over every row
+            target.execute(VECTOR_INDEX_DDL)  # built once, over every row
             index_built = True
         _verify(final_src, final_tgt, where)
     return MigrationReport(
-        source=db.describe(source_dsn), target=db.describe(target_dsn), rows=sum(n for n, _ in final_src.values()),
+        source=describe(source_dsn), target=describe(target_dsn), rows=sum(n for n, _ in final_src.values()),
         ranges=len(final_src), ranges_copied=len(todo), rows_copied=copied, rows_removed=removed,
         checksum=checksum(final_src), index_built=index_built, seconds=round(time.monotonic() - started, 3),
     )  # fmt: skip
@@ -183,10 +187,12 @@ def _check_source(source: psycopg.Connection, dsn: str) -> None:
         )
     }
     if not found:
-        raise MigrationError(f"there is no {TABLE} table on the source {db.describe(dsn)}")
+        raise MigrationError(f"there is no {TABLE} table on the source {describe(dsn)}")
     missing = [c for c in COLUMNS if c not in found]
     if missing:
-        raise MigrationError(f"the source's {TABLE} lacks the column(s) {', '.join(missing)} ({db.describe(dsn)})")
+        raise MigrationError(
+            f"the source's {TABLE} lacks the column(s) {', '.join(missing)} ({describe(dsn)})"
+        )
 
 
 def _ids(conn: psycopg.Connection, lo: int, hi: int) -> set[int]:
@@ -209,7 +215,7 @@ def _check_deletes(source, target, todo, range_size, allow_deletes, where) -> No
 
 
 def _has_index(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (db.VECTOR_INDEX,)).fetchone()[0]
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VECTOR_INDEX,)).fetchone()[0]
 
 
 def _copy_range(source, target, r, range_size, progress, done, todo, copied, streamed) -> tuple[int, int, int]:
@@ -255,11 +261,6 @@ def _advance_sequence(target: psycopg.Connection) -> None:
         ).format(t=sql.Identifier(TABLE)),
         (TABLE,),
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _verify(src: Summary, tgt: Summary, where: str) -> None:

@@ -10,8 +10,9 @@ import os
 from dataclasses import dataclass, field
 
 from fer_platform.core import convergence, ledger
-from fer_platform.core.db import LOAD_LOG_TABLE, connect
 from fer_platform.core.layout import RAW_IMAGES, route
+from fer_platform.core.pg.connect import connect
+from fer_platform.core.pg.schema import LOAD_LOG_TABLE
 from fer_platform.core.storage import Storage, remove_stale_temps, temp_is_stale, temp_target
 
 

@@ -18,16 +18,24 @@ import datetime as dt
 import functools
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pgvector.psycopg import register_vector
+from PIL import Image, UnidentifiedImageError
 
+from fer_platform.core.embedding import Embedder, model_id
 from fer_platform.core.images import sha256
-from fer_platform.core.layout import INDEX
-from fer_platform.core.vectors import arrow_to_vectors
+from fer_platform.core.layout import EMOTIONS, INDEX
+from fer_platform.core.pg.connect import connect
+from fer_platform.core.pg.schema import VECTORS_TABLE
+from fer_platform.core.sheet import contact_sheet
+from fer_platform.core.silver import lake_relative
+from fer_platform.core.vectors import arrow_to_vectors, as_numpy
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
@@ -89,7 +97,7 @@ class SearchIndex:
 
     # ---- files
     def to_files(self) -> dict[str, bytes]:
-        import faiss
+        import faiss  # deferred: heavy
 
         buf = io.BytesIO()
         pq.write_table(self.mapping, buf, compression="zstd")
@@ -102,7 +110,7 @@ class SearchIndex:
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> "SearchIndex":
-        import faiss
+        import faiss  # deferred: heavy
 
         missing = [f for f in (INDEX_FILE, IDS_FILE, META_FILE) if f not in files]
         if missing:
@@ -162,7 +170,7 @@ class SearchIndex:
         graph search finds fewer than ``k`` that exist, exact search over the subset
         answers instead). ``exclude`` drops one image_id (the query itself).
         """
-        import faiss
+        import faiss  # deferred: heavy
 
         q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))
         allowed = np.flatnonzero(self.emotions == emotion) if emotion else np.arange(self.size)
@@ -199,7 +207,7 @@ class SearchIndex:
 
 @contextlib.contextmanager
 def single_thread():
-    import faiss
+    import faiss  # deferred: heavy
 
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -248,7 +256,7 @@ def build_index(
     seed: int = 0,
 ) -> SearchIndex:
     """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above)."""
-    import faiss
+    import faiss  # deferred: heavy
 
     table = silver.sort_by([("image_id", "ascending")])
     vectors = normalise(arrow_to_vectors(table["vector"]))
@@ -347,8 +355,6 @@ def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int 
 def load_index(lake, model: str, tries: int = 3) -> SearchIndex:
     """The index of ``model`` from the lake (a core.storage.Storage); read again if a rebuild was
     replacing its files meanwhile."""
-    import time
-
     folder = index_dir(model)
     for attempt in range(tries):
         files = {}
@@ -378,11 +384,6 @@ def pgvector_search(conn, query: np.ndarray, model: str, k: int = 10, emotion: s
     still returns ``k`` rows; if the index scan still comes up short of the rows that
     exist, the query is answered by an exact scan.
     """
-    from pgvector.psycopg import register_vector
-
-    from fer_platform.core.db import VECTORS_TABLE
-    from fer_platform.core.silver import lake_relative
-
     register_vector(conn)
     q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
     where, params = ["model = %s"], [model]
@@ -410,7 +411,7 @@ def pgvector_search(conn, query: np.ndarray, model: str, k: int = 10, emotion: s
                 conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
                 rows = conn.execute(sql, args).fetchall()
     return [
-        Hit(rank=i + 1, image_id=r[0], filepath=_lake_path(r[1], lake_relative), emotion=r[2], split=r[3],
+        Hit(rank=i + 1, image_id=r[0], filepath=_lake_path(r[1]), emotion=r[2], split=r[3],
             load_date=_iso(r[4]), distance=float(r[5]))
         for i, r in enumerate(rows)
     ]  # fmt: skip
@@ -418,12 +419,6 @@ def pgvector_search(conn, query: np.ndarray, model: str, k: int = 10, emotion: s
 
 def pgvector_row(conn, image_id: str, model: str) -> dict | None:
     """The stored row of ``image_id`` for ``model``: filepath (lake path), emotion, split, load_date, vector."""
-    from pgvector.psycopg import register_vector
-
-    from fer_platform.core.db import VECTORS_TABLE
-    from fer_platform.core.silver import lake_relative
-    from fer_platform.core.vectors import as_numpy
-
     register_vector(conn)
     row = conn.execute(
         f"SELECT filepath, emotion, split, load_date, vector FROM {VECTORS_TABLE} WHERE image_id = %s AND model = %s",
@@ -431,11 +426,11 @@ def pgvector_row(conn, image_id: str, model: str) -> dict | None:
     ).fetchone()
     if row is None:
         return None
-    return {"image_id": image_id, "filepath": _lake_path(row[0], lake_relative), "emotion": row[1], "split": row[2],
+    return {"image_id": image_id, "filepath": _lake_path(row[0]), "emotion": row[1], "split": row[2],
             "load_date": row[3], "vector": as_numpy(row[4])}  # fmt: skip
 
 
-def _lake_path(uri: str, lake_relative) -> str:
+def _lake_path(uri: str) -> str:
     try:
         return lake_relative(uri)
     except ValueError:
@@ -476,9 +471,6 @@ def find_similar(
 ) -> dict[str, Any]:
     """The ``k`` images nearest to a query image (embedded with ``spec``, the model the vectors were
     made with) or to a stored image (``image_id``, itself excluded), closest first."""
-    from fer_platform.core.embedding import model_id
-    from fer_platform.core.layout import EMOTIONS
-
     if (image is None) == (image_id is None):
         raise QueryError("give exactly one of an image or an image id")
     if backend not in BACKENDS:
@@ -508,8 +500,6 @@ def find_similar(
         hits = index.search(vector, k, emotion=emotion, exclude=image_id)
         size = index.size
     else:
-        from fer_platform.core.db import connect
-
         with connect(dsn) as conn:
             stored = pgvector_row(conn, query["image_id"], model)
             if vector is None and stored is None:
@@ -534,10 +524,6 @@ def find_similar(
 
 
 def embed_query(image: bytes, spec) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    from fer_platform.core.embedding import Embedder
-
     try:
         with Image.open(io.BytesIO(image)) as im:
             im.load()
@@ -548,8 +534,6 @@ def embed_query(image: bytes, spec) -> np.ndarray:
 
 def result_sheet(result: dict[str, Any], lake, query_image: bytes | None = None) -> bytes:
     """A contact sheet of a ``find_similar`` result: the query, then each neighbour."""
-    from fer_platform.core.sheet import contact_sheet
-
     q = result["query"]
     if query_image is None:
         query_image = lake.read_bytes(q["filepath"])

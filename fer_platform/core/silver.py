@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
-from fer_platform.core.db import EMBEDDING_DIM
 from fer_platform.core.layout import RAW_IMAGES, SILVER_EMBEDDINGS
+from fer_platform.core.pg.schema import EMBEDDING_DIM
 from fer_platform.core.vectors import arrow_to_vectors, vectors_to_arrow
 
 NORM_TOLERANCE = 1e-5
@@ -96,8 +97,6 @@ def silver_problems(table: pa.Table) -> list[str]:
 
 def read_silver(lake, columns: list[str] | None = None, model: str | None = None) -> pa.Table:
     """Every silver partition as one table (the Hive folders give emotion and load_date)."""
-    import pyarrow.dataset as ds
-
     root = lake.path(SILVER_EMBEDDINGS)
     empty = SCHEMA.empty_table().select(list(columns or SCHEMA.names))
     if not lake.fs.exists(root):  # no silver yet (or deleted): an empty layer, not an error

@@ -21,7 +21,7 @@ import pyarrow as pa
 from pgvector.psycopg import register_vector
 
 from fer_platform.core import faults
-from fer_platform.core.db import EMBEDDING_DIM, VECTORS_TABLE
+from fer_platform.core.pg.schema import EMBEDDING_DIM, VECTORS_TABLE
 
 VECTOR_TYPE = pa.list_(pa.float32(), EMBEDDING_DIM)
 _COPY_COLUMNS = ("filepath", "emotion", "vector", "image_id", "split", "load_date", "model")

@@ -6,7 +6,12 @@ from typing import Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from fer_platform.core import db
+from fer_platform.core.errors import DatabaseUnavailable
+from fer_platform.core.pg.auth import EntraToken, use_password_provider
+from fer_platform.core.pg.connect import connect as pg_connect
+from fer_platform.core.pg.connect import describe
+from fer_platform.core.pg.embedded import embedded_start
+from fer_platform.core.pg.schema import ensure_schema
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -29,19 +34,19 @@ class PostgresResource(dg.ConfigurableResource):
     def get_dsn(self) -> str:
         if self._resolved is None:
             if isinstance(self.dsn, dg.EnvVar):  # not initialised by Dagster
-                raise db.DatabaseUnavailable(f"PostgresResource.dsn is {self.dsn.env_var_name} unresolved: "
-                                             "use it inside a run or through dg.build_resources")  # fmt: skip
+                raise DatabaseUnavailable(f"PostgresResource.dsn is {self.dsn.env_var_name} unresolved: "
+                                          "use it inside a run or through dg.build_resources")  # fmt: skip
             if self.dsn:
                 resolved = self.dsn
-                if self.entra_auth:
-                    db.use_password_provider(resolved, db.EntraToken(where=f"PostgreSQL at {db.describe(resolved)}"))
+                if self.entra_auth:  # every connect to this server and user, wherever the DSN goes
+                    use_password_provider(resolved, EntraToken(where=f"PostgreSQL at {describe(resolved)}"))
             elif self.embedded_dir:
-                resolved = db.embedded_start(self.embedded_dir)
+                resolved = embedded_start(self.embedded_dir)
             else:
-                raise db.DatabaseUnavailable("no PostgreSQL configured: set FER_PG_DSN or an embedded_dir")
-            db.ensure_schema(resolved)
+                raise DatabaseUnavailable("no PostgreSQL configured: set FER_PG_DSN or an embedded_dir")
+            ensure_schema(resolved)
             self._resolved = resolved
         return self._resolved
 
     def connect(self):
-        return db.connect(self.get_dsn())
+        return pg_connect(self.get_dsn())

@@ -8,11 +8,13 @@ import pyarrow.dataset as ds
 import pytest
 
 from fer_platform.automation.jobs import INGEST_ASSETS
+from fer_platform.assets.embeddings import image_embeddings_complete
+from fer_platform.assets.silver import silver_matches_postgres
 from fer_platform.automation.jobs import RUN_CHECKS
-from fer_platform.core.db import connect
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import arrow_to_vectors
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform_tests.helpers import face, put
+from fer_platform_tests.helpers import encoded, face, put
 
 MODEL = "resnet18-random-s0-fidelity"
 
@@ -106,8 +108,6 @@ def test_checks_fail_when_postgres_and_silver_disagree(resources, two_partitions
     _run(resources, "happy")
     with connect(pg_dsn) as conn:
         conn.execute("DELETE FROM imagenes_fer WHERE id = (SELECT min(id) FROM imagenes_fer)")
-    from fer_platform.assets.embeddings import image_embeddings_complete
-
     result = dg.materialize(
         [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("happy", utc_today()), resources=resources,
         # a check-only selection has no partitioned asset to take the partition from: add bronze
@@ -122,8 +122,6 @@ def test_checks_fail_when_postgres_and_silver_disagree(resources, two_partitions
 
 def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn):
     _run(resources, "sad")
-    from fer_platform.assets.silver import silver_matches_postgres
-
     with connect(pg_dsn) as conn:  # a vector Postgres has but silver never saw
         conn.execute(
             "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
@@ -139,8 +137,6 @@ def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn
 
 
 def test_a_partition_of_only_broken_files_gives_empty_layers(resources, landing, lake, pg_dsn):
-    from fer_platform_tests.helpers import encoded
-
     put(landing, "train/surprise/broken.png", encoded("RGB"))
     result = _run(resources, "surprise")
     assert result.asset_materializations_for_node("raw_images")[0].metadata["quarantined"].value == 1
@@ -153,8 +149,6 @@ def test_silver_materialised_alone_over_lost_vectors_fails_against_the_load_log(
     """A UI materialisation of silver alone after the vectors were lost: silver and PostgreSQL agree (both empty),
     but the check compares with the load log too, so the lost images are not silently published."""
     _run(resources, "sad")
-    from fer_platform.assets.silver import silver_matches_postgres
-
     with connect(pg_dsn) as conn:
         conn.execute("DELETE FROM imagenes_fer")
     result = dg.materialize(

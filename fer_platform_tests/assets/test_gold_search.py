@@ -18,9 +18,12 @@ from PIL import Image
 
 from fer_platform import cli
 from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS
+from fer_platform.assets.search import search_index_recall
 from fer_platform.automation.jobs import RUN_CHECKS
-from fer_platform.core import db, search, sheet
+from fer_platform.core import search, sheet
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.pg.connect import connect, ensure_database
+from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform_tests.helpers import encoded, face, folder_resources, put
@@ -50,15 +53,15 @@ def loaded(pg_server, tmp_path_factory):
     put(landing, "train/happy/copy of angry0.png", face("angry", 0))  # duplicate content
     put(landing, "train/sad/rgb.png", encoded("RGB"))
     put(landing, "test/fear/big.png", encoded("L", size=(64, 64)))
-    dsn = db.ensure_database(pg_server, "goldsearch")
-    db.ensure_schema(dsn)
+    dsn = ensure_database(pg_server, "goldsearch")
+    ensure_schema(dsn)
     res = make_resources(dsn, lake, landing)
     for e in EMOTIONS:
         assert dg.materialize(EVERYTHING, partition_key=partition_key(e, utc_today()), resources=res,
                               selection=dg.AssetSelection.assets(*INGEST_ASSETS)).success  # fmt: skip
     result = publish(res)
     yield {"dsn": dsn, "lake": lake, "landing": landing, "root": root, "resources": res, "result": result}
-    with db.connect(pg_server, autocommit=True) as conn:
+    with connect(pg_server, autocommit=True) as conn:
         conn.execute('DROP DATABASE IF EXISTS "goldsearch" WITH (FORCE)')
 
 
@@ -183,8 +186,6 @@ def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_
     meta["digests"]["ids.parquet"] = hashlib.sha256((folder / "ids.parquet").read_bytes()).hexdigest()
     (folder / "meta.json").write_text(json.dumps(meta))
     res = make_resources(loaded["dsn"], lake, loaded["landing"])
-    from fer_platform.assets.search import search_index_recall
-
     result = dg.materialize(EVERYTHING, resources=res, selection=dg.AssetSelection.checks(search_index_recall),
                             raise_on_error=False)  # fmt: skip
     (ev,) = result.get_asset_check_evaluations()

@@ -14,13 +14,15 @@ from fer_platform.assets.model import embedding_model, emotion_model
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.assets.model import emotion_model_beats_untuned
 from fer_platform.assets.embeddings import image_embeddings_complete
+from fer_platform.assets.model import emotion_model_beats_untuned
 from fer_platform.assets.search import search_index_recall
-from fer_platform.assets.silver import silver_matches_postgres  # fmt: skip
-from fer_platform.core import db, models, search
+from fer_platform.assets.silver import silver_matches_postgres
+from fer_platform.core import models, search
 from fer_platform.core.embedding import WeightsUnavailable
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.pg.connect import connect, ensure_database
+from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.silver import read_silver
 from fer_platform.core.storage import Storage
@@ -56,15 +58,15 @@ def _run(res, instance, select, partition=None, config=None, ok=True):
 def loaded(pg_server, tmp_path_factory):
     """Bronze of 7 emotions x (16 train + 8 test) generated faces, on one instance."""
     root = tmp_path_factory.mktemp("model")
-    dsn = db.ensure_database(pg_server, f"model_{os.getpid()}")
-    db.ensure_schema(dsn)
+    dsn = ensure_database(pg_server, f"model_{os.getpid()}")
+    ensure_schema(dsn)
     write_sample_landing(root / "landing", per_class=16, test_per_class=8, seed=4)
     instance = dg.DagsterInstance.ephemeral()
     res = _resources(dsn, root / "lake", root / "landing")
     for emotion in EMOTIONS:
         _run(res, instance, [raw_images, bronze_images], emotion)
     yield {"dsn": dsn, "root": root, "instance": instance, "res": res}
-    with db.connect(pg_server, autocommit=True) as conn:
+    with connect(pg_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "model_{os.getpid()}" WITH (FORCE)')
 
 
@@ -75,7 +77,7 @@ def _status(instance, keys):
 
 
 def _vectors(dsn):
-    with db.connect(dsn) as conn:
+    with connect(dsn) as conn:
         return conn.execute(
             "SELECT model, emotion, count(*), count(DISTINCT image_id), max(n) FROM "
             "(SELECT *, count(*) OVER (PARTITION BY image_id, model) AS n FROM imagenes_fer) t "

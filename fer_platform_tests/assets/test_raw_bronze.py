@@ -10,7 +10,7 @@ from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.bronze import bronze_images_valid
 from fer_platform.core import images
-from fer_platform.core.db import connect
+from fer_platform.core.pg.connect import connect
 from fer_platform.partitions import image_partitions, partition_key, utc_today
 from fer_platform_tests.helpers import encoded, face, put
 

@@ -2,15 +2,19 @@
 
 import json
 import os
+import shutil
 import time
 
 import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test  # runs as the daemon would create them
 
+from fer_platform.assets.search import search_index
 from fer_platform.automation import runs
+from fer_platform.automation.jobs import INGEST_ASSETS
 from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core.ingest import ingest
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource
@@ -197,8 +201,6 @@ def test_an_overwritten_file_is_a_new_version_and_the_same_content_a_duplicate(l
     requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor)
     assert len(requests) == 1
     load(landing, lake, pg_dsn, requests)
-    from fer_platform.core.db import connect
-
     with connect(pg_dsn) as conn:
         statuses = [r[0] for r in conn.execute("SELECT status FROM load_log ORDER BY modified_at")]
     assert statuses == ["loaded", "loaded", "duplicate"]
@@ -231,9 +233,6 @@ def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(reso
     """A deleted silver partition is asked for again (an empty file list: re-derived from the load log), not while
     a run writes it, again after a failed repair, and again next time it disagrees (a new run key); a deleted
     index with every partition in agreement gets a publish run."""
-    from fer_platform.assets.search import search_index
-    from fer_platform.automation.jobs import INGEST_ASSETS
-
     land(landing, "train/happy/a.png", face("happy", 1), T0)
     key = partition_key("happy", utc_today())
     assert dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources,
@@ -264,8 +263,6 @@ def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(reso
         (third,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
         assert third.run_key not in (first.run_key, second.run_key) and third.tags["fer/attempt"] == "1"
         assert dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources, run_config=third.run_config).success
-        import shutil
-
         shutil.rmtree(lake / "index")
         (publish,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
         assert publish.job_name == "publish_gold_and_index" and publish.partition_key is None

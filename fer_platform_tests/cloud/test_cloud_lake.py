@@ -12,8 +12,8 @@ import pytest
 from fer_platform.assets.search import search_index
 from fer_platform.automation.jobs import INGEST_ASSETS
 from fer_platform.automation.jobs import RUN_CHECKS
-from fer_platform.core.db import connect
 from fer_platform.core.ingest import ingest, pending_files
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import arrow_to_vectors
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources.environments import resolved_resources, resources_for

@@ -8,7 +8,7 @@ import pytest
 from fer_platform.automation.jobs import INGEST_ASSETS
 from fer_platform.automation.sensors import landing_sensor
 from fer_platform.automation.jobs import RUN_CHECKS
-from fer_platform.core.db import connect
+from fer_platform.core.pg.connect import connect
 from fer_platform.resources import AutoLoaderResource
 from fer_platform.resources.environments import resources_for
 from fer_platform_tests.helpers import face

@@ -9,8 +9,10 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from fer_platform.core import db
 from fer_platform.core.migrate import MigrationError, Progress, migrate_vectors
+from fer_platform.core.pg.connect import describe, ensure_database
+from fer_platform.definitions import defs
+from fer_platform.resources import PostgresResource
 from fer_platform_tests.cloud.conftest import unique
 
 ALL = ("SELECT id, filepath, emotion, vector::text, image_id, split, load_date, model, created_at "
@@ -62,7 +64,7 @@ def test_copy_then_rerun_then_source_changes(source, target):
     assert first.index_built and _has_index(target)
     assert _rows(target) == _rows(source), "same ids, vectors, columns and created_at"
     password = psycopg.conninfo.conninfo_to_dict(target)["password"]
-    assert first.target == db.describe(target) and password not in str(first)
+    assert first.target == describe(target) and password not in str(first)
 
     again = migrate_vectors(source, target, range_size=5)
     assert (again.rows_copied, again.ranges_copied, again.index_built) == (0, 0, False)
@@ -138,7 +140,7 @@ def test_an_interrupted_run_is_completed_by_a_rerun(source, target, pg_cloud):
 
 
 def test_bad_sources_are_one_line(pg_server, target, source):
-    empty = db.ensure_database(pg_server, unique("nothing"))
+    empty = ensure_database(pg_server, unique("nothing"))
     with pytest.raises(MigrationError, match=r"^there is no imagenes_fer table on the source "):
         migrate_vectors(empty, target)
     with pytest.raises(MigrationError, match="source and target are the same database"):
@@ -150,9 +152,6 @@ def _events_text(result) -> str:
 
 
 def test_the_migrate_vectors_job_copies_verifies_and_reruns_idempotently(source, target, monkeypatch):
-    from fer_platform.definitions import defs
-    from fer_platform.resources import PostgresResource
-
     job = defs.resolve_job_def("migrate_vectors")
     monkeypatch.setenv("FER_MIGRATE_TARGET_DSN", target)  # holds the app role's password
     password = psycopg.conninfo.conninfo_to_dict(target)["password"]
@@ -162,7 +161,7 @@ def test_the_migrate_vectors_job_copies_verifies_and_reruns_idempotently(source,
     assert first.success
     meta = next(e for e in first.all_events if e.event_type_value == "STEP_OUTPUT").event_specific_data.metadata
     assert meta["rows"].value == 22 and meta["rows_copied"].value == 22 and meta["verified"].value is True
-    assert meta["target"].value == db.describe(target) and len(meta["checksum_sha256"].value) == 64
+    assert meta["target"].value == describe(target) and len(meta["checksum_sha256"].value) == 64
     assert _rows(target) == _rows(source)
     assert password not in _events_text(first)
 

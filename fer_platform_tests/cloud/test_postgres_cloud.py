@@ -11,7 +11,11 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
 from fer_platform.assets.raw import raw_images
-from fer_platform.core import db
+from fer_platform.core.errors import DatabaseUnavailable
+from fer_platform.core.pg import auth
+from fer_platform.core.pg.auth import ENTRA_SCOPE, use_password_provider
+from fer_platform.core.pg.connect import connect, describe
+from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.io_managers.parquet import LakeIOManager
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
@@ -44,11 +48,11 @@ def entra_role(pg_cloud):
     pg_cloud.execute("CREATE EXTENSION vector", dbname=name)  # an admin allow-listed and created it
     dsn = pg_cloud.dsn(name, name)
     yield name, dsn, first
-    db.use_password_provider(dsn, None)
+    use_password_provider(dsn, None)
 
 
 def _use(monkeypatch, credential):
-    import azure.identity
+    import azure.identity  # deferred: heavy
 
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", lambda **kw: credential)
 
@@ -59,16 +63,16 @@ def test_entra_token_is_the_password_fetched_at_connect_and_refreshed(entra_role
     now = time.time()
     credential = StandInCredential(AccessToken(first, int(now) + 3600), AccessToken(second, int(now) + 7200))
     _use(monkeypatch, credential)
-    with pytest.raises(db.DatabaseUnavailable, match="no password supplied"):
-        db.connect(dsn)  # the server really asks for a password
+    with pytest.raises(DatabaseUnavailable, match="no password supplied"):
+        connect(dsn)  # the server really asks for a password
     postgres = PostgresResource(dsn=dsn, entra_auth=True)
     for _ in range(3):
         with postgres.connect() as conn:  # the first: get_dsn creates the schema over a token connection
             assert conn.execute("SELECT current_user").fetchone() == (name,)
-    assert credential.scopes == [(db.ENTRA_SCOPE,)], "one token, reused while valid"
+    assert credential.scopes == [(ENTRA_SCOPE,)], "one token, reused while valid"
     # 57 minutes later the token has less than 5 minutes left: the next connection fetches a new one
     pg_cloud.execute(f"ALTER ROLE \"{name}\" PASSWORD '{second}'")
-    monkeypatch.setattr(db, "time", type("Clock", (), {"time": staticmethod(lambda: now + 57 * 60)}))
+    monkeypatch.setattr(auth, "time", type("Clock", (), {"time": staticmethod(lambda: now + 57 * 60)}))
     for _ in range(2):
         with postgres.connect() as conn:
             assert conn.execute("SELECT current_user").fetchone() == (name,)
@@ -102,15 +106,15 @@ def test_a_wrong_token_or_no_credential_is_one_line_without_the_token(entra_role
         ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token from the included credentials.\n"
                                   "Attempted credentials:\n\tEnvironmentCredential: ..."),
     ))  # fmt: skip
-    with pytest.raises(db.DatabaseUnavailable) as err:
+    with pytest.raises(DatabaseUnavailable) as err:
         PostgresResource(dsn=dsn, entra_auth=True).get_dsn()
     msg = str(err.value)
-    assert msg.startswith(f"cannot connect to PostgreSQL at {db.describe(dsn)}: ")
+    assert msg.startswith(f"cannot connect to PostgreSQL at {describe(dsn)}: ")
     assert "password authentication failed" in msg and "not-the-token" not in msg and "\n" not in msg
-    with pytest.raises(db.DatabaseUnavailable) as err:
+    with pytest.raises(DatabaseUnavailable) as err:
         PostgresResource(dsn=dsn, entra_auth=True).get_dsn()
     assert str(err.value) == (
-        f"could not get a Microsoft Entra token for PostgreSQL at {db.describe(dsn)}: "
+        f"could not get a Microsoft Entra token for PostgreSQL at {describe(dsn)}: "
         "DefaultAzureCredential failed to retrieve a token from the included credentials."
     )
 
@@ -131,8 +135,8 @@ def test_vector_not_allow_listed_is_one_line_saying_how_to_fix_it(pg_cloud, tmp_
     dsn = pg_cloud.new_database(unique("noext"), vector=False)
     name = dsn.rsplit("/", 1)[1]
     pg_cloud.execute(DENY_VECTOR, dbname=name)
-    with pytest.raises(db.DatabaseUnavailable) as err:
-        db.ensure_schema(dsn)
+    with pytest.raises(DatabaseUnavailable) as err:
+        ensure_schema(dsn)
     msg = str(err.value)
     assert msg.startswith(f"the 'vector' extension is not allow-listed on 127.0.0.1:{pg_cloud.port}/{name}: ")
     assert "azure.extensions" in msg and "\n" not in msg and dsn.split(":")[2].split("@")[0] not in msg
@@ -156,10 +160,10 @@ def test_non_local_hosts_require_ssl_by_default(pg_cloud):
     remote = f"host=fer.postgres.database.azure.com hostaddr=127.0.0.1 port={pg_cloud.port} " + " ".join(
         f"{k}={v}" for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if k not in ("host", "port")
     )
-    with pytest.raises(db.DatabaseUnavailable) as err:
-        db.connect(remote)
+    with pytest.raises(DatabaseUnavailable) as err:
+        connect(remote)
     msg = str(err.value)
     assert msg.startswith(f"cannot connect to PostgreSQL at fer.postgres.database.azure.com:{pg_cloud.port}/")
     assert msg.endswith("server does not support SSL, but SSL was required") and "\n" not in msg
-    with db.connect(remote + " sslmode=disable") as conn:  # said explicitly in the DSN: honoured
+    with connect(remote + " sslmode=disable") as conn:  # said explicitly in the DSN: honoured
         assert conn.execute("SELECT 1").fetchone() == (1,)

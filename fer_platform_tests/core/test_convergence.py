@@ -2,6 +2,7 @@
 the audit finds each layer that disagrees, and a lost load log is put back from the raw manifests."""
 
 import datetime as dt
+import hashlib
 
 import numpy as np
 import pyarrow as pa
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 
 from fer_platform.core import convergence, ledger
 from fer_platform.core.bronze import manifest_table
-from fer_platform.core.db import connect
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import Storage
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 
@@ -18,8 +19,6 @@ MODEL = "m1"
 
 
 def _ids(n, tag="x"):
-    import hashlib
-
     return [hashlib.sha256(f"{tag}{i}".encode()).hexdigest() for i in range(n)]
 
 

@@ -2,15 +2,16 @@
 
 import datetime as dt
 import os
+import shutil
 import threading
 
 import pytest
 
 from fer_platform.core import ingest as ingest_mod
 from fer_platform.core import ledger
-from fer_platform.core.db import connect
 from fer_platform.core.ingest import ingest, pending_files, select_files
-from fer_platform.core.storage import Storage
+from fer_platform.core.pg.connect import connect
+from fer_platform.core.storage import Storage, StorageUnavailable
 from fer_platform_tests.helpers import encoded, face, put
 
 DAY = dt.date(2026, 11, 25)
@@ -208,10 +209,6 @@ def test_unroutable_and_misplaced_files_are_quarantined_with_the_layout_reason(p
 
 def test_a_landing_zone_that_cannot_be_reached_fails_the_run_and_quarantines_nothing(pg_dsn, landing, lake):
     """A store failure is not a file's fault: one line, nothing logged, the files are retried later."""
-    import shutil
-
-    from fer_platform.core.storage import StorageUnavailable
-
     for i in range(3):
         put(landing, f"train/happy/{i}.png", face("happy", i))
     store = Storage(str(landing))
@@ -226,8 +223,6 @@ def test_a_landing_zone_that_cannot_be_reached_fails_the_run_and_quarantines_not
 
 def test_a_lake_that_refuses_writes_fails_the_run_and_quarantines_nothing(pg_dsn, landing, lake):
     """A full, read-only or otherwise refusing lake is not the files' fault: nothing is logged, the files stay."""
-    from fer_platform.core.storage import StorageUnavailable
-
     for i in range(2):
         put(landing, f"train/happy/{i}.png", face("happy", i))
     (lake / "raw").write_bytes(b"")  # no folder can be made under it: every copy fails, the lake still lists

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from fer_platform.core.db import connect
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import (
     EmbeddingPlan, NonFiniteVectors, arrow_to_vectors, count_partition, partition_check, read_partition,
     write_partition,

@@ -1,13 +1,21 @@
+import contextlib
+import threading
+
+import numpy as np
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 
-from fer_platform.core import db
+from fer_platform.core.errors import DatabaseUnavailable
+from fer_platform.core.home import sqlalchemy_url
+from fer_platform.core.pg.connect import connect, describe, masked
+from fer_platform.core.pg.schema import ensure_schema, ensure_vector_extension
 
 
 def test_schema_is_idempotent_and_has_pgvector(pg_dsn):
-    db.ensure_schema(pg_dsn)
-    db.ensure_schema(pg_dsn)
-    with db.connect(pg_dsn) as conn:
+    ensure_schema(pg_dsn)
+    ensure_schema(pg_dsn)
+    with connect(pg_dsn) as conn:
         assert conn.execute("SELECT extversion FROM pg_extension WHERE extname='vector'").fetchone()
         cols = dict(conn.execute(
             "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name='imagenes_fer'"
@@ -20,16 +28,16 @@ def test_schema_is_idempotent_and_has_pgvector(pg_dsn):
 
 def test_unreachable_server_is_one_line_with_host_and_without_password():
     dsn = "postgresql://fer:s3cr3t-pw@127.0.0.1:1/fer"
-    with pytest.raises(db.DatabaseUnavailable) as err:
-        db.connect(dsn)
+    with pytest.raises(DatabaseUnavailable) as err:
+        connect(dsn)
     msg = str(err.value)
     assert "127.0.0.1:1/fer" in msg and "s3cr3t-pw" not in msg and "\n" not in msg
 
 
 def test_masked_and_described_dsns_hide_the_password():
     dsn = "postgresql://fer:s3cr3t-pw@db.example.com:5432/fer"
-    assert "s3cr3t-pw" not in db.masked(dsn) and "***" in db.masked(dsn)
-    assert db.describe(dsn) == "db.example.com:5432/fer"
+    assert "s3cr3t-pw" not in masked(dsn) and "***" in masked(dsn)
+    assert describe(dsn) == "db.example.com:5432/fer"
 
 
 def test_remote_hosts_default_to_sslmode_require(monkeypatch):
@@ -39,23 +47,21 @@ def test_remote_hosts_default_to_sslmode_require(monkeypatch):
         seen["conninfo"] = conninfo
         raise psycopg.OperationalError("stop here")
 
-    monkeypatch.setattr(db.psycopg, "connect", fake_connect)
-    with pytest.raises(db.DatabaseUnavailable):
-        db.connect("postgresql://u@db.example.com/x")
+    monkeypatch.setattr(psycopg, "connect", fake_connect)
+    with pytest.raises(DatabaseUnavailable):
+        connect("postgresql://u@db.example.com/x")
     assert "sslmode=require" in seen["conninfo"]
-    with pytest.raises(db.DatabaseUnavailable):
-        db.connect("postgresql://u@db.example.com/x?sslmode=disable")
+    with pytest.raises(DatabaseUnavailable):
+        connect("postgresql://u@db.example.com/x?sslmode=disable")
     assert "sslmode=disable" in seen["conninfo"]
-    with pytest.raises(db.DatabaseUnavailable):
-        db.connect("postgresql://u@/x?host=/tmp/sock")
+    with pytest.raises(DatabaseUnavailable):
+        connect("postgresql://u@/x?host=/tmp/sock")
     assert "sslmode" not in seen["conninfo"]
 
 
 def test_missing_extension_is_explained(pg_dsn, monkeypatch):
     class FakeConn:
         def transaction(self):
-            import contextlib
-
             return contextlib.nullcontext()
 
         def execute(self, *a):
@@ -63,20 +69,13 @@ def test_missing_extension_is_explained(pg_dsn, monkeypatch):
                 'extension "vector" is not allow-listed for "azure_pg_admin" users in Azure Database for PostgreSQL'
             )
 
-    with pytest.raises(db.DatabaseUnavailable, match="not allow-listed .*azure.extensions"):
-        db.ensure_vector_extension(FakeConn(), "postgresql://u@srv.postgres.database.azure.com/x")
+    with pytest.raises(DatabaseUnavailable, match="not allow-listed .*azure.extensions"):
+        ensure_vector_extension(FakeConn(), "postgresql://u@srv.postgres.database.azure.com/x")
 
 
 def test_schema_check_does_not_wait_behind_a_run_writing_vectors(pg_dsn):
     """A run holds the vectors table (writing a partition) for minutes: a sensor tick's or a new run's
     schema check must not queue behind it (CREATE INDEX IF NOT EXISTS would take a SHARE lock)."""
-    import threading
-
-    import numpy as np
-    from pgvector.psycopg import register_vector
-
-    from fer_platform.core.db import connect, ensure_schema
-
     writer = connect(pg_dsn)
     register_vector(writer)
     writer.execute(
@@ -95,18 +94,12 @@ def test_schema_check_does_not_wait_behind_a_run_writing_vectors(pg_dsn):
 
 
 def test_a_malformed_dsn_is_one_line_without_the_password():
-    import pytest
-
-    from fer_platform.core.db import DatabaseUnavailable, connect
-
     with pytest.raises(DatabaseUnavailable) as info:
         connect("host='unterminated password=S3CRET-pw")
     assert "cannot be read" in str(info.value) and "S3CRET" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_dagster_instance_url_requires_tls_for_remote_hosts_like_the_application():
-    from fer_platform.core.home import sqlalchemy_url
-
     assert sqlalchemy_url("postgresql://u:p@db.example.com:5432/fer") == (
         "postgresql+psycopg2://u:p@db.example.com:5432/fer?sslmode=require", True)  # fmt: skip
     assert sqlalchemy_url("postgresql://u@db.example.com/fer?sslmode=verify-full")[0].endswith("sslmode=verify-full")

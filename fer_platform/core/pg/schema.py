@@ -1,0 +1,124 @@
+"""What lives in PostgreSQL: the vectors table, the load log, their indexes, the pgvector extension.
+
+Created idempotently by ``ensure_schema`` at the first use of a server (the ``postgres`` resource,
+``fer-platform db start``, a migration's target); later calls only read the catalog.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from fer_platform.core.errors import DatabaseUnavailable
+from fer_platform.core.pg.connect import connect, describe
+
+EMBEDDING_DIM = 512
+VECTORS_TABLE = "imagenes_fer"
+LOAD_LOG_TABLE = "load_log"
+DAGSTER_DATABASE = "dagster"  # the Dagster instance's storage: a database of its own on the same server
+_SCHEMA_LOCK = 7_210_001  # pg_advisory_xact_lock key while creating the schema
+
+SCHEMA = [
+    f"""
+    CREATE TABLE IF NOT EXISTS {VECTORS_TABLE} (
+        id          bigserial PRIMARY KEY,
+        filepath    text NOT NULL,
+        emotion     text NOT NULL,
+        vector      vector({EMBEDDING_DIM}) NOT NULL,
+        image_id    text NOT NULL,
+        split       text,
+        load_date   date NOT NULL,
+        model       text NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (image_id, model)
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {VECTORS_TABLE}_partition ON {VECTORS_TABLE} (emotion, load_date, model)",
+    f"""
+    CREATE TABLE IF NOT EXISTS {LOAD_LOG_TABLE} (
+        id           bigserial PRIMARY KEY,
+        source       text NOT NULL,
+        path         text NOT NULL,
+        size         bigint NOT NULL,
+        modified_at  timestamptz NOT NULL,
+        sha256       text,
+        emotion      text,
+        split        text,
+        load_date    date NOT NULL,
+        status       text NOT NULL CHECK (status IN ('loaded', 'duplicate', 'quarantined')),
+        reason       text,
+        lake_path    text,
+        run_id       text,
+        logged_at    timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (source, size, modified_at)
+    )""",
+    f"""CREATE UNIQUE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_loaded_sha256
+        ON {LOAD_LOG_TABLE} (sha256) WHERE status = 'loaded'""",
+    f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_partition ON {LOAD_LOG_TABLE} (emotion, load_date)",
+    f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_source ON {LOAD_LOG_TABLE} (source)",
+]
+VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
+VECTOR_INDEX_DDL = (
+    f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)"
+)
+
+
+SCHEMA_OBJECTS = (
+    VECTORS_TABLE, f"{VECTORS_TABLE}_partition", LOAD_LOG_TABLE, f"{LOAD_LOG_TABLE}_loaded_sha256",
+    f"{LOAD_LOG_TABLE}_partition", f"{LOAD_LOG_TABLE}_source",
+)  # fmt: skip
+
+
+def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
+    """Whether the extension and every table and index of the schema exist (catalog reads only, no lock)."""
+    names = [*SCHEMA_OBJECTS, *([VECTOR_INDEX] if vector_index else [])]
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pg_extension WHERE extname = 'vector'), "
+        "count(*) FILTER (WHERE to_regclass(n) IS NOT NULL) FROM unnest(%s::text[]) AS n",
+        (names,),
+    ).fetchone()
+    return row[0] == 1 and row[1] == len(names)
+
+
+def ensure_schema(dsn: str, vector_index: bool = True) -> None:
+    """Create the vector extension, the vectors table (with its HNSW index unless
+    ``vector_index=False``, for a bulk load that builds it afterwards) and the load log, idempotently.
+
+    When everything exists (every run and sensor tick after the first) nothing is executed but a
+    catalog read: ``CREATE INDEX IF NOT EXISTS`` would take a SHARE lock on the table and wait
+    behind a run that is writing a partition's vectors."""
+    with connect(dsn) as conn:
+        if schema_present(conn, vector_index):
+            return
+        conn.rollback()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            ensure_vector_extension(conn, dsn)
+            for stmt in SCHEMA:
+                conn.execute(stmt)
+            if vector_index:
+                conn.execute(VECTOR_INDEX_DDL)
+
+
+def ensure_vector_extension(conn: psycopg.Connection, dsn: str) -> None:
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.Error as exc:
+        text = str(exc)
+        where = describe(dsn)
+        if "allow-listed" in text or "allowlisted" in text or "azure.extensions" in text:
+            raise DatabaseUnavailable(
+                f"the 'vector' extension is not allow-listed on {where}: add VECTOR to the server "
+                "parameter azure.extensions, keeping the extensions already listed "
+                "(az postgres flexible-server parameter set --name azure.extensions "
+                "--value <current list>,VECTOR), then retry"
+            ) from None
+        if "control file" in text or "is not available" in text:
+            raise DatabaseUnavailable(
+                f"the pgvector extension is not installed on {where}: install pgvector on the server "
+                "(or use the pgvector/pgvector image)"
+            ) from None
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            raise DatabaseUnavailable(
+                f"not allowed to CREATE EXTENSION vector on {where}: ask an admin to run it once"
+            ) from None
+        raise
