@@ -14,13 +14,15 @@ from fer_platform.assets.raw import raw_images
 from fer_platform.assets.model import BRONZE_COLUMNS, emotion_model
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.core import convergence, ledger, search, vectors
+from fer_platform.core import convergence, ledger, vectors
 from fer_platform.core import models, training
 from fer_platform.core.bronze import read_bronze
 from fer_platform.core.errors import FerError
 from fer_platform.core.checks import bronze_problems
 from fer_platform.core.reconcile import reconcile
 from fer_platform.core.report import markdown_table
+from fer_platform.core.search.build import RECALL_TARGET, index_recall
+from fer_platform.core.search.index import IndexUnavailable, SearchIndex
 from fer_platform.core.silver import silver_problems
 from fer_platform.core.storage import LakeFiles
 from fer_platform.partitions import image_partitions, partition_of
@@ -118,20 +120,20 @@ def silver_matches_postgres(
     asset=search_index,
     blocking=True,
     description=f"recall@10 of the index against exact search over silver, on a sample of queries, is at "
-    f"least {search.RECALL_TARGET}; the index holds exactly the current model's silver vectors.",
+    f"least {RECALL_TARGET}; the index holds exactly the current model's silver vectors.",
 )
 def search_index_recall(
     search_index: LakeFiles, lake: LakeResource, embedder: EmbedderResource
 ) -> dg.AssetCheckResult:
     try:
-        index = search.SearchIndex.from_files(search_index.files)
-    except search.IndexUnavailable as exc:
+        index = SearchIndex.from_files(search_index.files)
+    except IndexUnavailable as exc:
         return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
     silver = current_silver(lake, embedder)
-    measured = search.index_recall(index, silver)
+    measured = index_recall(index, silver)
     problems = []
-    if measured["recall"] < search.RECALL_TARGET:
-        problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {search.RECALL_TARGET}")
+    if measured["recall"] < RECALL_TARGET:
+        problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {RECALL_TARGET}")
     if index.size != silver.num_rows:
         problems.append(f"the index holds {index.size} vectors, silver {silver.num_rows}")
     if index.model != embedder.model_id():

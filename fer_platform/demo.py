@@ -18,7 +18,8 @@ from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
 from fer_platform.core.sample_data import write_sample_landing
-from fer_platform.core.search import index_dir
+from fer_platform.core.search.index import IndexUnavailable, index_dir, load_index
+from fer_platform.core.search.query import find_similar
 from fer_platform.core.storage import Storage
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -236,11 +237,9 @@ def layer_counts(lake: Storage, dsn: str, model: Optional[str]) -> dict[str, Any
 
 def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
     """The index size and one search: the first test image's 10 nearest other images."""
-    from fer_platform.core import search
-
     try:
-        index = search.load_index(lake, model)
-    except search.IndexUnavailable:
+        index = load_index(lake, model)
+    except IndexUnavailable:
         return {"index_size": 0, "search_example": None}
     rows = index.mapping.select(["image_id", "filepath", "split"]).to_pylist()
     tests = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["filepath"]) or sorted(
@@ -248,7 +247,7 @@ def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
     )
     if not tests:
         return {"index_size": index.size, "search_example": None}
-    result = search.find_similar(lake, spec, image_id=tests[0]["image_id"], k=10)
+    result = find_similar(lake, spec, image_id=tests[0]["image_id"], k=10)
     return {"index_size": index.size, "search_example": result}
 
 

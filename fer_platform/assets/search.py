@@ -6,20 +6,20 @@ from fer_platform.assets.gold import current_silver
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
-from fer_platform.core import search
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
+from fer_platform.core.search import build
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
 
 
 class SearchIndexConfig(dg.Config):
-    hnsw_threshold: int = search.HNSW_THRESHOLD
+    hnsw_threshold: int = build.HNSW_THRESHOLD
     """Below this many vectors the index is exact (flat inner product); at or above, HNSW."""
-    hnsw_m: int = search.HNSW_M
-    ef_construction: int = search.HNSW_EF_CONSTRUCTION
-    target_recall: float = search.RECALL_TARGET
+    hnsw_m: int = build.HNSW_M
+    ef_construction: int = build.HNSW_EF_CONSTRUCTION
+    target_recall: float = build.RECALL_TARGET
     """HNSW: ef_search is raised until recall@10 on a sample reaches this (checked again by the asset check)."""
 
 
@@ -38,13 +38,13 @@ def search_index(
 ) -> LakeFiles:
     silver = current_silver(lake, embedder)
     spec = embedder.spec()
-    index = search.build_index(
+    index = build.build_index(
         silver, embedder.model_id(),
         embedder={"weights": spec.weights, "profile": spec.profile, "seed": spec.seed, "fast_size": spec.fast_size},
         hnsw_threshold=config.hnsw_threshold, m=config.hnsw_m, ef_construction=config.ef_construction,
         target_recall=config.target_recall,
     )  # fmt: skip
-    files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/ = search.index_dir(model)
+    files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/: search.index.index_dir
     context.add_output_metadata(
         {
             "vectors": index.size,

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 import psycopg
 import pyarrow.parquet as pq
 
+from fer_platform.core import ledger
 from fer_platform.core.db import LOAD_LOG_TABLE, VECTORS_TABLE
 from fer_platform.core.layout import BRONZE_IMAGES, RAW_MANIFEST, SILVER_EMBEDDINGS
+from fer_platform.core.search.index import IDS_FILE, INDEX_FILE, META_FILE, index_dir
 from fer_platform.core.storage import FileEntry, Storage
 
 log = logging.getLogger(__name__)
@@ -143,10 +145,6 @@ def lake_state(lake: Storage, prefix: str, model: str | None = None) -> dict[Par
 
 def index_state(lake: Storage, model: str) -> LayerState | None:
     """The images the search index of ``model`` holds; None when there is no index."""
-    from fer_platform.core.search import IDS_FILE, index_dir
-
-    from fer_platform.core.search import INDEX_FILE, META_FILE
-
     folder = index_dir(model)
     entries, missing = lake.stat_many([f"{folder}/{name}" for name in (IDS_FILE, INDEX_FILE, META_FILE)])
     if missing:  # an index without all of its files is no index
@@ -242,8 +240,6 @@ def restore_load_log(conn: psycopg.Connection, lake: Storage) -> int:
     """Put back the load log's ``loaded`` rows that the lake's raw manifests hold and the load log
     lost; returns how many. Content that the load log has loaded elsewhere is left alone (the
     content hash is the identity: that partition's stale layers are then repaired by the audit)."""
-    from fer_platform.core import ledger
-
     manifests = lake_state(lake, RAW_MANIFEST)
     if not manifests:
         return 0
