@@ -20,6 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from fer_platform.core import training  # noqa: E402
+from fer_platform.core.embedding import TRAIN_PROFILE, Embedder, EmbedderSpec, replace_profile  # noqa: E402
+from fer_platform.core.layout import EMOTIONS  # noqa: E402
+from fer_platform.core.sample_data import render_face  # noqa: E402
 
 
 def row(label, value, unit, note=""):
@@ -38,15 +44,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     args = ap.parse_args()
 
-    import torch
+    import torch  # deferred: heavy
 
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure here")
         return
-    from fer_platform.core.embedding import Embedder, EmbedderSpec
-    from fer_platform.core.layout import EMOTIONS
-    from fer_platform.core.sample_data import render_face
-
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs")
     pngs = [render_face(EMOTIONS[i % 7], np.random.default_rng([7, i])) for i in range(args.images)]
 
@@ -76,8 +78,6 @@ def main() -> None:
     row(f"fast (bf16 autocast: {fast.bf16}, 112 px) on the GPU", fast_rate, "images/s",
         f"cosine to fidelity mean {c.mean():.4f}, min {c.min():.4f}")  # fmt: skip
 
-    from fer_platform.core import training
-
     def faces(split_i, n):
         out, labels = [], []
         for e_i, e in enumerate(EMOTIONS):
@@ -85,8 +85,6 @@ def main() -> None:
                 out.append(render_face(e, np.random.default_rng([0, split_i, e_i, i])))
                 labels.append(e_i)
         return out, np.array(labels)
-
-    import pyarrow as pa
 
     tr, trl = faces(0, args.per_class)
     te, tel = faces(1, args.test_per_class)
@@ -97,7 +95,7 @@ def main() -> None:
                            on_epoch=lambda r: print("    " + r.line(), flush=True))  # fmt: skip
     seconds = time.perf_counter() - t0
     tuned = training.measure(model.embedder(), data)
-    untuned = training.measure(training.untuned_embedder(training.replace_profile(base, training.TRAIN_PROFILE)), data)
+    untuned = training.measure(training.untuned_embedder(replace_profile(base, TRAIN_PROFILE)), data)
     row(f"training on the GPU, {args.epochs} epochs, {len(tr)} train images", seconds, "s", f"device {model.device}")
     for name, m in (("tuned", tuned), ("untuned (48 px)", untuned)):
         row(f"{name}: test 10-NN agreement", m["agreement_at_10"], "",

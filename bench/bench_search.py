@@ -4,7 +4,7 @@
 
 For each size N, on synthetic 512-d vectors shaped like embeddings (a mixture of many
 clusters, L2-normalised; queries are held-out points of the same mixture):
-  * the product's index (search.build_index): its kind, build time, the ef_search it tuned,
+  * the product's index (search.build.build_index): its kind, build time, the ef_search it tuned,
     single-query latency p50/p95 and recall@10 against exact search
   * FAISS flat (exact) latency, as the index's own reference
   * pgvector: COPY load rate, HNSW build time (m=16, ef_construction=64), then for rising
@@ -23,9 +23,10 @@ import numpy as np
 import pyarrow as pa
 from pgvector.psycopg import register_vector
 
-from fer_platform.core import search
 from fer_platform.core.pg.connect import connect
-from fer_platform.core.search import exact_search
+from fer_platform.core.search.build import build_index
+from fer_platform.core.search.index import single_thread
+from fer_platform.core.vecmath import exact_search, recall_of
 from fer_platform.core.vectors import vectors_to_arrow
 
 DIM = 512
@@ -59,8 +60,8 @@ def bench_faiss(vectors, queries, truth):
     n = len(vectors)
     silver = pa.table({"image_id": pa.array([f"{i:08d}" for i in range(n)]), "vector": vectors_to_arrow(vectors)})
     with Timer() as t:
-        index = search.build_index(silver, "bench")
-    row(f"[{n}] index build ({index.kind}, search.build_index)", t.seconds, "s",
+        index = build_index(silver, "bench")
+    row(f"[{n}] index build ({index.kind}, search.build.build_index)", t.seconds, "s",
         f"ef_search {index.meta.get('ef_search', '-')}, tuned recall {index.meta.get('tuned_recall', 1.0):.3f}")  # fmt: skip
     index.raw_search(queries[:5], 10)
     lat, got = [], []
@@ -72,13 +73,13 @@ def bench_faiss(vectors, queries, truth):
     p50, p95 = percentiles(lat)
     # the index's positions -> image ids -> positions in the input (image_id i is input row i)
     as_input = np.asarray([[int(index.ids[p]) if p >= 0 else -1 for p in row] for row in got])
-    recall = search.recall_of(as_input, truth)
+    recall = recall_of(as_input, truth)
     row(f"[{n}] FAISS {index.kind} (the product's index) p50", p50, "ms", f"p95 {p95:.3f} ms, recall@10 {recall:.4f}")
     if index.kind != "flat":
         flat = faiss.IndexFlatIP(DIM)
         flat.add(vectors)
         lat = []
-        with search.single_thread():  # as the product's index searches one query
+        with single_thread():  # as the product's index searches one query
             for q in queries:
                 t0 = time.perf_counter()
                 flat.search(q[None, :], 10)

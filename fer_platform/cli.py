@@ -125,7 +125,9 @@ def _db(action: str, home: Home) -> int:
 
 
 def _search(args, home: Home) -> int:
-    from fer_platform.core import search
+    from fer_platform.core.search.index import IndexUnavailable
+    from fer_platform.core.search.query import QueryError, find_similar
+    from fer_platform.core.search.sheet import result_sheet
     from fer_platform.resources.environments import resolved_resources
 
     os.environ["FER_HOME"] = str(home.root)
@@ -139,14 +141,14 @@ def _search(args, home: Home) -> int:
             print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
             return 2
     try:
-        result = search.find_similar(
+        result = find_similar(
             lake, embedder.spec(), image=image, image_id=args.image_id, k=args.k, emotion=args.emotion,
             backend=args.backend, dsn=res["postgres"].get_dsn() if args.backend == "pgvector" else None,
         )  # fmt: skip
         if args.sheet:
-            Path(args.sheet).write_bytes(search.result_sheet(result, lake, image))
+            Path(args.sheet).write_bytes(result_sheet(result, lake, image))
             result["sheet"] = args.sheet
-    except (search.QueryError, search.IndexUnavailable) as exc:
+    except (QueryError, IndexUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:

@@ -15,7 +15,7 @@ import traceback
 from collections import Counter
 from typing import Any, Optional
 
-from fer_platform.core import convergence, ledger, liveness, search
+from fer_platform.core import convergence, ledger, liveness
 from fer_platform.core.errors import DatabaseUnavailable, FerError
 from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
 from fer_platform.core.layout import route
@@ -23,7 +23,8 @@ from fer_platform.core.pg.connect import connect, describe
 from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
 from fer_platform.core.sample_data import write_sample_landing
-from fer_platform.core.search import index_dir
+from fer_platform.core.search.index import IndexUnavailable, index_dir, load_index
+from fer_platform.core.search.query import find_similar
 from fer_platform.core.silver import count_silver_rows
 from fer_platform.core.storage import Storage
 from fer_platform.core.vectors import count_model
@@ -240,8 +241,8 @@ def layer_counts(lake: Storage, dsn: str, model: Optional[str]) -> dict[str, Any
 def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
     """The index size and one search: the first test image's 10 nearest other images."""
     try:
-        index = search.load_index(lake, model)
-    except search.IndexUnavailable:
+        index = load_index(lake, model)
+    except IndexUnavailable:
         return {"index_size": 0, "search_example": None}
     rows = index.mapping.select(["image_id", "filepath", "split"]).to_pylist()
     tests = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["filepath"]) or sorted(
@@ -249,7 +250,7 @@ def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
     )
     if not tests:
         return {"index_size": index.size, "search_example": None}
-    result = search.find_similar(lake, spec, image_id=tests[0]["image_id"], k=10)
+    result = find_similar(lake, spec, image_id=tests[0]["image_id"], k=10)
     return {"index_size": index.size, "search_example": result}
 
 

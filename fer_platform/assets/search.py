@@ -5,9 +5,11 @@ import dagster as dg
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
-from fer_platform.core import search
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
+from fer_platform.core.search import build
+from fer_platform.core.search.build import RECALL_TARGET, index_recall
+from fer_platform.core.search.index import IndexUnavailable, SearchIndex
 from fer_platform.core.silver import read_silver
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
@@ -15,11 +17,11 @@ from fer_platform.resources import EmbedderResource, LakeResource
 
 
 class SearchIndexConfig(dg.Config):
-    hnsw_threshold: int = search.HNSW_THRESHOLD
+    hnsw_threshold: int = build.HNSW_THRESHOLD
     """Below this many vectors the index is exact (flat inner product); at or above, HNSW."""
-    hnsw_m: int = search.HNSW_M
-    ef_construction: int = search.HNSW_EF_CONSTRUCTION
-    target_recall: float = search.RECALL_TARGET
+    hnsw_m: int = build.HNSW_M
+    ef_construction: int = build.HNSW_EF_CONSTRUCTION
+    target_recall: float = build.RECALL_TARGET
     """HNSW: ef_search is raised until recall@10 on a sample reaches this (checked again by the asset check)."""
 
 
@@ -38,13 +40,13 @@ def search_index(
 ) -> LakeFiles:
     silver = read_silver(lake.storage(), model=embedder.model_id())
     spec = embedder.spec()
-    index = search.build_index(
+    index = build.build_index(
         silver, embedder.model_id(),
         embedder={"weights": spec.weights, "profile": spec.profile, "seed": spec.seed, "fast_size": spec.fast_size},
         hnsw_threshold=config.hnsw_threshold, m=config.hnsw_m, ef_construction=config.ef_construction,
         target_recall=config.target_recall,
     )  # fmt: skip
-    files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/ = search.index_dir(model)
+    files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/: search.index.index_dir
     context.add_output_metadata(
         {
             "vectors": index.size,
@@ -62,20 +64,20 @@ def search_index(
     asset=search_index,
     blocking=True,
     description=f"recall@10 of the index against exact search over silver, on a sample of queries, is at "
-    f"least {search.RECALL_TARGET}; the index holds exactly the current model's silver vectors.",
+    f"least {RECALL_TARGET}; the index holds exactly the current model's silver vectors.",
 )
 def search_index_recall(
     search_index: LakeFiles, lake: LakeResource, embedder: EmbedderResource
 ) -> dg.AssetCheckResult:
     try:
-        index = search.SearchIndex.from_files(search_index.files)
-    except search.IndexUnavailable as exc:
+        index = SearchIndex.from_files(search_index.files)
+    except IndexUnavailable as exc:
         return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
     silver = read_silver(lake.storage(), model=embedder.model_id())
-    measured = search.index_recall(index, silver)
+    measured = index_recall(index, silver)
     problems = []
-    if measured["recall"] < search.RECALL_TARGET:
-        problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {search.RECALL_TARGET}")
+    if measured["recall"] < RECALL_TARGET:
+        problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {RECALL_TARGET}")
     if index.size != silver.num_rows:
         problems.append(f"the index holds {index.size} vectors, silver {silver.num_rows}")
     if index.model != embedder.model_id():

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from fer_platform.core import ledger
 from fer_platform.core.layout import BRONZE_IMAGES, RAW_MANIFEST, SILVER_EMBEDDINGS
 from fer_platform.core.pg.schema import LOAD_LOG_TABLE, VECTORS_TABLE
-from fer_platform.core.search import IDS_FILE, INDEX_FILE, META_FILE, index_dir
+from fer_platform.core.search.index import IDS_FILE, INDEX_FILE, META_FILE, index_dir
 from fer_platform.core.storage import FileEntry, Storage
 
 log = logging.getLogger(__name__)

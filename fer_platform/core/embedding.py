@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import threading
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DIM = 512
 PROFILES = ("fidelity", "fast", "native")
+TRAIN_PROFILE = "native"  # emotion models are trained at it, and serve at it (their config names it)
 NATIVE_SIZE = 48  # FER2013 images are 48x48
 MODEL_CONFIG = "config.json"  # a model folder: config.json + weights.pt
 MODEL_WEIGHTS = "weights.pt"
@@ -168,8 +172,6 @@ def weights_digest(data: bytes) -> str:
 
 def model_folder_weights(folder: Path) -> Weights:
     """The weights of a model folder (config.json + weights.pt), checked against the digest its config names."""
-    import json
-
     config_path, weights_path = folder / MODEL_CONFIG, folder / MODEL_WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
         raise WeightsUnavailable(f"{folder} is not a model folder (it needs {MODEL_CONFIG} and {MODEL_WEIGHTS})")
@@ -191,6 +193,11 @@ def effective_spec(spec: EmbedderSpec, weights: Weights) -> EmbedderSpec:
     if weights.profile and weights.profile != spec.profile:
         return replace(spec, profile=weights.profile)
     return spec
+
+
+def replace_profile(spec: EmbedderSpec, profile: str) -> EmbedderSpec:
+    """``spec`` with another preprocessing profile (e.g. ``TRAIN_PROFILE``), all else kept."""
+    return replace(spec, profile=profile)
 
 
 def model_id(spec: EmbedderSpec, weights: Weights | None = None) -> str:
@@ -227,7 +234,7 @@ class Embedder:
 
     def __init__(self, spec: EmbedderSpec, weights: Weights, model=None):
         """``model``: an already built backbone (e.g. one just trained) instead of loading ``weights``."""
-        import torch
+        import torch  # deferred: heavy
 
         spec = effective_spec(spec, weights)
         self.spec, self.weights = spec, weights
@@ -250,7 +257,7 @@ class Embedder:
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Vectors (N, 512) float32 of a preprocessed batch."""
-        import torch
+        import torch  # deferred: heavy
 
         with torch.inference_mode():
             x = torch.from_numpy(batch)
@@ -279,9 +286,6 @@ class Embedder:
     def stream(self, pngs: Sequence[bytes], prefetch: int = 2) -> Iterator[np.ndarray]:
         """Vectors batch by batch, in order. Decoding and transforms run in background threads
         (PIL releases the GIL), ``prefetch`` batches ahead of the model, so it never waits on PIL."""
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
         bs = self.spec.batch_size
         chunks = iter([pngs[i : i + bs] for i in range(0, len(pngs), bs)])
         workers = self.preprocess_workers()
@@ -309,7 +313,7 @@ class Embedder:
 
 def resolve_device(device: str):
     """A torch device: ``auto`` is CUDA when available, else the CPU."""
-    import torch
+    import torch  # deferred: heavy
 
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
@@ -317,8 +321,8 @@ def resolve_device(device: str):
 def build_backbone(weights: Weights, seed: int = 0, state: dict | None = None):
     """ResNet18 with the classifier replaced by identity (512-d output), from ``weights`` (or a
     state dict in memory); random weights are drawn from ``seed``."""
-    import torch
-    import torchvision
+    import torch  # deferred: heavy
+    import torchvision  # deferred: heavy
 
     torch.manual_seed(seed)
     model = torchvision.models.resnet18(weights=None)
@@ -335,7 +339,7 @@ def build_backbone(weights: Weights, seed: int = 0, state: dict | None = None):
 
 def _bf16_supported(device) -> bool:
     if device.type == "cuda":
-        import torch
+        import torch  # deferred: heavy
 
         return torch.cuda.is_bf16_supported()
     try:
@@ -343,9 +347,3 @@ def _bf16_supported(device) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32)

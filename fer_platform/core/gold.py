@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from fer_platform.core.layout import EMOTIONS
-from fer_platform.core.search import exact_search, normalise
+from fer_platform.core.vecmath import mean_pairwise_cosine, nearest_neighbours, normalise
 from fer_platform.core.vectors import arrow_to_vectors
 
 NEIGHBOURS = 10
@@ -32,15 +32,6 @@ def centroids(vectors: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
             c = vectors[mask].mean(axis=0)
             out[e] = c / (np.linalg.norm(c) or 1.0)
     return out
-
-
-def mean_pairwise_cosine(vectors: np.ndarray) -> float | None:
-    """Mean cosine over distinct pairs of unit vectors: (|sum|^2 - n) / (n (n - 1)), in O(n)."""
-    n = len(vectors)
-    if n < 2:
-        return None
-    s = vectors.astype(np.float64).sum(axis=0)
-    return float((s @ s - n) / (n * (n - 1)))
 
 
 def emotion_summary(silver: pa.Table) -> pa.Table:
@@ -103,19 +94,6 @@ def centroid_similarity(silver: pa.Table) -> pa.Table:
 def similarity_matrix(table: pa.Table) -> np.ndarray:
     """The matrix of a ``centroid_similarity`` table (NaN where null)."""
     return np.array([[np.nan if v is None else v for v in table[e].to_pylist()] for e in EMOTIONS]).T
-
-
-def nearest_neighbours(vectors: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
-    """Positions of the ``k`` nearest other vectors of every vector (exact, self excluded)."""
-    if len(vectors) < 2:
-        return np.empty((len(vectors), 0), dtype=np.int64)
-    kk = min(k + 1, len(vectors))
-    _, pos = exact_search(vectors, vectors, kk, block=1024)
-    out = np.empty((len(vectors), kk - 1), dtype=np.int64)
-    for i, row in enumerate(pos):
-        others = row[row != i]
-        out[i] = others[: kk - 1]
-    return out
 
 
 def neighbour_agreement(silver: pa.Table, k: int = NEIGHBOURS) -> pa.Table:

@@ -25,14 +25,24 @@ import os
 import posixpath
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fer_platform.core.embedding import (
-    DIM, MODEL_CONFIG, MODEL_WEIGHTS, EmbedderSpec, Weights, WeightsUnavailable, model_id, weights_digest,
-)  # fmt: skip
+    DIM,
+    MODEL_CONFIG,
+    MODEL_WEIGHTS,
+    TRAIN_PROFILE,
+    EmbedderSpec,
+    Weights,
+    WeightsUnavailable,
+    model_id,
+    replace_profile,
+    weights_digest,
+)
 from fer_platform.core.layout import EMOTIONS, MODELS
 from fer_platform.core.storage import Storage
 
@@ -53,9 +63,7 @@ def _json(obj) -> bytes:
 
 def package(trained, metrics: dict, snapshot: pa.Table, training: dict) -> tuple[str, dict[str, bytes]]:
     """(model id, files) of a trained model (a ``training.TrainedModel``); names the model in ``metrics``."""
-    import torch
-
-    from fer_platform.core.training import TRAIN_PROFILE, replace_profile
+    import torch  # deferred: heavy
 
     buf = io.BytesIO()
     torch.save(trained.state_dict, buf)
@@ -92,7 +100,7 @@ def package(trained, metrics: dict, snapshot: pa.Table, training: dict) -> tuple
 
 def unpack(files: dict[str, bytes]) -> dict:
     """config, metrics, snapshot (Arrow) and state dict of a model's files; checks the weights digest."""
-    import torch
+    import torch  # deferred: heavy
 
     missing = [f for f in MODEL_FILES if f not in files]
     if missing:
@@ -195,6 +203,4 @@ def local_model_folder(lake: Storage, model: str, cache: Path | None = None) -> 
 
 def serving_spec(spec: EmbedderSpec, folder: Path) -> EmbedderSpec:
     """``spec`` with its weights pointing at a local model folder (its profile comes from the folder)."""
-    from dataclasses import replace
-
     return replace(spec, weights=str(folder))

@@ -9,6 +9,7 @@ import pyarrow.dataset as ds
 
 from fer_platform.core.layout import RAW_IMAGES, SILVER_EMBEDDINGS
 from fer_platform.core.pg.schema import EMBEDDING_DIM
+from fer_platform.core.vecmath import ZeroVectors, normalise
 from fer_platform.core.vectors import arrow_to_vectors, vectors_to_arrow
 
 NORM_TOLERANCE = 1e-5
@@ -54,10 +55,10 @@ def build_silver(embeddings: pa.Table) -> pa.Table:
         raise InvalidVectors(f"vectors have {vectors.shape[1:]} dims, expected {EMBEDDING_DIM}")
     if not np.isfinite(vectors).all():
         raise InvalidVectors("vectors contain NaN or inf")
-    norms = np.linalg.norm(vectors, axis=1)
-    if (norms == 0).any():
-        raise InvalidVectors(f"{int((norms == 0).sum())} zero vector(s) cannot be normalised")
-    unit = (vectors / norms[:, None]).astype(np.float32)
+    try:
+        unit = normalise(vectors, strict=True)  # a zero vector has no direction to search by
+    except ZeroVectors as exc:
+        raise InvalidVectors(str(exc)) from None
     out = pa.table(
         {
             "id": table["id"],

@@ -26,14 +26,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fer_platform.core.embedding import Embedder, EmbedderSpec, Weights, build_backbone, resolve_device, resolve_weights
+from fer_platform.core import models
+from fer_platform.core.embedding import (
+    TRAIN_PROFILE,
+    Embedder,
+    EmbedderSpec,
+    Weights,
+    build_backbone,
+    preprocess,
+    replace_profile,
+    resolve_device,
+    resolve_weights,
+)
 from fer_platform.core.errors import FerError
-from fer_platform.core.gold import nearest_neighbours
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.vecmath import nearest_neighbours, normalise
 
 K = 10  # neighbours for the agreement
 LOSSES = ("cosine", "cross_entropy")
-TRAIN_PROFILE = "native"
 SNAPSHOT_COLUMNS = ("image_id", "emotion", "split", "load_date")
 
 
@@ -147,12 +157,6 @@ class TrainedModel:
         return Embedder(spec, Weights("tuned", "tuned-unsaved", None, profile=TRAIN_PROFILE), model=self.backbone)
 
 
-def replace_profile(spec: EmbedderSpec, profile: str) -> EmbedderSpec:
-    from dataclasses import replace
-
-    return replace(spec, profile=profile)
-
-
 # --------------------------------------------------------------------------- training
 def train(
     data: Dataset,
@@ -162,8 +166,8 @@ def train(
 ) -> TrainedModel:
     """Fine-tune ResNet18 from ``base_spec``'s weights on ``data``'s train split (deterministic for a
     seed on one machine and device); ``on_epoch`` gets each epoch's loss and test agreement."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # deferred: heavy
+    import torch.nn.functional as F  # deferred: heavy
 
     started = time.monotonic()
     threads = torch.get_num_threads()
@@ -172,8 +176,6 @@ def train(
     device = resolve_device(config.device)
     base_weights = resolve_weights(base_spec)
     spec = replace_profile(base_spec, TRAIN_PROFILE)
-    from fer_platform.core.embedding import preprocess
-
     x_train = torch.from_numpy(preprocess(data.train_pngs, spec))
     y_train = torch.from_numpy(data.train_labels)
     x_test = preprocess(data.test_pngs, spec)
@@ -245,8 +247,8 @@ def train(
 
 def _augment(x, size: int, gen):
     """A random shift of up to 3 px (edge pixels repeated) and a random horizontal flip, per batch."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # deferred: heavy
+    import torch.nn.functional as F  # deferred: heavy
 
     padded = F.pad(x, (3, 3, 3, 3), mode="replicate")
     dx, dy = (int(v) for v in torch.randint(0, 7, (2,), generator=gen))
@@ -257,26 +259,20 @@ def _augment(x, size: int, gen):
 
 
 def _embed_module(module, batch: np.ndarray, device, batch_size: int) -> np.ndarray:
-    import torch
+    import torch  # deferred: heavy
 
     out = []
     with torch.inference_mode():
         for i in range(0, len(batch), batch_size):
             out.append(module(torch.from_numpy(batch[i : i + batch_size]).to(device)).float().cpu().numpy())
-    return _unit(np.concatenate(out) if out else np.empty((0, 512), np.float32))
+    return normalise(np.concatenate(out) if out else np.empty((0, 512), np.float32))
 
 
 # --------------------------------------------------------------------------- measuring
-def _unit(v: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (v / norms).astype(np.float32)
-
-
 def agreement_at_k(vectors: np.ndarray, labels: np.ndarray, k: int = K) -> dict:
     """Share of each image's ``k`` nearest other images (exact cosine) with its label: overall
     (``all``), per emotion, and the chance level (the share a random neighbour would have)."""
-    vectors = _unit(np.asarray(vectors, dtype=np.float32))
+    vectors = normalise(np.asarray(vectors, dtype=np.float32))
     n = len(vectors)
     if not np.isfinite(vectors).all():
         return {"all": 0.0, "chance": _chance(labels), "per_emotion": {}, "nonfinite": True}
@@ -297,10 +293,10 @@ def _chance(labels: np.ndarray) -> float:
 def centroid_classifier(train_vectors, train_labels, test_vectors, test_labels) -> dict:
     """Nearest-centroid (cosine) classification of the test vectors, centroids from the train vectors:
     accuracy and the confusion matrix (rows: true emotion, columns: predicted)."""
-    train_vectors, test_vectors = _unit(train_vectors), _unit(test_vectors)
+    train_vectors, test_vectors = normalise(train_vectors), normalise(test_vectors)
     classes = sorted(set(train_labels.tolist()))
     cents = np.stack([train_vectors[train_labels == c].mean(axis=0) for c in classes])
-    cents = _unit(cents)
+    cents = normalise(cents)
     predicted = np.asarray(classes)[np.argmax(test_vectors @ cents.T, axis=1)]
     confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), dtype=np.int64)
     np.add.at(confusion, (test_labels, predicted), 1)
@@ -387,8 +383,6 @@ def build_model(
 ) -> dict:
     """Train on bronze's train split, measure tuned and untuned on its test split, package the files:
     ``{"model", "files", "metrics", "trained", "data"}``."""
-    from fer_platform.core import models
-
     data = Dataset.from_bronze(bronze)
     trained = train(data, base_spec, config, on_epoch)
     tuned = measure(trained.embedder(), data)
@@ -406,8 +400,6 @@ def untuned_embedder(base_spec: EmbedderSpec) -> Embedder:
 def verify_model(files: dict[str, bytes], bronze: pa.Table, device: str = "auto") -> dict:
     """Re-measure a stored model from its files alone (weights digest, the bronze rows of its snapshot,
     its base weights as resolved here): ``{"model", "metrics", "problems"}``. Approval needs no problems."""
-    from fer_platform.core import models
-
     unpacked = models.unpack(files)
     config, snapshot = unpacked["config"], unpacked["snapshot"]
     problems: list[str] = []

@@ -20,10 +20,12 @@ from fer_platform import cli
 from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS
 from fer_platform.assets.search import search_index_recall
 from fer_platform.automation.jobs import RUN_CHECKS
-from fer_platform.core import search, sheet
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.schema import ensure_schema
+from fer_platform.core.search import sheet
+from fer_platform.core.search.index import load_index
+from fer_platform.core.search.query import BACKENDS, find_similar
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform_tests.helpers import encoded, face, folder_resources, put
@@ -122,7 +124,7 @@ def test_search_finds_the_querys_duplicate_first_in_both_backends(loaded):
     lake = Storage(str(loaded["lake"]))
     spec = loaded["resources"]["embedder"].spec()
     query = face("sad", 10 * EMOTIONS.index("sad") + 1)  # the bytes of sad1.png, loaded
-    out = {b: search.find_similar(lake, spec, image=query, k=5, backend=b, dsn=loaded["dsn"]) for b in search.BACKENDS}
+    out = {b: find_similar(lake, spec, image=query, k=5, backend=b, dsn=loaded["dsn"]) for b in BACKENDS}
     for b, result in out.items():
         first = result["hits"][0]
         assert first["filepath"] == "raw/images/fer2013/train/sad/sad1.png", b
@@ -136,14 +138,14 @@ def test_search_finds_the_querys_duplicate_first_in_both_backends(loaded):
 def test_both_backends_agree_on_every_image_with_and_without_a_filter(loaded):
     lake = Storage(str(loaded["lake"]))
     spec = loaded["resources"]["embedder"].spec()
-    index = search.load_index(lake, MODEL)
+    index = load_index(lake, MODEL)
     emotions = dict(zip(index.mapping["image_id"].to_pylist(), index.mapping["emotion"].to_pylist()))
     for image_id in index.mapping["image_id"].to_pylist()[::4]:
         for emotion in (None, "fear"):
             # three fear images are loaded; the query itself is never its own neighbour
             expected = 2 if emotion == emotions[image_id] else 3
-            a = search.find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion)
-            b = search.find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion, backend="pgvector",
+            a = find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion)
+            b = find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion, backend="pgvector",
                                     dsn=loaded["dsn"])  # fmt: skip
             assert [h["image_id"] for h in a["hits"]] == [h["image_id"] for h in b["hits"]]
             assert image_id not in {h["image_id"] for h in a["hits"]}  # the query itself is excluded
@@ -196,9 +198,9 @@ def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_
 def test_a_k_beyond_pgvectors_ef_search_limit_returns_every_image(loaded):
     lake = Storage(str(loaded["lake"]))
     spec = loaded["resources"]["embedder"].spec()
-    image_id = search.load_index(lake, MODEL).ids[0]
-    for backend in search.BACKENDS:
-        result = search.find_similar(lake, spec, image_id=image_id, k=1500, backend=backend, dsn=loaded["dsn"])
+    image_id = load_index(lake, MODEL).ids[0]
+    for backend in BACKENDS:
+        result = find_similar(lake, spec, image_id=image_id, k=1500, backend=backend, dsn=loaded["dsn"])
         assert len(result["hits"]) == 20, backend  # every other loaded image
 
 
@@ -210,7 +212,7 @@ def test_gold_and_the_index_over_no_silver_are_empty_not_a_traceback(resources, 
     for asset in PUBLISH_ASSETS:
         (mat,) = result.asset_materializations_for_node(asset.key.path[-1])
         assert mat is not None
-    index = search.load_index(Storage(str(lake)), MODEL)
+    index = load_index(Storage(str(lake)), MODEL)
     assert index.size == 0
     gold = pq.read_table(lake / "gold/emotion_summary.parquet")
     assert gold.num_rows == 0 or sum(gold["images"].to_pylist()) == 0

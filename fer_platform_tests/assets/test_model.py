@@ -18,7 +18,9 @@ from fer_platform.assets.embeddings import image_embeddings_complete
 from fer_platform.assets.model import emotion_model_beats_untuned
 from fer_platform.assets.search import search_index_recall
 from fer_platform.assets.silver import silver_matches_postgres
-from fer_platform.core import models, search
+from fer_platform.core import models
+from fer_platform.core.search.index import load_index
+from fer_platform.core.search.query import find_similar
 from fer_platform.core.embedding import WeightsUnavailable
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
@@ -140,11 +142,11 @@ def test_train_approve_serve_and_reembed(loaded):
     assert all(n == distinct and most == 1 for _, _, n, distinct, most in rows), "one vector per (image, model)"
     silver = read_silver(lake, ["image_id", "model"])
     assert silver.num_rows == 48 and set(silver["model"].to_pylist()) == {model}, "silver: the served model only"
-    assert search.load_index(lake, model).size == 48
+    assert load_index(lake, model).size == 48
 
     # a query embedded by the tuned model finds its neighbours in the tuned index
     query = (root / "landing/test/happy/test_happy_00000.png").read_bytes()
-    found = search.find_similar(lake, tuned["embedder"].spec(), image=query, k=5)
+    found = find_similar(lake, tuned["embedder"].spec(), image=query, k=5)
     assert found["model"] == model and len(found["hits"]) == 5
     assert found["same_emotion"] >= 3
 

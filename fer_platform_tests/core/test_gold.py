@@ -78,17 +78,6 @@ def test_nearest_emotion_and_agreement_follow_the_geometry():
     assert agree["happy"]["chance"] == pytest.approx(19 / 139)
 
 
-def test_nearest_neighbours_exclude_self_and_match_brute_force():
-    rng = np.random.default_rng(1)
-    v = rng.standard_normal((60, 512)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    nn = gold.nearest_neighbours(v, k=5)
-    sims = v @ v.T
-    np.fill_diagonal(sims, -np.inf)
-    expected = np.argsort(-sims, axis=1)[:, :5]
-    assert (nn == expected).all()
-
-
 def test_daily_loads_counts_statuses_reasons_and_bytes():
     rows = [
         {"load_date": DAY, "status": "loaded", "reason": None, "size": 100},

@@ -7,8 +7,17 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from fer_platform.core import search, sheet
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.search import sheet
+from fer_platform.core.search.build import RECALL_TARGET, build_index, index_recall
+from fer_platform.core.search.index import (
+    IDS_FILE,
+    IndexChanging,
+    IndexUnavailable,
+    SearchIndex,
+    index_dir,
+    load_index,
+)
 from fer_platform.core.storage import Storage
 from fer_platform.core.vectors import vectors_to_arrow
 from fer_platform_tests.helpers import face
@@ -39,21 +48,11 @@ def clustered(n_per=60, dim=512, spread=0.6, seed=0):
     )
 
 
-def test_exact_search_matches_brute_force():
-    rng = np.random.default_rng(3)
-    v = rng.standard_normal((1000, 64)).astype(np.float32)
-    q = rng.standard_normal((7, 64)).astype(np.float32)
-    sims, pos = search.exact_search(v, q, 5, block=3)  # tiny blocks: the merge across blocks is exercised
-    expected = np.argsort(-(q @ v.T), axis=1)[:, :5]
-    assert (pos == expected).all()
-    np.testing.assert_allclose(sims, np.take_along_axis(q @ v.T, expected, 1), rtol=1e-5)
-
-
 def test_flat_index_round_trips_through_its_files_and_finds_itself():
     silver = clustered(n_per=10)
-    index = search.build_index(silver, "m1")
+    index = build_index(silver, "m1")
     assert index.kind == "flat" and index.size == 70
-    again = search.SearchIndex.from_files(index.to_files())
+    again = SearchIndex.from_files(index.to_files())
     assert again.meta["model"] == "m1" and again.size == 70
     v = again.vectors_at(np.arange(again.size))
     hits = again.search(v[5], k=3)
@@ -63,28 +62,28 @@ def test_flat_index_round_trips_through_its_files_and_finds_itself():
 
 def test_hnsw_index_is_tuned_to_the_recall_target():
     silver = clustered(n_per=80, spread=1.5)
-    index = search.build_index(silver, "m1", hnsw_threshold=100, m=8, ef_construction=40)
+    index = build_index(silver, "m1", hnsw_threshold=100, m=8, ef_construction=40)
     assert index.kind == "hnsw" and index.meta["ef_search"] >= 16
-    assert index.meta["tuned_recall"] >= search.RECALL_TARGET
-    measured = search.index_recall(search.SearchIndex.from_files(index.to_files()), silver)
-    assert measured["recall"] >= search.RECALL_TARGET and measured["queries"] == 200
+    assert index.meta["tuned_recall"] >= RECALL_TARGET
+    measured = index_recall(SearchIndex.from_files(index.to_files()), silver)
+    assert measured["recall"] >= RECALL_TARGET and measured["queries"] == 200
 
 
 def test_a_broken_index_fails_the_recall_measure():
     silver = clustered(n_per=20)
-    index = search.build_index(silver, "m1")
+    index = build_index(silver, "m1")
     ids = index.mapping["image_id"].to_pylist()
     rng = np.random.default_rng(0)
-    broken = search.SearchIndex(index.index, index.mapping.set_column(
+    broken = SearchIndex(index.index, index.mapping.set_column(
         0, "image_id", pa.array(list(rng.permutation(ids)))), index.meta)  # fmt: skip
-    assert search.index_recall(index, silver)["recall"] == 1.0
-    assert search.index_recall(broken, silver)["recall"] < 0.5
+    assert index_recall(index, silver)["recall"] == 1.0
+    assert index_recall(broken, silver)["recall"] < 0.5
 
 
 @pytest.mark.parametrize("kind_threshold", [10_000, 50])  # flat, then HNSW
 def test_emotion_filter_returns_k_of_that_emotion(kind_threshold):
     silver = clustered(n_per=30, spread=3.0)
-    index = search.build_index(silver, "m1", hnsw_threshold=kind_threshold, m=8)
+    index = build_index(silver, "m1", hnsw_threshold=kind_threshold, m=8)
     q = index.vectors_at(np.arange(index.size))[0]  # an angry image
     hits = index.search(q, k=12, emotion="surprise")
     assert len(hits) == 12 and {h.emotion for h in hits} == {"surprise"}
@@ -103,12 +102,12 @@ def test_emotion_filter_returns_k_of_that_emotion(kind_threshold):
 
 def test_load_index_from_the_lake_or_a_clear_error(tmp_path):
     lake = Storage(str(tmp_path))
-    with pytest.raises(search.IndexUnavailable, match="no search index for model m1 .*materialise search_index"):
-        search.load_index(lake, "m1")
-    index = search.build_index(clustered(n_per=3), "m1")
+    with pytest.raises(IndexUnavailable, match="no search index for model m1 .*materialise search_index"):
+        load_index(lake, "m1")
+    index = build_index(clustered(n_per=3), "m1")
     for name, data in index.to_files().items():
-        lake.write_bytes(f"{search.index_dir('m1')}/{name}", data)
-    assert search.load_index(lake, "m1").size == 21
+        lake.write_bytes(f"{index_dir('m1')}/{name}", data)
+    assert load_index(lake, "m1").size == 21
 
 
 def test_contact_sheet_has_one_tile_per_image_in_the_grid():
@@ -132,14 +131,14 @@ def test_contact_sheet_has_one_tile_per_image_in_the_grid():
 
 def test_files_of_two_builds_are_never_paired(tmp_path):
     lake = Storage(str(tmp_path))
-    old = search.build_index(clustered(n_per=4), "m1").to_files()
-    new = search.build_index(clustered(n_per=3, seed=9), "m1").to_files()
-    mixed = {**new, search.IDS_FILE: old[search.IDS_FILE]}  # a reader between two file replacements
-    with pytest.raises(search.IndexChanging, match="being rebuilt"):
-        search.SearchIndex.from_files(mixed)
+    old = build_index(clustered(n_per=4), "m1").to_files()
+    new = build_index(clustered(n_per=3, seed=9), "m1").to_files()
+    mixed = {**new, IDS_FILE: old[IDS_FILE]}  # a reader between two file replacements
+    with pytest.raises(IndexChanging, match="being rebuilt"):
+        SearchIndex.from_files(mixed)
     for name, data in mixed.items():
-        lake.write_bytes(f"{search.index_dir('m1')}/{name}", data)
-    with pytest.raises(search.IndexUnavailable, match="ids.parquet changed"):
-        search.load_index(lake, "m1", tries=2)
-    lake.write_bytes(f"{search.index_dir('m1')}/{search.IDS_FILE}", new[search.IDS_FILE])
-    assert search.load_index(lake, "m1").size == 21
+        lake.write_bytes(f"{index_dir('m1')}/{name}", data)
+    with pytest.raises(IndexUnavailable, match="ids.parquet changed"):
+        load_index(lake, "m1", tries=2)
+    lake.write_bytes(f"{index_dir('m1')}/{IDS_FILE}", new[IDS_FILE])
+    assert load_index(lake, "m1").size == 21

@@ -1,10 +1,15 @@
-"""Contact sheets: the query image and its neighbours, with their emotions, as one PNG."""
+"""Contact sheets: the query image and its neighbours, with their emotions, as one PNG.
+
+``result_sheet`` draws a ``query.find_similar`` result (reading the images from the lake);
+``contact_sheet`` and the tile layout below it know nothing of searches: captioned images in a grid.
+"""
 
 from __future__ import annotations
 
 import io
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -14,6 +19,17 @@ LABEL_H = 30
 MAX_COLS = 6
 QUERY_BG = (255, 200, 60)
 BG = (245, 245, 245)
+
+
+def result_sheet(result: dict[str, Any], lake, query_image: bytes | None = None) -> bytes:
+    """A contact sheet of a ``find_similar`` result: the query, then each neighbour."""
+    q = result["query"]
+    if query_image is None:
+        query_image = lake.read_bytes(q["filepath"])
+    tiles = [(query_image, f"query\n{q.get('emotion') or ''}")]
+    for h in result["hits"]:
+        tiles.append((lake.read_bytes(h["filepath"]), f"#{h['rank']} {h['emotion']}\nd={h['distance']:.3f}"))
+    return contact_sheet(tiles)
 
 
 def layout(n_tiles: int, max_cols: int = MAX_COLS) -> tuple[int, int]:

@@ -1,0 +1,126 @@
+"""Building a search index over the silver vectors, tuning HNSW to a recall target, and measuring recall.
+
+Exact (flat inner product) below ``HNSW_THRESHOLD`` vectors, where a query is fast enough
+anyway and recall is 1; HNSW at or above it, with ``ef_search`` tuned at build time on queries
+the graph does not hold, to the smallest value that reaches ``RECALL_TARGET``. Recall is
+always measured against exact search (``vecmath.exact_search``), never against FAISS itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+
+from fer_platform.core.search.hits import iso
+from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
+from fer_platform.core.vecmath import exact_search, normalise, recall_of
+from fer_platform.core.vectors import arrow_to_vectors
+
+HNSW_THRESHOLD = 20_000  # vectors; at or above it the index is HNSW
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+RECALL_TARGET = 0.99
+TUNE_QUERIES = 500
+EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def build_index(
+    silver: pa.Table,
+    model: str,
+    embedder: dict | None = None,
+    hnsw_threshold: int = HNSW_THRESHOLD,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    target_recall: float = RECALL_TARGET,
+    seed: int = 0,
+) -> SearchIndex:
+    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above)."""
+    import faiss  # deferred: heavy
+
+    table = silver.sort_by([("image_id", "ascending")])
+    vectors = normalise(arrow_to_vectors(table["vector"]))
+    dim = vectors.shape[1]
+    held = 0
+    if len(vectors) >= hnsw_threshold:
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        kind = "hnsw"
+        # ef_search is tuned on queries the graph does not hold yet (a stored vector finds its own
+        # neighbourhood too easily): a sample is moved to the end, added after the tuning
+        held = min(TUNE_QUERIES, max(1, len(vectors) // 20))
+        picks = np.random.default_rng(seed).choice(len(vectors), size=held, replace=False)
+        order = np.concatenate([np.setdiff1d(np.arange(len(vectors)), picks), np.sort(picks)])
+        table, vectors = table.take(pa.array(order, pa.int64())), vectors[order]
+    else:
+        index = faiss.IndexFlatIP(dim)
+        kind = "flat"
+    if len(vectors):
+        index.add(vectors[: len(vectors) - held])
+    mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
+    meta = {
+        "kind": kind,
+        "model": model,
+        "size": int(index.ntotal),
+        "dim": dim,
+        "metric": "cosine (inner product of L2-normalised vectors)",
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "embedder": embedder or {},
+        "faiss": faiss.__version__,
+    }
+    out = SearchIndex(index, mapping, meta)
+    if kind == "hnsw":
+        base, queries = vectors[: len(vectors) - held], vectors[len(vectors) - held :]
+        meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held)
+        meta["ef_search"], meta["tuned_recall"] = tune_ef(out, base, queries, target_recall)
+        out.set_ef(meta["ef_search"])
+        index.add(queries)
+        meta["size"] = int(index.ntotal)
+    return out
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    """A column of the id mapping (text nulls where silver lacks it; load dates as ISO text)."""
+    col = table[name] if name in table.column_names else pa.nulls(table.num_rows, pa.string())
+    if name == "load_date":
+        col = pa.array([iso(v) for v in col.to_pylist()], pa.string())
+    return col
+
+
+def tune_ef(index: SearchIndex, base: np.ndarray, queries: np.ndarray, target: float, k: int = 10):
+    """The smallest ``ef_search`` whose recall@k of ``queries`` (vectors the index does not hold)
+    against exact search over ``base`` (what it holds) reaches ``target`` plus a small margin."""
+    kk = min(k, len(base))
+    _, truth = exact_search(base, queries, kk)
+    recall = 0.0
+    for ef in EF_CANDIDATES:
+        index.set_ef(ef)
+        _, got = index.raw_search(queries, kk)
+        recall = recall_of(got, truth)
+        if recall >= min(1.0, target + 0.005):
+            return ef, recall
+    return EF_CANDIDATES[-1], recall
+
+
+def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int = 200, seed: int = 1) -> dict:
+    """recall@k of ``index`` against exact search over ``silver``, compared by image_id: what the
+    blocking check measures. Queries are a sample of silver vectors, each left out of its own
+    answer (see ``vecmath.leave_one_out``; here by image_id, as the index's positions are not silver's)."""
+    if silver.num_rows < 2:
+        ok = index.size == silver.num_rows
+        recall = 1.0 if ok else 0.0
+        return {"recall": recall, "queries": 0, "k": k, "silver": silver.num_rows, "indexed": index.size}
+    vectors = normalise(arrow_to_vectors(silver["vector"]))
+    ids = np.asarray(silver["image_id"].to_pylist(), dtype=object)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
+    kk = min(k, len(vectors) - 1)
+    _, truth = exact_search(vectors, vectors[picks], kk + 1)
+    truth_ids = [[i for i in ids[row] if i != ids[own]][:kk] for row, own in zip(truth, picks)]
+    _, got = index.raw_search(vectors[picks], kk + 1)
+    index_ids = index.ids
+    got_ids = [[i for i in index_ids[row[row >= 0]] if i != ids[own]][:kk] for row, own in zip(got, picks)]
+    hits = sum(len(set(g) & set(t)) for g, t in zip(got_ids, truth_ids))
+    recall = hits / (len(picks) * kk)
+    return {"recall": recall, "queries": len(picks), "k": kk, "silver": len(vectors), "indexed": index.size}

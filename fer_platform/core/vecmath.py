@@ -1,0 +1,86 @@
+"""Vector maths shared by search, gold and training: unit length, cosine, exact nearest neighbours, recall.
+
+Every vector the platform compares is L2-normalised first, so an inner product is a cosine
+similarity and the nearest neighbours by inner product are the nearest by cosine. Only numpy
+here: exact search is the reference the FAISS and pgvector indexes are measured against, so it
+must not depend on either.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ZeroVectors(ValueError):
+    """Vectors of length zero where every vector must have a direction (one line: how many)."""
+
+
+def normalise(vectors: np.ndarray, strict: bool = False) -> np.ndarray:
+    """Each row scaled to unit length, as contiguous float32 (what FAISS takes).
+
+    A zero row has no direction: it stays zero (a zero query matches nothing better than
+    anything else), or, with ``strict``, ``ZeroVectors`` is raised (silver refuses to store one).
+    """
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    zero = norms == 0
+    if strict and zero.any():
+        raise ZeroVectors(f"{int(zero.sum())} zero vector(s) cannot be normalised")
+    norms[zero] = 1.0
+    return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float | None:
+    """Mean cosine over distinct pairs of unit vectors: (|sum|^2 - n) / (n (n - 1)), in O(n)."""
+    n = len(vectors)
+    if n < 2:
+        return None
+    s = vectors.astype(np.float64).sum(axis=0)
+    return float((s @ s - n) / (n * (n - 1)))
+
+
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner product with numpy (independent of FAISS): (similarities, positions)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    k = min(k, len(vectors))
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(vectors), block * 16):
+        chunk = vectors[start : start + block * 16]
+        for q0 in range(0, len(queries), block):
+            s = queries[q0 : q0 + block] @ chunk.T
+            kk = min(k, s.shape[1])
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s[q0 : q0 + block], np.take_along_axis(s, top, 1)], axis=1)
+            cand_i = np.concatenate([best_i[q0 : q0 + block], top + start], axis=1)
+            order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s[q0 : q0 + block] = np.take_along_axis(cand_s, order, 1)
+            best_i[q0 : q0 + block] = np.take_along_axis(cand_i, order, 1)
+    return best_s, best_i
+
+
+def leave_one_out(positions: np.ndarray, selves: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first ``k`` positions other than the query's own: a stored vector used as a
+    query finds itself trivially, which would flatter recall; without it, it is a fair query."""
+    out = np.full((len(positions), k), -1, dtype=np.int64)
+    for i, (row, own) in enumerate(zip(positions, selves)):
+        others = row[row != own][:k]
+        out[i, : len(others)] = others
+    return out
+
+
+def nearest_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` nearest other vectors of every vector (exact, self excluded)."""
+    if len(vectors) < 2:
+        return np.empty((len(vectors), 0), dtype=np.int64)
+    kk = min(k + 1, len(vectors))
+    _, pos = exact_search(vectors, vectors, kk, block=1024)
+    return leave_one_out(pos, np.arange(len(vectors)), kk - 1)
+
+
+def recall_of(got: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` found in the same row of ``got``."""
+    hits = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth))
+    return hits / max(1, truth.size)
