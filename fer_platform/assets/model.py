@@ -14,6 +14,7 @@ from fer_platform.core.report import markdown_table
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
+from dataclasses import replace
 
 DATA_VERSION_TAG = "dagster/data_version"  # where a materialization records its data version
 
@@ -34,8 +35,6 @@ class EmotionModelConfig(dg.Config):
 
 def base_spec(config: EmotionModelConfig, embedder: EmbedderResource):
     """The untuned model a training run starts from (never a tuned one: retraining is reproducible)."""
-    from dataclasses import replace
-
     weights = config.base_weights or ("auto" if embedder.tuned else embedder.weights)
     return replace(embedder.base_spec(), weights=weights, device=config.device)
 

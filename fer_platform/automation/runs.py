@@ -17,6 +17,7 @@ from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, Wor
 
 from fer_platform.core import liveness
 from fer_platform.core.planner import Attempts
+import socket
 
 WORKER_TAG = "fer/worker"
 UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -39,8 +40,6 @@ def worker_of(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[str, fl
             continue
         pid = event.engine_event_data.metadata.get("pid") if event.engine_event_data else None
         if pid is not None:
-            import socket
-
             return f"{socket.gethostname()}:{pid.value}:", entry.timestamp
     return None
 

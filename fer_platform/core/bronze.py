@@ -11,6 +11,9 @@ from PIL import Image
 
 from fer_platform.core import images
 from fer_platform.core.storage import Storage
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from fer_platform.core.layout import BRONZE_IMAGES
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -100,11 +103,6 @@ def read_labelled(lake: Storage) -> pa.Table:
 def read_bronze(lake: Storage, columns: list[str] | None = None, splits: list[str] | None = None) -> pa.Table:
     """Every bronze partition as one table (the Hive folders give emotion and load_date), optionally
     only some columns and splits."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    from fer_platform.core.layout import BRONZE_IMAGES
-
     root = lake.path(BRONZE_IMAGES)
     if not lake.fs.exists(root):
         return pa.table({c: pa.array([], BRONZE_SCHEMA.field(c).type if c in BRONZE_SCHEMA.names else pa.string())

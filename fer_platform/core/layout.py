@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+import hashlib
 
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -84,8 +85,6 @@ def fit_name(name: str) -> str:
     boundary plus a digest of the whole name, with its extension: distinct long names stay distinct."""
     if len(name.encode()) <= MAX_LAKE_NAME_BYTES:
         return name
-    import hashlib
-
     stem, ext = posixpath.splitext(name)
     ext = ext if len(ext.encode()) <= 16 else ""
     tag = "~" + hashlib.sha256(name.encode()).hexdigest()[:16]

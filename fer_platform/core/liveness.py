@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import psutil
 
 
 def _started(pid: int) -> float | None:
-    import psutil
-
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent: gone

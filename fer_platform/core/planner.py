@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from fer_platform.core.layout import EMOTIONS, route
 from fer_platform.core.ledger import Version
 from fer_platform.core.storage import FileEntry, Storage
+import json
+import hashlib
 
 
 def versions(landing: Storage, entries: Sequence[FileEntry]) -> list[Version]:
@@ -47,15 +49,11 @@ class Watermark:
         return e.modified_us < self.us or (e.modified_us == self.us and e.key in self.keys)
 
     def to_json(self) -> str:
-        import json
-
         return json.dumps({"v": 2, "us": self.us, "keys": sorted(self.keys), "since": self.since_us})
 
     @classmethod
     def from_json(cls, text: str | None) -> "Watermark":
         """The cursor's watermark; a missing or unreadable cursor is a lost one (the load log decides)."""
-        import json
-
         if not text:
             return cls()
         try:
@@ -188,8 +186,6 @@ def plan_tick(
 def run_key(files: Sequence[FileEntry], attempt: int = 1) -> str:
     """The same file versions always give the same key (so a repeated request is dropped); a retry
     after failed runs carries its attempt number (a new key, which Dagster does not drop)."""
-    import hashlib
-
     text = "\n".join(f"{e.key}\t{e.size}\t{e.modified_us}" for e in sorted(files, key=lambda e: e.key))
     key = "landing-" + hashlib.sha256(text.encode()).hexdigest()[:32]
     return key if attempt <= 1 else f"{key}-attempt{attempt}"

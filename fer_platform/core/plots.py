@@ -20,10 +20,10 @@ COLOURS = {
 
 
 def _figure(width: float = 6.0, height: float = 3.6):
-    import matplotlib
+    import matplotlib  # deferred: heavy
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy (and only after choosing the Agg backend)
 
     return plt, plt.figure(figsize=(width, height), dpi=80)
 

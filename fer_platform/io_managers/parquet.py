@@ -38,7 +38,7 @@ def _definition_metadata(context: dg.InputContext | dg.OutputContext) -> dict:
 def _as_table(obj: Any) -> pa.Table:
     if isinstance(obj, pa.Table):
         return obj
-    import pandas as pd
+    import pandas as pd  # deferred: heavy, and only for a DataFrame output
 
     if isinstance(obj, pd.DataFrame):
         return pa.Table.from_pandas(obj, preserve_index=False)
