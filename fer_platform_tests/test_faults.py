@@ -13,11 +13,13 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import psycopg
 import pyarrow.dataset as ds
@@ -25,7 +27,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import fer_platform.assets.raw as raw_asset
+import fer_platform.partitions as partitions
+from fer_platform.cli.demo import run_demo
 from fer_platform.core import db
+from fer_platform.core.home import Home
 from fer_platform.core.sample_data import write_sample_landing
 
 pytestmark = pytest.mark.slow
@@ -100,8 +106,6 @@ def assert_converged(home, landing):
         assert set(ids) == set(want), f"{name}: {len(set(want) - set(ids))} missing, {len(set(ids) - set(want))} extra"
     assert {i: e for i, e in vectors} == want  # each vector in its emotion's partition
     assert not [p for p in lake.rglob("*.tmp")], "temporary files of killed writes stayed in the lake"
-    import dagster as dg
-
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         stuck = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]))
         assert not stuck, [r.run_id for r in stuck]
@@ -171,8 +175,6 @@ def test_deleted_layers_are_rebuilt_by_the_next_demo(loaded):
     dsn = db.embedded_status(home / "postgres")["dsn"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE imagenes_fer")
-    import shutil
-
     shutil.rmtree(home / "lake/silver")
     shutil.rmtree(home / "lake/index")
     again = demo(home, landing)
@@ -186,11 +188,6 @@ def test_deleted_layers_are_rebuilt_by_the_next_demo(loaded):
 def test_a_load_log_lost_on_a_later_day_loads_nothing_twice(tmp_path, monkeypatch):
     """First load on day D (yesterday: the clock is pinned for the demo's runs), the load log deleted, then the
     demo on day D+1 (today): the raw manifests put the load log back, and nothing is loaded twice."""
-    import fer_platform.assets.raw as raw_asset
-    import fer_platform.partitions as partitions
-    from fer_platform.core.home import Home
-    from fer_platform.demo import run_demo
-
     home, landing = tmp_path / "home", tmp_path / "landing"
     write_sample_landing(landing, per_class=3, test_per_class=1, seed=9, defects=True)
     for var in ("FER_HOME", "FER_LANDING", "DAGSTER_HOME", "FER_DAGSTER_PG_URL"):

@@ -5,7 +5,9 @@ recorded on the PostgreSQL-backed instance, so they show in the UI afterwards.
 """
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import sys
 import time
@@ -13,13 +15,17 @@ import traceback
 from collections import Counter
 from typing import Any, Optional
 
-from fer_platform.core import db, ledger
+from fer_platform.cli.instance import local_dsn, prepare_dagster_home
+from fer_platform.core import convergence, db, ledger, liveness, search
 from fer_platform.core.errors import FerError
-from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
+from fer_platform.core.home import Home
+from fer_platform.core.layout import route
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.search import index_dir
+from fer_platform.core.silver import count_silver_rows
 from fer_platform.core.storage import Storage
+from fer_platform.core.vectors import count_model
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -28,8 +34,6 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def python_logs_to(path):
     """Python's own logging (e.g. dagster-postgres retrying a lost database, with tracebacks) goes to a
     file under the home while the demo runs, not to the terminal; the runs' logs stay in Dagster."""
-    import logging
-
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     handler = logging.FileHandler(path)
@@ -100,8 +104,6 @@ def run_demo(
 def home_lock(home: Home):
     """One demo at a time on a home: a second one waits for the first (an OS lock, released if the
     holder is killed), then finds everything loaded."""
-    import fcntl
-
     with open(home.root / ".demo.lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -124,14 +126,15 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
     db.ensure_schema(dsn)
     prepare_dagster_home(home, dsn)
 
-    import dagster as dg
+    import dagster as dg  # deferred: loads dagster
 
-    from fer_platform.automation.convergence import REPAIR_TAG, audit_layers, rederive_run_config
-    from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs
-    from fer_platform.core import convergence, liveness
-    from fer_platform.definitions import build_definitions
-    from fer_platform.partitions import image_partitions, partition_key, utc_today
-    from fer_platform.resources.environments import resources_for
+    from fer_platform.automation.convergence import (  # deferred: loads dagster
+        REPAIR_TAG, audit_layers, rederive_run_config,
+    )
+    from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs  # deferred: loads dagster
+    from fer_platform.definitions import build_definitions  # deferred: loads dagster and every asset module
+    from fer_platform.partitions import image_partitions, partition_key, utc_today  # deferred: loads dagster
+    from fer_platform.resources.environments import resources_for  # deferred: loads dagster
 
     defs = build_definitions(resources_for())
     lake = defs.resources["lake"].storage()
@@ -202,8 +205,6 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
 def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
     """Counts over the files now in the landing zone, from the ledger: they reconcile by construction
     only if every file was logged exactly once, which is what a test checks."""
-    from fer_platform.core.layout import route
-
     ignored = [e.key for e in listing if route(e.key).ignored]
     counted = [e for e in listing if not route(e.key).ignored]
     with db.connect(dsn) as conn:
@@ -226,9 +227,6 @@ def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
 
 def layer_counts(lake: Storage, dsn: str, model: Optional[str]) -> dict[str, Any]:
     """Rows of the current model in PostgreSQL and in the silver layer."""
-    from fer_platform.core.silver import count_silver_rows
-    from fer_platform.core.vectors import count_model
-
     with db.connect(dsn) as conn:
         postgres_rows = count_model(conn, model) if model else 0
     return {"model": model, "postgres_rows": postgres_rows, "silver_rows": count_silver_rows(lake, model)}
@@ -236,8 +234,6 @@ def layer_counts(lake: Storage, dsn: str, model: Optional[str]) -> dict[str, Any
 
 def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
     """The index size and one search: the first test image's 10 nearest other images."""
-    from fer_platform.core import search
-
     try:
         index = search.load_index(lake, model)
     except search.IndexUnavailable:
