@@ -8,8 +8,9 @@ and the fer/bulk tag limit); the daemon starts them. Each run loads every pendin
 batches, with progress in its logs; the backfill shows on the webserver's Backfills page.
 
 ``dagster job backfill`` records the backfill as complete once its runs are queued, and Dagster retries
-no run of a complete backfill: a failed bulk run is not retried, its files stay pending and the landing
-sensor loads them (the load log decides what is pending, not the run).
+no run of a complete backfill: a failed bulk run is not retried. Its files stay pending (the load log
+decides, not the run): the landing sensor takes them (unless FER_INCLUDE_EXISTING_FILES=false left
+them out), or the next bulk load.
 """
 
 import json
