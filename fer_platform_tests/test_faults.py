@@ -29,11 +29,11 @@ from PIL import Image
 
 import fer_platform.assets.raw as raw_asset
 import fer_platform.partitions as partitions
+from fer_platform.cli.demo import run_demo
 from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.embedded import embedded_status
 from fer_platform.core.sample_data import write_sample_landing
-from fer_platform.demo import run_demo
 
 pytestmark = pytest.mark.slow
 MODEL = "resnet18-random-s0-fidelity"

@@ -7,7 +7,6 @@ import pytest
 from pgvector.psycopg import register_vector
 
 from fer_platform.core.errors import DatabaseUnavailable
-from fer_platform.core.home import sqlalchemy_url
 from fer_platform.core.pg.connect import connect, describe, masked
 from fer_platform.core.pg.schema import ensure_schema, ensure_vector_extension
 
@@ -97,12 +96,3 @@ def test_a_malformed_dsn_is_one_line_without_the_password():
     with pytest.raises(DatabaseUnavailable) as info:
         connect("host='unterminated password=S3CRET-pw")
     assert "cannot be read" in str(info.value) and "S3CRET" not in str(info.value) and "\n" not in str(info.value)
-
-
-def test_the_dagster_instance_url_requires_tls_for_remote_hosts_like_the_application():
-    assert sqlalchemy_url("postgresql://u:p@db.example.com:5432/fer") == (
-        "postgresql+psycopg2://u:p@db.example.com:5432/fer?sslmode=require", True)  # fmt: skip
-    assert sqlalchemy_url("postgresql://u@db.example.com/fer?sslmode=verify-full")[0].endswith("sslmode=verify-full")
-    assert "sslmode" not in sqlalchemy_url("postgresql://u@localhost:5432/fer")[0]
-    assert sqlalchemy_url("user=postgres host=/tmp/sock dbname=dagster")[0] == (
-        "postgresql+psycopg2://postgres@/dagster?host=%2Ftmp%2Fsock")  # fmt: skip

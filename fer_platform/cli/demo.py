@@ -15,9 +15,10 @@ import traceback
 from collections import Counter
 from typing import Any, Optional
 
+from fer_platform.cli.instance import local_dsn, prepare_dagster_home
 from fer_platform.core import convergence, ledger, liveness
 from fer_platform.core.errors import DatabaseUnavailable, FerError
-from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
+from fer_platform.core.home import Home
 from fer_platform.core.layout import route
 from fer_platform.core.pg.connect import connect, describe
 from fer_platform.core.pg.schema import ensure_schema
@@ -130,17 +131,15 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
 
     # dagster only now: the CLI stays light, and fer_platform.definitions builds its defs at import from
     # the environment set above
-    import dagster as dg  # deferred: dagster
+    import dagster as dg  # deferred: loads dagster
 
-    from fer_platform.automation.convergence import (  # deferred: dagster
-        REPAIR_TAG,
-        audit_layers,
-        rederive_run_config,
-    )
-    from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs  # deferred: dagster
-    from fer_platform.definitions import build_definitions  # deferred: dagster, reads the environment
-    from fer_platform.partitions import image_partitions, partition_key, utc_today  # deferred: dagster
-    from fer_platform.resources.environments import resources_for  # deferred: dagster
+    from fer_platform.assets.raw import ingest_run_config  # deferred: loads dagster
+    from fer_platform.automation.convergence import REPAIR_TAG, audit_layers  # deferred: loads dagster
+    from fer_platform.automation.jobs import triage_run_config  # deferred: loads dagster
+    from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs, files_of  # deferred: loads dagster
+    from fer_platform.definitions import build_definitions  # deferred: loads dagster and every asset module
+    from fer_platform.partitions import image_partitions, partition_key, utc_today  # deferred: loads dagster
+    from fer_platform.resources.environments import resources_for  # deferred: loads dagster
 
     defs = build_definitions(resources_for())
     lake = defs.resources["lake"].storage()
@@ -159,28 +158,28 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
         tick = plan_tick(storage, listing, lambda _entries: known, Watermark(), everything, now_us=time.time_ns() // 1000)
         today = utc_today()
 
-        def execute(job: str, partition, config: dict | None, extra: dict | None = None) -> None:
+        def execute(job: str, partition, config: dg.RunConfig | None, extra: dict | None = None) -> None:
+            run_config = {**(config.to_config_dict() if config else {}), **QUIET_LOGS}
             result = defs.resolve_job_def(job).execute_in_process(
-                partition_key=partition, run_config={**QUIET_LOGS, "ops": config or {}}, instance=instance,
-                raise_on_error=False, tags={**tags, **(extra or {})},
-            )  # fmt: skip
+                partition_key=partition, run_config=run_config, instance=instance, raise_on_error=False,
+                tags={**tags, **(extra or {})},
+            )
             runs.append({"job": job, "partition": str(partition) if partition else None, "run_id": result.run_id,
-                         "success": result.success, "files": len((config or {}).get("raw_images", {}).get(
-                             "config", {}).get("files") or [])})  # fmt: skip
+                         "success": result.success, "files": len(files_of(run_config))})  # fmt: skip
 
         for emotion, entries, _attempt in tick.batches:
             keys = [e.key for e in entries]
             if emotion is None:  # files no emotion partition can take: quarantined with the reason
-                execute("landing_triage", None, {"quarantine_unroutable": {"config": {"files": keys}}})
+                execute("landing_triage", None, triage_run_config(keys))
             else:
-                execute("ingest_images", partition_key(emotion, today), {"raw_images": {"config": {"files": keys}}})
+                execute("ingest_images", partition_key(emotion, today), ingest_run_config(keys))
         # then every partition whose layers disagree with the load log (a crash, an outage, a deleted layer)
         with connect(dsn) as conn:
             audit = audit_layers(instance, conn, lake, model)
         for emotion, day in audit.partitions:
             if not image_partitions.has_partition_key(partition_key(emotion, day)):
                 continue  # a stray lake folder, no partition of this code location: told at the end
-            execute("ingest_images", partition_key(emotion, day), rederive_run_config()["ops"], {REPAIR_TAG: "true"})
+            execute("ingest_images", partition_key(emotion, day), ingest_run_config(files=[]), {REPAIR_TAG: "true"})
         ingested = any(r["job"] == "ingest_images" for r in runs)
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)

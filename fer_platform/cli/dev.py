@@ -13,20 +13,9 @@ from typing import Optional
 
 import psutil
 
-from fer_platform.core.home import Home, local_dsn, prepare_dagster_home
+from fer_platform.cli.instance import local_dsn, prepare_dagster_home, write_workspace
+from fer_platform.core.home import Home
 from fer_platform.core.pg.schema import ensure_schema
-
-WORKSPACE = """load_from:
-  - python_module:
-      module_name: fer_platform.definitions
-      location_name: fer_platform
-"""
-
-
-def write_workspace(home: Home) -> str:
-    path = home.dagster / "workspace.yaml"
-    path.write_text(WORKSPACE)
-    return str(path)
 
 
 def start(home: Home, host: str = "127.0.0.1", port: int = 3000, landing: Optional[str] = None) -> subprocess.Popen:

@@ -1,4 +1,9 @@
-"""The `fer-platform` command. Imports stay light: each command imports what it needs."""
+"""fer-platform: facial-expression images from a landing zone through Dagster assets to similarity search.
+
+This module parses the arguments and holds the small commands (sample-data, db, search); demo.py, dev.py
+and bulk.py hold the others, instance.py the local Dagster instance they write. Modules that load Dagster
+are imported only by the commands that need them, so `db` and `sample-data` stay fast.
+"""
 
 import argparse
 import json
@@ -7,26 +12,31 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from fer_platform.cli import demo, dev
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import describe, masked
 from fer_platform.core.pg.embedded import embedded_start, embedded_status, embedded_stop
 from fer_platform.core.pg.schema import ensure_schema
+from fer_platform.core.sample_data import write_sample_landing
+from fer_platform.core.search.index import IndexUnavailable
+from fer_platform.core.search.query import QueryError, find_similar
+from fer_platform.core.search.sheet import result_sheet
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", default=argparse.SUPPRESS, help="state folder (env FER_HOME, default ./.fer)")
 
-    p = argparse.ArgumentParser(prog="fer-platform", description=__doc__, parents=[common])
+    p = argparse.ArgumentParser(prog="fer-platform", description=__doc__.split("\n\n")[0], parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", parents=[common], help="load a landing zone through every asset and summarise")
-    demo.add_argument("--landing", help="landing folder or URL (default: sample data written under the home)")
-    demo.add_argument("--json", action="store_true", help="print one JSON object")
-    demo.add_argument("--per-class", type=int, default=40, help="generated train images per emotion")
-    demo.add_argument("--test-per-class", type=int, default=10, help="generated test images per emotion")
-    demo.add_argument("--seed", type=int, default=0)
+    dm = sub.add_parser("demo", parents=[common], help="load a landing zone through every asset and summarise")
+    dm.add_argument("--landing", help="landing folder or URL (default: sample data written under the home)")
+    dm.add_argument("--json", action="store_true", help="print one JSON object")
+    dm.add_argument("--per-class", type=int, default=40, help="generated train images per emotion")
+    dm.add_argument("--test-per-class", type=int, default=10, help="generated test images per emotion")
+    dm.add_argument("--seed", type=int, default=0)
 
     sd = sub.add_parser("sample-data", parents=[common], help="write a deterministic FER2013-shaped landing folder")
     sd.add_argument("out")
@@ -38,14 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     dbp = sub.add_parser("db", parents=[common], help="the embedded PostgreSQL under the home")
     dbp.add_argument("action", choices=["start", "stop", "status", "url"])
 
-    dev = sub.add_parser("dev", parents=[common], help="Dagster UI + daemon on the PostgreSQL instance")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
-    dev.add_argument("--landing", help="landing folder or URL (env FER_LANDING)")
-    bl = sub.add_parser("bulk-load", parents=[common],
-                        help="first load of a large landing folder: a backfill through the running webserver")  # fmt: skip
-    bl.add_argument("--host", default="127.0.0.1")
-    bl.add_argument("--port", type=int, default=3000)
+    dv = sub.add_parser("dev", parents=[common], help="Dagster UI + daemon on the PostgreSQL instance")
+    dv.add_argument("--host", default="127.0.0.1")
+    dv.add_argument("--port", type=int, default=3000)
+    dv.add_argument("--landing", help="landing folder or URL (env FER_LANDING)")
+    bl = sub.add_parser(
+        "bulk-load", parents=[common],
+        help="first load of a large landing folder: one backfill, run by the daemon of `fer-platform dev`",
+    )
+    bl.add_argument("--host", default="127.0.0.1", help="where the UI listens, for the progress link")
+    bl.add_argument("--port", type=int, default=3000, help="where the UI listens, for the progress link")
     bl.add_argument("--wait", action="store_true", help="wait until every run of the backfill has finished")
 
     se = sub.add_parser("search", parents=[common], help="the images most similar to an image or a loaded image id")
@@ -75,15 +87,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _dispatch(args, home: Home) -> int:
     if args.command == "demo":
-        from fer_platform import demo
-
         return demo.main(
             home, args.landing, args.json,
             per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed,
         )  # fmt: skip
     if args.command == "sample-data":
-        from fer_platform.core.sample_data import write_sample_landing
-
         counts = write_sample_landing(args.out, args.per_class, args.test_per_class, args.seed, args.defects)
         print(f"wrote {counts['images']} images" + (f" and {counts['defects']} defects" if args.defects else "")
               + f" to {args.out}")  # fmt: skip
@@ -91,15 +99,13 @@ def _dispatch(args, home: Home) -> int:
     if args.command == "db":
         return _db(args.action, home)
     if args.command == "bulk-load":
-        from fer_platform import bulk
+        from fer_platform.cli import bulk  # deferred: loads dagster
 
         os.environ["FER_HOME"] = str(home.root)
-        return bulk.run(args.host, args.port, args.wait)
+        return bulk.run(home, args.host, args.port, args.wait)
     if args.command == "search":
         return _search(args, home)
     if args.command == "dev":
-        from fer_platform import dev
-
         return dev.run(home, args.host, args.port, args.landing)
     raise AssertionError(args.command)
 
@@ -125,10 +131,7 @@ def _db(action: str, home: Home) -> int:
 
 
 def _search(args, home: Home) -> int:
-    from fer_platform.core.search.index import IndexUnavailable
-    from fer_platform.core.search.query import QueryError, find_similar
-    from fer_platform.core.search.sheet import result_sheet
-    from fer_platform.resources.environments import resolved_resources
+    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
 
     os.environ["FER_HOME"] = str(home.root)
     res = resolved_resources(("lake", "embedder", "postgres"))
@@ -176,7 +179,3 @@ def print_search(result: dict, out=None) -> None:
         out.write(f"  {result['same_emotion']} of {len(result['hits'])} share the query's emotion\n")
     if result.get("sheet"):
         out.write(f"  contact sheet: {result['sheet']}\n")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`fer-platform bulk-load`: the first load of a large landing folder as one Dagster backfill.
+
+It backfills the ``bulk_load`` job over today's partitions of the emotions that have pending files, with
+Dagster's own public command for it, ``dagster job backfill``, on the home's instance (the one
+`fer-platform dev` serves): that command creates one run per partition, tagged with the backfill's id,
+and hands them to the run queue, which bounds how many run at once (dagster.yaml: max_concurrent_runs
+and the fer/bulk tag limit); the daemon starts them. Each run loads every pending file of its emotion, in
+batches, with progress in its logs; the backfill shows on the webserver's Backfills page.
+
+``dagster job backfill`` records the backfill as complete once its runs are queued, and Dagster retries
+no run of a complete backfill: a failed bulk run is not retried. Its files stay pending (the load log
+decides, not the run): the landing sensor takes them (unless FER_INCLUDE_EXISTING_FILES=false left
+them out), or the next bulk load.
+"""
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import dagster as dg
+
+from fer_platform.cli.instance import LOCATION, local_dsn, prepare_dagster_home, write_workspace
+from fer_platform.core.errors import FerError
+from fer_platform.core.home import Home
+from fer_platform.core.ingest import pending_files
+from fer_platform.core.layout import route
+from fer_platform.partitions import partition_key, utc_today
+from fer_platform.resources.environments import resolved_resources
+
+JOB = "bulk_load"
+BULK_TAGS = {"fer/bulk": "true"}  # the run queue's limit on bulk runs (dagster.yaml); the job carries it too
+BACKFILL_TAG = "dagster/backfill"  # Dagster's tag of a backfill's runs
+LAUNCHED = re.compile(r"Launched backfill job `([^`]+)`")  # what `dagster job backfill` prints at the end
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def pending_partitions() -> tuple[list[str], int]:
+    """Today's partition keys of the emotions that have landing files not in the load log yet."""
+    res = resolved_resources(("landing", "postgres"))
+    pending, _ = pending_files(res["landing"].storage(), res["postgres"].get_dsn())
+    emotions = sorted({route(e.key).emotion for e in pending} - {None})
+    today = utc_today()
+    return [str(partition_key(e, today)) for e in emotions], len(pending)
+
+
+def launch(home: Home, keys: list[str]) -> str:
+    """Backfill ``bulk_load`` over ``keys`` with ``dagster job backfill`` on the home's instance; its id."""
+    prepare_dagster_home(home, local_dsn(home))  # DAGSTER_HOME (and FER_DAGSTER_PG_URL) for the command
+    cmd = [
+        sys.executable, "-m", "dagster", "job", "backfill", "-w", write_workspace(home), "-l", LOCATION,
+        "-j", JOB, "--partitions", ",".join(keys), "--tags", json.dumps(BULK_TAGS), "--noprompt",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    launched = LAUNCHED.search(out.stdout)
+    if out.returncode != 0 or not launched:
+        lines = [ln for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
+        raise FerError(f"the backfill was not launched: `dagster job backfill` exited {out.returncode}: "
+                       f"{lines[-1] if lines else 'no output'}")
+    return launched.group(1)
+
+
+def wait_for(backfill: str, runs_expected: int, timeout: float) -> int:
+    """Wait until the backfill's runs have finished; 1 if any of them did not succeed (or time ran out)."""
+    deadline = time.monotonic() + timeout
+    with dg.DagsterInstance.get() as instance:
+        while time.monotonic() < deadline:
+            records = instance.get_run_records(dg.RunsFilter(tags={BACKFILL_TAG: backfill}))
+            runs = [r.dagster_run for r in records]
+            if len(runs) >= runs_expected and all(r.status in FINISHED for r in runs):
+                failed = [r.run_id for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
+                print(f"backfill {backfill}: {len(runs) - len(failed)}/{len(runs)} runs succeeded"
+                      + (f"; failed: {', '.join(failed)}" if failed else ""))
+                return 1 if failed else 0
+            time.sleep(2)
+    print(f"backfill {backfill} still running after {timeout:.0f} s", file=sys.stderr)
+    return 1
+
+
+def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> int:
+    """``host`` and ``port``: where the UI of `fer-platform dev` listens, for the progress link."""
+    keys, files = pending_partitions()
+    if not keys:
+        print("nothing to load: every landing file is in the load log")
+        return 0
+    backfill = launch(home, keys)
+    print(f"bulk load of {files} pending files: backfill {backfill} over {len(keys)} partitions "
+          f"({', '.join(keys)}); progress: http://{host}:{port}/overview/backfills/{backfill}", flush=True)  # fmt: skip
+    return wait_for(backfill, len(keys), timeout) if wait else 0
