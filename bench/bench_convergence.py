@@ -17,7 +17,6 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import Timer, row, workspace
 
 from fer_platform.core import convergence, ledger
@@ -43,9 +42,22 @@ def main(n: int) -> None:
             for image_id in members:
                 key = f"train/{emotion}/{image_id[:16]}.png"
                 (landing / "train" / emotion).mkdir(parents=True, exist_ok=True)
-                rows.append(ledger.LedgerRow(source=f"{landing}/{key}", path=key, size=2000, modified_at=modified,
-                                             sha256=image_id, emotion=emotion, split="train", load_date=day,
-                                             status="loaded", reason=None, lake_path=f"raw/{key}", run_id="b"))  # fmt: skip
+                rows.append(
+                    ledger.LedgerRow(
+                        source=f"{landing}/{key}",
+                        path=key,
+                        size=2000,
+                        modified_at=modified,
+                        sha256=image_id,
+                        emotion=emotion,
+                        split="train",
+                        load_date=day,
+                        status="loaded",
+                        reason=None,
+                        lake_path=f"raw/{key}",
+                        run_id="b",
+                    )
+                )
             for layer in ("raw/manifest", "bronze/images", "silver/embeddings"):
                 path = lake / layer / f"emotion={emotion}" / f"load_date={day}" / "part-0.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +69,9 @@ def main(n: int) -> None:
         rng = np.random.default_rng(0)
         with connect(dsn) as conn:
             ledger.insert(conn, rows)
-            with conn.cursor().copy("COPY imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
-                                    "FROM STDIN") as copy:  # fmt: skip
+            with conn.cursor().copy(
+                "COPY imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) FROM STDIN"
+            ) as copy:
                 for r in rows:
                     vec = "[" + ",".join(f"{x:.4f}" for x in rng.standard_normal(512)) + "]"
                     copy.write_row((r.lake_path, r.emotion, vec, r.sha256, "train", r.load_date, MODEL))
@@ -83,12 +96,24 @@ def main(n: int) -> None:
         assert first.ok and again.ok and restored == 0, first.lines()[:3]
         print(f"{n} images, {len(parts)} partitions, {first.partitions_checked} audited")
         row("tick planning (listing + load-log lookup)", plan.seconds, "s")
-        row("layer audit, first in a process (reads every file)", cold.seconds, "s",
-            f"{cold.seconds / plan.seconds:.2f}x the planning")  # fmt: skip
-        row("layer audit, warm (a long-lived sensor process)", warm.seconds, "s",
-            f"{warm.seconds / plan.seconds:.2f}x the planning")  # fmt: skip
-        row("lost-checkpoint check (restore_load_log, nothing lost)", restore.seconds, "s",
-            f"{restore.seconds / plan.seconds:.2f}x the planning")  # fmt: skip
+        row(
+            "layer audit, first in a process (reads every file)",
+            cold.seconds,
+            "s",
+            f"{cold.seconds / plan.seconds:.2f}x the planning",
+        )
+        row(
+            "layer audit, warm (a long-lived sensor process)",
+            warm.seconds,
+            "s",
+            f"{warm.seconds / plan.seconds:.2f}x the planning",
+        )
+        row(
+            "lost-checkpoint check (restore_load_log, nothing lost)",
+            restore.seconds,
+            "s",
+            f"{restore.seconds / plan.seconds:.2f}x the planning",
+        )
 
 
 if __name__ == "__main__":

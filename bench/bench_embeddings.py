@@ -17,22 +17,19 @@ import datetime as dt
 import io
 import time
 
-from common import QUIET, Timer, resources, row, workspace
-
 import dagster as dg
 import numpy as np
+from common import QUIET, Timer, resources, row, workspace
 from pgvector.psycopg import register_vector
 from PIL import Image
 
-from fer_platform.automation.jobs import INGEST_ASSETS
-from fer_platform.automation.jobs import RUN_CHECKS
+from fer_platform.automation.jobs import INGEST_ASSETS, RUN_CHECKS
 from fer_platform.core.embedding import Embedder, preprocess
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.vectors import as_numpy
 from fer_platform.partitions import partition_key, utc_today
-
 
 
 def main() -> None:
@@ -44,8 +41,10 @@ def main() -> None:
 
     import torch  # deferred: heavy
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; weights "
-          f"{__import__('os').environ['FER_EMBED_WEIGHTS']}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; weights "
+        f"{__import__('os').environ['FER_EMBED_WEIGHTS']}"
+    )
     with workspace() as (root, _admin, dsn):
         n = write_sample_landing(root / "landing", args.per_class, args.test_per_class, seed=1)["images"]
         res = resources(root, dsn, batch_size=args.batch_size)
@@ -56,14 +55,21 @@ def main() -> None:
         everything = [*INGEST_ASSETS, *RUN_CHECKS]
         with Timer() as t:  # raw + bronze first: not part of what is measured below
             for k in keys:
-                dg.materialize(everything, partition_key=k, resources=res, **run_opts,
-                               selection=dg.AssetSelection.assets("raw_images", "bronze_images"))  # fmt: skip
+                dg.materialize(
+                    everything,
+                    partition_key=k,
+                    resources=res,
+                    **run_opts,
+                    selection=dg.AssetSelection.assets("raw_images", "bronze_images"),
+                )
         print(f"{n} images in {len(keys)} partitions (raw + bronze loaded in {t.seconds:.1f} s)\n")
 
         pngs = [p.read_bytes() for p in sorted((root / "lake/raw/images").rglob("*.png"))]
         spec = res["embedder"].spec()
         model = Embedder.get(spec)
-        batches = [preprocess(pngs[i : i + spec.batch_size], spec) for i in range(0, len(pngs), spec.batch_size)]
+        batches = [
+            preprocess(pngs[i : i + spec.batch_size], spec) for i in range(0, len(pngs), spec.batch_size)
+        ]
         for b in batches[:2]:
             model.forward(b)  # warm-up: oneDNN primitives for both batch shapes
         model.forward(batches[-1])
@@ -84,33 +90,54 @@ def main() -> None:
         embed_sel = dg.AssetSelection.assets("image_embeddings", "silver_embeddings")
         with Timer() as t:
             for k in keys:
-                r = dg.materialize(everything, partition_key=k, resources=res, selection=embed_sel, **run_opts)
+                r = dg.materialize(
+                    everything, partition_key=k, resources=res, selection=embed_sel, **run_opts
+                )
                 assert r.success and all(c.passed for c in r.get_asset_check_evaluations())
         pipeline = n / t.seconds
         after = model_only_rate()  # the machine's speed drifts: compare with the mean of before and after
         model_only = (before + after) / 2
         row("model only again, after the pipeline", after, "images/s")
-        row("pipeline: image_embeddings + silver_embeddings + checks", pipeline, "images/s",
-            f"{pipeline / model_only:.1%} of model-only (mean), {len(keys)} runs")  # fmt: skip
+        row(
+            "pipeline: image_embeddings + silver_embeddings + checks",
+            pipeline,
+            "images/s",
+            f"{pipeline / model_only:.1%} of model-only (mean), {len(keys)} runs",
+        )
         with connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM imagenes_fer").fetchone()[0] == n
 
         with Timer() as t:
             for k in keys:
-                r = dg.materialize(everything, partition_key=k, resources=res, selection=embed_sel, **run_opts)
-                assert r.asset_materializations_for_node("image_embeddings")[0].metadata["embedded"].value == 0
-        row("re-run of every partition on unchanged data", t.seconds, "s total", f"{t.seconds / len(keys):.2f} s per partition")
+                r = dg.materialize(
+                    everything, partition_key=k, resources=res, selection=embed_sel, **run_opts
+                )
+                assert (
+                    r.asset_materializations_for_node("image_embeddings")[0].metadata["embedded"].value == 0
+                )
+        row(
+            "re-run of every partition on unchanged data",
+            t.seconds,
+            "s total",
+            f"{t.seconds / len(keys):.2f} s per partition",
+        )
 
         naive = naive_loader(root, dsn, spec, pngs)
-        row("naive classic loader (1 image/forward, INSERT per row)", naive, "images/s",
-            f"pipeline is {pipeline / naive:.2f}x")  # fmt: skip
+        row(
+            "naive classic loader (1 image/forward, INSERT per row)",
+            naive,
+            "images/s",
+            f"pipeline is {pipeline / naive:.2f}x",
+        )
 
         fast_res = resources(root, dsn, batch_size=args.batch_size, profile="fast")
         fast_model = Embedder.get(fast_res["embedder"].spec())
         fast_model.forward(preprocess(pngs[: spec.batch_size], fast_model.spec))
         with Timer() as t:
             for k in keys:
-                assert dg.materialize(everything, partition_key=k, resources=fast_res, selection=embed_sel, **run_opts).success
+                assert dg.materialize(
+                    everything, partition_key=k, resources=fast_res, selection=embed_sel, **run_opts
+                ).success
         row(f"pipeline, fast profile (bf16 autocast: {fast_model.bf16}, 112 px)", n / t.seconds, "images/s")
         cos = fidelity_vs_fast(dsn, res["embedder"].model_id(), fast_res["embedder"].model_id())
         row("fast vs fidelity cosine, mean", cos.mean(), "", f"min {cos.min():.4f}, {len(cos)} images")
@@ -129,10 +156,19 @@ def naive_loader(root, dsn, spec, pngs) -> float:
     import torchvision.transforms as T  # deferred: heavy
 
     model = Embedder.get(spec).model
-    tf = T.Compose([T.Grayscale(3), T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+    tf = T.Compose(
+        [
+            T.Grayscale(3),
+            T.Resize(256),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     with connect(dsn) as conn:
-        conn.execute("CREATE TABLE naive (id bigserial PRIMARY KEY, filepath text, emotion text, vector vector(512))")
+        conn.execute(
+            "CREATE TABLE naive (id bigserial PRIMARY KEY, filepath text, emotion text, vector vector(512))"
+        )
         conn.commit()
         register_vector(conn)
         with torch.inference_mode():
@@ -141,7 +177,9 @@ def naive_loader(root, dsn, spec, pngs) -> float:
             for i, data in enumerate(pngs):
                 x = tf(Image.open(io.BytesIO(data))).unsqueeze(0)
                 v = model(x)[0].numpy()
-                conn.execute("INSERT INTO naive (filepath, emotion, vector) VALUES (%s, %s, %s)", (f"f{i}", "happy", v))
+                conn.execute(
+                    "INSERT INTO naive (filepath, emotion, vector) VALUES (%s, %s, %s)", (f"f{i}", "happy", v)
+                )
             conn.commit()
             return len(pngs) / (time.perf_counter() - t0)
 
@@ -151,8 +189,9 @@ def fidelity_vs_fast(dsn, fid_model, fast_model) -> np.ndarray:
         register_vector(conn)
         rows = conn.execute(
             "SELECT a.vector, b.vector FROM imagenes_fer a JOIN imagenes_fer b USING (image_id) "
-            "WHERE a.model = %s AND b.model = %s", (fid_model, fast_model),
-        ).fetchall()  # fmt: skip
+            "WHERE a.model = %s AND b.model = %s",
+            (fid_model, fast_model),
+        ).fetchall()
     a = np.stack([as_numpy(r[0]) for r in rows])
     b = np.stack([as_numpy(r[1]) for r in rows])
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -186,8 +225,9 @@ def copy_vs_insert(dsn, n):
                         for i in range(n):
                             conn.execute(
                                 "INSERT INTO t_rate (id, filepath, emotion, vector, image_id, load_date, model) "
-                                "VALUES (%s, %s, %s, %s, %s, %s, %s)", (i, "f", "happy", X[i], f"i{i}", DAY, "m"),
-                            )  # fmt: skip
+                                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                                (i, "f", "happy", X[i], f"i{i}", DAY, "m"),
+                            )
                 rates.append(n / (time.perf_counter() - t0))
     return rates
 

@@ -75,8 +75,12 @@ def main() -> None:
     fast = Embedder.get(EmbedderSpec(weights="random", device="cuda", batch_size=256, profile="fast"))
     fast_rate, fv = rate(fast)
     c = cosines(fid, fv)
-    row(f"fast (bf16 autocast: {fast.bf16}, 112 px) on the GPU", fast_rate, "images/s",
-        f"cosine to fidelity mean {c.mean():.4f}, min {c.min():.4f}")  # fmt: skip
+    row(
+        f"fast (bf16 autocast: {fast.bf16}, 112 px) on the GPU",
+        fast_rate,
+        "images/s",
+        f"cosine to fidelity mean {c.mean():.4f}, min {c.min():.4f}",
+    )
 
     def faces(split_i, n):
         out, labels = [], []
@@ -88,18 +92,33 @@ def main() -> None:
 
     tr, trl = faces(0, args.per_class)
     te, tel = faces(1, args.test_per_class)
-    data = training.Dataset(pa.table({"image_id": [str(i) for i in range(len(tr) + len(te))]}), tr, trl, te, tel)
+    data = training.Dataset(
+        pa.table({"image_id": [str(i) for i in range(len(tr) + len(te))]}), tr, trl, te, tel
+    )
     base = EmbedderSpec(weights="random")
     t0 = time.perf_counter()
-    model = training.train(data, base, training.TrainingConfig(epochs=args.epochs, device="cuda"),
-                           on_epoch=lambda r: print("    " + r.line(), flush=True))  # fmt: skip
+    model = training.train(
+        data,
+        base,
+        training.TrainingConfig(epochs=args.epochs, device="cuda"),
+        on_epoch=lambda r: print("    " + r.line(), flush=True),
+    )
     seconds = time.perf_counter() - t0
     tuned = training.measure(model.embedder(), data)
     untuned = training.measure(training.untuned_embedder(replace_profile(base, TRAIN_PROFILE)), data)
-    row(f"training on the GPU, {args.epochs} epochs, {len(tr)} train images", seconds, "s", f"device {model.device}")
+    row(
+        f"training on the GPU, {args.epochs} epochs, {len(tr)} train images",
+        seconds,
+        "s",
+        f"device {model.device}",
+    )
     for name, m in (("tuned", tuned), ("untuned (48 px)", untuned)):
-        row(f"{name}: test 10-NN agreement", m["agreement_at_10"], "",
-            f"nearest-centroid accuracy {m['centroid_accuracy']:.3f}")  # fmt: skip
+        row(
+            f"{name}: test 10-NN agreement",
+            m["agreement_at_10"],
+            "",
+            f"nearest-centroid accuracy {m['centroid_accuracy']:.3f}",
+        )
 
 
 if __name__ == "__main__":

@@ -19,10 +19,8 @@ accuracy of a nearest-centroid classifier (centroids of the train vectors) on th
 import argparse
 import time
 
-from common import QUIET, Timer, resources, row, workspace
-
 import dagster as dg
-
+from common import QUIET, Timer, resources, row, workspace
 
 
 def main() -> None:
@@ -42,13 +40,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from fer_platform.assets.bronze import bronze_images
-    from fer_platform.assets.embeddings import image_embeddings
-    from fer_platform.assets.model import embedding_model, emotion_model
+    from fer_platform.assets.embeddings import image_embeddings, image_embeddings_complete
+    from fer_platform.assets.model import embedding_model, emotion_model, emotion_model_beats_untuned
     from fer_platform.assets.raw import raw_images
-    from fer_platform.assets.silver import silver_embeddings
-    from fer_platform.assets.model import emotion_model_beats_untuned
-    from fer_platform.assets.embeddings import image_embeddings_complete
-    from fer_platform.assets.silver import silver_matches_postgres
+    from fer_platform.assets.silver import silver_embeddings, silver_matches_postgres
     from fer_platform.core import training
     from fer_platform.core.bronze import read_labelled
     from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, resolve_weights
@@ -69,43 +64,72 @@ def main() -> None:
 
         def run(select, partition=None, config=None, resources=res):
             result = dg.materialize(
-                [*assets, *checks], selection=select, resources=resources, instance=instance,
+                [*assets, *checks],
+                selection=select,
+                resources=resources,
+                instance=instance,
                 partition_key=partition_key(partition, utc_today()) if partition else None,
                 run_config={**QUIET, **({"ops": config} if config else {})},
-            )  # fmt: skip
+            )
             assert result.success
             return result
 
         with Timer() as t:
             for e in EMOTIONS:
                 run([raw_images, bronze_images], e)
-        print(f"{n} images ({args.per_class} train + {args.test_per_class} test per emotion), raw + bronze in "
-              f"{t.seconds:.1f} s\n")  # fmt: skip
+        print(
+            f"{n} images ({args.per_class} train + {args.test_per_class} test per emotion), raw + bronze in "
+            f"{t.seconds:.1f} s\n"
+        )
 
-        config = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-                  "num_threads": args.threads}
+        config = {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "device": args.device,
+            "num_threads": args.threads,
+        }
         with Timer() as t:
             trained = run([emotion_model, embedding_model], config={"emotion_model": {"config": config}})
         meta = trained.asset_materializations_for_node("emotion_model")[0].metadata
         (check,) = trained.get_asset_check_evaluations()
         model = meta["model"].value
-        row("emotion_model: training", meta["training_seconds"].value, "s",
-            f"{args.epochs} epochs, {meta['train_images'].value} train images, {meta['device'].value}")  # fmt: skip
+        row(
+            "emotion_model: training",
+            meta["training_seconds"].value,
+            "s",
+            f"{args.epochs} epochs, {meta['train_images'].value} train images, {meta['device'].value}",
+        )
         row("emotion_model + blocking check, whole run", t.seconds, "s", f"check passed: {check.passed}")
         chance = meta["chance_agreement"].value
-        print(f"\ntest split: {meta['test_images'].value} images; 10-NN agreement chance level {chance:.3f}, "
-              f"classifier chance {1 / len(EMOTIONS):.3f}")  # fmt: skip
+        print(
+            f"\ntest split: {meta['test_images'].value} images; 10-NN agreement chance level {chance:.3f}, "
+            f"classifier chance {1 / len(EMOTIONS):.3f}"
+        )
 
         data = training.Dataset.from_bronze(read_labelled(res["lake"].storage()))
 
         def figures(label: str, agreement: float, accuracy: float, note: str = "") -> None:
-            print(f"{label:<44} 10-NN agreement {agreement:.3f}   centroid accuracy {accuracy:.3f}   {note}", flush=True)
+            print(
+                f"{label:<44} 10-NN agreement {agreement:.3f}   centroid accuracy {accuracy:.3f}   {note}",
+                flush=True,
+            )
 
-        served = training.measure(Embedder.get(EmbedderSpec(weights="random", batch_size=args.batch_size)), data)
-        figures("random weights, fidelity 224 px (served)", served["agreement_at_10"],
-                served["centroid_accuracy"], served["model"])  # fmt: skip
-        figures("random weights, native 48 px (check baseline)", meta["untuned_agreement_at_10"].value,
-                meta["untuned_centroid_accuracy"].value, meta["base_model"].value)  # fmt: skip
+        served = training.measure(
+            Embedder.get(EmbedderSpec(weights="random", batch_size=args.batch_size)), data
+        )
+        figures(
+            "random weights, fidelity 224 px (served)",
+            served["agreement_at_10"],
+            served["centroid_accuracy"],
+            served["model"],
+        )
+        figures(
+            "random weights, native 48 px (check baseline)",
+            meta["untuned_agreement_at_10"].value,
+            meta["untuned_centroid_accuracy"].value,
+            meta["base_model"].value,
+        )
         try:
             resolve_weights(EmbedderSpec(weights="imagenet"))
         except WeightsUnavailable:
@@ -113,38 +137,65 @@ def main() -> None:
         else:
             for profile in ("fidelity", "native"):
                 got = training.measure(Embedder.get(EmbedderSpec(weights="imagenet", profile=profile)), data)
-                figures(f"ImageNet weights, {profile}", got["agreement_at_10"], got["centroid_accuracy"], got["model"])
-        figures("tuned (emotion_model)", meta["tuned_agreement_at_10"].value, meta["tuned_centroid_accuracy"].value,
-                model)  # fmt: skip
+                figures(
+                    f"ImageNet weights, {profile}",
+                    got["agreement_at_10"],
+                    got["centroid_accuracy"],
+                    got["model"],
+                )
+        figures(
+            "tuned (emotion_model)",
+            meta["tuned_agreement_at_10"].value,
+            meta["tuned_centroid_accuracy"].value,
+            model,
+        )
 
         # images/s of the served models, batched and warm
-        tuned_res = {**res, **vector_resources(
-            PostgresResource(dsn=dsn), EmbedderResource(weights="tuned", lake=res["lake"], batch_size=args.batch_size)
-        )}  # fmt: skip
+        tuned_res = {
+            **res,
+            **vector_resources(
+                PostgresResource(dsn=dsn),
+                EmbedderResource(weights="tuned", lake=res["lake"], batch_size=args.batch_size),
+            ),
+        }
         pngs = data.train_pngs + data.test_pngs
         print()
-        for label, embedder in (("tuned model, native 48 px", tuned_res["embedder"].load()),
-                                ("untuned model, fidelity 224 px", Embedder.get(EmbedderSpec(weights="random",
-                                                                                batch_size=args.batch_size)))):  # fmt: skip
+        for label, embedder in (
+            ("tuned model, native 48 px", tuned_res["embedder"].load()),
+            (
+                "untuned model, fidelity 224 px",
+                Embedder.get(EmbedderSpec(weights="random", batch_size=args.batch_size)),
+            ),
+        ):
             embedder.embed(pngs[: args.batch_size * 2])  # warm-up
             seconds = []
             for _ in range(3):  # best of 3: the machine may be shared
                 with Timer() as t:
                     embedder.embed(pngs)
                 seconds.append(t.seconds)
-            row(f"embedding images/s, {label}", len(pngs) / min(seconds), "images/s",
-                f"{len(pngs)} images, best of 3 (worst {len(pngs) / max(seconds):.1f})")  # fmt: skip
+            row(
+                f"embedding images/s, {label}",
+                len(pngs) / min(seconds),
+                "images/s",
+                f"{len(pngs)} images, best of 3 (worst {len(pngs) / max(seconds):.1f})",
+            )
 
         # the re-embedding backfill with the tuned model (every partition, with the checks)
         run([embedding_model], resources=tuned_res)
         with Timer() as t:
             for e in EMOTIONS:
                 run([image_embeddings, silver_embeddings], e, resources=tuned_res)
-        row("re-embedding backfill (tuned): embeddings + silver + checks", n / t.seconds, "images/s",
-            f"{len(EMOTIONS)} partition runs, {t.seconds:.1f} s")  # fmt: skip
+        row(
+            "re-embedding backfill (tuned): embeddings + silver + checks",
+            n / t.seconds,
+            "images/s",
+            f"{len(EMOTIONS)} partition runs, {t.seconds:.1f} s",
+        )
         goal = meta["tuned_agreement_at_10"].value >= 0.9
-        print(f"\ngoal tuned 10-NN agreement >= 0.9 on the test split: {'met' if goal else 'NOT met'} "
-              f"({time.strftime('%Y-%m-%d')})")  # fmt: skip
+        print(
+            f"\ngoal tuned 10-NN agreement >= 0.9 on the test split: {'met' if goal else 'NOT met'} "
+            f"({time.strftime('%Y-%m-%d')})"
+        )
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ Unix socket, in one connection, a prepared statement).
 import argparse
 import time
 
-from common import Timer, row, workspace
-
 import numpy as np
 import pyarrow as pa
+from common import Timer, row, workspace
 from pgvector.psycopg import register_vector
 
 from fer_platform.core.pg.connect import connect
@@ -40,11 +39,19 @@ def synthetic(n: int, queries: int, seed: int = 0, latent: int = 32) -> tuple[np
     rng = np.random.default_rng(seed)
     total = n + queries
     centres = rng.standard_normal((max(8, n // 500), latent)).astype(np.float32)
-    z = centres[rng.integers(0, len(centres), total)] + 0.6 * rng.standard_normal((total, latent)).astype(np.float32)
-    basis = np.linalg.qr(rng.standard_normal((DIM, latent)))[0].T.astype(np.float32) if latent < DIM else np.eye(DIM, dtype=np.float32)
+    z = centres[rng.integers(0, len(centres), total)] + 0.6 * rng.standard_normal((total, latent)).astype(
+        np.float32
+    )
+    basis = (
+        np.linalg.qr(rng.standard_normal((DIM, latent)))[0].T.astype(np.float32)
+        if latent < DIM
+        else np.eye(DIM, dtype=np.float32)
+    )
     x = np.empty((total, DIM), np.float32)
     for i in range(0, total, 100_000):  # in blocks: 1M x 512 float32 is 2 GB
-        x[i : i + 100_000] = z[i : i + 100_000] @ basis + 0.05 * rng.standard_normal((min(100_000, total - i), DIM))
+        x[i : i + 100_000] = z[i : i + 100_000] @ basis + 0.05 * rng.standard_normal(
+            (min(100_000, total - i), DIM)
+        )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x[:n], x[n:]
 
@@ -58,11 +65,17 @@ def bench_faiss(vectors, queries, truth):
     import faiss  # deferred: heavy
 
     n = len(vectors)
-    silver = pa.table({"image_id": pa.array([f"{i:08d}" for i in range(n)]), "vector": vectors_to_arrow(vectors)})
+    silver = pa.table(
+        {"image_id": pa.array([f"{i:08d}" for i in range(n)]), "vector": vectors_to_arrow(vectors)}
+    )
     with Timer() as t:
         index = build_index(silver, "bench")
-    row(f"[{n}] index build ({index.kind}, search.build.build_index)", t.seconds, "s",
-        f"ef_search {index.meta.get('ef_search', '-')}, tuned recall {index.meta.get('tuned_recall', 1.0):.3f}")  # fmt: skip
+    row(
+        f"[{n}] index build ({index.kind}, search.build.build_index)",
+        t.seconds,
+        "s",
+        f"ef_search {index.meta.get('ef_search', '-')}, tuned recall {index.meta.get('tuned_recall', 1.0):.3f}",
+    )
     index.raw_search(queries[:5], 10)
     lat, got = [], []
     for q in queries:
@@ -74,7 +87,12 @@ def bench_faiss(vectors, queries, truth):
     # the index's positions -> image ids -> positions in the input (image_id i is input row i)
     as_input = np.asarray([[int(index.ids[p]) if p >= 0 else -1 for p in row] for row in got])
     recall = recall_of(as_input, truth)
-    row(f"[{n}] FAISS {index.kind} (the product's index) p50", p50, "ms", f"p95 {p95:.3f} ms, recall@10 {recall:.4f}")
+    row(
+        f"[{n}] FAISS {index.kind} (the product's index) p50",
+        p50,
+        "ms",
+        f"p95 {p95:.3f} ms, recall@10 {recall:.4f}",
+    )
     if index.kind != "flat":
         flat = faiss.IndexFlatIP(DIM)
         flat.add(vectors)
@@ -95,7 +113,10 @@ def bench_pgvector(dsn, vectors, queries, truth):
         register_vector(conn)
         conn.execute("DROP TABLE IF EXISTS bench_vectors")
         conn.execute(f"CREATE TABLE bench_vectors (id bigint PRIMARY KEY, vector vector({DIM}))")
-        with Timer() as t, conn.cursor().copy("COPY bench_vectors (id, vector) FROM STDIN (FORMAT BINARY)") as cp:
+        with (
+            Timer() as t,
+            conn.cursor().copy("COPY bench_vectors (id, vector) FROM STDIN (FORMAT BINARY)") as cp,
+        ):
             cp.set_types(["int8", "vector"])
             for i, v in enumerate(vectors):
                 cp.write_row((i, v))
@@ -104,7 +125,9 @@ def bench_pgvector(dsn, vectors, queries, truth):
         conn.execute("SET maintenance_work_mem = '6GB'")
         conn.execute("SET max_parallel_maintenance_workers = 1")  # 2 cores: the leader plus one worker
         with Timer() as t:
-            conn.execute("CREATE INDEX ON bench_vectors USING hnsw (vector vector_cosine_ops) WITH (m = 16, ef_construction = 64)")
+            conn.execute(
+                "CREATE INDEX ON bench_vectors USING hnsw (vector vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+            )
             conn.commit()
         row(f"[{n}] pgvector HNSW build (m=16, ef_construction=64)", t.seconds, "s")
         conn.autocommit = True
@@ -123,13 +146,21 @@ def bench_pgvector(dsn, vectors, queries, truth):
                 got.append(ids)
             recall = sum(len(set(g) & set(t.tolist())) for g, t in zip(got, truth)) / truth.size
             p50, p95 = percentiles(lat)
-            print(f"    ef_search {ef:<5} recall@10 {recall:.4f}  p50 {p50:.2f} ms  p95 {p95:.2f} ms", flush=True)
+            print(
+                f"    ef_search {ef:<5} recall@10 {recall:.4f}  p50 {p50:.2f} ms  p95 {p95:.2f} ms",
+                flush=True,
+            )
             if recall >= 0.99:
                 chosen = (ef, recall, p50, p95)
                 break
         if chosen:
             ef, recall, p50, p95 = chosen
-            row(f"[{n}] pgvector HNSW p50 at ef_search {ef}", p50, "ms", f"p95 {p95:.2f} ms, recall@10 {recall:.4f}")
+            row(
+                f"[{n}] pgvector HNSW p50 at ef_search {ef}",
+                p50,
+                "ms",
+                f"p95 {p95:.2f} ms, recall@10 {recall:.4f}",
+            )
         else:
             row(f"[{n}] pgvector HNSW: recall 0.99 not reached up to ef_search 1000", 0, "")
         conn.execute("SET enable_indexscan = off")
@@ -142,7 +173,12 @@ def bench_pgvector(dsn, vectors, queries, truth):
             conn.execute(sql, (q,), prepare=False).fetchall()  # a cached plan would keep the index scan
             lat.append(time.perf_counter() - t0)
         p50, p95 = percentiles(lat)
-        row(f"[{n}] pgvector exact (sequential scan) p50", p50, "ms", f"p95 {p95:.2f} ms, {len(exact_queries)} queries")
+        row(
+            f"[{n}] pgvector exact (sequential scan) p50",
+            p50,
+            "ms",
+            f"p95 {p95:.2f} ms, {len(exact_queries)} queries",
+        )
         conn.execute("DROP TABLE bench_vectors")
 
 
@@ -151,7 +187,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="35887", help="comma-separated; 1000000 takes about 20 min here")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip-pgvector", action="store_true")
-    ap.add_argument("--latent", type=int, default=32, help="intrinsic dimension of the synthetic vectors (512: isotropic)")
+    ap.add_argument(
+        "--latent", type=int, default=32, help="intrinsic dimension of the synthetic vectors (512: isotropic)"
+    )
     args = ap.parse_args()
 
     import faiss  # deferred: heavy
@@ -162,8 +200,10 @@ def main() -> None:
             vectors, queries = synthetic(n, args.queries, latent=args.latent)
             with Timer() as t:
                 _, truth = exact_search(vectors, queries, 10)
-            print(f"\n{n} vectors x {DIM} dims (intrinsic {args.latent}), {len(queries)} held-out queries "
-                  f"(exact top-10 in {t.seconds:.1f} s)")  # fmt: skip
+            print(
+                f"\n{n} vectors x {DIM} dims (intrinsic {args.latent}), {len(queries)} held-out queries "
+                f"(exact top-10 in {t.seconds:.1f} s)"
+            )
             bench_faiss(vectors, queries, truth)
             if not args.skip_pgvector:
                 bench_pgvector(dsn, vectors, queries, truth)

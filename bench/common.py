@@ -47,7 +47,9 @@ def resources(root: Path, dsn: str, **embedder):
 
     res = environment_resources(str(root / "lake"), str(root / "landing"), PostgresResource(dsn=dsn))
     weights = os.environ["FER_EMBED_WEIGHTS"]
-    res.update(vector_resources(res["postgres"], EmbedderResource(weights=weights, lake=res["lake"], **embedder)))
+    res.update(
+        vector_resources(res["postgres"], EmbedderResource(weights=weights, lake=res["lake"], **embedder))
+    )
     return res
 
 

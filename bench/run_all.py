@@ -1,6 +1,6 @@
 """Run every benchmark in bench/, one after the other (each prints its own figures).
 
-    .venv/bin/python bench/run_all.py            (make bench)
+.venv/bin/python bench/run_all.py            (make bench)
 """
 
 import subprocess

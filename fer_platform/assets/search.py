@@ -26,7 +26,10 @@ class SearchIndexConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[silver_embeddings, embedding_model],  # the model directly: silver has too many partitions for staleness
+    deps=[
+        silver_embeddings,
+        embedding_model,
+    ],  # the model directly: silver has too many partitions for staleness
     io_manager_key="lake_io_manager",
     metadata={LAKE_PATH: INDEX, LAKE_FORMAT: "files"},
     group_name="search",
@@ -36,16 +39,27 @@ class SearchIndexConfig(dg.Config):
     "above), with the id mapping as Parquet: index/<model>/{index.faiss, ids.parquet, meta.json}.",
 )
 def search_index(
-    context: dg.AssetExecutionContext, config: SearchIndexConfig, lake: LakeResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext,
+    config: SearchIndexConfig,
+    lake: LakeResource,
+    embedder: EmbedderResource,
 ) -> LakeFiles:
     silver = read_silver(lake.storage(), model=embedder.model_id())
     spec = embedder.spec()
     index = build.build_index(
-        silver, embedder.model_id(),
-        embedder={"weights": spec.weights, "profile": spec.profile, "seed": spec.seed, "fast_size": spec.fast_size},
-        hnsw_threshold=config.hnsw_threshold, m=config.hnsw_m, ef_construction=config.ef_construction,
+        silver,
+        embedder.model_id(),
+        embedder={
+            "weights": spec.weights,
+            "profile": spec.profile,
+            "seed": spec.seed,
+            "fast_size": spec.fast_size,
+        },
+        hnsw_threshold=config.hnsw_threshold,
+        m=config.hnsw_m,
+        ef_construction=config.ef_construction,
         target_recall=config.target_recall,
-    )  # fmt: skip
+    )
     files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/: search.index.index_dir
     context.add_output_metadata(
         {
@@ -85,6 +99,10 @@ def search_index_recall(
     return dg.AssetCheckResult(
         passed=not problems,
         description="; ".join(problems) or None,
-        metadata={"recall_at_10": measured["recall"], "queries": measured["queries"], "vectors": index.size,
-                  "kind": index.kind},  # fmt: skip
+        metadata={
+            "recall_at_10": measured["recall"],
+            "queries": measured["queries"],
+            "vectors": index.size,
+            "kind": index.kind,
+        },
     )

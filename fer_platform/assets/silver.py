@@ -4,14 +4,12 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
+from fer_platform.core import convergence, ledger, vectors
 from fer_platform.core.layout import SILVER_EMBEDDINGS
 from fer_platform.core.report import markdown_table
-from fer_platform.core.silver import InvalidVectors, build_silver
+from fer_platform.core.silver import InvalidVectors, build_silver, silver_problems
 from fer_platform.io_managers.parquet import LAKE_PATH
-from fer_platform.partitions import image_partitions
-from fer_platform.core import convergence, ledger, vectors
-from fer_platform.core.silver import silver_problems
-from fer_platform.partitions import partition_of
+from fer_platform.partitions import image_partitions, partition_of
 from fer_platform.resources import EmbedderResource, PostgresResource
 
 
@@ -37,7 +35,10 @@ def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Ta
             "duplicates_dropped": image_embeddings.num_rows - table.num_rows,
             "model": ", ".join(models),
             "preview": dg.MetadataValue.md(
-                markdown_table(table.drop_columns(["vector"]).slice(0, 10).to_pylist(), ["id", "filepath", "split", "image_id"])
+                markdown_table(
+                    table.drop_columns(["vector"]).slice(0, 10).to_pylist(),
+                    ["id", "filepath", "split", "image_id"],
+                )
             ),
         }
     )
@@ -71,5 +72,9 @@ def silver_matches_postgres(
     return dg.AssetCheckResult(
         passed=not problems,
         description="; ".join(problems) or None,
-        metadata={"silver_rows": silver_embeddings.num_rows, "postgres_rows": in_postgres, "loaded_in_load_log": len(logged)},
+        metadata={
+            "silver_rows": silver_embeddings.num_rows,
+            "postgres_rows": in_postgres,
+            "loaded_in_load_log": len(logged),
+        },
     )

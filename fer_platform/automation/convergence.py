@@ -57,8 +57,10 @@ def busy_partitions(instance: dg.DagsterInstance) -> set[Partition]:
 def publish_busy(instance: dg.DagsterInstance) -> bool:
     """Whether an unfinished run builds the search index (the publish job, or the automation's asset run)."""
     index = dg.AssetKey("search_index")
-    return any(run.job_name == PUBLISH_JOB or (run.asset_selection and index in run.asset_selection)
-               for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED)))  # fmt: skip
+    return any(
+        run.job_name == PUBLISH_JOB or (run.asset_selection and index in run.asset_selection)
+        for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED))
+    )
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ class RepairHistory:
     last_failure_end: float = 0.0  # unix time
 
 
-def repair_history(instance: dg.DagsterInstance, tags: dict[str, str], job_name: str | None = None) -> RepairHistory:
+def repair_history(
+    instance: dg.DagsterInstance, tags: dict[str, str], job_name: str | None = None
+) -> RepairHistory:
     """The repair runs with these tags (one partition's, or the index's), newest first."""
     records = instance.get_run_records(dg.RunsFilter(tags={REPAIR_TAG: "true", **tags}, job_name=job_name))
     failed, last_end, streak = 0, 0.0, True
@@ -98,10 +102,14 @@ def audit_layers(instance: dg.DagsterInstance, conn, lake, model: str) -> Audit:
     return convergence.audit(conn, lake, model, skip=busy_partitions(instance))
 
 
-def repair_requests(instance: dg.DagsterInstance, audit: Audit, max_attempts: int, trigger: str,
-                    retry_after_s: float = 300.0, limit: int = MAX_REPAIRS_PER_TICK) -> tuple[
-    list[dg.RunRequest], list[str]
-]:  # fmt: skip
+def repair_requests(
+    instance: dg.DagsterInstance,
+    audit: Audit,
+    max_attempts: int,
+    trigger: str,
+    retry_after_s: float = 300.0,
+    limit: int = MAX_REPAIRS_PER_TICK,
+) -> tuple[list[dg.RunRequest], list[str]]:
     """One ingest run per disagreeing partition (at most ``limit``, oldest first), and one publish run when the
     index disagrees with silver and nothing rebuilds it; plus the partitions given up on. A failed repair is
     asked for again ``retry_after_s`` after it ended, until ``max_attempts`` failed in a row. Each repair gets a
@@ -123,11 +131,19 @@ def repair_requests(instance: dg.DagsterInstance, audit: Audit, max_attempts: in
             given_up.append(text)
         if why:
             continue
-        requests.append(dg.RunRequest(
-            run_key=f"repair|{text}|{history.asked + 1}", job_name="ingest_images", partition_key=key,
-            tags={REPAIR_TAG: "true", "fer/trigger": trigger, "fer/attempt": str(history.failed_in_a_row + 1)},
-            run_config=ingest_run_config(files=[]),  # no new file: re-derived from the load log
-        ))  # fmt: skip
+        requests.append(
+            dg.RunRequest(
+                run_key=f"repair|{text}|{history.asked + 1}",
+                job_name="ingest_images",
+                partition_key=key,
+                tags={
+                    REPAIR_TAG: "true",
+                    "fer/trigger": trigger,
+                    "fer/attempt": str(history.failed_in_a_row + 1),
+                },
+                run_config=ingest_run_config(files=[]),  # no new file: re-derived from the load log
+            )
+        )
     # A repaired partition's silver update makes publish_automation rebuild the index; a deleted or
     # stale index with nothing to repair below it is rebuilt here.
     if audit.index_stale and not audit.partitions and not publish_busy(instance):
@@ -136,8 +152,11 @@ def repair_requests(instance: dg.DagsterInstance, audit: Audit, max_attempts: in
         if why == "given up":
             given_up.append("the search index")
         if not why:
-            requests.append(dg.RunRequest(
-                run_key=f"repair-index|{history.asked + 1}", job_name=PUBLISH_JOB,
-                tags={REPAIR_TAG: "true", "fer/trigger": trigger},
-            ))  # fmt: skip
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"repair-index|{history.asked + 1}",
+                    job_name=PUBLISH_JOB,
+                    tags={REPAIR_TAG: "true", "fer/trigger": trigger},
+                )
+            )
     return requests, given_up

@@ -1,15 +1,14 @@
 """Jobs: the partitioned ingest job, the gold + index refresh, and the triage of landing files no
 partition can take."""
 
-
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images, bronze_images_valid
 from fer_platform.assets.embeddings import image_embeddings, image_embeddings_complete
 from fer_platform.assets.gold import GOLD_ASSETS, gold_summary_counts_silver
 from fer_platform.assets.model import MODEL_ASSETS, emotion_model_beats_untuned
-from fer_platform.assets.search import search_index, search_index_recall
 from fer_platform.assets.raw import ingest_run_config, raw_images
+from fer_platform.assets.search import search_index, search_index_recall
 from fer_platform.assets.silver import silver_embeddings, silver_matches_postgres
 from fer_platform.automation.reconcile import landing_reconciled
 from fer_platform.core.ingest import ingest
@@ -63,8 +62,6 @@ publish_job = dg.define_asset_job(
 )
 
 
-
-
 class TriageConfig(dg.Config):
     files: list[str]
     """Landing keys that no emotion partition can take (e.g. an unknown emotion folder)."""
@@ -87,7 +84,13 @@ def quarantine_unroutable(
     storage = landing.storage()
     entries, missing = storage.stat_many(config.files)
     report = ingest(
-        storage, lake.storage(), postgres.get_dsn(), entries, utc_today(), context.run.run_id, config.on_success,
+        storage,
+        lake.storage(),
+        postgres.get_dsn(),
+        entries,
+        utc_today(),
+        context.run.run_id,
+        config.on_success,
         max_bytes=landing.max_file_bytes,
     )
     for o in report.outcomes:
@@ -96,7 +99,9 @@ def quarantine_unroutable(
         context.log.warning(f"{key} is no longer in the landing zone")
 
 
-@dg.job(description="Quarantine landing files that belong to no emotion partition.", tags={"fer/kind": "triage"})
+@dg.job(
+    description="Quarantine landing files that belong to no emotion partition.", tags={"fer/kind": "triage"}
+)
 def landing_triage():
     quarantine_unroutable()
 

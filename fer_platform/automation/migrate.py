@@ -50,7 +50,9 @@ def _dsn(which: str, setting: str, postgres: PostgresResource) -> str:
     description="Copy the vector table by binary COPY, range by range, idempotently; verify row counts and a "
     "checksum of ids and vectors before reporting success.",
 )
-def copy_vector_table(context: dg.OpExecutionContext, config: MigrateVectorsConfig, postgres: PostgresResource):
+def copy_vector_table(
+    context: dg.OpExecutionContext, config: MigrateVectorsConfig, postgres: PostgresResource
+):
     source = _dsn("source", config.source, postgres)
     target = _dsn("target", config.target, postgres)
     if config.target_entra_auth:  # every connect of the migration to the target asks for a token
@@ -62,12 +64,19 @@ def copy_vector_table(context: dg.OpExecutionContext, config: MigrateVectorsConf
         now = time.monotonic()
         if p.ranges_done == p.ranges_todo or now - last_log[0] >= 10:
             last_log[0] = now
-            context.log.info(f"{p.ranges_done}/{p.ranges_todo} id ranges copied, {p.rows_copied} rows, "
-                             f"{p.bytes_streamed / 1e6:.1f} MB streamed")  # fmt: skip
+            context.log.info(
+                f"{p.ranges_done}/{p.ranges_todo} id ranges copied, {p.rows_copied} rows, "
+                f"{p.bytes_streamed / 1e6:.1f} MB streamed"
+            )
 
     try:
-        report = migrate_vectors(source, target, range_size=config.range_size, allow_deletes=config.allow_deletes,
-                                 progress=progress)  # fmt: skip
+        report = migrate_vectors(
+            source,
+            target,
+            range_size=config.range_size,
+            allow_deletes=config.allow_deletes,
+            progress=progress,
+        )
     except (MigrationError, DatabaseUnavailable) as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(f"verified: {report.rows} rows, checksum {report.checksum[:16]}")

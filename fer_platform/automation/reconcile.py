@@ -41,21 +41,36 @@ def landing_reconciled(
 ) -> dg.AssetCheckResult:
     settle_us = int(auto_loader.settings().settle_seconds * 1e6)
     in_flight, _ = runs_state(context.instance, unfinished_only=True)
-    r = reconcile(landing.storage(), lake.storage(), postgres.get_dsn(), time.time_ns() // 1000 - settle_us,
-                  in_flight=in_flight, model=embedder.model_id(), busy=busy_partitions(context.instance))  # fmt: skip
+    r = reconcile(
+        landing.storage(),
+        lake.storage(),
+        postgres.get_dsn(),
+        time.time_ns() // 1000 - settle_us,
+        in_flight=in_flight,
+        model=embedder.model_id(),
+        busy=busy_partitions(context.instance),
+    )
     problems = []
     if r.never_loaded:
-        problems.append(f"{len(r.never_loaded)} landing file(s) never loaded, e.g. {r.never_loaded[0]} (the "
-                        "landing_sensor asks for them again after a failed run, up to FER_MAX_ATTEMPTS runs: see its "
-                        "failed runs and re-execute one once the cause is fixed)")  # fmt: skip
+        problems.append(
+            f"{len(r.never_loaded)} landing file(s) never loaded, e.g. {r.never_loaded[0]} (the "
+            "landing_sensor asks for them again after a failed run, up to FER_MAX_ATTEMPTS runs: see its "
+            "failed runs and re-execute one once the cause is fixed)"
+        )
     if r.missing_in_lake:
-        problems.append(f"{len(r.missing_in_lake)} loaded file(s) missing from the lake, e.g. {r.missing_in_lake[0]}")
+        problems.append(
+            f"{len(r.missing_in_lake)} loaded file(s) missing from the lake, e.g. {r.missing_in_lake[0]}"
+        )
     if r.disagreements:
-        problems.append(f"{len(r.disagreements)} layer(s) disagree with the load log, e.g. {r.disagreements[0]} (the "
-                        "landing_sensor re-materialises them, or run the demo)")  # fmt: skip
+        problems.append(
+            f"{len(r.disagreements)} layer(s) disagree with the load log, e.g. {r.disagreements[0]} (the "
+            "landing_sensor re-materialises them, or run the demo)"
+        )
     if r.temp_files_removed:
-        context.log.warning(f"removed {len(r.temp_files_removed)} temporary file(s) of killed writes, e.g. "
-                            f"{r.temp_files_removed[0]}")  # fmt: skip
+        context.log.warning(
+            f"removed {len(r.temp_files_removed)} temporary file(s) of killed writes, e.g. "
+            f"{r.temp_files_removed[0]}"
+        )
     return dg.AssetCheckResult(
         passed=r.ok,
         severity=dg.AssetCheckSeverity.WARN,
@@ -74,7 +89,9 @@ def landing_reconciled(
                 markdown_table([{"path": p} for p in r.temp_files_removed], ["path"])
             ),
             "temp_files_in_use": len(r.temp_files_in_use),
-            "never_loaded_files": dg.MetadataValue.md(markdown_table([{"key": k} for k in r.never_loaded], ["key"])),
+            "never_loaded_files": dg.MetadataValue.md(
+                markdown_table([{"key": k} for k in r.never_loaded], ["key"])
+            ),
             "missing_lake_files": dg.MetadataValue.md(
                 markdown_table([{"lake_path": p} for p in r.missing_in_lake], ["lake_path"])
             ),

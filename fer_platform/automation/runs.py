@@ -12,16 +12,22 @@ a daemon (``demo`` calls it first), so a killed demo's run does not stay STARTED
 
 from __future__ import annotations
 
+import socket
+
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
 from fer_platform.core import liveness
 from fer_platform.core.planner import Attempts
-import socket
 
 WORKER_TAG = "fer/worker"
-UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 _IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
@@ -32,7 +38,7 @@ def worker_of(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[str, fl
         return run.tags[WORKER_TAG], None
     records = instance.get_records_for_run(
         run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20
-    ).records  # fmt: skip
+    ).records
     for record in records:
         entry = record.event_log_entry
         event = entry.dagster_event
@@ -54,7 +60,9 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     failed = []
     for run in instance.get_runs(dg.RunsFilter(statuses=_IN_PROGRESS)):
         if worker_gone(instance, run):
-            instance.report_run_failed(run, "the run's worker process is gone (killed, or its machine restarted)")
+            instance.report_run_failed(
+                run, "the run's worker process is gone (killed, or its machine restarted)"
+            )
             failed.append(run.run_id)
     return failed
 
@@ -82,12 +90,15 @@ def files_of(run_config: dict) -> list[str]:
     return list(op.get("config", {}).get("files") or [])
 
 
-def runs_state(instance: dg.DagsterInstance, history: int = 1000, unfinished_only: bool = False) -> tuple[
-    set[str], dict[str, Attempts]
-]:  # fmt: skip
+def runs_state(
+    instance: dg.DagsterInstance, history: int = 1000, unfinished_only: bool = False
+) -> tuple[set[str], dict[str, Attempts]]:
     """(keys carried by the sensor's unfinished runs, failed attempts per key from its last failed runs)."""
-    in_flight = {k for run in instance.get_runs(dg.RunsFilter(tags=TRIGGER, statuses=UNFINISHED))
-                 for k in files_of(run.run_config)}  # fmt: skip
+    in_flight = {
+        k
+        for run in instance.get_runs(dg.RunsFilter(tags=TRIGGER, statuses=UNFINISHED))
+        for k in files_of(run.run_config)
+    }
     if unfinished_only:
         return in_flight, {}
     attempts: dict[str, Attempts] = {}

@@ -39,12 +39,20 @@ def daily_refresh(
     with postgres.connect() as conn:
         restored = convergence.restore_load_log(conn, lake.storage())
         if restored:
-            context.log.warning(f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)")
+            context.log.warning(
+                f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)"
+            )
         audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())
         loaded = convergence.ledger_state(conn)
     settings = auto_loader.settings()
-    requests, given_up = repair_requests(context.instance, audit, settings.max_attempts, "daily_refresh",
-                                         settings.retry_after_seconds, limit=len(audit.partitions))  # fmt: skip
+    requests, given_up = repair_requests(
+        context.instance,
+        audit,
+        settings.max_attempts,
+        "daily_refresh",
+        settings.retry_after_seconds,
+        limit=len(audit.partitions),
+    )
     # a schedule targets one job: the index follows silver (publish_automation), the landing sensor rebuilds a lost one
     requests = [r for r in requests if r.job_name == ingest_job.name]
     for line in audit.lines()[:20]:
@@ -55,10 +63,15 @@ def daily_refresh(
     for emotion, _day in sorted(p for p in loaded if p[1] == day):
         key = partition_key(emotion, day)
         if key not in repaired:
-            requests.append(dg.RunRequest(
-                run_key=f"daily_refresh|{key}", job_name=ingest_job.name, partition_key=key,
-                tags={"fer/trigger": "daily_refresh"}, run_config=ingest_run_config(files=[]),
-            ))  # fmt: skip
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"daily_refresh|{key}",
+                    job_name=ingest_job.name,
+                    partition_key=key,
+                    tags={"fer/trigger": "daily_refresh"},
+                    run_config=ingest_run_config(files=[]),
+                )
+            )
     if not requests:
         return dg.SkipReason(f"nothing loaded on {day.isoformat()} and every layer agrees with the load log")
     return requests

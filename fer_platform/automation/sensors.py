@@ -13,7 +13,13 @@ import dagster as dg
 
 from fer_platform.assets.raw import ingest_run_config
 from fer_platform.automation.convergence import audit_layers, repair_requests
-from fer_platform.automation.jobs import PUBLISH_ASSETS, ingest_job, landing_triage, publish_job, triage_run_config
+from fer_platform.automation.jobs import (
+    PUBLISH_ASSETS,
+    ingest_job,
+    landing_triage,
+    publish_job,
+    triage_run_config,
+)
 from fer_platform.automation.runs import TRIGGER, runs_state
 from fer_platform.core import ledger
 from fer_platform.core.convergence import restore_load_log
@@ -21,10 +27,13 @@ from fer_platform.core.pg.connect import connect
 from fer_platform.core.planner import Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import (
-    AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource,
-)  # fmt: skip
+    AutoLoaderResource,
+    EmbedderResource,
+    LakeResource,
+    LandingResource,
+    PostgresResource,
+)
 from fer_platform.resources.environments import automation_interval, automation_on_by_default, sensor_interval
-
 
 # AutomationConditionSensorDefinition passes Dagster's own beta `owners` parameter through.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*owners.*")
@@ -58,7 +67,9 @@ def landing_sensor(
     with connect(dsn) as conn:  # a lost checkpoint first: the files it had are not new
         restored = restore_load_log(conn, lake.storage())
     if restored:
-        context.log.warning(f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)")
+        context.log.warning(
+            f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)"
+        )
     cursor = Watermark.from_json(context.cursor)
     if context.cursor and not cursor.started:
         context.log.warning("the cursor could not be read: starting from the load log")
@@ -72,33 +83,57 @@ def landing_sensor(
         with connect(dsn) as conn:
             oldest = ledger.oldest_version_us(conn, storage.uri())
     in_flight, attempts = runs_state(context.instance)
-    tick = plan_tick(storage, storage.list_files(), known, cursor, settings, now_us=time.time_ns() // 1000,
-                     in_flight=in_flight, attempts=attempts, oldest_logged_us=oldest)  # fmt: skip
+    tick = plan_tick(
+        storage,
+        storage.list_files(),
+        known,
+        cursor,
+        settings,
+        now_us=time.time_ns() // 1000,
+        in_flight=in_flight,
+        attempts=attempts,
+        oldest_logged_us=oldest,
+    )
     today = utc_today()
     requests = []
     for emotion, files, attempt in tick.batches:
         keys = [e.key for e in files]
         tags = {**TRIGGER, "fer/files": str(len(keys)), "fer/attempt": str(attempt)}
         if emotion is None:
-            requests.append(dg.RunRequest(
-                run_key=run_key(files, attempt), job_name=landing_triage.name, tags=tags,
-                run_config=triage_run_config(keys, settings.on_success),
-            ))  # fmt: skip
+            requests.append(
+                dg.RunRequest(
+                    run_key=run_key(files, attempt),
+                    job_name=landing_triage.name,
+                    tags=tags,
+                    run_config=triage_run_config(keys, settings.on_success),
+                )
+            )
         else:
-            requests.append(dg.RunRequest(
-                run_key=run_key(files, attempt), job_name=ingest_job.name, partition_key=partition_key(emotion, today),
-                tags=tags, run_config=ingest_run_config(keys, settings.on_success),
-            ))  # fmt: skip
+            requests.append(
+                dg.RunRequest(
+                    run_key=run_key(files, attempt),
+                    job_name=ingest_job.name,
+                    partition_key=partition_key(emotion, today),
+                    tags=tags,
+                    run_config=ingest_run_config(keys, settings.on_success),
+                )
+            )
     requests += _repairs(context, dsn, lake, embedder, settings, {r.partition_key for r in requests})
     if tick.given_up:
-        context.log.warning(f"{len(tick.given_up)} file(s) failed in {settings.max_attempts} runs and are left to a "
-                            f"person (see those runs), e.g. {tick.given_up[0]}")  # fmt: skip
-    state = (f"{tick.deferred} still being written, {tick.in_flight} in runs not finished, {tick.waiting_retry} "
-             f"waiting to be retried, {tick.already_logged} already in the load log")  # fmt: skip
+        context.log.warning(
+            f"{len(tick.given_up)} file(s) failed in {settings.max_attempts} runs and are left to a "
+            f"person (see those runs), e.g. {tick.given_up[0]}"
+        )
+    state = (
+        f"{tick.deferred} still being written, {tick.in_flight} in runs not finished, {tick.waiting_retry} "
+        f"waiting to be retried, {tick.already_logged} already in the load log"
+    )
     if requests:
-        context.log.info(f"{tick.files} file(s) ({tick.retried} asked for again) in {len(requests)} run(s); "
-                         f"{tick.capped} left for the next tick (max_files_per_tick {settings.max_files_per_tick}); "
-                         f"{state}")  # fmt: skip
+        context.log.info(
+            f"{tick.files} file(s) ({tick.retried} asked for again) in {len(requests)} run(s); "
+            f"{tick.capped} left for the next tick (max_files_per_tick {settings.max_files_per_tick}); "
+            f"{state}"
+        )
     return dg.SensorResult(
         run_requests=requests,
         cursor=tick.cursor.to_json(),
@@ -111,19 +146,26 @@ def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequ
     audit (an unreadable model, a lake hiccup) is logged and never stops the pickup of files."""
     try:
         with connect(dsn) as conn:
-            audit = audit_layers(context.instance, conn, lake.storage(), embedder.model_id())  # restored above
+            audit = audit_layers(
+                context.instance, conn, lake.storage(), embedder.model_id()
+            )  # restored above
     except Exception as exc:  # noqa: BLE001 - one line; the next tick audits again
-        context.log.warning(f"could not audit the layers this tick: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        context.log.warning(
+            f"could not audit the layers this tick: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        )
         return []
     if audit.ok:
         return []
-    requests, given_up = repair_requests(context.instance, audit, settings.max_attempts, "landing_sensor",
-                                         settings.retry_after_seconds)  # fmt: skip
+    requests, given_up = repair_requests(
+        context.instance, audit, settings.max_attempts, "landing_sensor", settings.retry_after_seconds
+    )
     requests = [r for r in requests if r.partition_key not in loading or r.partition_key is None]
     for line in audit.lines()[:20]:
         context.log.warning(f"layers disagree: {line}")
     if given_up:
-        context.log.warning(f"repairs failed {settings.max_attempts} times, left to a person: {', '.join(given_up)}")
+        context.log.warning(
+            f"repairs failed {settings.max_attempts} times, left to a person: {', '.join(given_up)}"
+        )
     return requests
 
 

@@ -26,19 +26,25 @@ from fer_platform.core.search.sheet import result_sheet
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", default=argparse.SUPPRESS, help="state folder (env FER_HOME, default ./.fer)")
+    common.add_argument(
+        "--home", default=argparse.SUPPRESS, help="state folder (env FER_HOME, default ./.fer)"
+    )
 
     p = argparse.ArgumentParser(prog="fer-platform", description=__doc__.split("\n\n")[0], parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
 
-    dm = sub.add_parser("demo", parents=[common], help="load a landing zone through every asset and summarise")
+    dm = sub.add_parser(
+        "demo", parents=[common], help="load a landing zone through every asset and summarise"
+    )
     dm.add_argument("--landing", help="landing folder or URL (default: sample data written under the home)")
     dm.add_argument("--json", action="store_true", help="print one JSON object")
     dm.add_argument("--per-class", type=int, default=40, help="generated train images per emotion")
     dm.add_argument("--test-per-class", type=int, default=10, help="generated test images per emotion")
     dm.add_argument("--seed", type=int, default=0)
 
-    sd = sub.add_parser("sample-data", parents=[common], help="write a deterministic FER2013-shaped landing folder")
+    sd = sub.add_parser(
+        "sample-data", parents=[common], help="write a deterministic FER2013-shaped landing folder"
+    )
     sd.add_argument("out")
     sd.add_argument("--per-class", type=int, default=40)
     sd.add_argument("--test-per-class", type=int, default=10)
@@ -53,21 +59,28 @@ def _parser() -> argparse.ArgumentParser:
     dv.add_argument("--port", type=int, default=3000)
     dv.add_argument("--landing", help="landing folder or URL (env FER_LANDING)")
     bl = sub.add_parser(
-        "bulk-load", parents=[common],
+        "bulk-load",
+        parents=[common],
         help="first load of a large landing folder: one backfill, run by the daemon of `fer-platform dev`",
     )
     bl.add_argument("--host", default="127.0.0.1", help="where the UI listens, for the progress link")
     bl.add_argument("--port", type=int, default=3000, help="where the UI listens, for the progress link")
     bl.add_argument("--wait", action="store_true", help="wait until every run of the backfill has finished")
 
-    se = sub.add_parser("search", parents=[common], help="the images most similar to an image or a loaded image id")
+    se = sub.add_parser(
+        "search", parents=[common], help="the images most similar to an image or a loaded image id"
+    )
     query = se.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="a query image file (embedded with the index's model)")
     query.add_argument("--id", dest="image_id", help="the image_id (sha256) of a loaded image")
     se.add_argument("-k", type=int, default=10, help="how many neighbours (default 10)")
     se.add_argument("--emotion", help="only neighbours of this emotion")
-    se.add_argument("--backend", choices=["index", "pgvector"], default="index",
-                    help="the FAISS index in the lake (default) or PostgreSQL's HNSW index")  # fmt: skip
+    se.add_argument(
+        "--backend",
+        choices=["index", "pgvector"],
+        default="index",
+        help="the FAISS index in the lake (default) or PostgreSQL's HNSW index",
+    )
     se.add_argument("--json", action="store_true", help="print one JSON object")
     se.add_argument("--sheet", help="write a contact sheet PNG of the query and its neighbours")
     return p
@@ -88,13 +101,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _dispatch(args, home: Home) -> int:
     if args.command == "demo":
         return demo.main(
-            home, args.landing, args.json,
-            per_class=args.per_class, test_per_class=args.test_per_class, seed=args.seed,
-        )  # fmt: skip
+            home,
+            args.landing,
+            args.json,
+            per_class=args.per_class,
+            test_per_class=args.test_per_class,
+            seed=args.seed,
+        )
     if args.command == "sample-data":
         counts = write_sample_landing(args.out, args.per_class, args.test_per_class, args.seed, args.defects)
-        print(f"wrote {counts['images']} images" + (f" and {counts['defects']} defects" if args.defects else "")
-              + f" to {args.out}")  # fmt: skip
+        print(
+            f"wrote {counts['images']} images"
+            + (f" and {counts['defects']} defects" if args.defects else "")
+            + f" to {args.out}"
+        )
         return 0
     if args.command == "db":
         return _db(args.action, home)
@@ -145,9 +165,15 @@ def _search(args, home: Home) -> int:
             return 2
     try:
         result = find_similar(
-            lake, embedder.spec(), image=image, image_id=args.image_id, k=args.k, emotion=args.emotion,
-            backend=args.backend, dsn=res["postgres"].get_dsn() if args.backend == "pgvector" else None,
-        )  # fmt: skip
+            lake,
+            embedder.spec(),
+            image=image,
+            image_id=args.image_id,
+            k=args.k,
+            emotion=args.emotion,
+            backend=args.backend,
+            dsn=res["postgres"].get_dsn() if args.backend == "pgvector" else None,
+        )
         if args.sheet:
             Path(args.sheet).write_bytes(result_sheet(result, lake, image))
             result["sheet"] = args.sheet
@@ -155,7 +181,9 @@ def _search(args, home: Home) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
-        print(f"error: an image of the result is missing from the lake: {exc.filename or exc}", file=sys.stderr)
+        print(
+            f"error: an image of the result is missing from the lake: {exc.filename or exc}", file=sys.stderr
+        )
         return 2
     except OSError as exc:
         print(f"error: cannot write the contact sheet {args.sheet}: {exc.strerror or exc}", file=sys.stderr)
@@ -171,10 +199,18 @@ def print_search(result: dict, out=None) -> None:
     out = out or sys.stdout
     q = result["query"]
     label = q.get("filepath") or q.get("image_id", "")[:12]
-    out.write(f"query {label}" + (f"  ({q['emotion']})" if q.get("emotion") else "") + f"  model {result['model']}, "
-              f"{result['backend']}" + (f", emotion = {result['emotion_filter']}" if result["emotion_filter"] else "") + "\n")  # fmt: skip
+    out.write(
+        f"query {label}"
+        + (f"  ({q['emotion']})" if q.get("emotion") else "")
+        + f"  model {result['model']}, "
+        f"{result['backend']}"
+        + (f", emotion = {result['emotion_filter']}" if result["emotion_filter"] else "")
+        + "\n"
+    )
     for h in result["hits"]:
-        out.write(f"  {h['rank']:>3}  {h['distance']:.4f}  {h['emotion']:<9} {h['split'] or '':<6} {h['filepath']}\n")
+        out.write(
+            f"  {h['rank']:>3}  {h['distance']:.4f}  {h['emotion']:<9} {h['split'] or '':<6} {h['filepath']}\n"
+        )
     if result.get("same_emotion") is not None:
         out.write(f"  {result['same_emotion']} of {len(result['hits'])} share the query's emotion\n")
     if result.get("sheet"):

@@ -49,15 +49,31 @@ def launch(home: Home, keys: list[str]) -> str:
     """Backfill ``bulk_load`` over ``keys`` with ``dagster job backfill`` on the home's instance; its id."""
     prepare_dagster_home(home, local_dsn(home))  # DAGSTER_HOME (and FER_DAGSTER_PG_URL) for the command
     cmd = [
-        sys.executable, "-m", "dagster", "job", "backfill", "-w", write_workspace(home), "-l", LOCATION,
-        "-j", JOB, "--partitions", ",".join(keys), "--tags", json.dumps(BULK_TAGS), "--noprompt",
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "backfill",
+        "-w",
+        write_workspace(home),
+        "-l",
+        LOCATION,
+        "-j",
+        JOB,
+        "--partitions",
+        ",".join(keys),
+        "--tags",
+        json.dumps(BULK_TAGS),
+        "--noprompt",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     launched = LAUNCHED.search(out.stdout)
     if out.returncode != 0 or not launched:
         lines = [ln for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
-        raise FerError(f"the backfill was not launched: `dagster job backfill` exited {out.returncode}: "
-                       f"{lines[-1] if lines else 'no output'}")
+        raise FerError(
+            f"the backfill was not launched: `dagster job backfill` exited {out.returncode}: "
+            f"{lines[-1] if lines else 'no output'}"
+        )
     return launched.group(1)
 
 
@@ -70,8 +86,10 @@ def wait_for(backfill: str, runs_expected: int, timeout: float) -> int:
             runs = [r.dagster_run for r in records]
             if len(runs) >= runs_expected and all(r.status in FINISHED for r in runs):
                 failed = [r.run_id for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
-                print(f"backfill {backfill}: {len(runs) - len(failed)}/{len(runs)} runs succeeded"
-                      + (f"; failed: {', '.join(failed)}" if failed else ""))
+                print(
+                    f"backfill {backfill}: {len(runs) - len(failed)}/{len(runs)} runs succeeded"
+                    + (f"; failed: {', '.join(failed)}" if failed else "")
+                )
                 return 1 if failed else 0
             time.sleep(2)
     print(f"backfill {backfill} still running after {timeout:.0f} s", file=sys.stderr)
@@ -85,6 +103,9 @@ def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> 
         print("nothing to load: every landing file is in the load log")
         return 0
     backfill = launch(home, keys)
-    print(f"bulk load of {files} pending files: backfill {backfill} over {len(keys)} partitions "
-          f"({', '.join(keys)}); progress: http://{host}:{port}/overview/backfills/{backfill}", flush=True)  # fmt: skip
+    print(
+        f"bulk load of {files} pending files: backfill {backfill} over {len(keys)} partitions "
+        f"({', '.join(keys)}); progress: http://{host}:{port}/overview/backfills/{backfill}",
+        flush=True,
+    )
     return wait_for(backfill, len(keys), timeout) if wait else 0

@@ -76,8 +76,12 @@ def database_lost(exc: BaseException) -> bool:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         name = type(exc).__name__
-        if isinstance(exc, DatabaseUnavailable) or name in ("DagsterPostgresException", "OperationalError",
-                                                           "InterfaceError", "AdminShutdown"):  # fmt: skip
+        if isinstance(exc, DatabaseUnavailable) or name in (
+            "DagsterPostgresException",
+            "OperationalError",
+            "InterfaceError",
+            "AdminShutdown",
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -116,8 +120,9 @@ def home_lock(home: Home):
         yield
 
 
-def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class: int, seed: int,
-              started: float) -> dict[str, Any]:  # fmt: skip
+def _run_demo(
+    home: Home, landing: Optional[str], per_class: int, test_per_class: int, seed: int, started: float
+) -> dict[str, Any]:
     landing_url = landing or os.environ.get("FER_LANDING") or str(home.landing)
     generated = None
     if not landing and not os.environ.get("FER_LANDING") and not any(home.landing.rglob("*")):
@@ -155,17 +160,29 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
         listing = storage.list_files()
         # the landing sensor's own planning, all at once: every settled file the load log lacks
         everything = AutoLoaderSettings(max_files_per_tick=max(1, len(listing)), settle_seconds=0)
-        tick = plan_tick(storage, listing, lambda _entries: known, Watermark(), everything, now_us=time.time_ns() // 1000)
+        tick = plan_tick(
+            storage, listing, lambda _entries: known, Watermark(), everything, now_us=time.time_ns() // 1000
+        )
         today = utc_today()
 
         def execute(job: str, partition, config: dg.RunConfig | None, extra: dict | None = None) -> None:
             run_config = {**(config.to_config_dict() if config else {}), **QUIET_LOGS}
             result = defs.resolve_job_def(job).execute_in_process(
-                partition_key=partition, run_config=run_config, instance=instance, raise_on_error=False,
+                partition_key=partition,
+                run_config=run_config,
+                instance=instance,
+                raise_on_error=False,
                 tags={**tags, **(extra or {})},
             )
-            runs.append({"job": job, "partition": str(partition) if partition else None, "run_id": result.run_id,
-                         "success": result.success, "files": len(files_of(run_config))})  # fmt: skip
+            runs.append(
+                {
+                    "job": job,
+                    "partition": str(partition) if partition else None,
+                    "run_id": result.run_id,
+                    "success": result.success,
+                    "files": len(files_of(run_config)),
+                }
+            )
 
         for emotion, entries, _attempt in tick.batches:
             keys = [e.key for e in entries]
@@ -179,7 +196,12 @@ def _run_demo(home: Home, landing: Optional[str], per_class: int, test_per_class
         for emotion, day in audit.partitions:
             if not image_partitions.has_partition_key(partition_key(emotion, day)):
                 continue  # a stray lake folder, no partition of this code location: told at the end
-            execute("ingest_images", partition_key(emotion, day), ingest_run_config(files=[]), {REPAIR_TAG: "true"})
+            execute(
+                "ingest_images",
+                partition_key(emotion, day),
+                ingest_run_config(files=[]),
+                {REPAIR_TAG: "true"},
+            )
         ingested = any(r["job"] == "ingest_images" for r in runs)
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)
@@ -276,20 +298,26 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
         w(f"  search         the 10 images nearest to {q['filepath']} ({q['emotion']}):\n")
         for h in example["hits"]:
             w(f"    {h['rank']:>2}. {h['distance']:.4f}  {h['emotion']:<9} {h['filepath']}\n")
-        w(f"    {example['same_emotion']} of {len(example['hits'])} share its emotion "
-          f"(try: fer-platform search --id {q['image_id']} --sheet sheet.png)\n")  # fmt: skip
+        w(
+            f"    {example['same_emotion']} of {len(example['hits'])} share its emotion "
+            f"(try: fer-platform search --id {q['image_id']} --sheet sheet.png)\n"
+        )
     runs = summary["runs"]
     ok = sum(r["success"] for r in runs)
     w(f"  runs           {ok}/{len(runs)} succeeded ({summary['seconds']} s)\n")
     for r in summary.get("failed_runs", []):
         w(f"    FAILED {r['job']} {r['partition'] or ''} run {r['run_id']}\n")
     if summary.get("failed_dead_runs"):
-        w(f"  marked failed  {len(summary['failed_dead_runs'])} run(s) whose process was gone (killed earlier)\n")
+        w(
+            f"  marked failed  {len(summary['failed_dead_runs'])} run(s) whose process was gone (killed earlier)\n"
+        )
     if summary.get("restored_load_log_rows"):
         w(f"  load log       put back {summary['restored_load_log_rows']} row(s) from the raw manifests\n")
     if summary.get("repaired"):
-        w(f"  repaired       {len(summary['repaired'])} partition(s) whose layers disagreed: "
-          f"{', '.join(summary['repaired'])}\n")  # fmt: skip
+        w(
+            f"  repaired       {len(summary['repaired'])} partition(s) whose layers disagreed: "
+            f"{', '.join(summary['repaired'])}\n"
+        )
     w("  see them in the UI: make dev  (or fer-platform dev)\n")
 
 
@@ -312,9 +340,12 @@ def main(home: Home, landing: Optional[str], as_json: bool, **kwargs) -> int:
         with open(log_file, "a") as f:
             traceback.print_exception(exc, file=f)
         where = describe(os.environ.get("FER_PG_DSN") or f"host={home.postgres}")
-        print(f"error: lost the PostgreSQL database at {where} during the demo ({first_line(exc)}): start it "
-              "(fer-platform db start, or bring FER_PG_DSN's server back) and run the demo again; it repairs "
-              f"what the outage interrupted (details: {log_file} and the runs' event logs)", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: lost the PostgreSQL database at {where} during the demo ({first_line(exc)}): start it "
+            "(fer-platform db start, or bring FER_PG_DSN's server back) and run the demo again; it repairs "
+            f"what the outage interrupted (details: {log_file} and the runs' event logs)",
+            file=sys.stderr,
+        )
         return 2
     if as_json:
         print(json.dumps(summary, default=str))
@@ -322,4 +353,3 @@ def main(home: Home, landing: Optional[str], as_json: bool, **kwargs) -> int:
         print_human(summary)
     print_disagreements(summary)
     return 1 if summary.get("failed_runs") or summary.get("disagreements") else 0
-

@@ -18,7 +18,9 @@ from fer_platform.core.home import Home
 from fer_platform.core.pg.schema import ensure_schema
 
 
-def start(home: Home, host: str = "127.0.0.1", port: int = 3000, landing: Optional[str] = None) -> subprocess.Popen:
+def start(
+    home: Home, host: str = "127.0.0.1", port: int = 3000, landing: Optional[str] = None
+) -> subprocess.Popen:
     """Prepare the instance and start `dagster dev` in a new session (its own process group)."""
     dsn = local_dsn(home)
     ensure_schema(dsn)

@@ -14,10 +14,10 @@ from urllib.parse import quote, urlencode
 
 from psycopg.conninfo import conninfo_to_dict
 
+from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import ensure_database, is_local_host
 from fer_platform.core.pg.embedded import embedded_start
 from fer_platform.core.pg.schema import DAGSTER_DATABASE
-from fer_platform.core.home import Home
 
 LOCATION = "fer_platform"  # the code location's name: runs launched from the CLI must name the daemon's
 WORKSPACE = f"""load_from:
@@ -27,8 +27,12 @@ WORKSPACE = f"""load_from:
 """
 
 
-def dagster_yaml(storage_url: str | None, max_concurrent_runs: int = 2, bulk_concurrency: int = 1,
-                 monitor_seconds: int = 30) -> str:
+def dagster_yaml(
+    storage_url: str | None,
+    max_concurrent_runs: int = 2,
+    bulk_concurrency: int = 1,
+    monitor_seconds: int = 30,
+) -> str:
     """dagster.yaml for the local instance: storage on PostgreSQL through dagster-postgres.
 
     ``storage_url`` is written in only when it carries no password (the

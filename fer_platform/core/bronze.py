@@ -7,13 +7,13 @@ import io
 import posixpath
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from PIL import Image
 
 from fer_platform.core import images
-from fer_platform.core.storage import Storage
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from fer_platform.core.layout import BRONZE_IMAGES
+from fer_platform.core.storage import Storage
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -62,7 +62,9 @@ def bronze_table(manifest: pa.Table, lake: Storage, run_id: str | None) -> pa.Ta
     for r, data in zip(rows, blobs):
         sha = images.sha256(data)
         if sha != r["image_id"]:
-            raise ValueError(f"lake file {r['filepath']} does not match its load log entry (sha256 {sha[:12]}...)")
+            raise ValueError(
+                f"lake file {r['filepath']} does not match its load log entry (sha256 {sha[:12]}...)"
+            )
         with Image.open(io.BytesIO(data)) as im:
             width, height, mode, fmt = im.width, im.height, im.mode, im.format
         out.append(
@@ -92,7 +94,13 @@ def with_partition_columns(table: pa.Table, emotion: str, load_date: dt.date) ->
     )
 
 
-LABELLED_COLUMNS = ["image_id", "split", "png", "emotion", "load_date"]  # emotion, load_date: the Hive folders
+LABELLED_COLUMNS = [
+    "image_id",
+    "split",
+    "png",
+    "emotion",
+    "load_date",
+]  # emotion, load_date: the Hive folders
 
 
 def read_labelled(lake: Storage) -> pa.Table:
@@ -105,8 +113,12 @@ def read_bronze(lake: Storage, columns: list[str] | None = None, splits: list[st
     only some columns and splits."""
     root = lake.path(BRONZE_IMAGES)
     if not lake.fs.exists(root):
-        return pa.table({c: pa.array([], BRONZE_SCHEMA.field(c).type if c in BRONZE_SCHEMA.names else pa.string())
-                         for c in (columns or BRONZE_SCHEMA.names)})  # fmt: skip
+        return pa.table(
+            {
+                c: pa.array([], BRONZE_SCHEMA.field(c).type if c in BRONZE_SCHEMA.names else pa.string())
+                for c in (columns or BRONZE_SCHEMA.names)
+            }
+        )
     dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs)
     flt = ds.field("split").isin(splits) if splits else None
     table = dataset.to_table(columns=columns, filter=flt)

@@ -14,7 +14,9 @@ def bronze_problems(table: pa.Table, expected_rows: int | None = None) -> list[s
     if table.num_rows == 0:
         return problems
     bad_size = pc.sum(
-        pc.or_(pc.not_equal(table["width"], EXPECTED_SIZE[0]), pc.not_equal(table["height"], EXPECTED_SIZE[1]))
+        pc.or_(
+            pc.not_equal(table["width"], EXPECTED_SIZE[0]), pc.not_equal(table["height"], EXPECTED_SIZE[1])
+        )
     ).as_py()
     if bad_size:
         problems.append(f"{bad_size} image(s) are not {EXPECTED_SIZE[0]}x{EXPECTED_SIZE[1]}")

@@ -16,7 +16,11 @@ from fer_platform.core.errors import ConfigError
 
 AZURE_SCHEMES = ("abfs", "abfss", "az")
 S3_SCHEMES = ("s3", "s3a")
-AZURE_CREDENTIAL_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN")
+AZURE_CREDENTIAL_VARS = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("", "0", "false", "no", "off")
 
@@ -62,7 +66,9 @@ def azure_credential_var(env: str, environ: Mapping[str, str] | None = None) -> 
     """Which storage credential variable is set (None: DefaultAzureCredential); more than one is an error."""
     found = [name for name in AZURE_CREDENTIAL_VARS if is_set(name, environ)]
     if len(found) > 1:
-        raise ConfigError(f"FER_ENV={env}: set only one of {', '.join(found)} (or none, for DefaultAzureCredential)")
+        raise ConfigError(
+            f"FER_ENV={env}: set only one of {', '.join(found)} (or none, for DefaultAzureCredential)"
+        )
     return found[0] if found else None
 
 

@@ -70,7 +70,7 @@ def state_of(image_ids: Iterable[str]) -> LayerState:
 def ledger_state(conn: psycopg.Connection) -> dict[Partition, LayerState]:
     """The truth: the load log's loaded files per partition."""
     rows = conn.execute(
-        f"""SELECT emotion, load_date, count(*), {_SQL_DIGEST.format(col='sha256')}
+        f"""SELECT emotion, load_date, count(*), {_SQL_DIGEST.format(col="sha256")}
             FROM {LOAD_LOG_TABLE} WHERE status = 'loaded' AND emotion IS NOT NULL GROUP BY 1, 2"""
     ).fetchall()
     return {(e, d): LayerState(int(n), int(s) % _MOD) for e, d, n, s in rows}
@@ -81,7 +81,7 @@ def postgres_state(conn: psycopg.Connection, model: str) -> dict[Partition, Laye
     if conn.execute("SELECT to_regclass(%s)", (VECTORS_TABLE,)).fetchone()[0] is None:
         return None
     rows = conn.execute(
-        f"""SELECT emotion, load_date, count(*), {_SQL_DIGEST.format(col='image_id')}
+        f"""SELECT emotion, load_date, count(*), {_SQL_DIGEST.format(col="image_id")}
             FROM {VECTORS_TABLE} WHERE model = %s GROUP BY 1, 2""",
         (model,),
     ).fetchall()
@@ -138,8 +138,12 @@ def lake_state(lake: Storage, prefix: str, model: str | None = None) -> dict[Par
         except FileNotFoundError:
             continue  # replaced or removed while listing
         except Exception as exc:  # noqa: BLE001 - an unreadable file is one partition's problem, not the audit's
-            log.warning("%s cannot be read (%s: %s): its partition counts as missing", entry.key, type(exc).__name__,
-                        str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+            log.warning(
+                "%s cannot be read (%s: %s): its partition counts as missing",
+                entry.key,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
     return out
 
 
@@ -223,7 +227,9 @@ def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Pa
                 continue
             # a lake partition file that is not there is missing; a partition without rows in an existing table holds 0
             missing = pg is None if layer == "postgres" else have is None
-            out.disagreements.append(Disagreement(part, layer, want.rows, None if missing else (have or EMPTY).rows))
+            out.disagreements.append(
+                Disagreement(part, layer, want.rows, None if missing else (have or EMPTY).rows)
+            )
     silver = layers["silver"]
     out.silver = whole = sum(silver.values(), EMPTY)
     if not busy.intersection(silver) and not busy.intersection(truth):
@@ -273,4 +279,3 @@ def restore_load_log(conn: psycopg.Connection, lake: Storage) -> int:
         for (emotion, load_date), rows in lost.items():
             restored += ledger.restore(conn, emotion, load_date, rows)
     return restored
-

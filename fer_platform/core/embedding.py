@@ -86,7 +86,9 @@ class EmbedderSpec:
 
     @property
     def profile_tag(self) -> str:
-        return {"fidelity": "fidelity", "native": f"native{NATIVE_SIZE}"}.get(self.profile, f"fast{self.fast_size}")
+        return {"fidelity": "fidelity", "native": f"native{NATIVE_SIZE}"}.get(
+            self.profile, f"fast{self.fast_size}"
+        )
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,10 @@ def _resolve(spec: EmbedderSpec) -> Weights:
         except OSError as exc:
             reason = getattr(exc, "reason", exc)
             if w == "auto":
-                note = (f"ImageNet weights not available ({reason}); using deterministic random weights "
-                        f"(seed {spec.seed})")  # fmt: skip
+                note = (
+                    f"ImageNet weights not available ({reason}); using deterministic random weights "
+                    f"(seed {spec.seed})"
+                )
                 log.warning(note)
                 return Weights("random", f"random-s{spec.seed}", note=note)
             raise WeightsUnavailable(
@@ -174,7 +178,9 @@ def model_folder_weights(folder: Path) -> Weights:
     """The weights of a model folder (config.json + weights.pt), checked against the digest its config names."""
     config_path, weights_path = folder / MODEL_CONFIG, folder / MODEL_WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
-        raise WeightsUnavailable(f"{folder} is not a model folder (it needs {MODEL_CONFIG} and {MODEL_WEIGHTS})")
+        raise WeightsUnavailable(
+            f"{folder} is not a model folder (it needs {MODEL_CONFIG} and {MODEL_WEIGHTS})"
+        )
     config = json.loads(config_path.read_text())
     digest = weights_digest(weights_path.read_bytes())
     if digest != config.get("weights_digest"):
@@ -332,7 +338,9 @@ def build_backbone(weights: Weights, seed: int = 0, state: dict | None = None):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if set(missing) - {"fc.weight", "fc.bias"} or unexpected:
-            raise WeightsUnavailable(f"{weights.path or 'the state dict'} is not a resnet18 state dict (missing {missing[:3]})")
+            raise WeightsUnavailable(
+                f"{weights.path or 'the state dict'} is not a resnet18 state dict (missing {missing[:3]})"
+            )
     model.fc = torch.nn.Identity()
     return model
 

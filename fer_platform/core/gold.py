@@ -20,7 +20,9 @@ NEIGHBOURS = 10
 
 
 def vectors_and_labels(silver: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    return normalise(arrow_to_vectors(silver["vector"])), np.asarray(silver["emotion"].to_pylist(), dtype=object)
+    return normalise(arrow_to_vectors(silver["vector"])), np.asarray(
+        silver["emotion"].to_pylist(), dtype=object
+    )
 
 
 def centroids(vectors: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -88,7 +90,9 @@ def centroid_similarity(silver: pa.Table) -> pa.Table:
         cols[other] = [
             float(cents[e] @ cents[other]) if e in cents and other in cents else None for e in EMOTIONS
         ]
-    return pa.table({"emotion": pa.array(cols["emotion"])} | {e: pa.array(cols[e], pa.float64()) for e in EMOTIONS})
+    return pa.table(
+        {"emotion": pa.array(cols["emotion"])} | {e: pa.array(cols[e], pa.float64()) for e in EMOTIONS}
+    )
 
 
 def similarity_matrix(table: pa.Table) -> np.ndarray:
@@ -112,14 +116,30 @@ def neighbour_agreement(silver: pa.Table, k: int = NEIGHBOURS) -> pa.Table:
             continue
         chance = (count - 1) / (n - 1) if n > 1 else 0.0
         agree = float(same[mask].mean())
-        rows.append({"emotion": e, "images": count, "k": nn.shape[1], "agreement": agree, "chance": chance,
-                     "lift": agree / chance if chance else None})  # fmt: skip
+        rows.append(
+            {
+                "emotion": e,
+                "images": count,
+                "k": nn.shape[1],
+                "agreement": agree,
+                "chance": chance,
+                "lift": agree / chance if chance else None,
+            }
+        )
     if n:
         counts = Counter(labels.tolist())
         chance = sum(c * (c - 1) for c in counts.values()) / (n * (n - 1)) if n > 1 else 0.0
         agree = float(same.mean())
-        rows.append({"emotion": "all", "images": n, "k": nn.shape[1], "agreement": agree, "chance": chance,
-                     "lift": agree / chance if chance else None})  # fmt: skip
+        rows.append(
+            {
+                "emotion": "all",
+                "images": n,
+                "k": nn.shape[1],
+                "agreement": agree,
+                "chance": chance,
+                "lift": agree / chance if chance else None,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=AGREEMENT_SCHEMA)
 
 
@@ -148,8 +168,17 @@ def reason_category(reason: str | None) -> str:
 def daily_loads(rows: list[dict]) -> pa.Table:
     """Per load_date from load-log rows (``load_date, status, reason, size``): files seen,
     loaded, duplicates, quarantined (and by reason), bytes seen and loaded."""
-    days: dict = defaultdict(lambda: {"seen": 0, "loaded": 0, "duplicate": 0, "quarantined": 0,
-                                      "bytes_seen": 0, "bytes_loaded": 0, "reasons": Counter()})  # fmt: skip
+    days: dict = defaultdict(
+        lambda: {
+            "seen": 0,
+            "loaded": 0,
+            "duplicate": 0,
+            "quarantined": 0,
+            "bytes_seen": 0,
+            "bytes_loaded": 0,
+            "reasons": Counter(),
+        }
+    )
     for r in rows:
         d = days[r["load_date"]]
         d["seen"] += 1
@@ -191,7 +220,9 @@ DAILY_LOADS_SCHEMA = pa.schema(
 )
 
 
-def projection_2d(vectors: np.ndarray, max_points: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def projection_2d(
+    vectors: np.ndarray, max_points: int = 4000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(positions of the points kept, their 2-D PCA coordinates) for a scatter plot."""
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(vectors), size=min(max_points, len(vectors)), replace=False))

@@ -1,9 +1,9 @@
 """The one home folder that holds all local state (``--home``, ``FER_HOME``, default ``./.fer``).
 
-    <home>/lake/       raw/ bronze/ silver/ gold/ index/ quarantine/ _meta/
-    <home>/postgres/   the embedded PostgreSQL data directory
-    <home>/dagster/    DAGSTER_HOME (dagster.yaml: instance storage on that PostgreSQL)
-    <home>/landing/    the sample landing zone the demo writes when none is given
+<home>/lake/       raw/ bronze/ silver/ gold/ index/ quarantine/ _meta/
+<home>/postgres/   the embedded PostgreSQL data directory
+<home>/dagster/    DAGSTER_HOME (dagster.yaml: instance storage on that PostgreSQL)
+<home>/landing/    the sample landing zone the demo writes when none is given
 """
 
 from __future__ import annotations
@@ -48,4 +48,3 @@ class Home:
         self.landing.mkdir(parents=True, exist_ok=True)
         self.dagster.mkdir(parents=True, exist_ok=True)
         return self
-

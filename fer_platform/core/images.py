@@ -71,14 +71,20 @@ def validate(data: bytes, name: str, size: tuple[int, int] = EXPECTED_SIZE) -> I
     if declared is not None and declared != size:  # from the header alone: nothing is decoded
         raise InvalidImage(f"wrong size {declared[0]}x{declared[1]} (expected {size[0]}x{size[1]})")
     if end < len(data):
-        raise InvalidImage(f"{len(data) - end} byte(s) after the end of the {fmt} image (a second file appended?)")
+        raise InvalidImage(
+            f"{len(data) - end} byte(s) after the end of the {fmt} image (a second file appended?)"
+        )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: the size is judged below, from the header
+            warnings.simplefilter(
+                "ignore"
+            )  # DecompressionBombWarning: the size is judged below, from the header
             with Image.open(io.BytesIO(data), formats=[fmt]) as im:
                 declared = im.size
                 if declared != size:  # from the header alone: nothing is decoded
-                    raise InvalidImage(f"wrong size {declared[0]}x{declared[1]} (expected {size[0]}x{size[1]})")
+                    raise InvalidImage(
+                        f"wrong size {declared[0]}x{declared[1]} (expected {size[0]}x{size[1]})"
+                    )
                 frames = getattr(im, "n_frames", 1)
                 if frames != 1:
                     raise InvalidImage(f"{frames} frames (animated or multi-page): expected one still image")
@@ -104,7 +110,10 @@ def _png_layout(data: bytes) -> tuple[int, tuple[int, int] | None]:
         if length > 0x7FFFFFFF or end > len(data):
             raise InvalidImage(f"truncated or corrupt PNG: chunk {kind!r} runs past the end of the file")
         if kind == b"IHDR" and length >= 8:
-            declared = (int.from_bytes(data[pos + 8 : pos + 12], "big"), int.from_bytes(data[pos + 12 : pos + 16], "big"))
+            declared = (
+                int.from_bytes(data[pos + 8 : pos + 12], "big"),
+                int.from_bytes(data[pos + 12 : pos + 16], "big"),
+            )
         if kind == b"acTL":
             raise InvalidImage("animated PNG (APNG): expected one still image")
         if kind == b"IEND":
@@ -141,7 +150,9 @@ def _jpeg_layout(data: bytes) -> tuple[int, tuple[int, int] | None]:
         if 0xE0 <= marker <= 0xEF and b"\xff\xd8\xff" in segment:
             raise InvalidImage("a second image inside the JPEG (e.g. an EXIF thumbnail): expected one image")
         pos += 2 + length
-        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker that is not stuffing or RSTn
+        if (
+            marker == 0xDA
+        ):  # start of scan: entropy-coded data up to the next marker that is not stuffing or RSTn
             while True:
                 pos = data.find(b"\xff", pos)
                 if pos < 0 or pos + 1 >= n:
@@ -154,7 +165,9 @@ def _jpeg_layout(data: bytes) -> tuple[int, tuple[int, int] | None]:
 
 
 _JPEG_IN_SCAN = frozenset({0x00, *range(0xD0, 0xD8)})
-_JPEG_FRAMES = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)})  # SOFn
+_JPEG_FRAMES = frozenset(
+    {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)}
+)  # SOFn
 
 
 def to_png(data: bytes) -> bytes:

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field, replace
 
 from fer_platform.core import faults, images, ledger
 from fer_platform.core.errors import one_line
-from fer_platform.core.layout import LANDING_ARCHIVE, Route, quarantine_path, raw_image_path, route, versioned_name
+from fer_platform.core.layout import (
+    LANDING_ARCHIVE,
+    Route,
+    quarantine_path,
+    raw_image_path,
+    route,
+    versioned_name,
+)
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import FileEntry, FileTooLarge, NotARegularFile, Storage, StorageUnavailable
 
@@ -66,7 +73,9 @@ class IngestReport:
         return [o for o in self.outcomes if o.status == "quarantined"]
 
 
-def pending_files(landing: Storage, dsn: str, emotion: str | None = None) -> tuple[list[FileEntry], list[tuple[str, str]]]:
+def pending_files(
+    landing: Storage, dsn: str, emotion: str | None = None
+) -> tuple[list[FileEntry], list[tuple[str, str]]]:
     """Landing files (of ``emotion``, if given) whose current version is not in the ledger yet.
 
     Returns (pending, ignored) where ignored holds (key, why) for keys that are
@@ -104,7 +113,9 @@ def select_files(
     if keys is not None:
         wrong = [k for k in keys if route(k).emotion not in (None, emotion)] if emotion else []
         if wrong:
-            raise ValueError(f"{len(wrong)} file(s) belong to another emotion than '{emotion}', e.g. {wrong[0]}")
+            raise ValueError(
+                f"{len(wrong)} file(s) belong to another emotion than '{emotion}', e.g. {wrong[0]}"
+            )
         entries, missing = landing.stat_many(keys)
         return entries, missing, []
     if load_date != today and not take_pending:
@@ -164,10 +175,17 @@ def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]], max_bytes:
     todo = []
     for i, (entry, r) in enumerate(batch):
         if entry.kind != "file":  # never opened: a link's target may be anything outside the landing zone
-            out[i] = _Read(entry, r, None, None, f"not a regular file: {entry.kind} (not followed, never read)")
+            out[i] = _Read(
+                entry, r, None, None, f"not a regular file: {entry.kind} (not followed, never read)"
+            )
         elif max_bytes is not None and entry.size > max_bytes:
-            out[i] = _Read(entry, r, None, None, f"too large: {entry.size} bytes (the cap is {max_bytes} bytes, "
-                                                 "FER_MAX_FILE_BYTES); not read")  # fmt: skip
+            out[i] = _Read(
+                entry,
+                r,
+                None,
+                None,
+                f"too large: {entry.size} bytes (the cap is {max_bytes} bytes, FER_MAX_FILE_BYTES); not read",
+            )
         else:
             todo.append(i)
     keys = [batch[i][0].key for i in todo]
@@ -193,8 +211,13 @@ def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]], max_bytes:
             out[i] = _Read(entry, r, None, None, f"not a regular file: {data} (not followed, never read)")
             continue
         if isinstance(data, FileTooLarge):
-            out[i] = _Read(entry, r, None, None, f"too large: {data} (the cap is {max_bytes} bytes, "
-                                                 "FER_MAX_FILE_BYTES); not read")  # fmt: skip
+            out[i] = _Read(
+                entry,
+                r,
+                None,
+                None,
+                f"too large: {data} (the cap is {max_bytes} bytes, FER_MAX_FILE_BYTES); not read",
+            )
             continue
         if isinstance(data, Exception):
             if not store_checked:  # the store's fault or the file's?
@@ -223,11 +246,15 @@ def _check_store(store: Storage, what: str, cause: BaseException) -> None:
             store.fs.ls(store.root)
     except FileNotFoundError:
         if store.local:
-            raise StorageUnavailable(f"the {what} {store.url} is gone ({type(cause).__name__}: "
-                                     f"{one_line(cause)}): nothing was quarantined; its files are retried") from None
+            raise StorageUnavailable(
+                f"the {what} {store.url} is gone ({type(cause).__name__}: "
+                f"{one_line(cause)}): nothing was quarantined; its files are retried"
+            ) from None
     except Exception as exc:  # noqa: BLE001
-        raise StorageUnavailable(f"cannot reach the {what} {store.url}: {type(exc).__name__}: {one_line(exc)}; "
-                                 "nothing was quarantined, its files are retried") from None
+        raise StorageUnavailable(
+            f"cannot reach the {what} {store.url}: {type(exc).__name__}: {one_line(exc)}; "
+            "nothing was quarantined, its files are retried"
+        ) from None
 
 
 def _copy(lake: Storage, copies: list[tuple[str, bytes]]) -> dict[str, str]:
@@ -245,8 +272,10 @@ def _copy(lake: Storage, copies: list[tuple[str, bytes]]) -> dict[str, str]:
         except Exception as exc:  # noqa: BLE001
             _check_store(lake, "lake", exc)
             if not _names_the_file(exc):  # full, read-only, no permission: the lake's state, not the file's
-                raise StorageUnavailable(f"cannot write to the lake {lake.url}: {type(exc).__name__}: "
-                                         f"{one_line(exc)}; nothing was quarantined, its files are retried") from None
+                raise StorageUnavailable(
+                    f"cannot write to the lake {lake.url}: {type(exc).__name__}: "
+                    f"{one_line(exc)}; nothing was quarantined, its files are retried"
+                ) from None
             failed[path] = f"cannot be copied to the lake: {type(exc).__name__}: {one_line(exc)}"
     return failed
 
@@ -291,7 +320,10 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_byte
                 key = r.entry.key
                 path = wanted_paths[key]
                 if r.problem is None and (r.sha256 in loaded_before or r.sha256 in seen_in_batch):
-                    status, reason = "duplicate", f"same content as {loaded_before.get(r.sha256) or 'a file of this batch'}"
+                    status, reason = (
+                        "duplicate",
+                        f"same content as {loaded_before.get(r.sha256) or 'a file of this batch'}",
+                    )
                     path = None
                 elif r.problem is None:
                     status, reason = "loaded", None
@@ -307,24 +339,43 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_byte
                     path = None
                 rows.append(
                     ledger.LedgerRow(
-                        source=landing.uri(key), path=key, size=r.entry.size, modified_at=r.entry.modified,
-                        sha256=r.sha256, emotion=r.route.emotion, split=r.route.split, load_date=load_date,
-                        status=status, reason=reason, lake_path=path, run_id=run_id,
+                        source=landing.uri(key),
+                        path=key,
+                        size=r.entry.size,
+                        modified_at=r.entry.modified,
+                        sha256=r.sha256,
+                        emotion=r.route.emotion,
+                        split=r.route.split,
+                        load_date=load_date,
+                        status=status,
+                        reason=reason,
+                        lake_path=path,
+                        run_id=run_id,
                     )
-                )  # fmt: skip
+                )
                 outcomes.append(Outcome(key, status, reason, r.sha256, path, r.entry.size))
             failed = _copy(lake, copies)
             if failed:  # the file's fault (the lake answers): quarantined with the reason, not loaded
-                rows = [replace(row, status="quarantined", reason=failed[row.lake_path], lake_path=None)
-                        if row.lake_path in failed else row for row in rows]  # fmt: skip
-                outcomes = [replace(o, status="quarantined", reason=failed[o.lake_path], lake_path=None)
-                            if o.lake_path in failed else o for o in outcomes]  # fmt: skip
+                rows = [
+                    replace(row, status="quarantined", reason=failed[row.lake_path], lake_path=None)
+                    if row.lake_path in failed
+                    else row
+                    for row in rows
+                ]
+                outcomes = [
+                    replace(o, status="quarantined", reason=failed[o.lake_path], lake_path=None)
+                    if o.lake_path in failed
+                    else o
+                    for o in outcomes
+                ]
             ledger.insert(conn, rows)
     report.outcomes.extend(outcomes)
     return [r.entry for r in reads]  # every read version is in the ledger now (logged here or before)
 
 
-def _clean_sources(landing: Storage, logged: Sequence[FileEntry], on_success: str, load_date: dt.date, report) -> None:
+def _clean_sources(
+    landing: Storage, logged: Sequence[FileEntry], on_success: str, load_date: dt.date, report
+) -> None:
     """After the commit: delete or archive the sources of logged file versions (all statuses). A key
     whose file changed since it was read (overwritten meanwhile) holds a version the ledger does not
     have: it stays for a later load."""

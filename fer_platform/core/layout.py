@@ -6,9 +6,9 @@ The landing zone follows the Kaggle FER2013 layout, ``<split>/<emotion>/<name>``
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from dataclasses import dataclass
-import hashlib
 
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 SPLITS: tuple[str, ...] = ("train", "test")

@@ -86,9 +86,19 @@ def lake_path_owners(conn: psycopg.Connection, lake_paths: Iterable[str]) -> dic
 
 
 _COLUMNS = (
-    "source", "path", "size", "modified_at", "sha256", "emotion", "split",
-    "load_date", "status", "reason", "lake_path", "run_id",
-)  # fmt: skip
+    "source",
+    "path",
+    "size",
+    "modified_at",
+    "sha256",
+    "emotion",
+    "split",
+    "load_date",
+    "status",
+    "reason",
+    "lake_path",
+    "run_id",
+)
 
 
 def insert(conn: psycopg.Connection, rows: Sequence[LedgerRow]) -> None:
@@ -100,7 +110,9 @@ def insert(conn: psycopg.Connection, rows: Sequence[LedgerRow]) -> None:
             copy.write_row(tuple(getattr(r, c) for c in _COLUMNS))
 
 
-def partition_rows(conn: psycopg.Connection, emotion: str, load_date: dt.date, status: str = "loaded") -> list[dict]:
+def partition_rows(
+    conn: psycopg.Connection, emotion: str, load_date: dt.date, status: str = "loaded"
+) -> list[dict]:
     cur = conn.execute(
         f"""SELECT sha256 AS image_id, lake_path AS filepath, split, path AS landing_path, size, source,
                    logged_at AS ingested_at, run_id, modified_at
@@ -140,13 +152,25 @@ def restore(conn: psycopg.Connection, emotion: str, load_date: dt.date, manifest
                         %s::text[], %s::text[])
                  AS r(source, path, size, modified_at, sha256, split, lake_path, run_id)
             ON CONFLICT DO NOTHING""",
-        (emotion, load_date, cols["source"], cols["path"], cols["size"], cols["modified_at"], cols["sha256"],
-         cols["split"], cols["lake_path"], cols["run_id"]),
-    )  # fmt: skip
+        (
+            emotion,
+            load_date,
+            cols["source"],
+            cols["path"],
+            cols["size"],
+            cols["modified_at"],
+            cols["sha256"],
+            cols["split"],
+            cols["lake_path"],
+            cols["run_id"],
+        ),
+    )
     return cur.rowcount
 
 
-def status_counts(conn: psycopg.Connection, emotion: str | None = None, load_date: dt.date | None = None) -> Counter:
+def status_counts(
+    conn: psycopg.Connection, emotion: str | None = None, load_date: dt.date | None = None
+) -> Counter:
     where, params = ["TRUE"], []
     if emotion is not None:
         where.append("emotion = %s")

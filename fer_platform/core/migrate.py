@@ -144,15 +144,16 @@ def migrate_vectors(
             if bulk:
                 target.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(VECTOR_INDEX)))
             target.execute(
-                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(
-                    sql.Identifier(STAGE), sql.Identifier(TABLE)
-                )
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                ).format(sql.Identifier(STAGE), sql.Identifier(TABLE))
             )
             copied = removed = streamed = 0
             for done, r in enumerate(todo):
                 try:
-                    rows, gone, sent = _copy_range(source, target, r, range_size, progress, done, len(todo), copied,
-                                                   streamed)  # fmt: skip
+                    rows, gone, sent = _copy_range(
+                        source, target, r, range_size, progress, done, len(todo), copied, streamed
+                    )
                 except psycopg.Error as exc:
                     raise MigrationError(
                         f"{where}: stopped in id range {r} ({done} of {len(todo)} ranges copied): "
@@ -171,10 +172,17 @@ def migrate_vectors(
             index_built = True
         _verify(final_src, final_tgt, where)
     return MigrationReport(
-        source=describe(source_dsn), target=describe(target_dsn), rows=sum(n for n, _ in final_src.values()),
-        ranges=len(final_src), ranges_copied=len(todo), rows_copied=copied, rows_removed=removed,
-        checksum=checksum(final_src), index_built=index_built, seconds=round(time.monotonic() - started, 3),
-    )  # fmt: skip
+        source=describe(source_dsn),
+        target=describe(target_dsn),
+        rows=sum(n for n, _ in final_src.values()),
+        ranges=len(final_src),
+        ranges_copied=len(todo),
+        rows_copied=copied,
+        rows_removed=removed,
+        checksum=checksum(final_src),
+        index_built=index_built,
+        seconds=round(time.monotonic() - started, 3),
+    )
 
 
 def _check_source(source: psycopg.Connection, dsn: str) -> None:
@@ -218,7 +226,9 @@ def _has_index(conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VECTOR_INDEX,)).fetchone()[0]
 
 
-def _copy_range(source, target, r, range_size, progress, done, todo, copied, streamed) -> tuple[int, int, int]:
+def _copy_range(
+    source, target, r, range_size, progress, done, todo, copied, streamed
+) -> tuple[int, int, int]:
     """Replace the target's rows of range ``r`` by the source's; (rows copied, rows removed, bytes)."""
     lo, hi = r * range_size, (r + 1) * range_size
     cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
@@ -269,4 +279,6 @@ def _verify(src: Summary, tgt: Summary, where: str) -> None:
         raise MigrationMismatch(f"{where}: the source has {src_rows} rows, the target {tgt_rows}")
     differ = sorted(r for r in set(src) | set(tgt) if src.get(r) != tgt.get(r))
     if differ:
-        raise MigrationMismatch(f"{where}: {len(differ)} id range(s) differ after copying, e.g. range {differ[0]}")
+        raise MigrationMismatch(
+            f"{where}: {len(differ)} id range(s) differ after copying, e.g. range {differ[0]}"
+        )

@@ -80,8 +80,12 @@ def package(trained, metrics: dict, snapshot: pa.Table, training: dict) -> tuple
         "resize_to": spec.resize_to,
         "normalize": "imagenet mean/std on Grayscale(3)",
         "weights_digest": digest,
-        "base": {"weights": trained.base_spec.weights, "seed": trained.base_spec.seed,
-                 "resolved": trained.base_weights.tag, "model": model_id(spec, trained.base_weights)},  # fmt: skip
+        "base": {
+            "weights": trained.base_spec.weights,
+            "seed": trained.base_spec.seed,
+            "resolved": trained.base_weights.tag,
+            "model": model_id(spec, trained.base_weights),
+        },
         "emotions": list(EMOTIONS),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -125,7 +129,11 @@ def approve(lake: Storage, model: str, summary: dict) -> dict:
     reader never sees a pointer to a model without its approval)."""
     if not lake.exists(f"{model_dir(model)}/{MODEL_WEIGHTS}"):
         raise WeightsUnavailable(f"cannot approve {model}: {lake.uri(model_dir(model))} holds no weights")
-    record = {"model": model, "approved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **summary}
+    record = {
+        "model": model,
+        "approved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **summary,
+    }
     lake.write_bytes(f"{model_dir(model)}/{APPROVAL}", _json(record))
     lake.write_bytes(f"{MODELS}/{APPROVED}", _json(record))
     return record
@@ -190,7 +198,9 @@ def local_model_folder(lake: Storage, model: str, cache: Path | None = None) -> 
             try:
                 (tmp / name).write_bytes(lake.read_bytes(f"{model_dir(model)}/{name}"))
             except FileNotFoundError:
-                raise WeightsUnavailable(f"model {model} has no {name} at {lake.uri(model_dir(model))}") from None
+                raise WeightsUnavailable(
+                    f"model {model} has no {name} at {lake.uri(model_dir(model))}"
+                ) from None
         try:
             os.replace(tmp, target)
         except OSError:  # another process published it first

@@ -5,6 +5,8 @@ The landing sensor's tick; the demo plans with it too, so both decide the same w
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,8 +14,6 @@ from dataclasses import dataclass, field
 from fer_platform.core.layout import EMOTIONS, route
 from fer_platform.core.ledger import Version
 from fer_platform.core.storage import FileEntry, Storage
-import json
-import hashlib
 
 
 def versions(landing: Storage, entries: Sequence[FileEntry]) -> list[Version]:
@@ -87,7 +87,9 @@ class Tick:
     batches: list[tuple[str | None, list[FileEntry], int]]  # (emotion or None for triage, files, attempt)
     cursor: Watermark
     new: int = 0  # files not in the load log, beyond the watermark
-    retried: int = 0  # files not in the load log below it: a failed run's, or one that came in with an old mtime
+    retried: int = (
+        0  # files not in the load log below it: a failed run's, or one that came in with an old mtime
+    )
     deferred: int = 0  # still being written
     capped: int = 0  # left for the next tick by max_files_per_tick
     in_flight: int = 0  # carried by a run of the sensor that has not finished
@@ -172,7 +174,9 @@ def plan_tick(
     taken_keys = {e.key for e in taken}
 
     def done(e: FileEntry) -> bool:
-        return e.key in taken_keys or e.key in in_flight or (landing.uri(e.key), e.size, e.modified_us) in logged
+        return (
+            e.key in taken_keys or e.key in in_flight or (landing.uri(e.key), e.size, e.modified_us) in logged
+        )
 
     prefix = []
     for e in sorted((e for e in mine if not cursor.covers(e)), key=lambda e: (e.modified_us, e.key)):

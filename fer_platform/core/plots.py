@@ -14,9 +14,14 @@ import numpy as np
 from fer_platform.core.layout import EMOTIONS
 
 COLOURS = {
-    "angry": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "happy": "#ff7f0e",
-    "neutral": "#7f7f7f", "sad": "#1f77b4", "surprise": "#2ca02c",
-}  # fmt: skip
+    "angry": "#d62728",
+    "disgust": "#8c564b",
+    "fear": "#9467bd",
+    "happy": "#ff7f0e",
+    "neutral": "#7f7f7f",
+    "sad": "#1f77b4",
+    "surprise": "#2ca02c",
+}
 
 
 def _figure(width: float = 6.0, height: float = 3.6):
@@ -87,7 +92,9 @@ def scatter_2d(points: np.ndarray, labels: Sequence[str], title: str) -> bytes:
     return _png(plt, fig)
 
 
-def agreement_bars(emotions: Sequence[str], agreement: Sequence[float], chance: Sequence[float], title: str) -> bytes:
+def agreement_bars(
+    emotions: Sequence[str], agreement: Sequence[float], chance: Sequence[float], title: str
+) -> bytes:
     plt, fig = _figure()
     ax = fig.add_subplot(111)
     x = np.arange(len(emotions))
@@ -125,8 +132,15 @@ def confusion_matrix(counts: np.ndarray, labels: Sequence[str], title: str) -> b
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
             if counts[i, j]:
-                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{int(counts[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     ax.set_title(title)
     return _png(plt, fig)

@@ -34,9 +34,15 @@ class Reconciliation:
         return not self.never_loaded and not self.missing_in_lake and not self.disagreements
 
 
-def reconcile(landing: Storage, lake: Storage, dsn: str, settle_before_us: int,
-              in_flight: set[str] | frozenset[str] = frozenset(), model: str | None = None,
-              busy: set = frozenset()) -> Reconciliation:  # fmt: skip
+def reconcile(
+    landing: Storage,
+    lake: Storage,
+    dsn: str,
+    settle_before_us: int,
+    in_flight: set[str] | frozenset[str] = frozenset(),
+    model: str | None = None,
+    busy: set = frozenset(),
+) -> Reconciliation:
     """Compare a full listing of the landing zone with the load log, the load log with the lake, and
     (with ``model``) every layer with the load log.
 
@@ -79,7 +85,9 @@ def reconcile(landing: Storage, lake: Storage, dsn: str, settle_before_us: int,
                 continue
             full = lake.path(e.key)
             if temp_is_stale(full):
-                out.temp_files_removed += [lake.key_of(p) for p in remove_stale_temps(os.path.dirname(full), {target})]
+                out.temp_files_removed += [
+                    lake.key_of(p) for p in remove_stale_temps(os.path.dirname(full), {target})
+                ]
             else:
                 out.temp_files_in_use.append(e.key)
     return out

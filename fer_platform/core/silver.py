@@ -82,7 +82,9 @@ def silver_problems(table: pa.Table) -> list[str]:
     if table.num_rows == 0:
         return problems
     if table.schema.field("vector").type != pa.list_(pa.float32(), EMBEDDING_DIM):
-        problems.append(f"vector column is {table.schema.field('vector').type}, expected fixed_size_list<float32, 512>")
+        problems.append(
+            f"vector column is {table.schema.field('vector').type}, expected fixed_size_list<float32, 512>"
+        )
         return problems
     v = arrow_to_vectors(table["vector"])
     if not np.isfinite(v).all():

@@ -28,6 +28,7 @@ from fer_platform.core.errors import FerError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
+
 @dataclass(frozen=True)
 class FileEntry:
     key: str
@@ -179,7 +180,9 @@ class Storage:
             self.fs.info(bucket)
             return
         except FileNotFoundError:
-            raise StorageUnavailable(f"{self.url}: there is no container or bucket named '{bucket}'") from None
+            raise StorageUnavailable(
+                f"{self.url}: there is no container or bucket named '{bucket}'"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - SDK errors carry pages of XML; the first line says it
             error = exc
         try:  # credentials scoped to a prefix (a SAS, a bucket policy) may list it without reading the container
@@ -238,7 +241,11 @@ class Storage:
                     missing.append(key)
                     continue
                 kind = special_kind(st.st_mode) if self._inside(key) else "path through a symbolic link"
-                found.append(FileEntry(key, st.st_size, _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000), kind))
+                found.append(
+                    FileEntry(
+                        key, st.st_size, _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000), kind
+                    )
+                )
             return found, missing
         wanted = set(keys)
         parents = {k.rsplit("/", 1)[0] if "/" in k else "" for k in keys}
@@ -255,7 +262,9 @@ class Storage:
     def _inside(self, key: str) -> bool:
         """Whether the folders of ``key`` are real folders under the root (no symbolic link on the way)."""
         parent = os.path.dirname(self.path(key))
-        return os.path.realpath(parent) == os.path.join(os.path.realpath(self.root), os.path.dirname(key.strip("/"))).rstrip("/")
+        return os.path.realpath(parent) == os.path.join(
+            os.path.realpath(self.root), os.path.dirname(key.strip("/"))
+        ).rstrip("/")
 
     # ---- bytes
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
@@ -294,7 +303,9 @@ class Storage:
             if kind != "file":
                 raise NotARegularFile(kind)
             opened = f"/proc/self/fd/{fd}"  # what was opened, whatever a folder on the path became meanwhile
-            if os.path.exists(opened) and not os.path.realpath(opened).startswith(os.path.realpath(self.root) + os.sep):
+            if os.path.exists(opened) and not os.path.realpath(opened).startswith(
+                os.path.realpath(self.root) + os.sep
+            ):
                 raise NotARegularFile("path through a symbolic link")
             if max_bytes is None:
                 return f.read()
@@ -392,10 +403,16 @@ def _modified(info: dict[str, Any]) -> dt.datetime:
         if value is None:
             continue
         if isinstance(value, dt.datetime):  # S3 listings come in the local zone, Azure's in UTC
-            return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+            return (
+                value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+            )
         if isinstance(value, (int, float)):
             return _EPOCH + dt.timedelta(microseconds=int(value * 1e6))
         if isinstance(value, str):
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return parsed.astimezone(dt.timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+            return (
+                parsed.astimezone(dt.timezone.utc)
+                if parsed.tzinfo
+                else parsed.replace(tzinfo=dt.timezone.utc)
+            )
     raise ValueError(f"no modification time in listing entry: {sorted(info)}")

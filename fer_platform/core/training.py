@@ -90,7 +90,9 @@ class Dataset:
         if "load_date" not in bronze.column_names:
             bronze = bronze.append_column("load_date", pa.nulls(bronze.num_rows, pa.date32()))
         bronze = bronze.filter(pc.is_in(bronze["split"], pa.array(["train", "test"])))
-        order = pc.sort_indices(bronze, [("image_id", "ascending"), ("split", "descending")])  # train before test
+        order = pc.sort_indices(
+            bronze, [("image_id", "ascending"), ("split", "descending")]
+        )  # train before test
         bronze = bronze.take(order)
         ids = bronze["image_id"].to_pylist()
         keep = [i for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
@@ -105,9 +107,11 @@ class Dataset:
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
         data = cls(
             snapshot=bronze.select(list(SNAPSHOT_COLUMNS)),
-            train_pngs=[pngs[i] for i in train], train_labels=labels[train],
-            test_pngs=[pngs[i] for i in test], test_labels=labels[test],
-        )  # fmt: skip
+            train_pngs=[pngs[i] for i in train],
+            train_labels=labels[train],
+            test_pngs=[pngs[i] for i in test],
+            test_labels=labels[test],
+        )
         data.validate()
         return data
 
@@ -136,8 +140,10 @@ class EpochReport:
     seconds: float  # since training started
 
     def line(self) -> str:
-        return (f"epoch {self.epoch}/{self.epochs}: loss {self.loss:.4f}, test 10-NN agreement "
-                f"{self.test_agreement:.3f} ({self.seconds:.1f} s)")  # fmt: skip
+        return (
+            f"epoch {self.epoch}/{self.epochs}: loss {self.loss:.4f}, test 10-NN agreement "
+            f"{self.test_agreement:.3f} ({self.seconds:.1f} s)"
+        )
 
 
 @dataclass
@@ -154,7 +160,9 @@ class TrainedModel:
     def embedder(self, spec: EmbedderSpec | None = None) -> Embedder:
         """The trained model behind the same preprocessing and forward pass the embedder serves with."""
         spec = replace_profile(spec or self.base_spec, TRAIN_PROFILE)
-        return Embedder(spec, Weights("tuned", "tuned-unsaved", None, profile=TRAIN_PROFILE), model=self.backbone)
+        return Embedder(
+            spec, Weights("tuned", "tuned-unsaved", None, profile=TRAIN_PROFILE), model=self.backbone
+        )
 
 
 # --------------------------------------------------------------------------- training
@@ -197,9 +205,14 @@ def train(
         n = len(x_train)
         per_epoch = n // config.batch_size + (1 if n % config.batch_size >= 2 else 0)  # BatchNorm needs >= 2
         scheduler = (
-            torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, pct_start=0.2,
-                                                total_steps=max(1, config.epochs * per_epoch))  # fmt: skip
-            if config.epochs else None
+            torch.optim.lr_scheduler.OneCycleLR(
+                optimiser,
+                max_lr=config.learning_rate,
+                pct_start=0.2,
+                total_steps=max(1, config.epochs * per_epoch),
+            )
+            if config.epochs
+            else None
         )
         gen = torch.Generator().manual_seed(config.seed)
         size = spec.input_size
@@ -221,7 +234,9 @@ def train(
                     logits = head(features)
                 loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
-                    raise FerError(f"training diverged at epoch {epoch} (loss {loss.item()}): lower the learning rate")
+                    raise FerError(
+                        f"training diverged at epoch {epoch} (loss {loss.item()}): lower the learning rate"
+                    )
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -230,9 +245,13 @@ def train(
                 seen += len(idx)
             backbone.eval()
             test_vectors = _embed_module(backbone, x_test, device, config.eval_batch_size)
-            report = EpochReport(epoch, config.epochs, total / max(1, seen),
-                                 agreement_at_k(test_vectors, data.test_labels)["all"],
-                                 time.monotonic() - started)  # fmt: skip
+            report = EpochReport(
+                epoch,
+                config.epochs,
+                total / max(1, seen),
+                agreement_at_k(test_vectors, data.test_labels)["all"],
+                time.monotonic() - started,
+            )
             history.append(report)
             if on_epoch:
                 on_epoch(report)
@@ -241,8 +260,9 @@ def train(
         torch.set_num_threads(threads)
     backbone = backbone.eval().cpu()
     state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-    return TrainedModel(state, config, base_spec, base_weights, history, time.monotonic() - started, str(device),
-                        backbone)  # fmt: skip
+    return TrainedModel(
+        state, config, base_spec, base_weights, history, time.monotonic() - started, str(device), backbone
+    )
 
 
 def _augment(x, size: int, gen):
@@ -312,8 +332,11 @@ def measure(embedder: Embedder, data: Dataset) -> dict:
     train_vectors = embedder.embed(data.train_pngs)
     agreement = agreement_at_k(test_vectors, data.test_labels)
     finite = bool(np.isfinite(test_vectors).all() and np.isfinite(train_vectors).all())
-    classifier = (centroid_classifier(train_vectors, data.train_labels, test_vectors, data.test_labels) if finite
-                  else {"accuracy": 0.0, "confusion": None})  # fmt: skip
+    classifier = (
+        centroid_classifier(train_vectors, data.train_labels, test_vectors, data.test_labels)
+        if finite
+        else {"accuracy": 0.0, "confusion": None}
+    )
     return {
         "model": embedder.model_id,
         "agreement_at_10": agreement["all"],
@@ -352,10 +375,14 @@ def approval_problems(metrics: dict, margin: float = APPROVAL_MARGIN) -> list[st
     problems = []
     if not tuned.get("finite", True):
         problems.append("the model makes non-finite vectors")
-    for name, label in (("agreement_at_10", "10-NN agreement"), ("centroid_accuracy", "nearest-centroid accuracy")):
+    for name, label in (
+        ("agreement_at_10", "10-NN agreement"),
+        ("centroid_accuracy", "nearest-centroid accuracy"),
+    ):
         if tuned[name] < untuned[name] + margin:
-            problems.append(f"test {label} {tuned[name]:.3f} does not beat the untuned {untuned[name]:.3f} "
-                            f"by {margin}")  # fmt: skip
+            problems.append(
+                f"test {label} {tuned[name]:.3f} does not beat the untuned {untuned[name]:.3f} by {margin}"
+            )
     return problems
 
 
@@ -412,8 +439,10 @@ def verify_model(files: dict[str, bytes], bronze: pa.Table, device: str = "auto"
     base = EmbedderSpec(weights=config["base"]["weights"], seed=config["base"]["seed"], device=device)
     resolved = resolve_weights(base).tag
     if resolved != config["base"]["resolved"]:
-        problems.append(f"the base weights resolve to {resolved} here, the model was trained from "
-                        f"{config['base']['resolved']}: the comparison would not be fair")  # fmt: skip
+        problems.append(
+            f"the base weights resolve to {resolved} here, the model was trained from "
+            f"{config['base']['resolved']}: the comparison would not be fair"
+        )
     spec = replace_profile(base, config.get("profile", TRAIN_PROFILE))
     weights = Weights("tuned", f"tuned-{config['weights_digest']}", None, profile=spec.profile)
     tuned = Embedder(spec, weights, model=build_backbone(weights, state=unpacked["state_dict"]))

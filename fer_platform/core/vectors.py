@@ -56,12 +56,17 @@ class NonFiniteVectors(ValueError):
     pass
 
 
-def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Callable[[int, int], None] | None = None) -> dict:
+def write_partition(
+    conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Callable[[int, int], None] | None = None
+) -> dict:
     """Make the (partition, model) rows equal to ``plan`` in one transaction; returns counts."""
     register_vector(conn)
     started = time.monotonic()
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (partition_lock_key(plan.emotion, plan.load_date, plan.model),))
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s)",
+            (partition_lock_key(plan.emotion, plan.load_date, plan.model),),
+        )
         existing = {
             r[0]
             for r in conn.execute(
@@ -75,9 +80,17 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
             f"""UPDATE {VECTORS_TABLE} v SET emotion = %s, load_date = %s, filepath = p.filepath, split = p.split
                 FROM unnest(%s::text[], %s::text[], %s::text[]) AS p(image_id, filepath, split)
                 WHERE v.model = %s AND v.image_id = p.image_id AND (v.emotion <> %s OR v.load_date <> %s)""",
-            (plan.emotion, plan.load_date, plan.image_ids, plan.filepaths, plan.splits, plan.model, plan.emotion,
-             plan.load_date),
-        ).rowcount  # fmt: skip
+            (
+                plan.emotion,
+                plan.load_date,
+                plan.image_ids,
+                plan.filepaths,
+                plan.splits,
+                plan.model,
+                plan.emotion,
+                plan.load_date,
+            ),
+        ).rowcount
         removed = conn.execute(
             f"""DELETE FROM {VECTORS_TABLE}
                 WHERE emotion = %s AND load_date = %s AND model = %s AND NOT (image_id = ANY(%s))""",
@@ -92,19 +105,34 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
             todo.append(i)
         target = VECTORS_TABLE
         if plan.force and existing:
-            conn.execute(f"CREATE TEMP TABLE fer_staging (LIKE {VECTORS_TABLE} INCLUDING DEFAULTS) ON COMMIT DROP")
+            conn.execute(
+                f"CREATE TEMP TABLE fer_staging (LIKE {VECTORS_TABLE} INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
             target = "fer_staging"
         written = 0
-        with conn.cursor().copy(f"COPY {target} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+        with conn.cursor().copy(
+            f"COPY {target} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
             copy.set_types(list(_COPY_TYPES))
             batches = plan.embed([plan.pngs[i] for i in todo]) if todo else iter(())
             for vectors in batches:
                 if not np.isfinite(vectors).all():
-                    raise NonFiniteVectors(f"the model produced non-finite values for partition {plan.emotion}|{plan.load_date}")
+                    raise NonFiniteVectors(
+                        f"the model produced non-finite values for partition {plan.emotion}|{plan.load_date}"
+                    )
                 for vec in vectors:
                     i = todo[written]
-                    copy.write_row((plan.filepaths[i], plan.emotion, vec, plan.image_ids[i], plan.splits[i],
-                                    plan.load_date, plan.model))  # fmt: skip
+                    copy.write_row(
+                        (
+                            plan.filepaths[i],
+                            plan.emotion,
+                            vec,
+                            plan.image_ids[i],
+                            plan.splits[i],
+                            plan.load_date,
+                            plan.model,
+                        )
+                    )
                     written += 1
                 if on_batch:
                     on_batch(written, len(todo))
@@ -113,8 +141,8 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
             raise RuntimeError(f"embedder returned {written} vectors for {len(todo)} images")
         if target != VECTORS_TABLE:
             conn.execute(
-                f"""INSERT INTO {VECTORS_TABLE} ({', '.join(_COPY_COLUMNS)})
-                    SELECT {', '.join(_COPY_COLUMNS)} FROM fer_staging
+                f"""INSERT INTO {VECTORS_TABLE} ({", ".join(_COPY_COLUMNS)})
+                    SELECT {", ".join(_COPY_COLUMNS)} FROM fer_staging
                     ON CONFLICT (image_id, model) DO UPDATE SET
                       filepath = EXCLUDED.filepath, emotion = EXCLUDED.emotion, vector = EXCLUDED.vector,
                       split = EXCLUDED.split, load_date = EXCLUDED.load_date, created_at = now()"""
@@ -135,11 +163,15 @@ def write_partition(conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Cal
 def read_partition(conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str) -> pa.Table:
     """The partition's rows for ``model`` as Arrow; ``vector`` is fixed_size_list<float32, 512>."""
     register_vector(conn)
-    rows = conn.cursor(binary=True).execute(  # binary: vectors arrive as float32 buffers, not text
-        f"""SELECT id, image_id, filepath, split, model, created_at, vector FROM {VECTORS_TABLE}
+    rows = (
+        conn.cursor(binary=True)
+        .execute(  # binary: vectors arrive as float32 buffers, not text
+            f"""SELECT id, image_id, filepath, split, model, created_at, vector FROM {VECTORS_TABLE}
             WHERE emotion = %s AND load_date = %s AND model = %s ORDER BY id""",
-        (emotion, load_date, model),
-    ).fetchall()
+            (emotion, load_date, model),
+        )
+        .fetchall()
+    )
     vectors = np.stack([as_numpy(r[6]) for r in rows]) if rows else np.empty((0, EMBEDDING_DIM), np.float32)
     return pa.table(
         {
@@ -164,7 +196,9 @@ def as_numpy(value) -> np.ndarray:
 
 def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1] if vectors.ndim == 2 else EMBEDDING_DIM)
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(vectors.reshape(-1)), vectors.shape[1] if vectors.ndim == 2 else EMBEDDING_DIM
+    )
 
 
 def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -172,10 +206,14 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if len(arr) == 0:
         return np.empty((0, EMBEDDING_DIM), np.float32)
     width = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), width).astype(np.float32, copy=False)
+    return (
+        arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), width).astype(np.float32, copy=False)
+    )
 
 
-def partition_check(conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str, image_ids: Sequence[str]) -> dict:
+def partition_check(
+    conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str, image_ids: Sequence[str]
+) -> dict:
     """Facts for the embeddings check: missing/extra/duplicated ids, wrong dims, non-finite values."""
     rows = conn.execute(
         f"""SELECT image_id, count(*), min(vector_dims(vector)), max(vector_dims(vector))

@@ -10,7 +10,6 @@ layer without custom code; on load they are added back as columns.
 The base may be a folder, ``s3://...`` or ``abfs://...``: only configuration changes.
 """
 
-
 import datetime as dt
 from typing import Any, Optional
 
@@ -42,7 +41,9 @@ def _as_table(obj: Any) -> pa.Table:
 
     if isinstance(obj, pd.DataFrame):
         return pa.Table.from_pandas(obj, preserve_index=False)
-    raise TypeError(f"the lake IO manager stores pyarrow Tables or pandas DataFrames, not {type(obj).__name__}")
+    raise TypeError(
+        f"the lake IO manager stores pyarrow Tables or pandas DataFrames, not {type(obj).__name__}"
+    )
 
 
 def _temp_beside(path: UPath) -> UPath:
@@ -104,7 +105,9 @@ class HiveParquetIOManager(dg.UPathIOManager):
         table = _as_table(obj)
         table = table.drop_columns([c for c in self._hive_values(path) if c in table.column_names])
         self.write_table(table, path)
-        context.add_output_metadata({"dagster/row_count": table.num_rows, "lake_uri": dg.MetadataValue.path(str(path))})
+        context.add_output_metadata(
+            {"dagster/row_count": table.num_rows, "lake_uri": dg.MetadataValue.path(str(path))}
+        )
 
     def write_table(self, table: pa.Table, path: UPath) -> None:
         # Write beside the target and rename, so a reader never sees half a file (local);
@@ -114,7 +117,9 @@ class HiveParquetIOManager(dg.UPathIOManager):
             tmp = _temp_beside(path)
             with tmp.open("wb") as f:
                 pq.write_table(table, f, compression="zstd", **self.write_options)
-                faults.point(f"lake.write:{self._layer(path)}")  # before the rename: a killed write leaves tmp
+                faults.point(
+                    f"lake.write:{self._layer(path)}"
+                )  # before the rename: a killed write leaves tmp
             _publish(tmp, path)
         else:
             with path.open("wb") as f:

@@ -7,8 +7,8 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from fer_platform.core import models
-from fer_platform.core.errors import FerError
 from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, model_id, resolve_weights
+from fer_platform.core.errors import FerError
 from fer_platform.resources.lake import LakeResource
 
 
@@ -53,9 +53,14 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def base_spec(self) -> EmbedderSpec:
         return EmbedderSpec(
-            weights=self.weights, profile=self.profile, device=self.device, batch_size=self.batch_size,
-            num_threads=self.num_threads, seed=self.seed, fast_size=self.fast_size,
-        )  # fmt: skip
+            weights=self.weights,
+            profile=self.profile,
+            device=self.device,
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            seed=self.seed,
+            fast_size=self.fast_size,
+        )
 
     def spec(self) -> EmbedderSpec:
         """The settings with the weights resolved to something the core embedder loads (for ``tuned``:
@@ -68,7 +73,9 @@ class EmbedderResource(dg.ConfigurableResource):
         folder = models.local_model_folder(self.lake.storage(), model, cache)
         spec = models.serving_spec(spec, folder)
         if model_id(spec) != model:
-            raise WeightsUnavailable(f"the model folder {folder} makes {model_id(spec)}, not the approved {model}")
+            raise WeightsUnavailable(
+                f"the model folder {folder} makes {model_id(spec)}, not the approved {model}"
+            )
         return spec
 
     def model_id(self) -> str:

@@ -7,7 +7,6 @@ resources receive them as ``dg.EnvVar``, resolved at run time and shown in the
 UI by name only. Every variable is listed, per environment, in the README.
 """
 
-
 import os
 from typing import Optional
 
@@ -21,8 +20,13 @@ from fer_platform.io_managers.pgvector import PgVectorIOManager
 from fer_platform.resources.auto_loader import AutoLoaderResource
 from fer_platform.resources.embedder import EmbedderResource
 from fer_platform.resources.lake import (
-    DEFAULT_MAX_FILE_BYTES, AzureBlobStore, LakeResource, LandingResource, ObjectStore, S3Store,
-)  # fmt: skip
+    DEFAULT_MAX_FILE_BYTES,
+    AzureBlobStore,
+    LakeResource,
+    LandingResource,
+    ObjectStore,
+    S3Store,
+)
 from fer_platform.resources.postgres import PostgresResource
 
 ENVIRONMENTS = ("local", "azure", "aws")
@@ -121,11 +125,15 @@ def vector_resources(
     """The embedder (from the environment unless given; its emotion models in ``lake``) and the pgvector
     IO manager on ``postgres``."""
     embedder = embedder or embedder_from_env(lake)
-    return {"embedder": embedder, "pgvector_io_manager": PgVectorIOManager(postgres=postgres, embedder=embedder)}
+    return {
+        "embedder": embedder,
+        "pgvector_io_manager": PgVectorIOManager(postgres=postgres, embedder=embedder),
+    }
 
 
-def environment_resources(lake_url: str, landing_url: str, postgres: PostgresResource,
-                          store: Optional[ObjectStore] = None) -> dict:  # fmt: skip
+def environment_resources(
+    lake_url: str, landing_url: str, postgres: PostgresResource, store: Optional[ObjectStore] = None
+) -> dict:
     """What every environment provides, by the same keys: the lake, the landing zone and the lake IO
     manager (on ``store`` when they are in an object store), PostgreSQL, the embedder and the pgvector
     IO manager. Only the values differ between environments."""
@@ -155,8 +163,10 @@ def local_resources(home: Home | None = None) -> dict:
     landing_url = os.environ.get("FER_LANDING") or str(home.landing)
     # By EnvVar, not by value: a DSN may hold a password, and resource config shows in the UI.
     external = bool(os.environ.get("FER_PG_DSN"))
-    postgres = PostgresResource(dsn=dg.EnvVar("FER_PG_DSN") if external else None,
-                                embedded_dir=None if external else str(home.postgres))  # fmt: skip
+    postgres = PostgresResource(
+        dsn=dg.EnvVar("FER_PG_DSN") if external else None,
+        embedded_dir=None if external else str(home.postgres),
+    )
     return environment_resources(lake_url, landing_url, postgres)
 
 
@@ -173,15 +183,17 @@ def azure_resources() -> dict:
         value = cloud.require(env, name, f"{meaning}, {example}")
         url = cloud.check_url(env, name, value, cloud.AZURE_SCHEMES, example)
         if not cloud.azure_account(url) and not cloud.is_set("AZURE_STORAGE_ACCOUNT_NAME"):
-            raise ConfigError(f"FER_ENV=azure: {name} names no storage account ({example}); "
-                              "name it there or set AZURE_STORAGE_ACCOUNT_NAME")  # fmt: skip
+            raise ConfigError(
+                f"FER_ENV=azure: {name} names no storage account ({example}); "
+                "name it there or set AZURE_STORAGE_ACCOUNT_NAME"
+            )
     credential = cloud.azure_credential_var(env)
     store = AzureBlobStore(
         account_name=_env("AZURE_STORAGE_ACCOUNT_NAME"),
         connection_string=dg.EnvVar(credential) if credential == "AZURE_STORAGE_CONNECTION_STRING" else None,
         account_key=dg.EnvVar(credential) if credential == "AZURE_STORAGE_ACCOUNT_KEY" else None,
         sas_token=dg.EnvVar(credential) if credential == "AZURE_STORAGE_SAS_TOKEN" else None,
-    )  # fmt: skip
+    )
     postgres = cloud_postgres(env, entra_auth=cloud.flag("FER_PG_ENTRA_AUTH"))
     return environment_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), postgres, store)
 
@@ -190,9 +202,13 @@ def aws_resources() -> dict:
     """Lake and landing zone on S3 (s3fs, the standard AWS credential chain), RDS/Aurora PostgreSQL."""
     env, example = "aws", "s3://<bucket>/<prefix>"
     for name, meaning in (("FER_LAKE_URL", "the lake root"), ("FER_LANDING", "the landing zone")):
-        cloud.check_url(env, name, cloud.require(env, name, f"{meaning}, {example}"), cloud.S3_SCHEMES, example)
+        cloud.check_url(
+            env, name, cloud.require(env, name, f"{meaning}, {example}"), cloud.S3_SCHEMES, example
+        )
     store = S3Store(endpoint_url=_env("FER_S3_ENDPOINT_URL"), region_name=_env("AWS_REGION"))
-    return environment_resources(dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), cloud_postgres(env), store)
+    return environment_resources(
+        dg.EnvVar("FER_LAKE_URL"), dg.EnvVar("FER_LANDING"), cloud_postgres(env), store
+    )
 
 
 RESOURCES_BY_ENV = {"local": local_resources, "azure": azure_resources, "aws": aws_resources}

@@ -1,7 +1,6 @@
 """Storage resources: the lake and the landing zone (a folder, s3:// or abfs://), and the object
 store credentials they share."""
 
-
 import os
 from typing import ClassVar, Optional
 
@@ -57,11 +56,17 @@ class _StorageResource(dg.ConfigurableResource):
     CONFINED: ClassVar[bool] = False  # reads only regular files inside the root, never through a link
 
     def storage(self) -> Storage:
-        if isinstance(self.url, dg.EnvVar):  # not initialised by Dagster: the value would be the variable's name
-            raise ConfigError(f"{type(self).__name__}.url is {self.url.env_var_name} unresolved: "
-                              "use it inside a run or through dg.build_resources")  # fmt: skip
+        if isinstance(
+            self.url, dg.EnvVar
+        ):  # not initialised by Dagster: the value would be the variable's name
+            raise ConfigError(
+                f"{type(self).__name__}.url is {self.url.env_var_name} unresolved: "
+                "use it inside a run or through dg.build_resources"
+            )
         if self._storage is None:
-            self._storage = Storage(self.url, merged_options(self.store, self.storage_options), confined=self.CONFINED)
+            self._storage = Storage(
+                self.url, merged_options(self.store, self.storage_options), confined=self.CONFINED
+            )
         return self._storage
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -86,5 +91,7 @@ class LandingResource(_StorageResource):
         super().setup_for_execution(context)
         storage = self.storage()
         if storage.local and not os.path.isdir(storage.root):  # a typo would otherwise list as "no new files"
-            raise StorageUnavailable(f"the landing zone {storage.url} is not a folder: create it, or point "
-                                     "FER_LANDING (or --landing) at the right one")  # fmt: skip
+            raise StorageUnavailable(
+                f"the landing zone {storage.url} is not a folder: create it, or point "
+                "FER_LANDING (or --landing) at the right one"
+            )

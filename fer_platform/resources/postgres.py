@@ -1,6 +1,5 @@
 """PostgreSQL + pgvector: an external server by DSN, or the embedded local one."""
 
-
 from typing import Optional
 
 import dagster as dg
@@ -34,8 +33,10 @@ class PostgresResource(dg.ConfigurableResource):
     def get_dsn(self) -> str:
         if self._resolved is None:
             if isinstance(self.dsn, dg.EnvVar):  # not initialised by Dagster
-                raise DatabaseUnavailable(f"PostgresResource.dsn is {self.dsn.env_var_name} unresolved: "
-                                          "use it inside a run or through dg.build_resources")  # fmt: skip
+                raise DatabaseUnavailable(
+                    f"PostgresResource.dsn is {self.dsn.env_var_name} unresolved: "
+                    "use it inside a run or through dg.build_resources"
+                )
             if self.dsn:
                 resolved = self.dsn
                 if self.entra_auth:  # every connect to this server and user, wherever the DSN goes

@@ -7,10 +7,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from fer_platform.automation.jobs import INGEST_ASSETS
 from fer_platform.assets.embeddings import image_embeddings_complete
 from fer_platform.assets.silver import silver_matches_postgres
-from fer_platform.automation.jobs import RUN_CHECKS
+from fer_platform.automation.jobs import INGEST_ASSETS, RUN_CHECKS
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import arrow_to_vectors
 from fer_platform.partitions import partition_key, utc_today
@@ -22,9 +21,11 @@ MODEL = "resnet18-random-s0-fidelity"
 def _run(resources, emotion, force=False):
     run_config = {"ops": {"image_embeddings": {"config": {"force": True}}}} if force else None
     result = dg.materialize(
-        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key(emotion, utc_today()),
-        resources=resources, run_config=run_config,
-    )  # fmt: skip
+        [*INGEST_ASSETS, *RUN_CHECKS],
+        partition_key=partition_key(emotion, utc_today()),
+        resources=resources,
+        run_config=run_config,
+    )
     assert result.success
     assert all(c.passed for c in result.get_asset_check_evaluations()), result.get_asset_check_evaluations()
     return result
@@ -91,8 +92,10 @@ def test_silver_is_readable_by_standard_readers(resources, two_partitions, lake)
         f"FROM read_parquet('{silver}/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY ALL"
     ).fetchall()
     assert [(g[0], g[1], g[2], g[3], g[4]) for g in got] == [
-        ("happy", today, "test", 1, 512), ("happy", today, "train", 4, 512), ("sad", today, "train", 3, 512)
-    ]  # fmt: skip
+        ("happy", today, "test", 1, 512),
+        ("happy", today, "train", 4, 512),
+        ("sad", today, "train", 3, 512),
+    ]
     assert max(g[5] for g in got) < 1e-5
 
     frame = pd.read_parquet(silver)
@@ -109,11 +112,14 @@ def test_checks_fail_when_postgres_and_silver_disagree(resources, two_partitions
     with connect(pg_dsn) as conn:
         conn.execute("DELETE FROM imagenes_fer WHERE id = (SELECT min(id) FROM imagenes_fer)")
     result = dg.materialize(
-        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("happy", utc_today()), resources=resources,
+        [*INGEST_ASSETS, *RUN_CHECKS],
+        partition_key=partition_key("happy", utc_today()),
+        resources=resources,
         # a check-only selection has no partitioned asset to take the partition from: add bronze
-        selection=dg.AssetSelection.checks(image_embeddings_complete) | dg.AssetSelection.assets("bronze_images"),
+        selection=dg.AssetSelection.checks(image_embeddings_complete)
+        | dg.AssetSelection.assets("bronze_images"),
         raise_on_error=False,
-    )  # fmt: skip
+    )
     evals = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert evals["bronze_images_valid"].passed
     assert not evals["image_embeddings_complete"].passed
@@ -128,10 +134,13 @@ def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn
             "SELECT filepath, emotion, vector, 'extra', split, load_date, model FROM imagenes_fer LIMIT 1"
         )
     result = dg.materialize(
-        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("sad", utc_today()), resources=resources,
-        selection=dg.AssetSelection.checks(silver_matches_postgres) | dg.AssetSelection.assets("bronze_images"),
+        [*INGEST_ASSETS, *RUN_CHECKS],
+        partition_key=partition_key("sad", utc_today()),
+        resources=resources,
+        selection=dg.AssetSelection.checks(silver_matches_postgres)
+        | dg.AssetSelection.assets("bronze_images"),
         raise_on_error=False,
-    )  # fmt: skip
+    )
     ev = {c.check_name: c for c in result.get_asset_check_evaluations()}["silver_matches_postgres"]
     assert not ev.passed and "silver has 3 rows, PostgreSQL 4" in ev.description
 
@@ -145,16 +154,21 @@ def test_a_partition_of_only_broken_files_gives_empty_layers(resources, landing,
     assert _pg(pg_dsn) == []
 
 
-def test_silver_materialised_alone_over_lost_vectors_fails_against_the_load_log(resources, two_partitions, pg_dsn):
+def test_silver_materialised_alone_over_lost_vectors_fails_against_the_load_log(
+    resources, two_partitions, pg_dsn
+):
     """A UI materialisation of silver alone after the vectors were lost: silver and PostgreSQL agree (both empty),
     but the check compares with the load log too, so the lost images are not silently published."""
     _run(resources, "sad")
     with connect(pg_dsn) as conn:
         conn.execute("DELETE FROM imagenes_fer")
     result = dg.materialize(
-        [*INGEST_ASSETS, *RUN_CHECKS], partition_key=partition_key("sad", utc_today()), resources=resources,
-        selection=dg.AssetSelection.assets("silver_embeddings") | dg.AssetSelection.checks(silver_matches_postgres),
+        [*INGEST_ASSETS, *RUN_CHECKS],
+        partition_key=partition_key("sad", utc_today()),
+        resources=resources,
+        selection=dg.AssetSelection.assets("silver_embeddings")
+        | dg.AssetSelection.checks(silver_matches_postgres),
         raise_on_error=False,
-    )  # fmt: skip
+    )
     ev = {c.check_name: c for c in result.get_asset_check_evaluations()}["silver_matches_postgres"]
     assert not ev.passed and "does not hold the load log's 3 loaded images" in ev.description

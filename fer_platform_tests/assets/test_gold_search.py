@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 from fer_platform import cli
-from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS
 from fer_platform.assets.search import search_index_recall
-from fer_platform.automation.jobs import RUN_CHECKS
+from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS, RUN_CHECKS
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.schema import ensure_schema
@@ -40,9 +39,11 @@ def make_resources(dsn, lake, landing):
 
 def publish(resources, raise_on_error=True):
     return dg.materialize(
-        EVERYTHING, resources=resources, selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
+        EVERYTHING,
+        resources=resources,
+        selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
         raise_on_error=raise_on_error,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,12 @@ def loaded(pg_server, tmp_path_factory):
     ensure_schema(dsn)
     res = make_resources(dsn, lake, landing)
     for e in EMOTIONS:
-        assert dg.materialize(EVERYTHING, partition_key=partition_key(e, utc_today()), resources=res,
-                              selection=dg.AssetSelection.assets(*INGEST_ASSETS)).success  # fmt: skip
+        assert dg.materialize(
+            EVERYTHING,
+            partition_key=partition_key(e, utc_today()),
+            resources=res,
+            selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+        ).success
     result = publish(res)
     yield {"dsn": dsn, "lake": lake, "landing": landing, "root": root, "resources": res, "result": result}
     with connect(pg_server, autocommit=True) as conn:
@@ -74,7 +79,9 @@ def _gold(lake, name):
 def test_gold_values_on_a_hand_checkable_set(loaded):
     lake = loaded["lake"]
     summary = {(r["emotion"], r["split"]): r for r in _gold(lake, "emotion_summary")}
-    assert len(summary) == 14 and all(r["images"] == (2 if s == "train" else 1) for (_, s), r in summary.items())
+    assert len(summary) == 14 and all(
+        r["images"] == (2 if s == "train" else 1) for (_, s), r in summary.items()
+    )
     assert summary[("happy", "train")]["share_of_total"] == pytest.approx(2 / 21)
     assert {r["nearest_emotion"] for r in summary.values()} <= set(EMOTIONS)
 
@@ -82,8 +89,9 @@ def test_gold_values_on_a_hand_checkable_set(loaded):
     assert day["load_date"] == utc_today()
     assert (day["files_seen"], day["loaded"], day["duplicates"], day["quarantined"]) == (24, 21, 1, 2)
     assert {q["reason"]: q["files"] for q in day["quarantined_by_reason"]} == {
-        "not single-channel grayscale": 1, "wrong size": 1,
-    }  # fmt: skip
+        "not single-channel grayscale": 1,
+        "wrong size": 1,
+    }
 
     matrix = _gold(lake, "centroid_similarity")
     assert [r["emotion"] for r in matrix] == list(EMOTIONS)
@@ -131,8 +139,11 @@ def test_search_finds_the_querys_duplicate_first_in_both_backends(loaded):
         assert first["distance"] == pytest.approx(0.0, abs=1e-4), b
         assert result["query"]["emotion"] == "sad" and len(result["hits"]) == 5
     assert [h["image_id"] for h in out["index"]["hits"]] == [h["image_id"] for h in out["pgvector"]["hits"]]
-    np.testing.assert_allclose([h["distance"] for h in out["index"]["hits"]],
-                               [h["distance"] for h in out["pgvector"]["hits"]], atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        [h["distance"] for h in out["index"]["hits"]],
+        [h["distance"] for h in out["pgvector"]["hits"]],
+        atol=1e-4,
+    )
 
 
 def test_both_backends_agree_on_every_image_with_and_without_a_filter(loaded):
@@ -145,11 +156,14 @@ def test_both_backends_agree_on_every_image_with_and_without_a_filter(loaded):
             # three fear images are loaded; the query itself is never its own neighbour
             expected = 2 if emotion == emotions[image_id] else 3
             a = find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion)
-            b = find_similar(lake, spec, image_id=image_id, k=3, emotion=emotion, backend="pgvector",
-                                    dsn=loaded["dsn"])  # fmt: skip
+            b = find_similar(
+                lake, spec, image_id=image_id, k=3, emotion=emotion, backend="pgvector", dsn=loaded["dsn"]
+            )
             assert [h["image_id"] for h in a["hits"]] == [h["image_id"] for h in b["hits"]]
             assert image_id not in {h["image_id"] for h in a["hits"]}  # the query itself is excluded
-            assert len(a["hits"]) == expected and (emotion is None or {h["emotion"] for h in a["hits"]} == {emotion})
+            assert len(a["hits"]) == expected and (
+                emotion is None or {h["emotion"] for h in a["hits"]} == {emotion}
+            )
 
 
 def test_cli_search_json_and_contact_sheet(loaded, monkeypatch, capsys, tmp_path):
@@ -158,8 +172,22 @@ def test_cli_search_json_and_contact_sheet(loaded, monkeypatch, capsys, tmp_path
     monkeypatch.setenv("FER_LANDING", str(loaded["landing"]))
     query = loaded["landing"] / "test/happy/happy2.png"
     sheet_path = tmp_path / "sheet.png"
-    code = cli.main(["--home", str(tmp_path / "home"), "search", "--image", str(query), "-k", "4", "--json",
-                     "--sheet", str(sheet_path), "--backend", "pgvector"])  # fmt: skip
+    code = cli.main(
+        [
+            "--home",
+            str(tmp_path / "home"),
+            "search",
+            "--image",
+            str(query),
+            "-k",
+            "4",
+            "--json",
+            "--sheet",
+            str(sheet_path),
+            "--backend",
+            "pgvector",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["hits"][0]["filepath"] == "raw/images/fer2013/test/happy/happy2.png"
@@ -169,7 +197,9 @@ def test_cli_search_json_and_contact_sheet(loaded, monkeypatch, capsys, tmp_path
     cols, rows = sheet.layout(5)
     assert im.format == "PNG" and im.size == (cols * sheet.cell_size()[0], rows * sheet.cell_size()[1])
 
-    code = cli.main(["--home", str(tmp_path / "home"), "search", "--image", str(loaded["landing"] / "nope.png")])
+    code = cli.main(
+        ["--home", str(tmp_path / "home"), "search", "--image", str(loaded["landing"] / "nope.png")]
+    )
     assert code == 2 and "cannot read" in capsys.readouterr().err
     code = cli.main(["--home", str(tmp_path / "home"), "search", "--id", "f" * 64])
     err = capsys.readouterr().err
@@ -188,8 +218,12 @@ def test_recall_check_fails_on_a_deliberately_broken_index(loaded, tmp_path, pg_
     meta["digests"]["ids.parquet"] = hashlib.sha256((folder / "ids.parquet").read_bytes()).hexdigest()
     (folder / "meta.json").write_text(json.dumps(meta))
     res = make_resources(loaded["dsn"], lake, loaded["landing"])
-    result = dg.materialize(EVERYTHING, resources=res, selection=dg.AssetSelection.checks(search_index_recall),
-                            raise_on_error=False)  # fmt: skip
+    result = dg.materialize(
+        EVERYTHING,
+        resources=res,
+        selection=dg.AssetSelection.checks(search_index_recall),
+        raise_on_error=False,
+    )
     (ev,) = result.get_asset_check_evaluations()
     assert not ev.passed and "recall@10 is" in ev.description
     assert ev.metadata["recall_at_10"].value < 0.75  # about 10 of 20 by chance on 21 images, 1.0 when intact

@@ -9,23 +9,19 @@ import pytest
 from dagster._utils.test.data_versions import get_stale_status_resolver  # what the UI's "unsynced" uses
 
 from fer_platform.assets.bronze import bronze_images
-from fer_platform.assets.embeddings import image_embeddings
-from fer_platform.assets.model import embedding_model, emotion_model
+from fer_platform.assets.embeddings import image_embeddings, image_embeddings_complete
+from fer_platform.assets.model import embedding_model, emotion_model, emotion_model_beats_untuned
 from fer_platform.assets.raw import raw_images
-from fer_platform.assets.search import search_index
-from fer_platform.assets.silver import silver_embeddings
-from fer_platform.assets.embeddings import image_embeddings_complete
-from fer_platform.assets.model import emotion_model_beats_untuned
-from fer_platform.assets.search import search_index_recall
-from fer_platform.assets.silver import silver_matches_postgres
+from fer_platform.assets.search import search_index, search_index_recall
+from fer_platform.assets.silver import silver_embeddings, silver_matches_postgres
 from fer_platform.core import models
-from fer_platform.core.search.index import load_index
-from fer_platform.core.search.query import find_similar
 from fer_platform.core.embedding import WeightsUnavailable
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.core.sample_data import write_sample_landing
+from fer_platform.core.search.index import load_index
+from fer_platform.core.search.query import find_similar
 from fer_platform.core.silver import read_silver
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
@@ -34,8 +30,21 @@ from fer_platform_tests.helpers import folder_resources
 # one torch thread (conftest): two spin against other processes on a shared 2-core machine
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings, search_index, emotion_model, embedding_model]
-CHECKS = [image_embeddings_complete, silver_matches_postgres, search_index_recall, emotion_model_beats_untuned]
+ASSETS = [
+    raw_images,
+    bronze_images,
+    image_embeddings,
+    silver_embeddings,
+    search_index,
+    emotion_model,
+    embedding_model,
+]
+CHECKS = [
+    image_embeddings_complete,
+    silver_matches_postgres,
+    search_index_recall,
+    emotion_model_beats_untuned,
+]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 TINY = {"epochs": 8, "batch_size": 16, "learning_rate": 2e-3}  # enough to beat the untuned model on 112 faces
 RANDOM = "resnet18-random-s0-fidelity"
@@ -47,10 +56,14 @@ def _resources(dsn, lake, landing, weights="random"):
 
 def _run(res, instance, select, partition=None, config=None, ok=True):
     result = dg.materialize(
-        [*ASSETS, *CHECKS], selection=select, resources=res, instance=instance, raise_on_error=False,
+        [*ASSETS, *CHECKS],
+        selection=select,
+        resources=res,
+        instance=instance,
+        raise_on_error=False,
         partition_key=partition_key(partition, utc_today()) if partition else None,
         run_config={**QUIET, **({"ops": config} if config else {})},
-    )  # fmt: skip
+    )
     if ok:
         assert result.success, [e.message for e in result.all_events if e.is_failure]
     return result
@@ -74,8 +87,12 @@ def loaded(pg_server, tmp_path_factory):
 
 def _status(instance, keys):
     resolver = get_stale_status_resolver(instance, ASSETS)
-    return {(k.key.to_user_string(), p): resolver.get_status(k.key, partition_key(p, utc_today()) if p else None).value
-            for k, p in keys}  # fmt: skip
+    return {
+        (k.key.to_user_string(), p): resolver.get_status(
+            k.key, partition_key(p, utc_today()) if p else None
+        ).value
+        for k, p in keys
+    }
 
 
 def _vectors(dsn):
@@ -100,7 +117,9 @@ def test_train_approve_serve_and_reembed(loaded):
     _run(res, instance, [search_index])
 
     # train: the blocking check passes, approves the model in the lake; the served model is unchanged
-    trained = _run(res, instance, [emotion_model, embedding_model], config={"emotion_model": {"config": TINY}})
+    trained = _run(
+        res, instance, [emotion_model, embedding_model], config={"emotion_model": {"config": TINY}}
+    )
     (check,) = trained.get_asset_check_evaluations()
     assert check.passed, check.description
     meta = trained.asset_materializations_for_node("emotion_model")[0].metadata
@@ -111,12 +130,22 @@ def test_train_approve_serve_and_reembed(loaded):
     assert meta["test_images"].value == 56 and meta["train_images"].value == 112
     assert "data:image/png;base64," in meta["confusion_matrix"].value
     folder = root / "lake" / "models" / model
-    assert sorted(p.name for p in folder.iterdir()) == ["APPROVAL.json", "config.json", "metrics.json",
-                                                         "snapshot.parquet", "weights.pt"]  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "APPROVAL.json",
+        "config.json",
+        "metrics.json",
+        "snapshot.parquet",
+        "weights.pt",
+    ]
     assert (root / "lake/models/LATEST").read_text() == model
     assert models.approved_model(lake)["model"] == model
     assert trained.asset_materializations_for_node("embedding_model") == [], "still serving the untuned model"
-    keys = [(image_embeddings, "happy"), (silver_embeddings, "sad"), (search_index, None), (bronze_images, "happy")]
+    keys = [
+        (image_embeddings, "happy"),
+        (silver_embeddings, "sad"),
+        (search_index, None),
+        (bronze_images, "happy"),
+    ]
     assert set(_status(instance, keys).values()) == {"FRESH"}, "the same served model: nothing to redo"
 
     # serve the tuned model: every vector layer made by the untuned one is unsynced, bronze is not
@@ -125,9 +154,11 @@ def test_train_approve_serve_and_reembed(loaded):
     served = _run(tuned, instance, [embedding_model]).asset_materializations_for_node("embedding_model")
     assert served[0].metadata["model"].value == model
     assert _status(instance, keys) == {
-        ("image_embeddings", "happy"): "STALE", ("silver_embeddings", "sad"): "STALE",
-        ("search_index", None): "STALE", ("bronze_images", "happy"): "FRESH",
-    }  # fmt: skip
+        ("image_embeddings", "happy"): "STALE",
+        ("silver_embeddings", "sad"): "STALE",
+        ("search_index", None): "STALE",
+        ("bronze_images", "happy"): "FRESH",
+    }
 
     # the re-embedding backfill (twice: a retry must not duplicate), then the index
     for _ in range(2):
@@ -137,11 +168,18 @@ def test_train_approve_serve_and_reembed(loaded):
     assert set(_status(instance, keys).values()) == {"FRESH"}
     rows = _vectors(dsn)
     assert [(m, e, n) for m, e, n, _, _ in rows] == [
-        (RANDOM, "happy", 24), (RANDOM, "sad", 24), (model, "happy", 24), (model, "sad", 24)
-    ]  # fmt: skip
-    assert all(n == distinct and most == 1 for _, _, n, distinct, most in rows), "one vector per (image, model)"
+        (RANDOM, "happy", 24),
+        (RANDOM, "sad", 24),
+        (model, "happy", 24),
+        (model, "sad", 24),
+    ]
+    assert all(n == distinct and most == 1 for _, _, n, distinct, most in rows), (
+        "one vector per (image, model)"
+    )
     silver = read_silver(lake, ["image_id", "model"])
-    assert silver.num_rows == 48 and set(silver["model"].to_pylist()) == {model}, "silver: the served model only"
+    assert silver.num_rows == 48 and set(silver["model"].to_pylist()) == {model}, (
+        "silver: the served model only"
+    )
     assert load_index(lake, model).size == 48
 
     # a query embedded by the tuned model finds its neighbours in the tuned index
@@ -168,8 +206,13 @@ def test_a_model_that_does_not_beat_the_untuned_weights_is_not_approved(loaded, 
     assert "no approved emotion model" in failure.description and "\n" not in failure.description
 
     # a deliberately broken model: no training at all (the base weights, re-labelled as a model)
-    result = _run(res, instance, [emotion_model, embedding_model], config={"emotion_model": {"config": {"epochs": 0}}},
-                  ok=False)  # fmt: skip
+    result = _run(
+        res,
+        instance,
+        [emotion_model, embedding_model],
+        config={"emotion_model": {"config": {"epochs": 0}}},
+        ok=False,
+    )
     (check,) = result.get_asset_check_evaluations()
     assert not check.passed and "does not beat the untuned" in check.description
     assert result.asset_materializations_for_node("embedding_model") == [], "blocked by the failed check"

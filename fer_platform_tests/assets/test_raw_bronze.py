@@ -6,9 +6,8 @@ import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 
-from fer_platform.assets.bronze import bronze_images
+from fer_platform.assets.bronze import bronze_images, bronze_images_valid
 from fer_platform.assets.raw import raw_images
-from fer_platform.assets.bronze import bronze_images_valid
 from fer_platform.core import images
 from fer_platform.core.pg.connect import connect
 from fer_platform.partitions import image_partitions, partition_key, utc_today
@@ -95,7 +94,9 @@ def test_past_partition_rebuilds_from_the_ledger_without_new_files(resources, la
     result = _materialize(resources, "fear", day=yesterday)
     assert result.success
     assert result.asset_materializations_for_node("raw_images")[0].metadata["files_seen"].value == 0
-    assert pq.read_table(lake / f"bronze/images/emotion=fear/load_date={yesterday}/part-0.parquet").num_rows == 0
+    assert (
+        pq.read_table(lake / f"bronze/images/emotion=fear/load_date={yesterday}/part-0.parquet").num_rows == 0
+    )
 
 
 def test_blocking_check_fails_on_a_bronze_that_disagrees_with_the_ledger(resources, landing, lake, pg_dsn):

@@ -20,8 +20,12 @@ def _load(resources, landing, emotion, day, n):
     keys = [f"train/{emotion}/{i}.png" for i in range(n)]
     for i, key in enumerate(keys):
         put(landing, key, face(emotion, i))
-    assert dg.materialize(INGEST_ASSETS, partition_key=partition_key(emotion, day), resources=resources,
-                          run_config={"ops": {"raw_images": {"config": {"files": keys}}}}).success  # fmt: skip
+    assert dg.materialize(
+        INGEST_ASSETS,
+        partition_key=partition_key(emotion, day),
+        resources=resources,
+        run_config={"ops": {"raw_images": {"config": {"files": keys}}}},
+    ).success
 
 
 def test_daily_refresh_rederives_yesterdays_loaded_partitions_and_repairs_any_day(resources, landing, lake):
@@ -31,15 +35,21 @@ def test_daily_refresh_rederives_yesterdays_loaded_partitions_and_repairs_any_da
     _load(resources, landing, "sad", yesterday, 1)
 
     def tick(at: dt.datetime):
-        with dg.instance_for_test() as instance, dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=at, resources=resources
-        ) as context:
+        with (
+            dg.instance_for_test() as instance,
+            dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=at, resources=resources
+            ) as context,
+        ):
             return daily_refresh(context)
 
     # 02:00 UTC today (a tick just after midnight in another zone is judged in UTC): only the emotions loaded
     at = dt.datetime.combine(today, dt.time(3, 0), tzinfo=dt.timezone(dt.timedelta(hours=1)))
     requests = tick(at)
-    assert [r.partition_key for r in requests] == [partition_key("happy", yesterday), partition_key("sad", yesterday)]
+    assert [r.partition_key for r in requests] == [
+        partition_key("happy", yesterday),
+        partition_key("sad", yesterday),
+    ]
     assert all(r.run_config["ops"]["raw_images"]["config"]["files"] == [] for r in requests)
     assert len({r.run_key for r in requests}) == 2 and not any("fer/repair" in r.tags for r in requests)
     # a day with nothing loaded and every layer in agreement: no run at all
@@ -58,8 +68,9 @@ def test_reconcile_reports_never_loaded_files_and_lake_files_gone(resources, lan
     hour_ago = time.time() - 3600
     for i in range(3):
         os.utime(put(landing, f"train/happy/{i}.png", face("happy", i)), (hour_ago, hour_ago))
-    assert dg.materialize(INGEST_ASSETS, partition_key=partition_key("happy", utc_today()),
-                          resources=resources).success  # fmt: skip
+    assert dg.materialize(
+        INGEST_ASSETS, partition_key=partition_key("happy", utc_today()), resources=resources
+    ).success
     assert dg.materialize([search_index], resources=resources).success
     res = {**resources, "auto_loader": AutoLoaderResource(settle_seconds=1)}
     defs = build_definitions(res)
@@ -76,14 +87,19 @@ def test_reconcile_reports_never_loaded_files_and_lake_files_gone(resources, lan
     bad = defs.resolve_job_def("reconcile").execute_in_process()
     (ev,) = bad.get_asset_check_evaluations()
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.WARN
-    assert ev.metadata["never_loaded"].value == 1 and "train/sad/moved.png" in ev.metadata["never_loaded_files"].value
+    assert (
+        ev.metadata["never_loaded"].value == 1
+        and "train/sad/moved.png" in ev.metadata["never_loaded_files"].value
+    )
     assert ev.metadata["missing_in_lake"].value == 1
     assert "raw/images/fer2013/train/happy/1.png" in ev.metadata["missing_lake_files"].value
     assert ev.metadata["not_yet_settled"].value == 1
     assert "1 landing file(s) never loaded" in ev.description and reconcile_job.name == "reconcile"
 
 
-def test_reconcile_judges_no_file_a_run_carries_reports_layers_and_removes_temp_files(resources, landing, lake):
+def test_reconcile_judges_no_file_a_run_carries_reports_layers_and_removes_temp_files(
+    resources, landing, lake
+):
     """No false positives: a file carried by an unfinished (queued, running) run of the sensor is not "never loaded". A layer
     that disagrees with the load log is reported; a temporary file a killed write left is removed and reported
     (one of a live writer is left alone)."""
@@ -93,8 +109,9 @@ def test_reconcile_judges_no_file_a_run_carries_reports_layers_and_removes_temp_
 
     hour_ago = time.time() - 3600
     os.utime(put(landing, "train/happy/0.png", face("happy", 0)), (hour_ago, hour_ago))
-    assert dg.materialize(INGEST_ASSETS, partition_key=partition_key("happy", utc_today()),
-                          resources=resources).success  # fmt: skip
+    assert dg.materialize(
+        INGEST_ASSETS, partition_key=partition_key("happy", utc_today()), resources=resources
+    ).success
     assert dg.materialize([search_index], resources=resources).success
     os.utime(put(landing, "train/sad/queued.png", face("sad", 1)), (hour_ago, hour_ago))
     silver = lake / f"silver/embeddings/emotion=happy/load_date={utc_today()}"
@@ -105,8 +122,13 @@ def test_reconcile_judges_no_file_a_run_carries_reports_layers_and_removes_temp_
     (lake / f"bronze/images/emotion=happy/load_date={utc_today()}/part-0.parquet").unlink()
     defs = build_definitions({**resources, "auto_loader": AutoLoaderResource(settle_seconds=1)})
     with dg.instance_for_test() as instance:
-        create_run_for_test(instance, job_name="ingest_images", status=dg.DagsterRunStatus.STARTED, tags=TRIGGER,
-                            run_config={"ops": {"raw_images": {"config": {"files": ["train/sad/queued.png"]}}}})
+        create_run_for_test(
+            instance,
+            job_name="ingest_images",
+            status=dg.DagsterRunStatus.STARTED,
+            tags=TRIGGER,
+            run_config={"ops": {"raw_images": {"config": {"files": ["train/sad/queued.png"]}}}},
+        )
         result = defs.resolve_job_def("reconcile").execute_in_process(instance=instance)
     (ev,) = result.get_asset_check_evaluations()
     assert ev.metadata["never_loaded"].value == 0 and ev.metadata["in_runs_not_finished"].value == 1
@@ -127,5 +149,7 @@ def test_a_bulk_run_that_starts_after_midnight_still_takes_its_pending_files(res
     plain = defs.resolve_job_def("ingest_images").execute_in_process(partition_key=yesterday)
     assert plain.asset_materializations_for_node("raw_images")[0].metadata["loaded"].value == 0
     bulk = defs.resolve_job_def("bulk_load").execute_in_process(partition_key=yesterday)
-    assert bulk.success and bulk.asset_materializations_for_node("raw_images")[0].metadata["loaded"].value == 2
+    assert (
+        bulk.success and bulk.asset_materializations_for_node("raw_images")[0].metadata["loaded"].value == 2
+    )
     assert bulk.asset_materializations_for_node("silver_embeddings")[0].metadata["rows"].value == 2

@@ -17,7 +17,13 @@ from fer_platform.core.ingest import ingest
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources import AutoLoaderResource, EmbedderResource, LakeResource, LandingResource, PostgresResource
+from fer_platform.resources import (
+    AutoLoaderResource,
+    EmbedderResource,
+    LakeResource,
+    LandingResource,
+    PostgresResource,
+)
 from fer_platform_tests.helpers import face, put
 
 T0 = float(int(time.time()) - 3600)  # files written an hour ago (whole seconds: exact in ns and us): settled
@@ -56,8 +62,16 @@ def files_of(request):
 
 def submit(instance, requests):
     """What the daemon does with the tick's requests: runs, in flight until they end."""
-    return [create_run_for_test(instance, job_name=r.job_name, run_config=r.run_config, tags=r.tags,
-                                status=dg.DagsterRunStatus.STARTED) for r in requests]  # fmt: skip
+    return [
+        create_run_for_test(
+            instance,
+            job_name=r.job_name,
+            run_config=r.run_config,
+            tags=r.tags,
+            status=dg.DagsterRunStatus.STARTED,
+        )
+        for r in requests
+    ]
 
 
 def load(landing, lake, dsn, requests):
@@ -77,7 +91,10 @@ def test_new_files_become_one_run_per_emotion_with_their_exact_files(landing, pg
     by_key = {r.partition_key: r for r in requests}
     assert set(by_key) == {partition_key("happy", utc_today()), partition_key("sad", utc_today())}
     happy = by_key[partition_key("happy", utc_today())]
-    assert happy.job_name == "ingest_images" and sorted(files_of(happy)) == ["test/happy/b.png", "train/happy/a.png"]
+    assert happy.job_name == "ingest_images" and sorted(files_of(happy)) == [
+        "test/happy/b.png",
+        "train/happy/a.png",
+    ]
     assert happy.run_config["ops"]["raw_images"]["config"]["on_success"] == "keep"
     assert files_of(by_key[partition_key("sad", utc_today())]) == ["train/sad/c.png"]
     state = json.loads(cursor)
@@ -97,7 +114,9 @@ def test_cap_takes_the_oldest_files_and_the_rest_next_tick(landing, pg_dsn):
     for i in range(5):
         land(landing, f"train/angry/{i}.png", face("angry", i), T0 + i)
     first, cursor, _ = tick(landing, pg_dsn, instance=instance, max_files_per_tick=3)
-    assert [sorted(files_of(r)) for r in first] == [["train/angry/0.png", "train/angry/1.png", "train/angry/2.png"]]
+    assert [sorted(files_of(r)) for r in first] == [
+        ["train/angry/0.png", "train/angry/1.png", "train/angry/2.png"]
+    ]
     submit(instance, first)
     second, cursor, _ = tick(landing, pg_dsn, cursor=cursor, instance=instance, max_files_per_tick=3)
     assert [sorted(files_of(r)) for r in second] == [["train/angry/3.png", "train/angry/4.png"]]
@@ -161,15 +180,20 @@ def test_a_failed_runs_files_are_asked_for_again_then_left_to_a_person(landing, 
     first, cursor, _ = tick(landing, pg_dsn, instance=instance, retry_after_seconds=3600, max_attempts=2)
     (run,) = submit(instance, first)
     instance.report_run_failed(run)  # e.g. the database went away mid-run
-    waiting, cursor, skip = tick(landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=3600,
-                                 max_attempts=2)  # fmt: skip
+    waiting, cursor, skip = tick(
+        landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=3600, max_attempts=2
+    )
     assert waiting == [] and "1 waiting to be retried" in skip
-    again, cursor, _ = tick(landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=0, max_attempts=2)
+    again, cursor, _ = tick(
+        landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=0, max_attempts=2
+    )
     assert [files_of(r) for r in again] == [["train/sad/a.png"]]
     assert again[0].run_key == f"{first[0].run_key}-attempt2" and again[0].tags["fer/attempt"] == "2"
     (run,) = submit(instance, again)
     instance.report_run_failed(run)
-    last, _, skip = tick(landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=0, max_attempts=2)
+    last, _, skip = tick(
+        landing, pg_dsn, cursor=cursor, instance=instance, retry_after_seconds=0, max_attempts=2
+    )
     assert last == [] and "no new files" in skip  # failed twice: the sensor leaves it (and says so)
 
 
@@ -213,7 +237,9 @@ def test_files_no_partition_can_take_go_to_triage(landing, pg_dsn):
     jobs = {r.job_name: r for r in requests}
     assert set(jobs) == {"ingest_images", "landing_triage"}
     assert files_of(jobs["landing_triage"]) == ["train/contempt/x.png"]
-    assert jobs["landing_triage"].run_config["ops"]["quarantine_unroutable"]["config"]["on_success"] == "archive"
+    assert (
+        jobs["landing_triage"].run_config["ops"]["quarantine_unroutable"]["config"]["on_success"] == "archive"
+    )
 
 
 def test_bad_settings_fail_with_one_line(landing, pg_dsn):
@@ -235,8 +261,12 @@ def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(reso
     index with every partition in agreement gets a publish run."""
     land(landing, "train/happy/a.png", face("happy", 1), T0)
     key = partition_key("happy", utc_today())
-    assert dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources,
-                          run_config={"ops": {"raw_images": {"config": {"files": ["train/happy/a.png"]}}}}).success
+    assert dg.materialize(
+        INGEST_ASSETS,
+        partition_key=key,
+        resources=resources,
+        run_config={"ops": {"raw_images": {"config": {"files": ["train/happy/a.png"]}}}},
+    ).success
     assert dg.materialize([search_index], resources=resources).success
     silver = lake / f"silver/embeddings/emotion=happy/load_date={utc_today()}/part-0.parquet"
     with dg.instance_for_test() as instance:
@@ -245,24 +275,37 @@ def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(reso
         silver.unlink()
         (first,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
         assert first.partition_key == key and first.tags["fer/repair"] == "true" and files_of(first) == []
-        run = create_run_for_test(instance, job_name="ingest_images", run_config=first.run_config,
-                                  tags={**first.tags, "dagster/partition": key},  # as the daemon launches it
-                                  status=dg.DagsterRunStatus.STARTED)  # busy: its partition is not audited
+        run = create_run_for_test(
+            instance,
+            job_name="ingest_images",
+            run_config=first.run_config,
+            tags={**first.tags, "dagster/partition": key},  # as the daemon launches it
+            status=dg.DagsterRunStatus.STARTED,
+        )  # busy: its partition is not audited
         assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
         instance.report_run_failed(run)
-        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []  # retry_after_seconds (300)
+        assert (
+            tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
+        )  # retry_after_seconds (300)
         (second,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True, retry_after_seconds=0)[0]
         assert second.run_key != first.run_key and second.tags["fer/attempt"] == "2"
-        repaired = dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources,
-                                  run_config=second.run_config)  # fmt: skip
+        repaired = dg.materialize(
+            INGEST_ASSETS, partition_key=key, resources=resources, run_config=second.run_config
+        )
         assert repaired.success and silver.exists()
-        create_run_for_test(instance, job_name="ingest_images", tags={**second.tags, "dagster/partition": key},
-                            status=dg.DagsterRunStatus.SUCCESS)  # fmt: skip
+        create_run_for_test(
+            instance,
+            job_name="ingest_images",
+            tags={**second.tags, "dagster/partition": key},
+            status=dg.DagsterRunStatus.SUCCESS,
+        )
         assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
         silver.unlink()  # the same disagreement, a week later: repaired again, under a new key
         (third,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
         assert third.run_key not in (first.run_key, second.run_key) and third.tags["fer/attempt"] == "1"
-        assert dg.materialize(INGEST_ASSETS, partition_key=key, resources=resources, run_config=third.run_config).success
+        assert dg.materialize(
+            INGEST_ASSETS, partition_key=key, resources=resources, run_config=third.run_config
+        ).success
         shutil.rmtree(lake / "index")
         (publish,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
         assert publish.job_name == "publish_gold_and_index" and publish.partition_key is None

@@ -13,9 +13,21 @@ pytestmark = pytest.mark.slow
 
 def _demo(home, landing):
     out = subprocess.run(
-        [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--json", "--landing", str(landing)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fer_platform.cli",
+            "--home",
+            str(home),
+            "demo",
+            "--json",
+            "--landing",
+            str(landing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
@@ -34,7 +46,10 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
 
     first = _demo(home, landing)
     assert first["files_seen"] == n_files
-    assert first["files_seen"] == first["loaded"] + first["duplicates"] + len(first["quarantined"]) + first["ignored"]
+    assert (
+        first["files_seen"]
+        == first["loaded"] + first["duplicates"] + len(first["quarantined"]) + first["ignored"]
+    )
     assert first["not_logged"] == 0
     assert first["loaded"] == 7 * 4  # every generated face
     assert first["duplicates"] == 1  # the copied face
@@ -46,13 +61,25 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     assert first["postgres_rows"] == first["silver_rows"] == first["index_size"] == first["loaded"]
     example = first["search_example"]
     assert example["query"]["split"] == "test" and len(example["hits"]) == 10
-    assert example["same_emotion"] == sum(h["emotion"] == example["query"]["emotion"] for h in example["hits"])
+    assert example["same_emotion"] == sum(
+        h["emotion"] == example["query"]["emotion"] for h in example["hits"]
+    )
     assert example["query"]["image_id"] not in {h["image_id"] for h in example["hits"]}
     assert [r["job"] for r in first["runs"]].count("publish_gold_and_index") == 1
 
     second = _demo(home, landing)
-    for key in ("files_seen", "loaded", "duplicates", "quarantined", "ignored", "load_log_totals",
-                "postgres_rows", "silver_rows", "index_size", "search_example"):
+    for key in (
+        "files_seen",
+        "loaded",
+        "duplicates",
+        "quarantined",
+        "ignored",
+        "load_log_totals",
+        "postgres_rows",
+        "silver_rows",
+        "index_size",
+        "search_example",
+    ):
         assert second[key] == first[key], key
     assert second["new_files"] == 0 and second["runs"] == []
 

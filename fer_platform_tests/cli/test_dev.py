@@ -22,9 +22,10 @@ def _free_port() -> int:
 
 def _graphql(port: int, query: str) -> dict:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -33,8 +34,11 @@ def test_dev_serves_the_code_location_and_stops_without_orphans(tmp_path):
     home, port = tmp_path / "home", _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "dev", "--port", str(port)],
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     family: set[int] = set()
     try:
         deadline, nodes = time.monotonic() + 180, None
@@ -48,14 +52,18 @@ def test_dev_serves_the_code_location_and_stops_without_orphans(tmp_path):
             except OSError:
                 pass
             time.sleep(1)
-        assert nodes and {"raw_images", "bronze_images"} <= nodes, proc.stdout.read() if proc.poll() else nodes
+        assert nodes and {"raw_images", "bronze_images"} <= nodes, (
+            proc.stdout.read() if proc.poll() else nodes
+        )
         family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
         names = " ".join(" ".join(psutil.Process(p).cmdline()) for p in family if psutil.pid_exists(p))
         assert "dagster-daemon" in names or "daemon" in names
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(90)
-        subprocess.run([sys.executable, "-m", "fer_platform.cli", "--home", str(home), "db", "stop"], check=False)
+        subprocess.run(
+            [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "db", "stop"], check=False
+        )
     time.sleep(1)
     alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"left behind: {alive}"

@@ -12,7 +12,10 @@ import pytest
 from fer_platform_tests import servers
 
 # Never a developer's cloud settings, never the instance metadata service.
-for _var in [v for v in os.environ if v.startswith(("AZURE_", "AWS_"))] + ["FER_S3_ENDPOINT_URL", "FER_PG_ENTRA_AUTH"]:
+for _var in [v for v in os.environ if v.startswith(("AZURE_", "AWS_"))] + [
+    "FER_S3_ENDPOINT_URL",
+    "FER_PG_ENTRA_AUTH",
+]:
     os.environ.pop(_var, None)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
@@ -79,11 +82,15 @@ def azure_store(azurite, monkeypatch) -> CloudStore:
     for k, v in variables.items():
         monkeypatch.setenv(k, v)
     return CloudStore(
-        "azure", variables["FER_LAKE_URL"], variables["FER_LANDING"],
+        "azure",
+        variables["FER_LAKE_URL"],
+        variables["FER_LANDING"],
         {"connection_string": azurite.connection_string},
         lambda prefix: sorted(b.name for b in client.list_blobs(name_starts_with=prefix)),
-        lambda key, data: client.upload_blob(key, data, overwrite=True), client.delete_blob, variables,
-    )  # fmt: skip
+        lambda key, data: client.upload_blob(key, data, overwrite=True),
+        client.delete_blob,
+        variables,
+    )
 
 
 @pytest.fixture
@@ -105,11 +112,15 @@ def aws_store(moto_s3, monkeypatch) -> CloudStore:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     return CloudStore(
-        "aws", variables["FER_LAKE_URL"], variables["FER_LANDING"],
-        {"endpoint_url": moto_s3.endpoint, "key": "testing", "secret": "testing"}, list_keys,
+        "aws",
+        variables["FER_LAKE_URL"],
+        variables["FER_LANDING"],
+        {"endpoint_url": moto_s3.endpoint, "key": "testing", "secret": "testing"},
+        list_keys,
         lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data),
-        lambda key: client.delete_object(Bucket=bucket, Key=key), variables,
-    )  # fmt: skip
+        lambda key: client.delete_object(Bucket=bucket, Key=key),
+        variables,
+    )
 
 
 @pytest.fixture(params=["azure", "aws"])

@@ -10,8 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from fer_platform.assets.search import search_index
-from fer_platform.automation.jobs import INGEST_ASSETS
-from fer_platform.automation.jobs import RUN_CHECKS
+from fer_platform.automation.jobs import INGEST_ASSETS, RUN_CHECKS
 from fer_platform.core.ingest import ingest, pending_files
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import arrow_to_vectors
@@ -21,16 +20,21 @@ from fer_platform_tests.helpers import face
 
 MODEL = "resnet18-random-s0-fidelity"
 FILES = {
-    "train/happy/h0.png": face("happy", 0), "train/happy/h1.png": face("happy", 1),
-    "test/happy/h2.png": face("happy", 2), "train/sad/s0.png": face("sad", 0), "train/sad/s1.png": face("sad", 1),
-}  # fmt: skip
+    "train/happy/h0.png": face("happy", 0),
+    "train/happy/h1.png": face("happy", 1),
+    "test/happy/h2.png": face("happy", 2),
+    "train/sad/s0.png": face("sad", 0),
+    "train/sad/s1.png": face("sad", 1),
+}
 
 
 def _materialize(resources, selection=None, partition=None):
     result = dg.materialize(
-        [*INGEST_ASSETS, search_index, *RUN_CHECKS], resources=resources, partition_key=partition,
+        [*INGEST_ASSETS, search_index, *RUN_CHECKS],
+        resources=resources,
+        partition_key=partition,
         selection=selection,
-    )  # fmt: skip
+    )
     assert result.success
     evaluations = result.get_asset_check_evaluations()
     assert evaluations and all(c.passed for c in evaluations), evaluations
@@ -125,11 +129,16 @@ def test_a_store_that_cannot_be_reached_fails_the_run_at_start_in_one_line(env, 
     else:  # a bucket that does not exist (moto accepts any credentials)
         secret = store.variables["AWS_SECRET_ACCESS_KEY"]
         monkeypatch.setenv("FER_LANDING", "s3://no-such-bucket-here/landing")
-        expected = "s3://no-such-bucket-here/landing: there is no container or bucket named 'no-such-bucket-here'"
+        expected = (
+            "s3://no-such-bucket-here/landing: there is no container or bucket named 'no-such-bucket-here'"
+        )
     result = dg.materialize(
-        INGEST_ASSETS, resources=resources_for(env), partition_key=partition_key("happy", utc_today()),
-        selection=dg.AssetSelection.assets("raw_images"), raise_on_error=False,
-    )  # fmt: skip
+        INGEST_ASSETS,
+        resources=resources_for(env),
+        partition_key=partition_key("happy", utc_today()),
+        selection=dg.AssetSelection.assets("raw_images"),
+        raise_on_error=False,
+    )
     assert not result.success
     ours = [m for m in _failure_messages(result) if expected in m]
     assert ours and all("\n" not in m and secret not in m for m in ours), _failure_messages(result)

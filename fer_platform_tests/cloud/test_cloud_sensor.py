@@ -5,9 +5,8 @@ lost cursor reloads nothing."""
 import dagster as dg
 import pytest
 
-from fer_platform.automation.jobs import INGEST_ASSETS
+from fer_platform.automation.jobs import INGEST_ASSETS, RUN_CHECKS
 from fer_platform.automation.sensors import landing_sensor
-from fer_platform.automation.jobs import RUN_CHECKS
 from fer_platform.core.pg.connect import connect
 from fer_platform.resources import AutoLoaderResource
 from fer_platform.resources.environments import resources_for
@@ -16,9 +15,10 @@ from fer_platform_tests.helpers import face
 
 def _tick(resources, cursor=None):
     with dg.build_sensor_context(
-        instance=dg.DagsterInstance.ephemeral(), cursor=cursor,
+        instance=dg.DagsterInstance.ephemeral(),
+        cursor=cursor,
         resources={k: resources[k] for k in ("landing", "postgres", "auto_loader", "lake", "embedder")},
-    ) as context:  # fmt: skip
+    ) as context:
         result = landing_sensor(context)
     # file pickups only: the search index these runs never build is the sensor's to repair, not this test's
     return [r for r in result.run_requests or [] if "fer/repair" not in r.tags], result.cursor
@@ -26,8 +26,13 @@ def _tick(resources, cursor=None):
 
 def _run(resources, requests):
     for r in requests:
-        assert dg.materialize([*INGEST_ASSETS, *RUN_CHECKS], resources=resources, partition_key=r.partition_key,
-                              run_config=r.run_config, selection=dg.AssetSelection.assets(*INGEST_ASSETS)).success  # fmt: skip
+        assert dg.materialize(
+            [*INGEST_ASSETS, *RUN_CHECKS],
+            resources=resources,
+            partition_key=r.partition_key,
+            run_config=r.run_config,
+            selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+        ).success
 
 
 @pytest.mark.slow
@@ -35,14 +40,18 @@ def test_the_sensor_picks_up_uploads_exactly_once(cloud_store, pg_dsn, monkeypat
     monkeypatch.setenv("FER_PG_DSN", pg_dsn)
     resources = {**resources_for(cloud_store.env), "auto_loader": AutoLoaderResource(settle_seconds=0)}
     landing_prefix = cloud_store.landing_url.split("/", 3)[3]
-    for key, data in {"train/angry/a.png": face("angry", 1), "train/fear/f.png": face("fear", 1),
-                      "test/fear/g.png": face("fear", 2)}.items():  # fmt: skip
+    for key, data in {
+        "train/angry/a.png": face("angry", 1),
+        "train/fear/f.png": face("fear", 1),
+        "test/fear/g.png": face("fear", 2),
+    }.items():
         cloud_store.put(f"{landing_prefix}/{key}", data)  # uploaded by the cloud's own SDK
 
     requests, cursor = _tick(resources)
     assert sorted(sorted(r.run_config["ops"]["raw_images"]["config"]["files"]) for r in requests) == [
-        ["test/fear/g.png", "train/fear/f.png"], ["train/angry/a.png"],
-    ]  # fmt: skip
+        ["test/fear/g.png", "train/fear/f.png"],
+        ["train/angry/a.png"],
+    ]
     _run(resources, requests)
     assert _tick(resources, cursor)[0] == []  # nothing new
     assert _tick(resources, None)[0] == []  # a lost cursor: the load log says all is loaded
@@ -54,5 +63,13 @@ def test_the_sensor_picks_up_uploads_exactly_once(cloud_store, pg_dsn, monkeypat
     with connect(pg_dsn) as conn:
         rows = conn.execute("SELECT path, status FROM load_log ORDER BY path").fetchall()
         vectors = conn.execute("SELECT count(*) FROM imagenes_fer").fetchone()[0]
-    assert rows == [("test/fear/g.png", "loaded"), ("train/angry/a.png", "loaded"), ("train/angry/b.png", "loaded"),
-                    ("train/fear/f.png", "loaded")] and vectors == 4  # fmt: skip
+    assert (
+        rows
+        == [
+            ("test/fear/g.png", "loaded"),
+            ("train/angry/a.png", "loaded"),
+            ("train/angry/b.png", "loaded"),
+            ("train/fear/f.png", "loaded"),
+        ]
+        and vectors == 4
+    )

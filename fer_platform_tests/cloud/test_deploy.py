@@ -34,8 +34,13 @@ def dagster_pg(pg_cloud, monkeypatch):
     """DAGSTER_PG_* pointing at a fresh database of the password-protected server."""
     dsn = pg_cloud.new_database(unique("dagster"), vector=False)
     params = psycopg.conninfo.conninfo_to_dict(dsn)
-    for var, key in (("DAGSTER_PG_HOST", "host"), ("DAGSTER_PG_PORT", "port"), ("DAGSTER_PG_USER", "user"),
-                     ("DAGSTER_PG_PASSWORD", "password"), ("DAGSTER_PG_DB", "dbname")):  # fmt: skip
+    for var, key in (
+        ("DAGSTER_PG_HOST", "host"),
+        ("DAGSTER_PG_PORT", "port"),
+        ("DAGSTER_PG_USER", "user"),
+        ("DAGSTER_PG_PASSWORD", "password"),
+        ("DAGSTER_PG_DB", "dbname"),
+    ):
         monkeypatch.setenv(var, str(params[key]))
     return dsn
 
@@ -46,9 +51,18 @@ def test_templates_are_valid_instance_config(name, tmp_path):
 
     home = _instance_dir(tmp_path, name)
     config, _ = dagster_instance_config(str(home))
-    assert set(config["storage"]["postgres"]["postgres_db"]) >= {"hostname", "username", "password", "db_name"}
+    assert set(config["storage"]["postgres"]["postgres_db"]) >= {
+        "hostname",
+        "username",
+        "password",
+        "db_name",
+    }
     assert config["storage"]["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}
-    expected = {"aws": "S3ComputeLogManager", "azure": "AzureBlobComputeLogManager", "compose": "LocalComputeLogManager"}
+    expected = {
+        "aws": "S3ComputeLogManager",
+        "azure": "AzureBlobComputeLogManager",
+        "compose": "LocalComputeLogManager",
+    }
     assert config["compute_logs"]["class"] == expected[name]
     assert "sslmode: require" in (home / "dagster.yaml").read_text() or name == "compose"
 
@@ -64,12 +78,16 @@ def test_cloud_templates_require_ssl_of_the_instance_database(name, tmp_path, da
     from dagster_postgres.utils import pg_url_from_config
 
     config, _ = dagster_instance_config(str(_instance_dir(tmp_path, name)))
-    resolved = process_config(pg_config(), config["storage"]["postgres"])  # {env: ...} -> values, as Dagster does
+    resolved = process_config(
+        pg_config(), config["storage"]["postgres"]
+    )  # {env: ...} -> values, as Dagster does
     assert resolved.success, resolved.errors
     url = pg_url_from_config(resolved.value)
     assert url.startswith("postgresql+psycopg2://") and url.endswith("?sslmode=require")
     engine = sqlalchemy.create_engine(url)
-    with pytest.raises(sqlalchemy.exc.OperationalError, match="server does not support SSL, but SSL was required"):
+    with pytest.raises(
+        sqlalchemy.exc.OperationalError, match="server does not support SSL, but SSL was required"
+    ):
         engine.connect()
     engine.dispose()
 
@@ -84,11 +102,18 @@ def hello():
     say_hello()
 
 
-def test_aws_template_runs_with_storage_in_postgres_and_compute_logs_in_s3(tmp_path, dagster_pg, moto_s3, monkeypatch):
+def test_aws_template_runs_with_storage_in_postgres_and_compute_logs_in_s3(
+    tmp_path, dagster_pg, moto_s3, monkeypatch
+):
     bucket = unique("logs-")
     moto_s3.client().create_bucket(Bucket=bucket)
-    for k, v in {"DAGSTER_LOGS_BUCKET": bucket, "AWS_ENDPOINT_URL_S3": moto_s3.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():  # fmt: skip
+    for k, v in {
+        "DAGSTER_LOGS_BUCKET": bucket,
+        "AWS_ENDPOINT_URL_S3": moto_s3.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     with dg.DagsterInstance.from_config(str(_instance_dir(tmp_path, "aws", sslmode="disable"))) as instance:
         assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
@@ -96,10 +121,18 @@ def test_aws_template_runs_with_storage_in_postgres_and_compute_logs_in_s3(tmp_p
         assert result.success
         assert instance.get_run_by_id(result.run_id).is_success
     with psycopg.connect(dagster_pg) as conn:  # runs and events are in PostgreSQL
-        assert conn.execute("SELECT count(*) FROM runs WHERE run_id = %s", (result.run_id,)).fetchone() == (1,)
-        assert conn.execute("SELECT count(*) FROM event_logs WHERE run_id = %s", (result.run_id,)).fetchone()[0] > 5
+        assert conn.execute("SELECT count(*) FROM runs WHERE run_id = %s", (result.run_id,)).fetchone() == (
+            1,
+        )
+        assert (
+            conn.execute("SELECT count(*) FROM event_logs WHERE run_id = %s", (result.run_id,)).fetchone()[0]
+            > 5
+        )
     client = moto_s3.client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="dagster/compute-logs/").get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in client.list_objects_v2(Bucket=bucket, Prefix="dagster/compute-logs/").get("Contents", [])
+    ]
     assert keys, "compute logs uploaded"
     logged = b"".join(client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys)
     assert b"hello from a step of fer-platform" in logged
@@ -146,13 +179,19 @@ def test_compose_file_hangs_together():
     assert workspace["host"] == "code" and str(workspace["port"]) == code_cmd[code_cmd.index("--port") + 1]
     for name in ("webserver", "daemon"):
         assert services[name]["image"] == services["code"]["image"]
-        assert any(v.endswith(":/opt/fer-platform/deploy/workspace.yaml:ro") for v in services[name]["volumes"])
+        assert any(
+            v.endswith(":/opt/fer-platform/deploy/workspace.yaml:ro") for v in services[name]["volumes"]
+        )
     # local.env holds only settings FER_ENV=local understands, no password
     lines = (DEPLOY / "local.env").read_text().splitlines()
     local = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
-    assert local["FER_ENV"] == "local" and ":" not in local["FER_PG_DSN"].split("@")[0].removeprefix("postgresql://")
+    assert local["FER_ENV"] == "local" and ":" not in local["FER_PG_DSN"].split("@")[0].removeprefix(
+        "postgresql://"
+    )
     assert "DAGSTER_PG_PASSWORD" in services["code"]["environment"]
-    assert (DEPLOY / "postgres-init" / "10-dagster-database.sql").read_text().count("CREATE DATABASE dagster") == 1
+    assert (DEPLOY / "postgres-init" / "10-dagster-database.sql").read_text().count(
+        "CREATE DATABASE dagster"
+    ) == 1
 
 
 def test_dockerfile_copies_what_exists_and_serves_the_code_location():

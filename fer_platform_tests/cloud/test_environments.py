@@ -40,8 +40,9 @@ print(json.dumps({"success": result.success, "events": len(records), "resources"
 
 def _python(code, env, *args):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FER_", "AZURE_", "AWS_", "DAGSTER_"))}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=240,
-                          env={**clean, **env})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=240, env={**clean, **env}
+    )
 
 
 @pytest.mark.slow
@@ -52,7 +53,9 @@ def test_definitions_load_and_run_from_environment_variables_only(env, request, 
     variables = {**store.variables, "FER_ENV": env, "FER_PG_DSN": dsn}
     secrets_ = [dsn.split(":")[2].split("@")[0]]
     if env == "azure":
-        secrets_.append(store.variables["AZURE_STORAGE_CONNECTION_STRING"].split("AccountKey=")[1].split(";")[0])
+        secrets_.append(
+            store.variables["AZURE_STORAGE_CONNECTION_STRING"].split("AccountKey=")[1].split(";")[0]
+        )
     else:
         variables["AWS_SECRET_ACCESS_KEY"] = secret = "s3cret-" + unique("k")  # moto takes any key
         secrets_.append(secret)
@@ -73,9 +76,12 @@ def test_definitions_load_and_run_from_environment_variables_only(env, request, 
 
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT status, reason FROM load_log").fetchall() == [
-            ("quarantined", "unknown emotion folder 'unknown' (expected one of angry, disgust, fear, happy, "
-             "neutral, sad, surprise)")
-        ]  # fmt: skip
+            (
+                "quarantined",
+                "unknown emotion folder 'unknown' (expected one of angry, disgust, fear, happy, "
+                "neutral, sad, surprise)",
+            )
+        ]
     # the run, its config and every event Dagster stored: no secret, only variable names
     logged = events.read_text()
     assert "quarantine_unroutable" in logged
@@ -87,7 +93,11 @@ def test_a_missing_variable_fails_the_load_with_one_line_naming_it(env):
     out = _python("import fer_platform.definitions", {"FER_ENV": env})
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    url = "abfs://<container>@<account>.dfs.core.windows.net/<prefix>" if env == "azure" else "s3://<bucket>/<prefix>"
+    url = (
+        "abfs://<container>@<account>.dfs.core.windows.net/<prefix>"
+        if env == "azure"
+        else "s3://<bucket>/<prefix>"
+    )
     assert last == (
         f"fer_platform.core.errors.ConfigError: FER_ENV={env} needs FER_LAKE_URL (the lake root, {url}); it is not set"
     )
@@ -109,17 +119,41 @@ AWS = {
     "env, base, change, message",
     [
         ("azure", AZURE, {"FER_LANDING": None}, "FER_ENV=azure needs FER_LANDING (the landing zone, abfs://"),
-        ("azure", AZURE, {"FER_PG_DSN": None}, "FER_ENV=azure needs FER_PG_DSN (the PostgreSQL + pgvector server"),
-        ("azure", AZURE, {"FER_LAKE_URL": "s3://b/lake"}, "FER_ENV=azure: FER_LAKE_URL must look like abfs://"),
+        (
+            "azure",
+            AZURE,
+            {"FER_PG_DSN": None},
+            "FER_ENV=azure needs FER_PG_DSN (the PostgreSQL + pgvector server",
+        ),
+        (
+            "azure",
+            AZURE,
+            {"FER_LAKE_URL": "s3://b/lake"},
+            "FER_ENV=azure: FER_LAKE_URL must look like abfs://",
+        ),
         ("azure", AZURE, {"FER_LAKE_URL": "abfs://lake/fer"}, "FER_LAKE_URL names no storage account"),
-        ("azure", AZURE, {"AZURE_STORAGE_ACCOUNT_KEY": "k", "AZURE_STORAGE_SAS_TOKEN": "s"},
-         "set only one of AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN"),
-        ("azure", AZURE, {"FER_PG_ENTRA_AUTH": "maybe"}, "FER_PG_ENTRA_AUTH must be true or false, not 'maybe'"),
+        (
+            "azure",
+            AZURE,
+            {"AZURE_STORAGE_ACCOUNT_KEY": "k", "AZURE_STORAGE_SAS_TOKEN": "s"},
+            "set only one of AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN",
+        ),
+        (
+            "azure",
+            AZURE,
+            {"FER_PG_ENTRA_AUTH": "maybe"},
+            "FER_PG_ENTRA_AUTH must be true or false, not 'maybe'",
+        ),
         ("aws", AWS, {"FER_LAKE_URL": None}, "FER_ENV=aws needs FER_LAKE_URL (the lake root, s3://"),
-        ("aws", AWS, {"FER_LANDING": "/data/landing"}, "FER_ENV=aws: FER_LANDING must look like s3://<bucket>/<prefix>"),
+        (
+            "aws",
+            AWS,
+            {"FER_LANDING": "/data/landing"},
+            "FER_ENV=aws: FER_LANDING must look like s3://<bucket>/<prefix>",
+        ),
         ("aws", AWS, {"FER_PG_DSN": ""}, "FER_ENV=aws needs FER_PG_DSN"),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_are_one_line(env, base, change, message, monkeypatch):
     for name, value in {**base, **change}.items():
         if value is None:

@@ -15,8 +15,10 @@ from fer_platform.definitions import defs
 from fer_platform.resources import PostgresResource
 from fer_platform_tests.cloud.conftest import unique
 
-ALL = ("SELECT id, filepath, emotion, vector::text, image_id, split, load_date, model, created_at "
-       "FROM imagenes_fer ORDER BY id")
+ALL = (
+    "SELECT id, filepath, emotion, vector::text, image_id, split, load_date, model, created_at "
+    "FROM imagenes_fer ORDER BY id"
+)
 
 
 def _rows(dsn):
@@ -33,9 +35,16 @@ def _add(dsn, n, seed, emotion="happy", model="resnet18-random-s0-fidelity"):
             conn.execute(
                 "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (f"/lake/raw/images/fer2013/train/{emotion}/{seed}-{i}.png", emotion, v / np.linalg.norm(v),
-                 f"sha-{seed}-{i}", None if i % 5 == 0 else "train", dt.date(2026, 1, 1 + i % 3), model),
-            )  # fmt: skip
+                (
+                    f"/lake/raw/images/fer2013/train/{emotion}/{seed}-{i}.png",
+                    emotion,
+                    v / np.linalg.norm(v),
+                    f"sha-{seed}-{i}",
+                    None if i % 5 == 0 else "train",
+                    dt.date(2026, 1, 1 + i % 3),
+                    model,
+                ),
+            )
 
 
 @pytest.fixture
@@ -60,7 +69,13 @@ def _has_index(dsn):
 
 def test_copy_then_rerun_then_source_changes(source, target):
     first = migrate_vectors(source, target, range_size=5)
-    assert (first.rows, first.ranges, first.ranges_copied, first.rows_copied, first.rows_removed) == (22, 5, 5, 22, 0)
+    assert (first.rows, first.ranges, first.ranges_copied, first.rows_copied, first.rows_removed) == (
+        22,
+        5,
+        5,
+        22,
+        0,
+    )
     assert first.index_built and _has_index(target)
     assert _rows(target) == _rows(source), "same ids, vectors, columns and created_at"
     password = psycopg.conninfo.conninfo_to_dict(target)["password"]
@@ -72,7 +87,9 @@ def test_copy_then_rerun_then_source_changes(source, target):
 
     # the source moves on: a re-embedded vector (same id), two new rows, a deleted row
     with psycopg.connect(source) as conn:
-        conn.execute("UPDATE imagenes_fer SET vector = (SELECT vector FROM imagenes_fer WHERE id = 5) WHERE id = 3")
+        conn.execute(
+            "UPDATE imagenes_fer SET vector = (SELECT vector FROM imagenes_fer WHERE id = 5) WHERE id = 3"
+        )
     _add(source, 2, seed=2)  # ids 24, 25
     third = migrate_vectors(source, target, range_size=5)
     # ranges 0 (ids 1-4), 4 (20-24), 5 (25)
@@ -100,7 +117,9 @@ def test_copy_then_rerun_then_source_changes(source, target):
 
 def test_target_rows_the_source_lacks_stop_the_run_before_any_change(source, target):
     migrate_vectors(source, target, range_size=5)
-    with psycopg.connect(source) as conn:  # an image re-embedded under a new id (24): id 4 is gone from the source
+    with psycopg.connect(
+        source
+    ) as conn:  # an image re-embedded under a new id (24): id 4 is gone from the source
         conn.execute(
             "WITH gone AS (DELETE FROM imagenes_fer WHERE id = 4 RETURNING *) "
             "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
@@ -110,7 +129,11 @@ def test_target_rows_the_source_lacks_stop_the_run_before_any_change(source, tar
     with pytest.raises(MigrationError) as err:
         migrate_vectors(source, target, range_size=5)
     msg = str(err.value)
-    assert "the target has 1 row(s) the source lacks (e.g. id 4)" in msg and "allow_deletes" in msg and "\n" not in msg
+    assert (
+        "the target has 1 row(s) the source lacks (e.g. id 4)" in msg
+        and "allow_deletes" in msg
+        and "\n" not in msg
+    )
     assert _rows(target) == before
     done = migrate_vectors(source, target, range_size=5, allow_deletes=True)
     assert _rows(target) == _rows(source) and done.rows == 22
@@ -122,15 +145,20 @@ def test_an_interrupted_run_is_completed_by_a_rerun(source, target, pg_cloud):
 
     def cut(p: Progress):
         if p.range_no == 3 and p.bytes_streamed > 0 and p.ranges_done == 3:
-            pg_cloud.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                             "AND pid <> pg_backend_pid()", (name,))  # fmt: skip
+            pg_cloud.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                "AND pid <> pg_backend_pid()",
+                (name,),
+            )
 
     with pytest.raises(MigrationError) as err:
         migrate_vectors(source, target, range_size=5, progress=cut)
     msg = str(err.value)
     assert "stopped in id range 3 (3 of 5 ranges copied)" in msg and "run it again" in msg and "\n" not in msg
     kept = _rows(target)
-    assert [r[0] for r in kept] == [r[0] for r in _rows(source) if r[0] < 15], "ranges 0-2 whole, nothing of 3"
+    assert [r[0] for r in kept] == [r[0] for r in _rows(source) if r[0] < 15], (
+        "ranges 0-2 whole, nothing of 3"
+    )
     assert not _has_index(target), "a first load builds the index at the end"
 
     done = migrate_vectors(source, target, range_size=5)
@@ -157,21 +185,34 @@ def test_the_migrate_vectors_job_copies_verifies_and_reruns_idempotently(source,
     password = psycopg.conninfo.conninfo_to_dict(target)["password"]
     run_config = {"ops": {"copy_vector_table": {"config": {"range_size": 4}}}}
 
-    first = job.execute_in_process(run_config=run_config, resources={"postgres": PostgresResource(dsn=source)})
+    first = job.execute_in_process(
+        run_config=run_config, resources={"postgres": PostgresResource(dsn=source)}
+    )
     assert first.success
-    meta = next(e for e in first.all_events if e.event_type_value == "STEP_OUTPUT").event_specific_data.metadata
+    meta = next(
+        e for e in first.all_events if e.event_type_value == "STEP_OUTPUT"
+    ).event_specific_data.metadata
     assert meta["rows"].value == 22 and meta["rows_copied"].value == 22 and meta["verified"].value is True
     assert meta["target"].value == describe(target) and len(meta["checksum_sha256"].value) == 64
     assert _rows(target) == _rows(source)
     assert password not in _events_text(first)
 
-    again = job.execute_in_process(run_config=run_config, resources={"postgres": PostgresResource(dsn=source)})
-    meta2 = next(e for e in again.all_events if e.event_type_value == "STEP_OUTPUT").event_specific_data.metadata
-    assert again.success and meta2["rows_copied"].value == 0 and meta2["checksum_sha256"] == meta["checksum_sha256"]
+    again = job.execute_in_process(
+        run_config=run_config, resources={"postgres": PostgresResource(dsn=source)}
+    )
+    meta2 = next(
+        e for e in again.all_events if e.event_type_value == "STEP_OUTPUT"
+    ).event_specific_data.metadata
+    assert (
+        again.success
+        and meta2["rows_copied"].value == 0
+        and meta2["checksum_sha256"] == meta["checksum_sha256"]
+    )
 
     monkeypatch.delenv("FER_MIGRATE_TARGET_DSN")
-    failed = job.execute_in_process(run_config=run_config, resources={"postgres": PostgresResource(dsn=source)},
-                                    raise_on_error=False)  # fmt: skip
+    failed = job.execute_in_process(
+        run_config=run_config, resources={"postgres": PostgresResource(dsn=source)}, raise_on_error=False
+    )
     failure = next(e for e in failed.all_events if e.is_step_failure).step_failure_data
     assert failure.user_failure_data.description == (
         "target: environment variable FER_MIGRATE_TARGET_DSN is not set (it must hold a PostgreSQL DSN)"

@@ -22,10 +22,17 @@ def test_list_read_write_stat_move_delete(cloud_store, landing):
     landing.write_many([("train/sad/b.png", b"4567"), ("test/sad/c.png", b"89"), ("top.txt", b"x")])
 
     entries = landing.list_files()
-    assert [e.key for e in entries] == ["test/sad/c.png", "top.txt", "train/happy/a é 1.png", "train/sad/b.png"]
+    assert [e.key for e in entries] == [
+        "test/sad/c.png",
+        "top.txt",
+        "train/happy/a é 1.png",
+        "train/sad/b.png",
+    ]
     assert [e.size for e in entries] == [2, 1, 3, 4]
     now = dt.datetime.now(dt.timezone.utc)
-    assert all(e.modified.utcoffset() == dt.timedelta(0) and abs(now - e.modified) < NOW_SLACK for e in entries)
+    assert all(
+        e.modified.utcoffset() == dt.timedelta(0) and abs(now - e.modified) < NOW_SLACK for e in entries
+    )
     assert [e.key for e in landing.list_files("train")] == ["train/happy/a é 1.png", "train/sad/b.png"]
     assert landing.uri("train/sad/b.png") == f"{cloud_store.landing_url}/train/sad/b.png"
 
@@ -42,8 +49,10 @@ def test_list_read_write_stat_move_delete(cloud_store, landing):
     assert not landing.exists("train/sad/b.png") and not landing.exists("top.txt")
     # what the cloud's own SDK lists, under the landing prefix
     assert cloud_store.list_keys(prefix + "/") == [
-        f"{prefix}/_archive/2026-01-01/train/sad/b.png", f"{prefix}/test/sad/c.png", f"{prefix}/train/happy/a é 1.png"
-    ]  # fmt: skip
+        f"{prefix}/_archive/2026-01-01/train/sad/b.png",
+        f"{prefix}/test/sad/c.png",
+        f"{prefix}/train/happy/a é 1.png",
+    ]
     with pytest.raises(FileNotFoundError):
         landing.read_bytes("train/sad/b.png")
 
@@ -51,7 +60,9 @@ def test_list_read_write_stat_move_delete(cloud_store, landing):
 def test_listings_see_what_other_clients_wrote_and_deleted(cloud_store, landing):
     prefix = cloud_store.landing_url.split("/", 3)[3]
     landing.write_bytes("train/fear/one.png", b"1")
-    assert [e.key for e in landing.list_files()] == ["train/fear/one.png"] and landing.exists("train/fear/one.png")
+    assert [e.key for e in landing.list_files()] == ["train/fear/one.png"] and landing.exists(
+        "train/fear/one.png"
+    )
     cloud_store.put(f"{prefix}/train/fear/two.png", b"22")  # another client, e.g. an uploader
     cloud_store.remove(f"{prefix}/train/fear/one.png")
     assert [(e.key, e.size) for e in landing.list_files()] == [("train/fear/two.png", 2)]

@@ -85,27 +85,36 @@ def test_entra_auth_through_a_dagster_run_keeps_the_token_out_of_events(entra_ro
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     put(landing, "train/happy/a.png", face("happy", 1))
     result = dg.materialize(
-        [raw_images], partition_key=partition_key("happy", utc_today()),
+        [raw_images],
+        partition_key=partition_key("happy", utc_today()),
         resources={
-            "landing": LandingResource(url=str(landing)), "lake": LakeResource(url=str(lake)),
+            "landing": LandingResource(url=str(landing)),
+            "lake": LakeResource(url=str(lake)),
             "lake_io_manager": LakeIOManager(base_url=str(lake)),
             "postgres": PostgresResource(dsn=dsn, entra_auth=True),
         },
-    )  # fmt: skip
+    )
     assert result.success
     assert result.asset_materializations_for_node("raw_images")[0].metadata["loaded"].value == 1
     with psycopg.connect(dsn, password=first) as conn:
-        assert conn.execute("SELECT path, status FROM load_log").fetchall() == [("train/happy/a.png", "loaded")]
+        assert conn.execute("SELECT path, status FROM load_log").fetchall() == [
+            ("train/happy/a.png", "loaded")
+        ]
     assert all(first not in str(event) for event in result.all_events)
 
 
 def test_a_wrong_token_or_no_credential_is_one_line_without_the_token(entra_role, monkeypatch):
     name, dsn, first = entra_role
-    _use(monkeypatch, StandInCredential(
-        AccessToken("not-the-token", int(time.time()) + 3600),
-        ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token from the included credentials.\n"
-                                  "Attempted credentials:\n\tEnvironmentCredential: ..."),
-    ))  # fmt: skip
+    _use(
+        monkeypatch,
+        StandInCredential(
+            AccessToken("not-the-token", int(time.time()) + 3600),
+            ClientAuthenticationError(
+                "DefaultAzureCredential failed to retrieve a token from the included credentials.\n"
+                "Attempted credentials:\n\tEnvironmentCredential: ..."
+            ),
+        ),
+    )
     with pytest.raises(DatabaseUnavailable) as err:
         PostgresResource(dsn=dsn, entra_auth=True).get_dsn()
     msg = str(err.value)
@@ -143,12 +152,16 @@ def test_vector_not_allow_listed_is_one_line_saying_how_to_fix_it(pg_cloud, tmp_
 
     put(tmp_path / "landing", "train/happy/a.png", face("happy", 1))
     result = dg.materialize(
-        [raw_images], partition_key=partition_key("happy", utc_today()), raise_on_error=False,
+        [raw_images],
+        partition_key=partition_key("happy", utc_today()),
+        raise_on_error=False,
         resources={
-            "landing": LandingResource(url=str(tmp_path / "landing")), "lake": LakeResource(url=str(tmp_path / "lake")),
-            "lake_io_manager": LakeIOManager(base_url=str(tmp_path / "lake")), "postgres": PostgresResource(dsn=dsn),
+            "landing": LandingResource(url=str(tmp_path / "landing")),
+            "lake": LakeResource(url=str(tmp_path / "lake")),
+            "lake_io_manager": LakeIOManager(base_url=str(tmp_path / "lake")),
+            "postgres": PostgresResource(dsn=dsn),
         },
-    )  # fmt: skip
+    )
     assert not result.success
     errors = [e.step_failure_data.error for e in result.all_events if e.is_step_failure]
     assert any(msg in (err.message + (err.cause.message if err.cause else "")) for err in errors)

@@ -23,11 +23,23 @@ def _ids(n, tag="x"):
 
 
 def _log(conn, emotion, ids):
-    rows = [ledger.LedgerRow(source=f"file:///landing/train/{emotion}/{i[:8]}.png", path=f"train/{emotion}/{i[:8]}.png",
-                             size=100, modified_at=dt.datetime(2026, 11, 30, 12, tzinfo=dt.timezone.utc), sha256=i,
-                             emotion=emotion, split="train", load_date=DAY, status="loaded", reason=None,
-                             lake_path=f"raw/images/fer2013/train/{emotion}/{i[:8]}.png", run_id="r")
-            for i in ids]  # fmt: skip
+    rows = [
+        ledger.LedgerRow(
+            source=f"file:///landing/train/{emotion}/{i[:8]}.png",
+            path=f"train/{emotion}/{i[:8]}.png",
+            size=100,
+            modified_at=dt.datetime(2026, 11, 30, 12, tzinfo=dt.timezone.utc),
+            sha256=i,
+            emotion=emotion,
+            split="train",
+            load_date=DAY,
+            status="loaded",
+            reason=None,
+            lake_path=f"raw/images/fer2013/train/{emotion}/{i[:8]}.png",
+            run_id="r",
+        )
+        for i in ids
+    ]
     with conn.transaction():
         ledger.insert(conn, rows)
 
@@ -39,9 +51,16 @@ def _write(lake, layer, emotion, table):
 
 
 def _vectors(conn, emotion, ids):
-    plan = EmbeddingPlan(emotion, DAY, MODEL, ids, [f"/lake/raw/images/fer2013/train/{emotion}/{i[:8]}.png" for i in ids],
-                         ["train"] * len(ids), [b""] * len(ids),
-                         embed=lambda pngs: iter([np.ones((len(pngs), 512), np.float32)]))  # fmt: skip
+    plan = EmbeddingPlan(
+        emotion,
+        DAY,
+        MODEL,
+        ids,
+        [f"/lake/raw/images/fer2013/train/{emotion}/{i[:8]}.png" for i in ids],
+        ["train"] * len(ids),
+        [b""] * len(ids),
+        embed=lambda pngs: iter([np.ones((len(pngs), 512), np.float32)]),
+    )
     write_partition(conn, plan)
 
 
@@ -71,7 +90,9 @@ def test_the_audit_finds_every_layer_that_disagrees(pg_dsn, lake):
         assert {d.layer for d in audit.disagreements} == {"raw manifest", "bronze", "postgres", "silver"}
         _all_layers(conn, lake, "sad", ids)
         audit = convergence.audit(conn, store, MODEL)
-        assert [d.line() for d in audit.disagreements] == ["search index: the search index is missing (silver has 6 images)"]
+        assert [d.line() for d in audit.disagreements] == [
+            "search index: the search index is missing (silver has 6 images)"
+        ]
         assert audit.index_stale and audit.partitions == []
         # the same count but other images; a partition file deleted; rows missing in PostgreSQL
         _write(lake, "bronze/images", "sad", pa.table({"image_id": ids[:5] + _ids(1, "other")}))
@@ -90,17 +111,23 @@ def test_a_lost_load_log_is_put_back_from_the_raw_manifests(pg_dsn, lake):
     ids = _ids(4)
     with connect(pg_dsn) as conn:
         _log(conn, "fear", ids)
-        before = conn.execute("SELECT source, size, modified_at, sha256, lake_path FROM load_log ORDER BY sha256").fetchall()
+        before = conn.execute(
+            "SELECT source, size, modified_at, sha256, lake_path FROM load_log ORDER BY sha256"
+        ).fetchall()
         _all_layers(conn, lake, "fear", ids)
         conn.execute("DELETE FROM load_log")
         conn.commit()
         assert convergence.restore_load_log(conn, store) == 4
-        after = conn.execute("SELECT source, size, modified_at, sha256, lake_path FROM load_log ORDER BY sha256").fetchall()
+        after = conn.execute(
+            "SELECT source, size, modified_at, sha256, lake_path FROM load_log ORDER BY sha256"
+        ).fetchall()
         assert after == before  # the same versions: the landing files are known again, not new
         assert convergence.restore_load_log(conn, store) == 0  # nothing twice
         # content the load log holds elsewhere is not put back a second time
         conn.execute("DELETE FROM load_log WHERE sha256 = %s", (ids[0],))
-        conn.execute("UPDATE load_log SET load_date = %s WHERE sha256 = %s", (DAY + dt.timedelta(days=1), ids[1]))
+        conn.execute(
+            "UPDATE load_log SET load_date = %s WHERE sha256 = %s", (DAY + dt.timedelta(days=1), ids[1])
+        )
         conn.commit()
         assert convergence.restore_load_log(conn, store) == 1
         assert conn.execute("SELECT count(*) FROM load_log WHERE sha256 = %s", (ids[1],)).fetchone()[0] == 1

@@ -10,7 +10,14 @@ import torchvision.transforms as T
 from PIL import Image
 
 from fer_platform.core import embedding
-from fer_platform.core.embedding import Embedder, EmbedderSpec, WeightsUnavailable, model_id, preprocess, resolve_weights
+from fer_platform.core.embedding import (
+    Embedder,
+    EmbedderSpec,
+    WeightsUnavailable,
+    model_id,
+    preprocess,
+    resolve_weights,
+)
 from fer_platform_tests.helpers import face
 
 PNGS = [face(e, i) for i in range(5) for e in ("happy", "sad", "angry")]
@@ -21,10 +28,15 @@ def _cos(a, b):
 
 
 def test_fidelity_preprocessing_is_the_classic_torchvision_pipeline():
-    classic = T.Compose([
-        T.Grayscale(3), T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])  # fmt: skip
+    classic = T.Compose(
+        [
+            T.Grayscale(3),
+            T.Resize(256),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     expected = torch.stack([classic(Image.open(io.BytesIO(p))) for p in PNGS]).numpy()
     got = preprocess(PNGS, EmbedderSpec(weights="random"))
     assert got.shape == (len(PNGS), 3, 224, 224)
@@ -33,10 +45,15 @@ def test_fidelity_preprocessing_is_the_classic_torchvision_pipeline():
 
 def test_a_query_image_of_another_shape_is_preprocessed_as_torchvision_does():
     """`fer-platform search --image` takes any image: not square, not 48x48, in colour."""
-    classic = T.Compose([
-        T.Grayscale(3), T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])  # fmt: skip
+    classic = T.Compose(
+        [
+            T.Grayscale(3),
+            T.Resize(256),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     rng = np.random.default_rng(0)
     for size, mode in (((80, 48), "L"), ((48, 97), "RGB"), ((300, 200), "RGB")):
         shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())

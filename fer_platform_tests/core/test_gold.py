@@ -71,7 +71,9 @@ def test_nearest_emotion_and_agreement_follow_the_geometry():
             emotions.append(e)
     silver = _silver(vectors, emotions)
     summary = {r["emotion"]: r for r in gold.emotion_summary(silver).to_pylist()}
-    assert summary["angry"]["nearest_emotion"] == "disgust" and summary["disgust"]["nearest_emotion"] == "angry"
+    assert (
+        summary["angry"]["nearest_emotion"] == "disgust" and summary["disgust"]["nearest_emotion"] == "angry"
+    )
     agree = {r["emotion"]: r for r in gold.neighbour_agreement(silver).to_pylist()}
     assert agree["happy"]["agreement"] == pytest.approx(1.0)  # well separated cluster
     assert agree["angry"]["agreement"] < 1.0  # mixes with disgust
@@ -93,7 +95,10 @@ def test_daily_loads_counts_statuses_reasons_and_bytes():
     first = table[0]
     assert (first["files_seen"], first["loaded"], first["duplicates"], first["quarantined"]) == (6, 2, 1, 3)
     assert (first["bytes_seen"], first["bytes_loaded"]) == (264, 150)
-    assert first["quarantined_by_reason"] == [{"reason": "empty file", "files": 1}, {"reason": "wrong size", "files": 2}]
+    assert first["quarantined_by_reason"] == [
+        {"reason": "empty file", "files": 1},
+        {"reason": "wrong size", "files": 2},
+    ]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,9 @@ def _run(landing, lake, dsn, keys=None, on_success="keep", emotion=None, day=DAY
 
 def _ledger(dsn):
     with connect(dsn) as conn:
-        cur = conn.execute("SELECT path, status, reason, lake_path, sha256, emotion, split FROM load_log ORDER BY path")
+        cur = conn.execute(
+            "SELECT path, status, reason, lake_path, sha256, emotion, split FROM load_log ORDER BY path"
+        )
         return [dict(zip([d.name for d in cur.description], r)) for r in cur.fetchall()]
 
 
@@ -50,8 +52,14 @@ def test_good_and_broken_files_of_one_batch(pg_dsn, landing, lake):
     assert rows["train/happy/b copy é.png"]["status"] == "duplicate"
     assert rows["test/happy/c.png"]["lake_path"] == "raw/images/fer2013/test/happy/c.png"
     assert (lake / "raw/images/fer2013/test/happy/c.png").read_bytes() == face("happy", 2)
-    for name, reason in [("trunc", "truncated"), ("empty", "empty file"), ("text", "not a PNG"),
-                         ("rgb", "mode RGB"), ("big", "wrong size 96x96"), ("jpeg", "JPEG content")]:  # fmt: skip
+    for name, reason in [
+        ("trunc", "truncated"),
+        ("empty", "empty file"),
+        ("text", "not a PNG"),
+        ("rgb", "mode RGB"),
+        ("big", "wrong size 96x96"),
+        ("jpeg", "JPEG content"),
+    ]:
         row = rows[f"train/happy/{name}.png"]
         assert row["status"] == "quarantined" and reason in row["reason"]
         assert row["lake_path"] == f"quarantine/{DAY}/train/happy/{name}.png"
@@ -89,7 +97,10 @@ def test_overwritten_file_is_a_new_version_kept_beside_the_old(pg_dsn, landing, 
     report = _run(landing, lake, pg_dsn, emotion="angry")
     assert report.counts == {"loaded": 1}
     new_path = report.outcomes[0].lake_path
-    assert new_path.startswith("raw/images/fer2013/train/angry/a.") and new_path != "raw/images/fer2013/train/angry/a.png"
+    assert (
+        new_path.startswith("raw/images/fer2013/train/angry/a.")
+        and new_path != "raw/images/fer2013/train/angry/a.png"
+    )
     assert (lake / "raw/images/fer2013/train/angry/a.png").read_bytes() == face("angry", 1)
     assert (lake / new_path).read_bytes() == face("angry", 2)
 
@@ -142,7 +153,9 @@ def test_a_source_overwritten_during_its_load_is_not_deleted(pg_dsn, landing, la
     assert not path.exists() and len(_ledger(pg_dsn)) == 2
 
 
-def test_a_retry_after_a_crash_between_commit_and_cleanup_cleans_the_sources(pg_dsn, landing, lake, monkeypatch):
+def test_a_retry_after_a_crash_between_commit_and_cleanup_cleans_the_sources(
+    pg_dsn, landing, lake, monkeypatch
+):
     put(landing, "train/happy/a.png", face("happy", 1))
 
     def crash(*args):
@@ -155,11 +168,16 @@ def test_a_retry_after_a_crash_between_commit_and_cleanup_cleans_the_sources(pg_
     monkeypatch.undo()
     report = _run(landing, lake, pg_dsn, keys=["train/happy/a.png"], on_success="archive")
     assert report.outcomes == [] and report.already_logged == ["train/happy/a.png"]
-    assert (landing / f"_archive/{DAY}/train/happy/a.png").exists() and not (landing / "train/happy/a.png").exists()
+    assert (landing / f"_archive/{DAY}/train/happy/a.png").exists() and not (
+        landing / "train/happy/a.png"
+    ).exists()
 
 
 def test_concurrent_runs_log_each_file_once(pg_dsn, landing, lake):
-    keys = [put(landing, f"train/neutral/{i}.png", face("neutral", i)) and f"train/neutral/{i}.png" for i in range(40)]
+    keys = [
+        put(landing, f"train/neutral/{i}.png", face("neutral", i)) and f"train/neutral/{i}.png"
+        for i in range(40)
+    ]
     put(landing, "test/neutral/dup.png", face("neutral", 0))
     keys.append("test/neutral/dup.png")
     errors = []
@@ -187,9 +205,13 @@ def test_select_files_takes_new_files_only_for_today(pg_dsn, landing):
     ls = Storage(str(landing))
     today = DAY
     files, missing, ignored = select_files(ls, pg_dsn, "sad", today, today)
-    assert [f.key for f in files] == ["train/sad/a.png"] and ignored == [("notes.txt", "stray file at the landing root")]
+    assert [f.key for f in files] == ["train/sad/a.png"] and ignored == [
+        ("notes.txt", "stray file at the landing root")
+    ]
     assert select_files(ls, pg_dsn, "sad", today - dt.timedelta(days=1), today) == ([], [], [])
-    files, missing, _ = select_files(ls, pg_dsn, "sad", today, today, ["train/sad/a.png", "train/sad/gone.png"])
+    files, missing, _ = select_files(
+        ls, pg_dsn, "sad", today, today, ["train/sad/a.png", "train/sad/gone.png"]
+    )
     assert [f.key for f in files] == ["train/sad/a.png"] and missing == ["train/sad/gone.png"]
     with pytest.raises(ValueError, match="another emotion"):
         select_files(ls, pg_dsn, "sad", today, today, ["train/happy/b.png"])

@@ -16,12 +16,25 @@ def test_schema_is_idempotent_and_has_pgvector(pg_dsn):
     ensure_schema(pg_dsn)
     with connect(pg_dsn) as conn:
         assert conn.execute("SELECT extversion FROM pg_extension WHERE extname='vector'").fetchone()
-        cols = dict(conn.execute(
-            "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name='imagenes_fer'"
-        ).fetchall())  # fmt: skip
-        assert {"id", "filepath", "emotion", "vector", "image_id", "split", "load_date", "model"} <= cols.keys()
+        cols = dict(
+            conn.execute(
+                "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name='imagenes_fer'"
+            ).fetchall()
+        )
+        assert {
+            "id",
+            "filepath",
+            "emotion",
+            "vector",
+            "image_id",
+            "split",
+            "load_date",
+            "model",
+        } <= cols.keys()
         assert cols["vector"] == "vector"
-        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename='imagenes_fer'")}
+        indexes = {
+            r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename='imagenes_fer'")
+        }
         assert "imagenes_fer_vector_hnsw" in indexes
 
 
@@ -79,8 +92,9 @@ def test_schema_check_does_not_wait_behind_a_run_writing_vectors(pg_dsn):
     register_vector(writer)
     writer.execute(
         "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, load_date, model) "
-        "VALUES ('f', 'happy', %s, 'x', '2026-11-01', 'm')", (np.ones(512, np.float32),),
-    )  # fmt: skip  (the transaction stays open: ROW EXCLUSIVE held)
+        "VALUES ('f', 'happy', %s, 'x', '2026-11-01', 'm')",
+        (np.ones(512, np.float32),),
+    )  # the transaction stays open: ROW EXCLUSIVE held
     done = threading.Event()
     t = threading.Thread(target=lambda: (ensure_schema(pg_dsn), done.set()), daemon=True)
     t.start()
@@ -95,4 +109,8 @@ def test_schema_check_does_not_wait_behind_a_run_writing_vectors(pg_dsn):
 def test_a_malformed_dsn_is_one_line_without_the_password():
     with pytest.raises(DatabaseUnavailable) as info:
         connect("host='unterminated password=S3CRET-pw")
-    assert "cannot be read" in str(info.value) and "S3CRET" not in str(info.value) and "\n" not in str(info.value)
+    assert (
+        "cannot be read" in str(info.value)
+        and "S3CRET" not in str(info.value)
+        and "\n" not in str(info.value)
+    )

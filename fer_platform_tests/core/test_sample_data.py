@@ -39,8 +39,11 @@ def test_defects_are_written_and_are_really_broken(tmp_path):
     assert counts["defects"] == len(DEFECTS)
     for rel, _what in DEFECTS:
         assert (tmp_path / rel).exists(), rel
-    broken = [rel for rel, what in DEFECTS if "duplicate" not in what and "ignored" not in what
-              and "unknown emotion" not in what]  # fmt: skip
+    broken = [
+        rel
+        for rel, what in DEFECTS
+        if "duplicate" not in what and "ignored" not in what and "unknown emotion" not in what
+    ]
     for rel in broken:
         try:
             images.validate((tmp_path / rel).read_bytes(), rel.split("/")[-1])

@@ -56,7 +56,9 @@ def test_flat_index_round_trips_through_its_files_and_finds_itself():
     assert again.meta["model"] == "m1" and again.size == 70
     v = again.vectors_at(np.arange(again.size))
     hits = again.search(v[5], k=3)
-    assert hits[0].image_id == again.mapping["image_id"][5].as_py() and hits[0].distance == pytest.approx(0, abs=1e-5)
+    assert hits[0].image_id == again.mapping["image_id"][5].as_py() and hits[0].distance == pytest.approx(
+        0, abs=1e-5
+    )
     assert [h.rank for h in hits] == [1, 2, 3] and hits[0].distance <= hits[1].distance <= hits[2].distance
 
 
@@ -74,8 +76,9 @@ def test_a_broken_index_fails_the_recall_measure():
     index = build_index(silver, "m1")
     ids = index.mapping["image_id"].to_pylist()
     rng = np.random.default_rng(0)
-    broken = SearchIndex(index.index, index.mapping.set_column(
-        0, "image_id", pa.array(list(rng.permutation(ids)))), index.meta)  # fmt: skip
+    broken = SearchIndex(
+        index.index, index.mapping.set_column(0, "image_id", pa.array(list(rng.permutation(ids)))), index.meta
+    )
     assert index_recall(index, silver)["recall"] == 1.0
     assert index_recall(broken, silver)["recall"] < 0.5
 

@@ -25,7 +25,14 @@ def bronze_like(train_per_class: int, test_per_class: int, seed: int = 7) -> pa.
         for e, emotion in enumerate(EMOTIONS):
             for i in range(n):
                 png = render_face(emotion, np.random.default_rng([seed, s, e, i]))
-                rows.append({"image_id": hashlib.sha256(png).hexdigest(), "emotion": emotion, "split": split, "png": png})
+                rows.append(
+                    {
+                        "image_id": hashlib.sha256(png).hexdigest(),
+                        "emotion": emotion,
+                        "split": split,
+                        "png": png,
+                    }
+                )
     return pa.Table.from_pylist(rows)
 
 
@@ -70,7 +77,9 @@ def test_the_check_re_measures_the_files_and_rejects_an_untrained_model(built, t
     out, _ = built
     verified = training.verify_model(out["files"], tiny)
     assert verified["problems"] == [] and verified["model"] == out["model"]
-    assert verified["metrics"]["tuned"]["agreement_at_10"] == pytest.approx(out["metrics"]["tuned"]["agreement_at_10"])
+    assert verified["metrics"]["tuned"]["agreement_at_10"] == pytest.approx(
+        out["metrics"]["tuned"]["agreement_at_10"]
+    )
 
     untrained = training.build_model(tiny, BASE, training.TrainingConfig(epochs=0))
     problems = training.verify_model(untrained["files"], tiny)["problems"]

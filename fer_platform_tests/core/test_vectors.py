@@ -8,9 +8,14 @@ import pytest
 
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import (
-    EmbeddingPlan, NonFiniteVectors, arrow_to_vectors, count_partition, partition_check, read_partition,
+    EmbeddingPlan,
+    NonFiniteVectors,
+    arrow_to_vectors,
+    count_partition,
+    partition_check,
+    read_partition,
     write_partition,
-)  # fmt: skip
+)
 
 DAY = dt.date(2026, 11, 20)
 
@@ -26,7 +31,9 @@ class FakeModel:
             chunk = pngs[start : start + self.batch]
             if self.fail_after is not None and start >= self.fail_after:
                 raise RuntimeError("model crashed mid-partition")
-            out = np.stack([np.random.default_rng(list(p)).standard_normal(512).astype(np.float32) for p in chunk])
+            out = np.stack(
+                [np.random.default_rng(list(p)).standard_normal(512).astype(np.float32) for p in chunk]
+            )
             if self.nan_after is not None and start >= self.nan_after:
                 out[0, 0] = np.nan
             self.calls += len(chunk)
@@ -36,9 +43,16 @@ class FakeModel:
 def _plan(n, model, emotion="happy", force=False, offset=0):
     ids = [f"img{i:03d}" for i in range(offset, offset + n)]
     return EmbeddingPlan(
-        emotion=emotion, load_date=DAY, model="m1", image_ids=ids, filepaths=[f"/lake/raw/images/fer2013/train/{emotion}/{i}.png" for i in ids],
-        splits=["train"] * n, pngs=[i.encode() for i in ids], embed=model, force=force,
-    )  # fmt: skip
+        emotion=emotion,
+        load_date=DAY,
+        model="m1",
+        image_ids=ids,
+        filepaths=[f"/lake/raw/images/fer2013/train/{emotion}/{i}.png" for i in ids],
+        splits=["train"] * n,
+        pngs=[i.encode() for i in ids],
+        embed=model,
+        force=force,
+    )
 
 
 def _rows(dsn):

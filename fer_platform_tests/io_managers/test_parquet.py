@@ -29,7 +29,9 @@ def summary() -> pd.DataFrame:
 def test_hive_layout_round_trip_and_standard_readers(tmp_path):
     io = LakeIOManager(base_url=str(tmp_path))
     for emotion, day in [("angry", "2026-11-01"), ("sad", "2026-11-02")]:
-        res = dg.materialize([things, doubled], partition_key=partition_key(emotion, day), resources={"io": io})
+        res = dg.materialize(
+            [things, doubled], partition_key=partition_key(emotion, day), resources={"io": io}
+        )
         assert res.success
         loaded = res.output_for_node("doubled")
         assert loaded.column("w").to_pylist() == [1.0, 3.0]
@@ -43,6 +45,9 @@ def test_hive_layout_round_trip_and_standard_readers(tmp_path):
         ("angry", __import__("datetime").date(2026, 11, 1), 2.0),
         ("sad", __import__("datetime").date(2026, 11, 2), 2.0),
     ]
-    assert sorted(pd.read_parquet(tmp_path / "silver/things")["emotion"].astype(str).unique()) == ["angry", "sad"]
+    assert sorted(pd.read_parquet(tmp_path / "silver/things")["emotion"].astype(str).unique()) == [
+        "angry",
+        "sad",
+    ]
     assert ds.dataset(tmp_path / "silver/things", partitioning="hive").to_table().num_rows == 4
     assert not list(tmp_path.rglob(".*.tmp"))

@@ -62,9 +62,13 @@ VECTOR_INDEX_DDL = (
 
 
 SCHEMA_OBJECTS = (
-    VECTORS_TABLE, f"{VECTORS_TABLE}_partition", LOAD_LOG_TABLE, f"{LOAD_LOG_TABLE}_loaded_sha256",
-    f"{LOAD_LOG_TABLE}_partition", f"{LOAD_LOG_TABLE}_source",
-)  # fmt: skip
+    VECTORS_TABLE,
+    f"{VECTORS_TABLE}_partition",
+    LOAD_LOG_TABLE,
+    f"{LOAD_LOG_TABLE}_loaded_sha256",
+    f"{LOAD_LOG_TABLE}_partition",
+    f"{LOAD_LOG_TABLE}_source",
+)
 
 
 def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:

@@ -16,8 +16,15 @@ from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import as_numpy
 
 
-def pgvector_search(conn, query: np.ndarray, model: str, k: int = 10, emotion: str | None = None,
-                    exclude: str | None = None, ef_search: int = 100) -> list[Hit]:  # fmt: skip
+def pgvector_search(
+    conn,
+    query: np.ndarray,
+    model: str,
+    k: int = 10,
+    emotion: str | None = None,
+    exclude: str | None = None,
+    ef_search: int = 100,
+) -> list[Hit]:
     """The ``k`` nearest rows of ``model`` in PostgreSQL by cosine distance (HNSW index).
 
     Filters (model, emotion) use pgvector's iterative index scans, so a filtered query
@@ -51,10 +58,17 @@ def pgvector_search(conn, query: np.ndarray, model: str, k: int = 10, emotion: s
                 conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
                 rows = conn.execute(sql, args).fetchall()
     return [
-        Hit(rank=i + 1, image_id=r[0], filepath=_lake_path(r[1]), emotion=r[2], split=r[3],
-            load_date=iso(r[4]), distance=float(r[5]))
+        Hit(
+            rank=i + 1,
+            image_id=r[0],
+            filepath=_lake_path(r[1]),
+            emotion=r[2],
+            split=r[3],
+            load_date=iso(r[4]),
+            distance=float(r[5]),
+        )
         for i, r in enumerate(rows)
-    ]  # fmt: skip
+    ]
 
 
 def pgvector_row(conn, image_id: str, model: str) -> dict | None:
@@ -68,8 +82,14 @@ def pgvector_row(conn, image_id: str, model: str) -> dict | None:
     ).fetchone()
     if row is None:
         return None
-    return {"image_id": image_id, "filepath": _lake_path(row[0]), "emotion": row[1], "split": row[2],
-            "load_date": row[3], "vector": as_numpy(row[4])}  # fmt: skip
+    return {
+        "image_id": image_id,
+        "filepath": _lake_path(row[0]),
+        "emotion": row[1],
+        "split": row[2],
+        "load_date": row[3],
+        "vector": as_numpy(row[4]),
+    }
 
 
 def _lake_path(uri: str) -> str:

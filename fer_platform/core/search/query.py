@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fer_platform.core.pg.connect import connect
 from fer_platform.core.embedding import Embedder, model_id
 from fer_platform.core.images import sha256
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.search.hits import Hit, iso
 from fer_platform.core.search.index import SearchIndex, load_index
 from fer_platform.core.search.pgvector import pgvector_row, pgvector_search
