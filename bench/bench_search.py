@@ -144,7 +144,7 @@ def bench_pgvector(dsn, vectors, queries, truth):
                 ids = [r[0] for r in cur.execute(sql, (q,), prepare=True).fetchall()]
                 lat.append(time.perf_counter() - t0)
                 got.append(ids)
-            recall = sum(len(set(g) & set(t.tolist())) for g, t in zip(got, truth)) / truth.size
+            recall = sum(len(set(g) & set(t.tolist())) for g, t in zip(got, truth, strict=True)) / truth.size
             p50, p95 = percentiles(lat)
             print(
                 f"    ef_search {ef:<5} recall@10 {recall:.4f}  p50 {p50:.2f} ms  p95 {p95:.2f} ms",

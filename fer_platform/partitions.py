@@ -34,7 +34,7 @@ def partition_of(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> t
     dims = (
         key.keys_by_dimension
         if isinstance(key, dg.MultiPartitionKey)
-        else dict(zip(("emotion", "load_date"), key.split("|")))
+        else dict(zip(("emotion", "load_date"), key.split("|"), strict=True))
     )
     return dims["emotion"], dt.date.fromisoformat(dims["load_date"])
 

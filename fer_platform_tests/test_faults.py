@@ -266,7 +266,7 @@ def test_two_demos_started_together_on_a_fresh_home_both_succeed(tmp_path):
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
         ]
         outs = [p.communicate(timeout=400) for p in procs]
-        for p, (out, err) in zip(procs, outs):
+        for p, (_out, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
         first, second = sorted((json.loads(o) for o, _ in outs), key=lambda s: -len(s["runs"]))
         assert (

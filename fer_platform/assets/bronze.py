@@ -29,7 +29,9 @@ def bronze_images(context: dg.AssetExecutionContext, raw_images: pa.Table, lake:
         {
             "images": table.num_rows,
             "bytes": dg.MetadataValue.text(human_bytes(pc.sum(table["bytes"]).as_py() or 0)),
-            "by_split": dg.MetadataValue.json({s: int(n) for s, n in zip(*_value_counts(table["split"]))}),
+            "by_split": dg.MetadataValue.json(
+                {s: int(n) for s, n in zip(*_value_counts(table["split"]), strict=True)}
+            ),
             "preview": dg.MetadataValue.md(
                 markdown_table(
                     table.drop_columns(["png"]).slice(0, 10).to_pylist(),

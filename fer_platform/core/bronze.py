@@ -59,7 +59,7 @@ def bronze_table(manifest: pa.Table, lake: Storage, run_id: str | None) -> pa.Ta
     rows = manifest.to_pylist()
     blobs = lake.read_many([r["filepath"] for r in rows])
     out = []
-    for r, data in zip(rows, blobs):
+    for r, data in zip(rows, blobs, strict=True):
         sha = images.sha256(data)
         if sha != r["image_id"]:
             raise ValueError(

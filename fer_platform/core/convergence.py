@@ -105,7 +105,7 @@ def _file_state(lake: Storage, entry: FileEntry, model: str | None) -> LayerStat
     table = pq.read_table(lake.path(entry.key), columns=columns, filesystem=lake.fs)
     ids = table["image_id"].to_pylist()
     if model:
-        ids = [i for i, m in zip(ids, table["model"].to_pylist()) if m == model]
+        ids = [i for i, m in zip(ids, table["model"].to_pylist(), strict=True) if m == model]
     state = state_of(ids)
     with _cache_lock:
         if len(_cache) > 100_000:

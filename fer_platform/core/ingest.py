@@ -199,7 +199,7 @@ def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]], max_bytes:
             except Exception as exc:  # noqa: BLE001
                 blobs.append(exc)
     store_checked = False
-    for i, data in zip(todo, blobs):
+    for i, data in zip(todo, blobs, strict=True):
         entry, r = batch[i]
         if isinstance(data, (FileNotFoundError, NotADirectoryError)):
             if not store_checked:  # one file removed meanwhile, or the whole landing zone gone (unmounted)?

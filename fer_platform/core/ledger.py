@@ -122,7 +122,7 @@ def partition_rows(
         (emotion, load_date, status),
     )
     names = [d.name for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def restore(conn: psycopg.Connection, emotion: str, load_date: dt.date, manifest_rows: Sequence[dict]) -> int:
@@ -199,7 +199,7 @@ def rows_for_versions(conn: psycopg.Connection, versions: Iterable[Version]) -> 
             ([v[0] for v in chunk], [v[1] for v in chunk], [v[2] for v in chunk]),
         )
         names = [d.name for d in cur.description]
-        out.extend(dict(zip(names, row)) for row in cur.fetchall())
+        out.extend(dict(zip(names, row, strict=True)) for row in cur.fetchall())
     return out
 
 
@@ -207,7 +207,7 @@ def daily_rows(conn: psycopg.Connection) -> list[dict]:
     """(load_date, status, reason, size) of every ledger row: what the daily-loads summary counts."""
     cur = conn.execute(f"SELECT load_date, status, reason, size FROM {LOAD_LOG_TABLE} ORDER BY load_date")
     names = [d.name for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def oldest_version_us(conn: psycopg.Connection, source_prefix: str) -> int | None:

@@ -142,7 +142,7 @@ def write_sample_landing(
     out = Path(out)
     counts = {"images": 0, "defects": 0}
     first_png: bytes | None = None
-    for split_i, (split, n) in enumerate(zip(SPLITS, (per_class, test_per_class))):
+    for split_i, (split, n) in enumerate(zip(SPLITS, (per_class, test_per_class), strict=True)):
         for emo_i, emotion in enumerate(EMOTIONS):
             folder = out / split / emotion
             folder.mkdir(parents=True, exist_ok=True)

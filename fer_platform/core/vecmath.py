@@ -65,7 +65,7 @@ def leave_one_out(positions: np.ndarray, selves: np.ndarray, k: int) -> np.ndarr
     """Each row's first ``k`` positions other than the query's own: a stored vector used as a
     query finds itself trivially, which would flatter recall; without it, it is a fair query."""
     out = np.full((len(positions), k), -1, dtype=np.int64)
-    for i, (row, own) in enumerate(zip(positions, selves)):
+    for i, (row, own) in enumerate(zip(positions, selves, strict=True)):
         others = row[row != own][:k]
         out[i, : len(others)] = others
     return out
@@ -82,5 +82,5 @@ def nearest_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
 
 def recall_of(got: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each row of ``truth`` found in the same row of ``got``."""
-    hits = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth))
+    hits = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth, strict=True))
     return hits / max(1, truth.size)

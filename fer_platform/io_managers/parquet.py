@@ -94,7 +94,7 @@ class HiveParquetIOManager(dg.UPathIOManager):
             values = partition.split("/")
         else:
             names, values = ["partition"], [partition]
-        for name, value in zip(names, values):
+        for name, value in zip(names, values, strict=True):
             path = path / f"{name}={value}"
         return path / PART_FILE
 

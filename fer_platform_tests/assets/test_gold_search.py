@@ -6,6 +6,7 @@ files, loaded through the ingest assets into a real PostgreSQL and a temporary l
 
 import hashlib
 import io
+import itertools
 import json
 import shutil
 
@@ -150,7 +151,9 @@ def test_both_backends_agree_on_every_image_with_and_without_a_filter(loaded):
     lake = Storage(str(loaded["lake"]))
     spec = loaded["resources"]["embedder"].spec()
     index = load_index(lake, MODEL)
-    emotions = dict(zip(index.mapping["image_id"].to_pylist(), index.mapping["emotion"].to_pylist()))
+    emotions = dict(
+        zip(index.mapping["image_id"].to_pylist(), index.mapping["emotion"].to_pylist(), strict=True)
+    )
     for image_id in index.mapping["image_id"].to_pylist()[::4]:
         for emotion in (None, "fear"):
             # three fear images are loaded; the query itself is never its own neighbour
@@ -192,7 +195,7 @@ def test_cli_search_json_and_contact_sheet(loaded, monkeypatch, capsys, tmp_path
     result = json.loads(capsys.readouterr().out)
     assert result["hits"][0]["filepath"] == "raw/images/fer2013/test/happy/happy2.png"
     assert [h["rank"] for h in result["hits"]] == [1, 2, 3, 4]
-    assert all(a["distance"] <= b["distance"] for a, b in zip(result["hits"], result["hits"][1:]))
+    assert all(a["distance"] <= b["distance"] for a, b in itertools.pairwise(result["hits"]))
     im = Image.open(io.BytesIO(sheet_path.read_bytes()))
     cols, rows = sheet.layout(5)
     assert im.format == "PNG" and im.size == (cols * sheet.cell_size()[0], rows * sheet.cell_size()[1])

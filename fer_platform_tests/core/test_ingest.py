@@ -28,7 +28,7 @@ def _ledger(dsn):
         cur = conn.execute(
             "SELECT path, status, reason, lake_path, sha256, emotion, split FROM load_log ORDER BY path"
         )
-        return [dict(zip([d.name for d in cur.description], r)) for r in cur.fetchall()]
+        return [dict(zip([d.name for d in cur.description], r, strict=True)) for r in cur.fetchall()]
 
 
 def test_good_and_broken_files_of_one_batch(pg_dsn, landing, lake):

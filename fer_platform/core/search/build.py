@@ -117,10 +117,13 @@ def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int 
     picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
     kk = min(k, len(vectors) - 1)
     _, truth = exact_search(vectors, vectors[picks], kk + 1)
-    truth_ids = [[i for i in ids[row] if i != ids[own]][:kk] for row, own in zip(truth, picks)]
+    truth_ids = [[i for i in ids[row] if i != ids[own]][:kk] for row, own in zip(truth, picks, strict=True)]
     _, got = index.raw_search(vectors[picks], kk + 1)
     index_ids = index.ids
-    got_ids = [[i for i in index_ids[row[row >= 0]] if i != ids[own]][:kk] for row, own in zip(got, picks)]
-    hits = sum(len(set(g) & set(t)) for g, t in zip(got_ids, truth_ids))
+    got_ids = [
+        [i for i in index_ids[row[row >= 0]] if i != ids[own]][:kk]
+        for row, own in zip(got, picks, strict=True)
+    ]
+    hits = sum(len(set(g) & set(t)) for g, t in zip(got_ids, truth_ids, strict=True))
     recall = hits / (len(picks) * kk)
     return {"recall": recall, "queries": len(picks), "k": kk, "silver": len(vectors), "indexed": index.size}

@@ -176,7 +176,7 @@ class SearchIndex:
 
     def hits(self, sims: np.ndarray, positions: np.ndarray) -> list[Hit]:
         rows = self.mapping.take(pa.array([int(p) for p in positions if p >= 0], pa.int64())).to_pylist()
-        found = [s for s, p in zip(sims, positions) if p >= 0]
+        found = [s for s, p in zip(sims, positions, strict=True) if p >= 0]
         return [
             Hit(
                 rank=i + 1,
@@ -187,7 +187,7 @@ class SearchIndex:
                 load_date=iso(r["load_date"]),
                 distance=float(1.0 - s),
             )
-            for i, (r, s) in enumerate(zip(rows, found))
+            for i, (r, s) in enumerate(zip(rows, found, strict=True))
         ]
 
 
