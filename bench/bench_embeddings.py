@@ -216,7 +216,8 @@ def copy_vs_insert(dsn, n):
                 with conn.transaction():
                     if how == "copy":
                         with conn.cursor().copy(
-                            "COPY t_rate (id, filepath, emotion, vector, image_id, load_date, model) FROM STDIN (FORMAT BINARY)"
+                            "COPY t_rate (id, filepath, emotion, vector, image_id, load_date, model) "
+                            "FROM STDIN (FORMAT BINARY)"
                         ) as cp:
                             cp.set_types(["int8", "text", "text", "vector", "text", "date", "text"])
                             for i in range(n):
@@ -224,8 +225,9 @@ def copy_vs_insert(dsn, n):
                     else:
                         for i in range(n):
                             conn.execute(
-                                "INSERT INTO t_rate (id, filepath, emotion, vector, image_id, load_date, model) "
-                                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                                "INSERT INTO t_rate"
+                                " (id, filepath, emotion, vector, image_id, load_date, model)"
+                                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                                 (i, "f", "happy", X[i], f"i{i}", DAY, "m"),
                             )
                 rates.append(n / (time.perf_counter() - t0))

@@ -1,7 +1,7 @@
 """The emotion-tuned model: test-split figures of random, ImageNet and tuned weights; training time; images/s.
 
-    .venv/bin/python bench/bench_model.py [--per-class 100] [--test-per-class 25] [--epochs 10] [--device auto]
-                                          [--threads N]
+    .venv/bin/python bench/bench_model.py [--per-class 100] [--test-per-class 25] [--epochs 10]
+                                          [--device auto] [--threads N]
 
 On a generated landing zone with a held-out test split, loaded through raw and bronze:
   * emotion_model materialised with its blocking check (the train_emotion_model job's assets): training time
@@ -12,8 +12,8 @@ On a generated landing zone with a held-out test split, loaded through raw and b
   * the re-embedding backfill with the tuned model: image_embeddings + silver_embeddings of every partition
 
 The base weights are FER_EMBED_WEIGHTS (random unless set; auto or imagenet trains from ImageNet where it can
-be had). Figures: 10-NN emotion agreement among the test images (exact cosine, self excluded; chance beside it) and the
-accuracy of a nearest-centroid classifier (centroids of the train vectors) on the test images.
+be had). Figures: 10-NN emotion agreement among the test images (exact cosine, self excluded; chance beside
+it) and the accuracy of a nearest-centroid classifier (centroids of the train vectors) on the test images.
 """
 
 import argparse

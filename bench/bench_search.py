@@ -74,7 +74,8 @@ def bench_faiss(vectors, queries, truth):
         f"[{n}] index build ({index.kind}, search.build.build_index)",
         t.seconds,
         "s",
-        f"ef_search {index.meta.get('ef_search', '-')}, tuned recall {index.meta.get('tuned_recall', 1.0):.3f}",
+        f"ef_search {index.meta.get('ef_search', '-')}, "
+        f"tuned recall {index.meta.get('tuned_recall', 1.0):.3f}",
     )
     index.raw_search(queries[:5], 10)
     lat, got = [], []
@@ -126,7 +127,8 @@ def bench_pgvector(dsn, vectors, queries, truth):
         conn.execute("SET max_parallel_maintenance_workers = 1")  # 2 cores: the leader plus one worker
         with Timer() as t:
             conn.execute(
-                "CREATE INDEX ON bench_vectors USING hnsw (vector vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+                "CREATE INDEX ON bench_vectors USING hnsw (vector vector_cosine_ops) "
+                "WITH (m = 16, ef_construction = 64)"
             )
             conn.commit()
         row(f"[{n}] pgvector HNSW build (m=16, ef_construction=64)", t.seconds, "s")

@@ -103,7 +103,8 @@ def _ids(root: Path, columns=("image_id",), **flt) -> list[str]:
 
 
 def assert_converged(home, landing):
-    """Every layer holds exactly the landing zone's valid faces, once; nothing stays STARTED or half-written."""
+    """Every layer holds exactly the landing zone's valid faces, once; nothing stays STARTED or
+    half-written."""
     want = expected(landing)
     dsn = embedded_status(home / "postgres")["dsn"]
     with connect(dsn) as conn:
@@ -218,8 +219,8 @@ def test_deleted_layers_are_rebuilt_by_the_next_demo(loaded):
 
 
 def test_a_load_log_lost_on_a_later_day_loads_nothing_twice(tmp_path, monkeypatch):
-    """First load on day D (yesterday: the clock is pinned for the demo's runs), the load log deleted, then the
-    demo on day D+1 (today): the raw manifests put the load log back, and nothing is loaded twice."""
+    """First load on day D (yesterday: the clock is pinned for the demo's runs), the load log deleted, then
+    the demo on day D+1 (today): the raw manifests put the load log back, and nothing is loaded twice."""
     home, landing = tmp_path / "home", tmp_path / "landing"
     write_sample_landing(landing, per_class=3, test_per_class=1, seed=9, defects=True)
     for var in ("FER_HOME", "FER_LANDING", "DAGSTER_HOME", "FER_DAGSTER_PG_URL"):
@@ -280,7 +281,8 @@ def test_two_demos_started_together_on_a_fresh_home_both_succeed(tmp_path):
 
 def test_what_the_demo_cannot_repair_is_told_one_line_per_layer_and_exit_1(loaded):
     """A partition whose repair fails (its vectors deleted and a raw lake copy lost, so bronze cannot be
-    rebuilt): the demo says which layer disagrees, one line each, and exits 1. (Last: it leaves the home broken.)"""
+    rebuilt): the demo says which layer disagrees, one line each, and exits 1. (Last: it leaves the home
+    broken.)"""
     home, landing = loaded
     dsn = embedded_status(home / "postgres")["dsn"]
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -1,7 +1,7 @@
-"""Hostile input, as a new user would meet it: a catalogue of bad files beside good files of every emotion, loaded
-by `fer-platform demo`. Every good file loads (also under odd names); every bad one is quarantined with its one-line
-reason, never blocking the others; nothing outside the landing zone is read, and the lake holds nothing that is
-not derived from a regular landing file."""
+"""Hostile input, as a new user would meet it: a catalogue of bad files beside good files of every emotion,
+loaded by `fer-platform demo`. Every good file loads (also under odd names); every bad one is quarantined with
+its one-line reason, never blocking the others; nothing outside the landing zone is read, and the lake holds
+nothing that is not derived from a regular landing file."""
 
 import hashlib
 import io
@@ -169,7 +169,8 @@ def test_the_hostile_catalogue_beside_good_files_of_every_emotion(tmp_path):
 
 
 def test_a_file_bigger_than_the_cap_is_never_read_whole(tmp_path, monkeypatch):
-    """The size cap is a setting; a file over it is judged by its size (no read), one under it by its content."""
+    """The size cap is a setting; a file over it is judged by its size (no read), one under it by its
+    content."""
     landing = tmp_path / "l"
     (landing / "train/happy").mkdir(parents=True)
     data = face("happy", 1)

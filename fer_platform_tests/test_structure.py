@@ -1,7 +1,8 @@
-"""The shape of the package, read from its source: no import cycle, imports at the top, core without dagster.
+"""The shape of the package, read from its source: no import cycle, imports at the top, core without
+dagster.
 
-Every ``import`` is read, the ones inside functions too (a function-level import hides a dependency, it does not
-remove it), so a cycle cannot hide behind one.
+Every ``import`` is read, the ones inside functions too (a function-level import hides a dependency, it does
+not remove it), so a cycle cannot hide behind one.
 """
 
 import ast
@@ -14,7 +15,8 @@ import fer_platform
 
 ROOT = Path(fer_platform.__file__).parent
 PACKAGE = "fer_platform"
-# What a function may import: libraries that are slow to import or optional, deferred to where they are needed.
+# What a function may import: libraries that are slow to import or optional, deferred to where they are
+# needed.
 DEFERRABLE = {
     "torch",
     "torchvision",

@@ -1,4 +1,5 @@
-"""image_embeddings: ResNet18 vectors of a bronze partition, made here and written to PostgreSQL + pgvector."""
+"""image_embeddings: ResNet18 vectors of a bronze partition, made here and written to PostgreSQL +
+pgvector."""
 
 import dagster as dg
 import pyarrow as pa
@@ -19,7 +20,8 @@ class EmbeddingsConfig(dg.Config):
 @dg.asset(
     partitions_def=image_partitions,
     deps=[embedding_model],  # the served model: a new one makes every partition's vectors unsynced
-    io_manager_key="pgvector_io_manager",  # only reads them back, for silver: this asset writes its rows itself
+    # only reads them back, for silver: this asset writes its rows itself
+    io_manager_key="pgvector_io_manager",
     group_name="embeddings",
     kinds={"pytorch", "postgres"},
     description="One 512-d ResNet18 vector per bronze image and model in the imagenes_fer table "

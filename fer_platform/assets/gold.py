@@ -59,7 +59,8 @@ def gold_emotion_summary(
 @dg.asset(
     deps=[raw_images],
     metadata={LAKE_PATH: f"{GOLD}/daily_loads"},
-    description="Per load date, from the load log: files seen, loaded, duplicates, quarantined (by reason), bytes.",
+    description="Per load date, from the load log: files seen, loaded, duplicates, "
+    "quarantined (by reason), bytes.",
     **GOLD_KW,
 )
 def gold_daily_loads(context: dg.AssetExecutionContext, postgres: PostgresResource) -> pa.Table:

@@ -31,8 +31,8 @@ class RawImagesConfig(dg.Config):
 def ingest_run_config(
     files: Optional[Sequence[str]] = None, on_success: str = "keep", take_pending: bool = False
 ) -> dg.RunConfig:
-    """The one builder of an ingest run's config (the landing sensor, the bulk load job, the repairs, the daily
-    refresh and the demo all use it).
+    """The one builder of an ingest run's config (the landing sensor, the bulk load job, the repairs, the
+    daily refresh and the demo all use it).
 
     ``files`` None: the emotion's pending files (what a run launched from the UI takes); a list: exactly those
     landing keys (the sensor's and the demo's runs); an empty list: no new file, every layer of the partition

@@ -22,7 +22,8 @@ class SearchIndexConfig(dg.Config):
     hnsw_m: int = build.HNSW_M
     ef_construction: int = build.HNSW_EF_CONSTRUCTION
     target_recall: float = build.RECALL_TARGET
-    """HNSW: ef_search is raised until recall@10 on a sample reaches this (checked again by the asset check)."""
+    """HNSW: ef_search is raised until recall@10 on a sample reaches this (checked again by the asset
+    check)."""
 
 
 @dg.asset(

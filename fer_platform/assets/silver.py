@@ -20,8 +20,8 @@ from fer_platform.resources import EmbedderResource, PostgresResource
     metadata={LAKE_PATH: SILVER_EMBEDDINGS},
     group_name="embeddings",
     kinds={"python", "parquet"},
-    description="Deduplicated, validated (512 dims, finite, norm 1) vectors as fixed_size_list<float32, 512>, "
-    "filepath rewritten to the lake path; Hive folders emotion=/load_date=.",
+    description="Deduplicated, validated (512 dims, finite, norm 1) vectors as fixed_size_list<float32, "
+    "512>, filepath rewritten to the lake path; Hive folders emotion=/load_date=.",
 )
 def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Table) -> pa.Table:
     try:
@@ -50,8 +50,8 @@ def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Ta
     partitions_def=image_partitions,
     blocking=True,
     description="Row-count parity with PostgreSQL for the partition and model (the classic migration's "
-    "'verify the row count' step), exactly the load log's loaded images of the partition, plus dims, finiteness, "
-    "norm 1 and unique image ids.",
+    "'verify the row count' step), exactly the load log's loaded images of the partition, plus dims, "
+    "finiteness, norm 1 and unique image ids.",
 )
 def silver_matches_postgres(
     context: dg.AssetCheckExecutionContext,

@@ -110,11 +110,11 @@ def repair_requests(
     retry_after_s: float = 300.0,
     limit: int = MAX_REPAIRS_PER_TICK,
 ) -> tuple[list[dg.RunRequest], list[str]]:
-    """One ingest run per disagreeing partition (at most ``limit``, oldest first), and one publish run when the
-    index disagrees with silver and nothing rebuilds it; plus the partitions given up on. A failed repair is
-    asked for again ``retry_after_s`` after it ended, until ``max_attempts`` failed in a row. Each repair gets a
-    new run key (a disagreement next week is repaired again, not dropped as a repeated request); a partition
-    with a run queued or running is busy and never audited, so it is not asked for twice."""
+    """One ingest run per disagreeing partition (at most ``limit``, oldest first), and one publish run when
+    the index disagrees with silver and nothing rebuilds it; plus the partitions given up on. A failed repair
+    is asked for again ``retry_after_s`` after it ended, until ``max_attempts`` failed in a row. Each repair
+    gets a new run key (a disagreement next week is repaired again, not dropped as a repeated request); a
+    partition with a run queued or running is busy and never audited, so it is not asked for twice."""
     now = time.time()
     requests, given_up = [], []
     for emotion, day in sorted(audit.partitions, key=lambda p: (p[1], p[0])):

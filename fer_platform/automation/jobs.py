@@ -45,12 +45,13 @@ bulk_load_job = dg.define_asset_job(
     selection=INGEST_SELECTION,
     partitions_def=image_partitions,
     tags={"fer/bulk": "true"},
-    # a run that starts after midnight UTC still takes its emotion's pending files, into the launch day's partition
+    # a run that starts after midnight UTC still takes its emotion's pending files, into the launch day's
+    # partition
     config=ingest_run_config(take_pending=True),
-    description="The first load of a large landing folder (FER2013's 35,887 images): launched as a backfill of "
-    "today's 7 emotion partitions (`fer-platform bulk-load`, or Jobs -> bulk_load -> Partitions in the UI); each "
-    "run takes every pending file of its emotion, in batches with progress in its logs. The run queue bounds how "
-    "many run at once (tag fer/bulk, see dagster.yaml).",
+    description="The first load of a large landing folder (FER2013's 35,887 images): launched as a backfill "
+    "of today's 7 emotion partitions (`fer-platform bulk-load`, or Jobs -> bulk_load -> Partitions in the "
+    "UI); each run takes every pending file of its emotion, in batches with progress in its logs. The run "
+    "queue bounds how many run at once (tag fer/bulk, see dagster.yaml).",
 )
 
 PUBLISH_ASSETS = [*GOLD_ASSETS, search_index]
@@ -111,15 +112,15 @@ def landing_triage():
 train_model_job = dg.define_asset_job(
     "train_emotion_model",
     selection=dg.AssetSelection.assets(*MODEL_ASSETS),
-    description="Fine-tune the emotion model on bronze, check it against the untuned weights on the test split "
-    "(approved in the lake when it passes), then record the model the embedder serves.",
+    description="Fine-tune the emotion model on bronze, check it against the untuned weights on the test "
+    "split (approved in the lake when it passes), then record the model the embedder serves.",
 )
 
 reembed_job = dg.define_asset_job(
     "reembed_images",
     selection=dg.AssetSelection.assets(image_embeddings, silver_embeddings),
     partitions_def=image_partitions,
-    description="Re-embed partitions with the served model: after a new model is served, launch it as a backfill "
-    "over the unsynced partitions. Vectors are keyed by (image, model): the new model's rows are added once, the "
-    "old model's stay until removed; silver is replaced by the new model's vectors.",
+    description="Re-embed partitions with the served model: after a new model is served, launch it as a "
+    "backfill over the unsynced partitions. Vectors are keyed by (image, model): the new model's rows are "
+    "added once, the old model's stay until removed; silver is replaced by the new model's vectors.",
 )

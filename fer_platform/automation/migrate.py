@@ -27,9 +27,11 @@ class MigrateVectorsConfig(dg.Config):
     target: str = "FER_MIGRATE_TARGET_DSN"
     """The name of an environment variable that holds the target DSN (or 'postgres')."""
     target_entra_auth: bool = False
-    """The target's password is a Microsoft Entra access token (DefaultAzureCredential), fetched at connect time."""
+    """The target's password is a Microsoft Entra access token (DefaultAzureCredential), fetched at connect
+    time."""
     range_size: int = RANGE_SIZE
-    """Ids per range: the unit that is compared, copied in one transaction, and kept when a run is interrupted."""
+    """Ids per range: the unit that is compared, copied in one transaction, and kept when a run is
+    interrupted."""
     allow_deletes: bool = False
     """Remove target rows the source lacks (else the run stops before changing anything)."""
 
@@ -101,9 +103,9 @@ def copy_vector_table(
 
 @dg.job(
     name="migrate_vectors",
-    description="Copy the vector table (imagenes_fer) from a source PostgreSQL to a target, e.g. local -> Azure: "
-    "extension and schema ensured, rows streamed by binary COPY, idempotent and resumable, verified by row counts "
-    "and a checksum of ids and vectors.",
+    description="Copy the vector table (imagenes_fer) from a source PostgreSQL to a target, e.g. local -> "
+    "Azure: extension and schema ensured, rows streamed by binary COPY, idempotent and resumable, verified "
+    "by row counts and a checksum of ids and vectors.",
     tags={"fer/kind": "migration"},
 )
 def migrate_vectors_job():

@@ -1,4 +1,5 @@
-"""The auto-loader's periodic full re-listing: the landing_reconciled check on raw_images and the job that runs it.
+"""The auto-loader's periodic full re-listing: the landing_reconciled check on raw_images and the job that
+runs it.
 
 It judges the whole landing zone and every layer against the load log, so it runs in the reconcile job only
 (weekly_reconcile, or on demand), never inside an ingest run, whose later layers are not written yet.
@@ -26,10 +27,10 @@ from fer_platform.resources import (
     asset=raw_images,
     name="landing_reconciled",
     description="A full re-listing of the landing zone against the load log and the lake (the auto-loader's "
-    "periodic backfill, made visible): every landing file is in the load log (files still settling or carried by "
-    "an unfinished run are not judged), every loaded file is in the lake, every partition's layers hold exactly "
-    "the load log's images; temporary files of killed writes are removed and reported. Run weekly by the "
-    "reconcile job (weekly_reconcile), or on demand; never inside ingest runs.",
+    "periodic backfill, made visible): every landing file is in the load log (files still settling or "
+    "carried by an unfinished run are not judged), every loaded file is in the lake, every partition's "
+    "layers hold exactly the load log's images; temporary files of killed writes are removed and reported. "
+    "Run weekly by the reconcile job (weekly_reconcile), or on demand; never inside ingest runs.",
 )
 def landing_reconciled(
     context: dg.AssetCheckExecutionContext,

@@ -24,9 +24,9 @@ def _status() -> dg.DefaultScheduleStatus:
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
     default_status=_status(),
-    description="02:00 UTC: re-derives from the load log the previous day's partitions that hold images (one run "
-    "per emotion; nothing is re-embedded or loaded twice), and every partition of any day whose layers disagree "
-    "with the load log (and the index, when it does not hold exactly silver).",
+    description="02:00 UTC: re-derives from the load log the previous day's partitions that hold images (one "
+    "run per emotion; nothing is re-embedded or loaded twice), and every partition of any day whose layers "
+    "disagree with the load log (and the index, when it does not hold exactly silver).",
 )
 def daily_refresh(
     context: dg.ScheduleEvaluationContext,
@@ -53,7 +53,8 @@ def daily_refresh(
         settings.retry_after_seconds,
         limit=len(audit.partitions),
     )
-    # a schedule targets one job: the index follows silver (publish_automation), the landing sensor rebuilds a lost one
+    # a schedule targets one job: the index follows silver (publish_automation), the landing sensor rebuilds
+    # a lost one
     requests = [r for r in requests if r.job_name == ingest_job.name]
     for line in audit.lines()[:20]:
         context.log.warning(f"layers disagree: {line}")

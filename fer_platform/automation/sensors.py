@@ -49,10 +49,11 @@ def default_status() -> dg.DefaultSensorStatus:
     minimum_interval_seconds=sensor_interval(),
     default_status=default_status(),
     description="Picks up landing files exactly once (auto-loader semantics): one ingest run per emotion for "
-    "today's partition with the exact file list; the load log is the checkpoint, the cursor a watermark; files "
-    "of failed runs are asked for again (retry_after_seconds apart, max_attempts times). Each tick also puts back "
-    "load-log rows a lost checkpoint dropped, and re-materialises partitions whose layers disagree with the load "
-    "log (a crash, an outage, a deleted layer), and the index when it does not hold exactly silver.",
+    "today's partition with the exact file list; the load log is the checkpoint, the cursor a watermark; "
+    "files of failed runs are asked for again (retry_after_seconds apart, max_attempts times). Each tick "
+    "also puts back load-log rows a lost checkpoint dropped, and re-materialises partitions whose layers "
+    "disagree with the load log (a crash, an outage, a deleted layer), and the index when it does not hold "
+    "exactly silver.",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext,

@@ -209,7 +209,8 @@ def print_search(result: dict, out=None) -> None:
     )
     for h in result["hits"]:
         out.write(
-            f"  {h['rank']:>3}  {h['distance']:.4f}  {h['emotion']:<9} {h['split'] or '':<6} {h['filepath']}\n"
+            f"  {h['rank']:>3}  {h['distance']:.4f}  {h['emotion']:<9} "
+            f"{h['split'] or '':<6} {h['filepath']}\n"
         )
     if result.get("same_emotion") is not None:
         out.write(f"  {result['same_emotion']} of {len(result['hits'])} share the query's emotion\n")

@@ -77,6 +77,13 @@ def launch(home: Home, keys: list[str]) -> str:
     return launched.group(1)
 
 
+def daemon_alive(within_s: float = 120) -> bool:
+    """Whether a dagster-daemon has beaten on the home's instance lately (it starts the queued runs)."""
+    with dg.DagsterInstance.get() as instance:
+        beats = instance.get_daemon_heartbeats().values()
+    return any(time.time() - beat.timestamp < within_s for beat in beats)
+
+
 def wait_for(backfill: str, runs_expected: int, timeout: float) -> int:
     """Wait until the backfill's runs have finished; 1 if any of them did not succeed (or time ran out)."""
     deadline = time.monotonic() + timeout
@@ -108,4 +115,11 @@ def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> 
         f"({', '.join(keys)}); progress: http://{host}:{port}/overview/backfills/{backfill}",
         flush=True,
     )
+    if not daemon_alive():
+        print(
+            "no dagster-daemon is running on this instance: the runs wait in the queue until "
+            "`fer-platform dev` starts one",
+            file=sys.stderr,
+            flush=True,
+        )
     return wait_for(backfill, len(keys), timeout) if wait else 0

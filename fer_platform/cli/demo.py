@@ -309,7 +309,8 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
         w(f"    FAILED {r['job']} {r['partition'] or ''} run {r['run_id']}\n")
     if summary.get("failed_dead_runs"):
         w(
-            f"  marked failed  {len(summary['failed_dead_runs'])} run(s) whose process was gone (killed earlier)\n"
+            f"  marked failed  {len(summary['failed_dead_runs'])} run(s) whose process was gone "
+            "(killed earlier)\n"
         )
     if summary.get("restored_load_log_rows"):
         w(f"  load log       put back {summary['restored_load_log_rows']} row(s) from the raw manifests\n")

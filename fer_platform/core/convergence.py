@@ -124,8 +124,9 @@ def partition_of_key(key: str) -> Partition | None:
 
 
 def lake_state(lake: Storage, prefix: str, model: str | None = None) -> dict[Partition, LayerState]:
-    """Per partition, the images of a Hive-partitioned lake layer (its ``part-0.parquet`` files). A file that
-    cannot be read (truncated, not Parquet) counts as missing: its partition is repaired, which rewrites it."""
+    """Per partition, the images of a Hive-partitioned lake layer (its ``part-0.parquet`` files). A file
+    that cannot be read (truncated, not Parquet) counts as missing: its partition is repaired, which rewrites
+    it."""
     out: dict[Partition, LayerState] = {}
     for entry in lake.list_files(prefix):
         if posixpath.basename(entry.key) != "part-0.parquet":
@@ -225,7 +226,8 @@ def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Pa
             have = states.get(part)
             if have == want or (have is None and want == EMPTY):
                 continue
-            # a lake partition file that is not there is missing; a partition without rows in an existing table holds 0
+            # a lake partition file that is not there is missing; a partition without rows in an existing
+            # table holds 0
             missing = pg is None if layer == "postgres" else have is None
             out.disagreements.append(
                 Disagreement(part, layer, want.rows, None if missing else (have or EMPTY).rows)

@@ -154,16 +154,17 @@ def _resolve(spec: EmbedderSpec) -> Weights:
                 log.warning(note)
                 return Weights("random", f"random-s{spec.seed}", note=note)
             raise WeightsUnavailable(
-                f"ImageNet weights for resnet18 are not cached at {cached} and cannot be downloaded ({reason}): "
-                f"pre-place {IMAGENET_FILE} there (from {IMAGENET_URL}), or set weights to 'random' or to the "
-                "path of a state dict (FER_EMBED_WEIGHTS)"
+                f"ImageNet weights for resnet18 are not cached at {cached} and cannot be downloaded "
+                f"({reason}): pre-place {IMAGENET_FILE} there (from {IMAGENET_URL}), or set weights to "
+                "'random' or to the path of a state dict (FER_EMBED_WEIGHTS)"
             ) from None
     path = Path(w).expanduser()
     if path.is_dir():
         return model_folder_weights(path)
     if not path.is_file():
         raise WeightsUnavailable(
-            f"weights {w!r}: not 'auto', 'imagenet', 'random', 'tuned', an existing state-dict file or model folder"
+            f"weights {w!r}: not 'auto', 'imagenet', 'random', 'tuned', an existing state-dict file or "
+            "model folder"
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return Weights("file", f"file-{digest}", path)
@@ -175,7 +176,8 @@ def weights_digest(data: bytes) -> str:
 
 
 def model_folder_weights(folder: Path) -> Weights:
-    """The weights of a model folder (config.json + weights.pt), checked against the digest its config names."""
+    """The weights of a model folder (config.json + weights.pt), checked against the digest its config
+    names."""
     config_path, weights_path = folder / MODEL_CONFIG, folder / MODEL_WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
         raise WeightsUnavailable(
@@ -185,8 +187,8 @@ def model_folder_weights(folder: Path) -> Weights:
     digest = weights_digest(weights_path.read_bytes())
     if digest != config.get("weights_digest"):
         raise WeightsUnavailable(
-            f"{weights_path} has digest {digest}, its config names {config.get('weights_digest')}: the folder is "
-            "corrupt or half-copied; fetch the model again"
+            f"{weights_path} has digest {digest}, its config names {config.get('weights_digest')}: the "
+            "folder is corrupt or half-copied; fetch the model again"
         )
     profile = config.get("profile", "fidelity")
     if profile not in PROFILES:
@@ -195,7 +197,8 @@ def model_folder_weights(folder: Path) -> Weights:
 
 
 def effective_spec(spec: EmbedderSpec, weights: Weights) -> EmbedderSpec:
-    """``spec`` with the profile a model folder was trained at (a tuned model serves at its own input size)."""
+    """``spec`` with the profile a model folder was trained at (a tuned model serves at its own input
+    size)."""
     if weights.profile and weights.profile != spec.profile:
         return replace(spec, profile=weights.profile)
     return spec

@@ -169,8 +169,8 @@ def ingest(
 
 def _read(landing: Storage, batch: Sequence[tuple[FileEntry, Route]], max_bytes: int | None) -> list[_Read]:
     """Read and validate a batch. A file's own problem (not a regular file, too large, unreadable, not a
-    valid image) becomes its quarantine reason; a store that cannot be reached fails the run (StorageUnavailable):
-    its files are not at fault and are retried later."""
+    valid image) becomes its quarantine reason; a store that cannot be reached fails the run
+    (StorageUnavailable): its files are not at fault and are retried later."""
     out: list[_Read | None] = [None] * len(batch)
     todo = []
     for i, (entry, r) in enumerate(batch):

@@ -145,7 +145,8 @@ def restore(conn: psycopg.Connection, emotion: str, load_date: dt.date, manifest
     }
     cur = conn.execute(
         f"""INSERT INTO {LOAD_LOG_TABLE}
-                (source, path, size, modified_at, sha256, emotion, split, load_date, status, reason, lake_path, run_id)
+                (source, path, size, modified_at, sha256, emotion, split, load_date, status, reason, """
+        """lake_path, run_id)
             SELECT source, path, size, modified_at, sha256, %s, split, %s, 'loaded',
                    'restored from the raw manifest (the load log had lost it)', lake_path, run_id
             FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[],

@@ -55,7 +55,8 @@ RANGE_SIZE = 10_000
 _SUMMARY = sql.SQL(
     """SELECT id / %(w)s AS r, count(*),
               encode(sha256(string_agg(int8send(id) || vector_send(vector)
-                  || convert_to(format('%%L|%%L|%%L|%%L|%%L|%%L', filepath, emotion, image_id, split, load_date, model),
+                  || convert_to(format('%%L|%%L|%%L|%%L|%%L|%%L', filepath, emotion, image_id, split, """
+    """load_date, model),
                                 'UTF8'), ''::bytea ORDER BY id)), 'hex')
        FROM {table} GROUP BY 1 ORDER BY 1"""
 )
@@ -217,8 +218,9 @@ def _check_deletes(source, target, todo, range_size, allow_deletes, where) -> No
         extra += sorted(_ids(target, lo, hi) - _ids(source, lo, hi))
     if extra:
         raise MigrationError(
-            f"{where}: the target has {len(extra)} row(s) the source lacks (e.g. id {extra[0]}): it has moved on, or "
-            "the source deleted them; nothing was changed. Re-run with allow_deletes to make the target a copy"
+            f"{where}: the target has {len(extra)} row(s) the source lacks (e.g. id {extra[0]}): it has "
+            "moved on, or the source deleted them; nothing was changed. Re-run with allow_deletes to make "
+            "the target a copy"
         )
 
 

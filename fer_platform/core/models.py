@@ -113,7 +113,8 @@ def unpack(files: dict[str, bytes]) -> dict:
     digest = weights_digest(files[MODEL_WEIGHTS])
     if digest != config.get("weights_digest"):
         raise WeightsUnavailable(
-            f"model {config.get('model')}: weights.pt has digest {digest}, its config names {config.get('weights_digest')}"
+            f"model {config.get('model')}: weights.pt has digest {digest}, its config names "
+            f"{config.get('weights_digest')}"
         )
     return {
         "config": config,
@@ -171,7 +172,8 @@ def resolve_tuned(lake: Storage, weights: str) -> dict:
     record = approval_of(lake, model)
     if record is None:
         raise WeightsUnavailable(
-            f"weights {weights!r}: {lake.uri(model_dir(model))} is not an approved emotion model (no {APPROVAL})"
+            f"weights {weights!r}: {lake.uri(model_dir(model))} is not an approved emotion model "
+            f"(no {APPROVAL})"
         )
     return record
 

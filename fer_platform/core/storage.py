@@ -185,7 +185,8 @@ class Storage:
             ) from None
         except Exception as exc:  # noqa: BLE001 - SDK errors carry pages of XML; the first line says it
             error = exc
-        try:  # credentials scoped to a prefix (a SAS, a bucket policy) may list it without reading the container
+        # credentials scoped to a prefix (a SAS, a bucket policy) may list it without reading the container
+        try:
             self.fs.ls(self.root)
             return
         except FileNotFoundError:  # nothing under the prefix yet, but the store answered

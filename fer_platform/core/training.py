@@ -120,8 +120,8 @@ class Dataset:
             classes = len(set(labels.tolist()))
             if classes < 2 or len(labels) < 2 * classes:
                 raise NotEnoughImages(
-                    f"the {name} split of bronze has {len(labels)} image(s) of {classes} emotion(s): a model needs "
-                    "at least two emotions with two images each in both train and test"
+                    f"the {name} split of bronze has {len(labels)} image(s) of {classes} emotion(s): a model "
+                    "needs at least two emotions with two images each in both train and test"
                 )
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -77,7 +77,8 @@ def write_partition(
         # the content hash is the identity: an image's vector that another partition holds (its file
         # was logged there before the load log was lost and restored) moves to this partition
         moved = conn.execute(
-            f"""UPDATE {VECTORS_TABLE} v SET emotion = %s, load_date = %s, filepath = p.filepath, split = p.split
+            f"""UPDATE {VECTORS_TABLE} v SET emotion = %s, load_date = %s, filepath = p.filepath, """
+            """split = p.split
                 FROM unnest(%s::text[], %s::text[], %s::text[]) AS p(image_id, filepath, split)
                 WHERE v.model = %s AND v.image_id = p.image_id AND (v.emotion <> %s OR v.load_date <> %s)""",
             (

@@ -1,9 +1,9 @@
 """The pgvector IO manager: a partition's vectors read back from PostgreSQL, as the input of silver.
 
-The ``image_embeddings`` asset makes the vectors and writes its rows itself (binary COPY, in one transaction:
-see assets/embeddings.py and core/vectors.py) and returns only metadata, so Dagster never hands this manager an
-output. Input: the partition's rows for the embedder's current model, as an Arrow table whose ``vector`` column
-is ``fixed_size_list<float32, 512>`` (``arrow_to_vectors`` gives numpy).
+The ``image_embeddings`` asset makes the vectors and writes its rows itself (binary COPY, in one
+transaction: see assets/embeddings.py and core/vectors.py) and returns only metadata, so Dagster never hands
+this manager an output. Input: the partition's rows for the embedder's current model, as an Arrow table
+whose ``vector`` column is ``fixed_size_list<float32, 512>`` (``arrow_to_vectors`` gives numpy).
 """
 
 import dagster as dg
@@ -23,8 +23,8 @@ class PgVectorIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         raise TypeError(
-            f"the pgvector IO manager only reads vectors; {context.asset_key.to_user_string()} must write its rows "
-            f"itself and return a dg.MaterializeResult, not {type(obj).__name__}"
+            f"the pgvector IO manager only reads vectors; {context.asset_key.to_user_string()} must write "
+            f"its rows itself and return a dg.MaterializeResult, not {type(obj).__name__}"
         )
 
     def load_input(self, context: dg.InputContext) -> pa.Table:

@@ -28,7 +28,8 @@ class EmbedderResource(dg.ConfigurableResource):
     lake: Optional[LakeResource] = None
     """Where emotion models live (lake/models/): needed for weights 'tuned'."""
     model_cache: str = ""
-    """Local folder for models fetched from a remote lake (default FER_MODEL_CACHE or ~/.cache/fer-platform/models)."""
+    """Local folder for models fetched from a remote lake (default FER_MODEL_CACHE or
+    ~/.cache/fer-platform/models)."""
 
     # The approved model is read once per initialised resource (a run's resources, one CLI command), so the
     # id a step stores with its vectors is the id of the model that made them.
@@ -46,7 +47,8 @@ class EmbedderResource(dg.ConfigurableResource):
         if self._approved is None:
             if self.lake is None:
                 raise WeightsUnavailable(
-                    f"weights {self.weights!r} need the lake the emotion models are in: the embedder resource has none"
+                    f"weights {self.weights!r} need the lake the emotion models are in: the embedder "
+                    "resource has none"
                 )
             self._approved = models.resolve_tuned(self.lake.storage(), self.weights.strip())
         return self._approved

@@ -171,7 +171,8 @@ def local_resources(home: Home | None = None) -> dict:
 
 
 def cloud_postgres(env: str, entra_auth: bool = False) -> PostgresResource:
-    """A PostgreSQL server by DSN (Azure Flexible Server, RDS/Aurora); optionally an Entra token as password."""
+    """A PostgreSQL server by DSN (Azure Flexible Server, RDS/Aurora); optionally an Entra token as
+    password."""
     cloud.require(env, "FER_PG_DSN", "the PostgreSQL + pgvector server, postgresql://user@host:5432/db")
     return PostgresResource(dsn=dg.EnvVar("FER_PG_DSN"), entra_auth=entra_auth)
 

@@ -157,8 +157,8 @@ def test_a_partition_of_only_broken_files_gives_empty_layers(resources, landing,
 def test_silver_materialised_alone_over_lost_vectors_fails_against_the_load_log(
     resources, two_partitions, pg_dsn
 ):
-    """A UI materialisation of silver alone after the vectors were lost: silver and PostgreSQL agree (both empty),
-    but the check compares with the load log too, so the lost images are not silently published."""
+    """A UI materialisation of silver alone after the vectors were lost: silver and PostgreSQL agree (both
+    empty), but the check compares with the load log too, so the lost images are not silently published."""
     _run(resources, "sad")
     with connect(pg_dsn) as conn:
         conn.execute("DELETE FROM imagenes_fer")

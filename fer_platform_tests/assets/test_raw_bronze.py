@@ -104,7 +104,8 @@ def test_blocking_check_fails_on_a_bronze_that_disagrees_with_the_ledger(resourc
     assert _materialize(resources, "sad").success
     with connect(pg_dsn) as conn:  # the ledger claims one more loaded file than the lake has
         conn.execute(
-            "INSERT INTO load_log (source, path, size, modified_at, sha256, emotion, load_date, status, lake_path)"
+            "INSERT INTO load_log"
+            " (source, path, size, modified_at, sha256, emotion, load_date, status, lake_path)"
             " VALUES ('x', 'x', 1, now(), 'ff', 'sad', %s, 'loaded', 'raw/x.png')",
             (utc_today(),),
         )

@@ -100,9 +100,9 @@ def test_reconcile_reports_never_loaded_files_and_lake_files_gone(resources, lan
 def test_reconcile_judges_no_file_a_run_carries_reports_layers_and_removes_temp_files(
     resources, landing, lake
 ):
-    """No false positives: a file carried by an unfinished (queued, running) run of the sensor is not "never loaded". A layer
-    that disagrees with the load log is reported; a temporary file a killed write left is removed and reported
-    (one of a live writer is left alone)."""
+    """No false positives: a file carried by an unfinished (queued, running) run of the sensor is not "never
+    loaded". A layer that disagrees with the load log is reported; a temporary file a killed write left is
+    removed and reported (one of a live writer is left alone)."""
     from dagster._core.test_utils import create_run_for_test
 
     from fer_platform.automation.runs import TRIGGER

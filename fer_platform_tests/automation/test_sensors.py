@@ -1,4 +1,5 @@
-"""landing_sensor ticks with dg.build_sensor_context against a real PostgreSQL load log and a landing folder."""
+"""landing_sensor ticks with dg.build_sensor_context against a real PostgreSQL load log and a landing
+folder."""
 
 import json
 import os
@@ -256,9 +257,9 @@ def test_a_landing_folder_that_does_not_exist_is_one_clear_error(tmp_path, pg_ds
 
 
 def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(resources, landing, lake, pg_dsn):
-    """A deleted silver partition is asked for again (an empty file list: re-derived from the load log), not while
-    a run writes it, again after a failed repair, and again next time it disagrees (a new run key); a deleted
-    index with every partition in agreement gets a publish run."""
+    """A deleted silver partition is asked for again (an empty file list: re-derived from the load log), not
+    while a run writes it, again after a failed repair, and again next time it disagrees (a new run key); a
+    deleted index with every partition in agreement gets a publish run."""
     land(landing, "train/happy/a.png", face("happy", 1), T0)
     key = partition_key("happy", utc_today())
     assert dg.materialize(

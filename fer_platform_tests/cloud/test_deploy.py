@@ -139,7 +139,8 @@ def test_aws_template_runs_with_storage_in_postgres_and_compute_logs_in_s3(
 
 
 def test_azure_and_compose_templates_build_instances_on_postgres(tmp_path, dagster_pg, monkeypatch):
-    """Azure's blob compute log manager only speaks https://<account>.blob.core.windows.net: built, not used."""
+    """Azure's blob compute log manager only speaks https://<account>.blob.core.windows.net: built, not
+    used."""
     monkeypatch.setenv("DAGSTER_LOGS_STORAGE_ACCOUNT", "ferlogs")
     monkeypatch.setenv("DAGSTER_LOGS_CONTAINER", "dagster-logs")
     with dg.DagsterInstance.from_config(str(_instance_dir(tmp_path, "azure", sslmode="disable"))) as instance:

@@ -99,7 +99,8 @@ def test_a_missing_variable_fails_the_load_with_one_line_naming_it(env):
         else "s3://<bucket>/<prefix>"
     )
     assert last == (
-        f"fer_platform.core.errors.ConfigError: FER_ENV={env} needs FER_LAKE_URL (the lake root, {url}); it is not set"
+        f"fer_platform.core.errors.ConfigError: FER_ENV={env} needs FER_LAKE_URL "
+        f"(the lake root, {url}); it is not set"
     )
 
 

@@ -109,7 +109,8 @@ def test_copy_then_rerun_then_source_changes(source, target):
     with psycopg.connect(target) as conn:
         new_id = conn.execute(
             "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, load_date, model) "
-            "SELECT filepath, emotion, vector, 'target-only', load_date, model FROM imagenes_fer WHERE id = 1 "
+            "SELECT filepath, emotion, vector, 'target-only', load_date, model "
+            "FROM imagenes_fer WHERE id = 1 "
             "RETURNING id"
         ).fetchone()[0]
     assert new_id == 26

@@ -128,14 +128,19 @@ def test_a_wrong_token_or_no_credential_is_one_line_without_the_token(entra_role
     )
 
 
-DENY_VECTOR = """
+# Azure's exact wording (RAISE takes a literal format string, so the text is formatted in here).
+AZURE_DENIAL = (
+    'extension "vector" is not allow-listed for "azure_pg_admin" users in Azure Database for PostgreSQL'
+)
+DENY_VECTOR = f"""
 CREATE FUNCTION deny_vector() RETURNS event_trigger LANGUAGE plpgsql AS $$
 BEGIN
-  RAISE EXCEPTION 'extension "vector" is not allow-listed for "azure_pg_admin" users in Azure Database for PostgreSQL'
+  RAISE EXCEPTION '{AZURE_DENIAL}'
     USING ERRCODE = 'feature_not_supported',
           HINT = 'to see the full allow list of extensions, please run: "show azure.extensions;"';
 END $$;
-CREATE EVENT TRIGGER deny_vector ON ddl_command_start WHEN TAG IN ('CREATE EXTENSION') EXECUTE FUNCTION deny_vector();
+CREATE EVENT TRIGGER deny_vector ON ddl_command_start WHEN TAG IN ('CREATE EXTENSION')
+  EXECUTE FUNCTION deny_vector();
 """
 
 

@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent(
     for data, name in SEEDS:
         images.validate(data, name)  # the seeds are valid
 
-    # the address space: what this process has now, plus 128 MB (a 15000x11000 grayscale image would need 165 MB)
+    # the address space: what this process has now, plus 128 MB
+    # (a 15000x11000 grayscale image would need 165 MB)
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + 128 * 2**20, resource.RLIM_INFINITY))
@@ -49,7 +50,11 @@ SCRIPT = textwrap.dedent(
             elif op == "append":
                 data += draw(st.binary(min_size=1, max_size=4096))
             elif op == "size" and len(data) > 24:  # a header that declares another size (a bomb: huge)
-                w, h = draw(st.sampled_from([(30000, 30000), (15000, 11000), (65535, 65535), (1, 1), (49, 48), (0, 48)]))
+                w, h = draw(
+                    st.sampled_from(
+                        [(30000, 30000), (15000, 11000), (65535, 65535), (1, 1), (49, 48), (0, 48)]
+                    )
+                )
                 if name.endswith(".png"):
                     data[16:24] = struct.pack(">II", w, h)
                 else:

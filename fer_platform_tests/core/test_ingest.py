@@ -244,7 +244,8 @@ def test_a_landing_zone_that_cannot_be_reached_fails_the_run_and_quarantines_not
 
 
 def test_a_lake_that_refuses_writes_fails_the_run_and_quarantines_nothing(pg_dsn, landing, lake):
-    """A full, read-only or otherwise refusing lake is not the files' fault: nothing is logged, the files stay."""
+    """A full, read-only or otherwise refusing lake is not the files' fault: nothing is logged, the files
+    stay."""
     for i in range(2):
         put(landing, f"train/happy/{i}.png", face("happy", i))
     (lake / "raw").write_bytes(b"")  # no folder can be made under it: every copy fails, the lake still lists

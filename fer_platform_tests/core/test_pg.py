@@ -78,7 +78,8 @@ def test_missing_extension_is_explained(pg_dsn, monkeypatch):
 
         def execute(self, *a):
             raise psycopg.errors.FeatureNotSupported(
-                'extension "vector" is not allow-listed for "azure_pg_admin" users in Azure Database for PostgreSQL'
+                'extension "vector" is not allow-listed for "azure_pg_admin" users '
+                "in Azure Database for PostgreSQL"
             )
 
     with pytest.raises(DatabaseUnavailable, match="not allow-listed .*azure.extensions"):

@@ -40,7 +40,11 @@ def test_hive_layout_round_trip_and_standard_readers(tmp_path):
     assert dg.materialize([summary], resources={"io": io}).success
     assert (tmp_path / "summary.parquet").exists()
 
-    q = f"SELECT emotion, load_date, sum(v) FROM read_parquet('{tmp_path}/silver/things/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY 1"
+    q = (
+        "SELECT emotion, load_date, sum(v) "
+        f"FROM read_parquet('{tmp_path}/silver/things/**/*.parquet', hive_partitioning=true) "
+        "GROUP BY ALL ORDER BY 1"
+    )
     assert duckdb.sql(q).fetchall() == [
         ("angry", __import__("datetime").date(2026, 11, 1), 2.0),
         ("sad", __import__("datetime").date(2026, 11, 2), 2.0),
