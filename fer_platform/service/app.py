@@ -236,7 +236,7 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
     image_keyed = _key_check(settings, cookie=True)
 
     @app.get("/health", tags=["service"], summary="Whether the service answers, and what it serves")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         service.live.poke()
         status = service.live.status()
         return {
