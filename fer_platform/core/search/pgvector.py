@@ -47,8 +47,11 @@ def pgvector_search(
     args = [q, *params, q, k]
     with conn.transaction():
         # pgvector accepts ef_search up to 1000; a larger k is completed by the iterative scan
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(1000, max(ef_search, k))),))
-        conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), "
+            "set_config('hnsw.iterative_scan', 'strict_order', true)",
+            (str(min(1000, max(ef_search, k))),),
+        )
         rows = conn.execute(sql, args).fetchall()
         if len(rows) < k:
             available = conn.execute(
