@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import socket
 import sys
 
@@ -37,6 +39,10 @@ def run(host: str | None = None, port: int | None = None) -> int:
     res = resolved_resources(("lake", "embedder", "postgres"))
     lake = ReadOnlyStorage(res["lake"].storage())
     spec = res["embedder"].spec()
+    if not os.environ.get("FER_EMBED_THREADS", "").strip():
+        # one torch thread per query: a request embeds one image, requests run side by side, and OpenMP
+        # threads spinning against each other (or other processes) make a query several times slower
+        spec = dataclasses.replace(spec, num_threads=1)
     dsn = res["postgres"].get_dsn(create_schema=False)  # the service never writes
     app = create_app(settings, lake, spec, dsn)
     sock = listen(settings)
