@@ -121,6 +121,19 @@ class _TooLarge(StarletteHTTPException):
         super().__init__(413, f"the request body is larger than {limit} bytes")
 
 
+class Cors(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the one-line JSON shape of every error."""
+
+    def preflight_response(self, request_headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        headers = {
+            k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")
+        }
+        return error(400, response.body.decode(errors="replace"), headers)
+
+
 class Service:
     """What the routes share: the warm index, the embedder's settings, PostgreSQL, the lake, the plots."""
 
@@ -381,7 +394,7 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + BODY_OVERHEAD)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=[API_KEY_HEADER, "content-type"],

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = 15  # per operation and generation mode
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+ORIGIN = "https://app.example.com"
 CONFORMANCE = [
     not_a_server_error,
     status_code_conformance,
@@ -33,7 +34,7 @@ CONFORMANCE = [
 
 @pytest.fixture(scope="module")
 def keyed_service(service_lake):
-    served = start_service(service_lake, FER_API_KEY=API_KEY)
+    served = start_service(service_lake, FER_API_KEY=API_KEY, FER_CORS_ORIGINS=ORIGIN)
     yield served
     served.stop()
 
@@ -140,3 +141,33 @@ def test_fuzzing_without_the_key_gets_401_everywhere_but_health(keyed_service):
     # the document is read with the key; every generated request is sent without it
     seen = fuzz(keyed_service.url, API_KEY, check, modes=MODES[:1], examples=10)
     assert set(seen) == {200, 401}, seen
+
+
+def test_cross_origin_access_only_for_the_configured_origins(service, keyed_service):
+    preflight = {
+        "Origin": ORIGIN,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "api-key",
+    }
+    # no origins configured: a browser gets no permission to read answers from another origin
+    assert (
+        "access-control-allow-origin"
+        not in requests.get(f"{service.url}/health", headers={"Origin": ORIGIN}, timeout=30).headers
+    )
+    assert (
+        "access-control-allow-origin"
+        not in requests.options(f"{service.url}/images", headers=preflight, timeout=30).headers
+    )
+    # configured: that origin may send the key and read the answers; another may not
+    allowed = requests.options(f"{keyed_service.url}/images", headers=preflight, timeout=30)
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
+    assert "api-key" in allowed.headers["access-control-allow-headers"].lower()
+    answer = requests.get(
+        f"{keyed_service.url}/images?limit=1", headers={"Origin": ORIGIN, "api-key": API_KEY}, timeout=30
+    )
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ORIGIN
+    other = requests.options(
+        f"{keyed_service.url}/images", headers={**preflight, "Origin": "https://evil.example"}, timeout=30
+    )
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert other.json() == {"error": "Disallowed CORS origin"}

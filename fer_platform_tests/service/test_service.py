@@ -98,6 +98,9 @@ def test_an_uploaded_new_face_is_embedded_and_searched(service):
     assert status == 200, result
     assert result["query"]["url"] is None and "emotion" not in result["query"]  # not a stored image
     assert [h["emotion"] for h in result["hits"]] == ["fear"] * 3
+    jpeg = encoded("L", fmt="JPEG", value=90)  # a 48x48 grayscale JPEG is a FER image too
+    status, result = upload(service, jpeg, k=2, backend="pgvector")
+    assert status == 200 and len(result["hits"]) == 2, result
 
 
 def test_a_search_by_id_leaves_the_query_out_and_both_backends_agree(service, test_images):
