@@ -1,8 +1,9 @@
 """fer-platform: facial-expression images from a landing zone through Dagster assets to similarity search.
 
 This module parses the arguments and holds the small commands (sample-data, db, search); demo.py, dev.py
-and bulk.py hold the others, instance.py the local Dagster instance they write. Modules that load Dagster
-are imported only by the commands that need them, so `db` and `sample-data` stay fast.
+and bulk.py hold the others, instance.py the local Dagster instance they write, and fer_platform/service the
+`serve` command. Modules that load Dagster are imported only by the commands that need them, so `db` and
+`sample-data` stay fast.
 """
 
 import argparse
@@ -83,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     se.add_argument("--json", action="store_true", help="print one JSON object")
     se.add_argument("--sheet", help="write a contact sheet PNG of the query and its neighbours")
+
+    sv = sub.add_parser(
+        "serve", parents=[common], help="the search API (OpenAPI) and its page, kept warm, until stopped"
+    )
+    sv.add_argument("--host", help="address to listen on (env FER_SERVE_HOST, default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (env FER_SERVE_PORT, default 8000; 0: any free port)")
     return p
 
 
@@ -127,6 +134,11 @@ def _dispatch(args, home: Home) -> int:
         return _search(args, home)
     if args.command == "dev":
         return dev.run(home, args.host, args.port, args.landing)
+    if args.command == "serve":
+        from fer_platform.service import server  # deferred: loads FastAPI, uvicorn and dagster
+
+        os.environ["FER_HOME"] = str(home.root)
+        return server.run(args.host, args.port)
     raise AssertionError(args.command)
 
 

@@ -374,6 +374,30 @@ class Storage:
             os.makedirs(self.path(key), exist_ok=True)
 
 
+class ReadOnlyStorage:
+    """A storage root that only reads (the search service's lake): it has no method that writes, moves or
+    deletes, so nothing holding it can change the lake."""
+
+    def __init__(self, storage: Storage):
+        self._storage = storage
+        self.url, self.root, self.local = storage.url, storage.root, storage.local
+
+    def __repr__(self) -> str:
+        return f"ReadOnlyStorage({self.url!r})"
+
+    def uri(self, key: str = "") -> str:
+        return self._storage.uri(key)
+
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        return self._storage.read_bytes(key, max_bytes)
+
+    def exists(self, key: str) -> bool:
+        return self._storage.exists(key)
+
+    def stat_many(self, keys: Iterable[str]) -> tuple[list[FileEntry], list[str]]:
+        return self._storage.stat_many(keys)
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)

@@ -29,8 +29,12 @@ class PostgresResource(dg.ConfigurableResource):
     entra_auth: bool = False
 
     _resolved: Optional[str] = PrivateAttr(default=None)
+    _schema_ensured: bool = PrivateAttr(default=False)
 
-    def get_dsn(self) -> str:
+    def get_dsn(self, create_schema: bool = True) -> str:
+        """The server's DSN (the embedded server started if it is the one); with ``create_schema`` the
+        fer-platform tables are created where missing. A reader that never writes (the search service)
+        passes ``create_schema=False``."""
         if self._resolved is None:
             if isinstance(self.dsn, dg.EnvVar):  # not initialised by Dagster
                 raise DatabaseUnavailable(
@@ -45,8 +49,10 @@ class PostgresResource(dg.ConfigurableResource):
                 resolved = embedded_start(self.embedded_dir)
             else:
                 raise DatabaseUnavailable("no PostgreSQL configured: set FER_PG_DSN or an embedded_dir")
-            ensure_schema(resolved)
             self._resolved = resolved
+        if create_schema and not self._schema_ensured:
+            ensure_schema(self._resolved)
+            self._schema_ensured = True
         return self._resolved
 
     def connect(self):

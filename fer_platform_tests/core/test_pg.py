@@ -8,6 +8,7 @@ from pgvector.psycopg import register_vector
 
 from fer_platform.core.errors import DatabaseUnavailable
 from fer_platform.core.pg.connect import connect, describe, masked
+from fer_platform.core.pg.pool import ReadOnlyPool
 from fer_platform.core.pg.schema import ensure_schema, ensure_vector_extension
 
 
@@ -115,3 +116,27 @@ def test_a_malformed_dsn_is_one_line_without_the_password():
         and "S3CRET" not in str(info.value)
         and "\n" not in str(info.value)
     )
+
+
+def test_the_read_only_pool_refuses_writes_and_reuses_its_connections(pg_dsn):
+    pool = ReadOnlyPool(pg_dsn, size=2)
+    try:
+        with pool.connection() as conn:
+            first = conn.info.backend_pid
+            assert conn.execute("SELECT count(*) FROM imagenes_fer").fetchone() == (0,)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("CREATE TABLE written_by_the_service (x int)")
+        with pool.connection() as conn:  # the same connection, its failed transaction rolled back
+            assert conn.info.backend_pid == first
+            assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("DELETE FROM imagenes_fer")
+        # a connection killed meanwhile: one line, and the next use connects again
+        with pytest.raises(DatabaseUnavailable, match="lost PostgreSQL at"), pool.connection() as conn:
+            with connect(pg_dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+            conn.execute("SELECT 1")
+        with pool.connection() as conn:
+            assert conn.info.backend_pid != first and conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()

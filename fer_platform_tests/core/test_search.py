@@ -1,6 +1,7 @@
 """The FAISS index (flat and HNSW), its files, recall, filtered search, and contact sheets."""
 
 import io
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,8 @@ from fer_platform.core.search.index import (
     index_dir,
     load_index,
 )
-from fer_platform.core.storage import Storage
+from fer_platform.core.search.live import LiveIndex
+from fer_platform.core.storage import ReadOnlyStorage, Storage
 from fer_platform.core.vectors import vectors_to_arrow
 from fer_platform_tests.helpers import face
 
@@ -103,6 +105,41 @@ def test_emotion_filter_returns_k_of_that_emotion(kind_threshold):
     assert own not in {h.image_id for h in index.search(q, k=5, exclude=own)}
 
 
+def _filtered_answer(index, q, k, emotion, own):
+    """The answer the way a query by id was answered before: a FAISS filter over every id but its own."""
+    import faiss
+
+    allowed = np.arange(index.size)
+    allowed = allowed[index.ids[allowed] != own]
+    if emotion:
+        allowed = allowed[index.emotions[allowed] == emotion]
+    sel = faiss.IDSelectorBatch(allowed.astype(np.int64))
+    want = min(k, len(allowed))
+    if index.kind == "hnsw":
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(index.meta["ef_search"], 4 * (want + 1)))
+    else:
+        params = faiss.SearchParameters(sel=sel)
+    _, pos = index.index.search(q[None, :], want, params=params)
+    return [index.ids[p] for p in pos[0] if p >= 0]
+
+
+@pytest.mark.parametrize("kind_threshold", [10_000, 50])  # flat, then HNSW
+def test_a_query_by_id_drops_itself_from_one_more_answer_with_the_same_result(kind_threshold):
+    """Excluding the query asks for k+1 and drops it (no filter over every id): the same neighbours, in the
+    same order, as the filtered search it replaces, with and without an emotion filter."""
+    silver = clustered(n_per=30, spread=3.0)
+    index = build_index(silver, "m1", hnsw_threshold=kind_threshold, m=8)
+    v = index.vectors_at(np.arange(index.size))
+    for pos in range(0, index.size, 7):
+        own = index.ids[pos]
+        for emotion, k in ((None, 10), ("sad", 5), (index.emotions[pos], 4), (None, index.size + 5)):
+            got = [h.image_id for h in index.search(v[pos], k=k, emotion=emotion, exclude=own)]
+            assert got == _filtered_answer(index, v[pos], k, emotion, own), (pos, emotion, k)
+            assert own not in got and len(got) == min(
+                k, len(_filtered_answer(index, v[pos], 10**6, emotion, own))
+            )
+
+
 def test_load_index_from_the_lake_or_a_clear_error(tmp_path):
     lake = Storage(str(tmp_path))
     with pytest.raises(IndexUnavailable, match="no search index for model m1 .*materialise search_index"):
@@ -145,3 +182,54 @@ def test_files_of_two_builds_are_never_paired(tmp_path):
         load_index(lake, "m1", tries=2)
     lake.write_bytes(f"{index_dir('m1')}/{IDS_FILE}", new[IDS_FILE])
     assert load_index(lake, "m1").size == 21
+
+
+def _publish(lake: Storage, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        lake.write_bytes(f"{index_dir('m1')}/{name}", data)
+
+
+def test_a_live_index_swaps_in_a_new_build_only_once_it_is_whole(tmp_path):
+    lake = Storage(str(tmp_path))
+    live = LiveIndex(ReadOnlyStorage(lake), "m1", check_seconds=3600)
+    assert not live.refresh()
+    with pytest.raises(IndexUnavailable, match="no search index for model m1"):
+        live.current()
+    old = build_index(clustered(n_per=3), "m1").to_files()
+    _publish(lake, old)
+    assert live.refresh() and live.current().size == 21
+    first = live.current()
+    assert not live.refresh() and live.current() is first  # unchanged: nothing read but meta.json
+
+    new = build_index(clustered(n_per=4, seed=9), "m1").to_files()
+    _publish(lake, {**new, IDS_FILE: old[IDS_FILE]})  # a rebuild half-way: the old build keeps answering
+    assert not live.refresh() and live.current() is first
+    assert "being rebuilt" in live.status()["problem"]
+    (tmp_path / index_dir("m1") / "meta.json").unlink()  # the index deleted: the old build keeps answering
+    assert not live.refresh() and live.current() is first
+    _publish(lake, new)
+    assert live.refresh() and live.current().size == 28
+    status = live.status()
+    assert status["problem"] is None and status["reloads"] == 2 and status["digest"] == live.current().digest
+
+
+def test_a_live_index_looks_at_the_lake_in_the_background_at_most_every_check_seconds(tmp_path):
+    lake = Storage(str(tmp_path))
+    _publish(lake, build_index(clustered(n_per=3), "m1").to_files())
+    live = LiveIndex(lake, "m1", check_seconds=3600)
+    assert live.refresh()
+    _publish(lake, build_index(clustered(n_per=4), "m1").to_files())
+    assert live.current().size == 21  # not looked at again within check_seconds
+    live.check_seconds = 0
+    live.current()  # a look in the background; the build in memory answers meanwhile
+    deadline = time.monotonic() + 30
+    while live.current().size != 28 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live.current().size == 28
+
+
+def test_the_read_only_lake_has_no_way_to_write(tmp_path):
+    lake = ReadOnlyStorage(Storage(str(tmp_path)))
+    assert not any(
+        hasattr(lake, name) for name in ("write_bytes", "write_many", "delete", "move", "makedirs")
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -127,8 +128,57 @@ class SearchIndex:
     def _positions(self) -> dict[str, int]:
         return {image_id: i for i, image_id in enumerate(self.ids)}
 
+    @functools.cached_property
+    def _by_emotion(self) -> dict[str, np.ndarray]:
+        """The positions of each emotion's images (computed once: a filtered query reads them)."""
+        found: dict[str, list[int]] = {}
+        for i, emotion in enumerate(self.emotions):
+            found.setdefault(emotion, []).append(i)
+        return {emotion: np.asarray(pos, np.int64) for emotion, pos in found.items()}
+
+    @functools.cached_property
+    def _selectors(self) -> dict[str, Any]:
+        return {}
+
+    def _selector(self, emotion: str):
+        """A FAISS selector of the images of ``emotion`` (made once per emotion, read by every query)."""
+        import faiss  # deferred: heavy
+
+        if emotion not in self._selectors:
+            self._selectors[emotion] = faiss.IDSelectorBatch(self.positions_of(emotion))
+        return self._selectors[emotion]
+
+    @property
+    def digest(self) -> str:
+        """What identifies this build: the digests of its files (the same files give the same digest)."""
+        return build_digest(self.meta)
+
     def position_of(self, image_id: str) -> int | None:
         return self._positions.get(image_id)
+
+    def positions_of(self, emotion: str) -> np.ndarray:
+        """Positions of the images of ``emotion`` (empty if none)."""
+        return self._by_emotion.get(emotion, np.empty(0, np.int64))
+
+    def row(self, position: int) -> dict[str, Any]:
+        """The id mapping's row at ``position`` (image_id, id, filepath, emotion, split, load_date)."""
+        out = self.mapping.slice(position, 1).to_pylist()[0]
+        out["load_date"] = iso(out.get("load_date"))
+        return out
+
+    def rows(self, split: str | None = None, emotion: str | None = None, limit: int = 50) -> list[dict]:
+        """Up to ``limit`` rows of ``split`` (and ``emotion``), taken in turn from each emotion (by file
+        path), so that a short list still shows every emotion."""
+        splits = np.asarray(self.mapping["split"].to_pylist(), dtype=object)
+        paths = np.asarray(self.mapping["filepath"].to_pylist(), dtype=object)
+        per: list[list[int]] = []
+        for e in [emotion] if emotion else sorted(self._by_emotion):
+            pos = self.positions_of(e)
+            if split:
+                pos = pos[splits[pos] == split]
+            per.append([int(p) for p in pos[np.argsort(paths[pos], kind="stable")]])
+        picked = [p for turn in itertools.zip_longest(*per) for p in turn if p is not None][:limit]
+        return [self.row(p) for p in picked]
 
     def raw_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, positions) of the ``k`` nearest stored vectors of each query."""
@@ -145,33 +195,39 @@ class SearchIndex:
 
         ``emotion`` keeps only that emotion (FAISS filters during the search; if the
         graph search finds fewer than ``k`` that exist, exact search over the subset
-        answers instead). ``exclude`` drops one image_id (the query itself).
+        answers instead). ``exclude`` drops one image_id (the query itself): the search asks for
+        one more and drops it, so no filter over every other id is built per query.
         """
         import faiss  # deferred: heavy
 
         q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))
-        allowed = np.flatnonzero(self.emotions == emotion) if emotion else np.arange(self.size)
-        if exclude is not None:
-            allowed = allowed[self.ids[allowed] != exclude]
-        want = min(k, len(allowed))
-        if want == 0:
+        allowed = self.positions_of(emotion) if emotion else None
+        skip = self.position_of(exclude) if exclude is not None else None
+        if skip is not None and emotion and self.emotions[skip] != emotion:
+            skip = None  # filtered out anyway
+        available = self.size if allowed is None else len(allowed)
+        want = min(k, available - (skip is not None))
+        if want <= 0:
             return []
-        extra = 1 if exclude is not None else 0
-        if emotion is None and exclude is None:
+        ask = want + (skip is not None)
+        if allowed is None and skip is None:
             sims, pos = self.raw_search(q, want)
         else:
-            selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
-            if self.kind == "hnsw":
-                ef = max(int(self.meta.get("ef_search") or 64), 4 * (want + extra))
-                params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+            # the filter (emotion) is the selector; the query itself is one more answer, dropped below
+            kw = {"sel": self._selector(emotion)} if emotion else {}
+            if self.kind == "hnsw":  # the same walk whether the query itself is among the answers or not
+                kw["efSearch"] = max(int(self.meta.get("ef_search") or 64), 4 * ask)
+                params = faiss.SearchParametersHNSW(**kw)
             else:
-                params = faiss.SearchParameters(sel=selector)
+                params = faiss.SearchParameters(**kw)
             with single_thread():
-                sims, pos = self.index.search(q, want, params=params)
+                sims, pos = self.index.search(q, ask, params=params)
+            sims, pos = _drop(sims, pos, skip, want)
             # the filtered graph walk came up short: exact search over the subset answers
             if int((pos[0] >= 0).sum()) < want:
-                sims, pos = exact_search(self.vectors_at(allowed), q, want)
-                pos = allowed[pos]
+                subset = np.arange(self.size) if allowed is None else allowed
+                sims, pos = exact_search(self.vectors_at(subset), q, ask)
+                sims, pos = _drop(sims, subset[pos], skip, want)
         return self.hits(sims[0], pos[0])
 
     def hits(self, sims: np.ndarray, positions: np.ndarray) -> list[Hit]:
@@ -189,6 +245,28 @@ class SearchIndex:
             )
             for i, (r, s) in enumerate(zip(rows, found, strict=True))
         ]
+
+
+def _drop(sims: np.ndarray, pos: np.ndarray, skip: int | None, want: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``want`` answers of one query (1 x n arrays) other than position ``skip`` (none: -1)."""
+    keep = pos[0] >= 0
+    if skip is not None:
+        keep &= pos[0] != skip
+    return sims[:, keep][:, :want], pos[:, keep][:, :want]
+
+
+def build_digest(meta: dict) -> str:
+    """The digest of an index build, from its meta.json (the digests of its other files)."""
+    return sha256(json.dumps(meta.get("digests") or {}, sort_keys=True).encode())
+
+
+def read_digest(lake, model: str) -> str | None:
+    """The digest of the build in the lake now, from its meta.json alone (a few hundred bytes); None if
+    there is none or it cannot be read whole."""
+    try:
+        return build_digest(json.loads(lake.read_bytes(f"{index_dir(model)}/{META_FILE}")))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ def pgvector_search(
     still returns ``k`` rows; if the index scan still comes up short of the rows that
     exist, the query is answered by an exact scan.
     """
-    register_vector(conn)
+    _register(conn)
     q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
     where, params = ["model = %s"], [model]
     if emotion:
@@ -74,7 +74,7 @@ def pgvector_search(
 def pgvector_row(conn, image_id: str, model: str) -> dict | None:
     """The stored row of ``image_id`` for ``model``: filepath (lake path), emotion, split, load_date,
     vector; None if PostgreSQL holds no vector of it."""
-    register_vector(conn)
+    _register(conn)
     row = conn.execute(
         f"SELECT filepath, emotion, split, load_date, vector FROM {VECTORS_TABLE} "
         "WHERE image_id = %s AND model = %s",
@@ -90,6 +90,13 @@ def pgvector_row(conn, image_id: str, model: str) -> dict | None:
         "load_date": row[3],
         "vector": as_numpy(row[4]),
     }
+
+
+def _register(conn) -> None:
+    """pgvector's types on ``conn``, once (registering asks the server for the type's oid: a round trip a
+    connection kept open, as the search service keeps its own, pays only the first time)."""
+    if conn.adapters.types.get("vector") is None:
+        register_vector(conn)
 
 
 def _lake_path(uri: str) -> str:

@@ -8,6 +8,7 @@ the same question and return the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from typing import Any
 
@@ -29,6 +30,10 @@ class QueryError(ValueError):
     """A query that cannot be answered (one line: what and why)."""
 
 
+class UnknownImage(QueryError):
+    """A query by the id of an image the backend does not hold."""
+
+
 def find_similar(
     lake,
     spec,
@@ -39,18 +44,24 @@ def find_similar(
     emotion: str | None = None,
     backend: str = "index",
     dsn: str | None = None,
+    index: SearchIndex | None = None,
+    conn=None,
 ) -> dict[str, Any]:
     """The ``k`` images nearest to a query image (embedded with ``spec``, the model the vectors were
-    made with) or to a stored image (``image_id``, itself excluded), closest first."""
+    made with) or to a stored image (``image_id``, itself excluded), closest first.
+
+    A long-running caller (the search service) passes what it keeps open: ``index``, the index already
+    in memory (else it is read from ``lake``), and ``conn``, an open connection (else one to ``dsn``)."""
     _check_query(image, image_id, k, emotion, backend)
     model = model_id(spec)
     if backend == "index":
-        index = load_index(lake, model)  # first: without an index there is nothing to embed for
+        if index is None:
+            index = load_index(lake, model)  # first: without an index there is nothing to embed for
         query, vector = _index_query(index, model, spec, image, image_id)
         hits, size = index.search(vector, k, emotion=emotion, exclude=image_id), index.size
     else:
         vector = embed_query(image, spec) if image is not None else None
-        with connect(dsn) as conn:
+        with connect(dsn) if conn is None else contextlib.nullcontext(conn) as conn:
             query, vector = _pgvector_query(conn, model, image, image_id, vector)
             hits, size = pgvector_search(conn, vector, model, k, emotion=emotion, exclude=image_id), None
     return _answer(query, model, backend, k, emotion, size, hits)
@@ -93,7 +104,7 @@ def _index_query(
         query = {"image_id": image_id}
         pos = index.position_of(image_id)
         if pos is None:
-            raise QueryError(f"image {image_id} is not in the index of model {model}")
+            raise UnknownImage(f"image {image_id} is not in the index of model {model}")
         vector = index.vectors_at([pos])[0]
     if pos is not None:  # the query is a loaded image: say which
         query.update(index.mapping.slice(pos, 1).to_pylist()[0])
@@ -109,7 +120,7 @@ def _pgvector_query(
     stored = pgvector_row(conn, query["image_id"], model)
     if stored is None:
         if vector is None:
-            raise QueryError(f"image {image_id} has no vector of model {model} in PostgreSQL")
+            raise UnknownImage(f"image {image_id} has no vector of model {model} in PostgreSQL")
         return query, vector
     stored_vector = stored.pop("vector")
     query.update(stored)  # the query is a loaded image: say which
