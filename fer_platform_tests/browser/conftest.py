@@ -27,7 +27,6 @@ from playwright.sync_api import sync_playwright
 
 from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS, RUN_CHECKS
 from fer_platform.core.images import sha256
-from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.partitions import partition_key, utc_today
@@ -43,7 +42,9 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-SPLITS = ("train", "train", "train", "test")  # four faces per emotion: three train, one test
+# Three emotions (each partition is a Dagster run: seconds), four faces each: three train, one test.
+LAKE_EMOTIONS = ("angry", "happy", "sad")
+SPLITS = ("train", "train", "train", "test")
 DATABASE = "browserpage"
 
 
@@ -70,7 +71,7 @@ def page(chromium):
     page.on("requestfailed", lambda r: problems.append(f"failed: {r.method} {r.url} ({r.failure})"))
     page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"))
     page.problems = problems
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(90_000)  # the first upload loads the model in the service
     try:
         yield page
     finally:
@@ -81,14 +82,16 @@ def page(chromium):
 class Served:
     url: str
     lake: Path
+    spec: object  # the embedder's settings, which the service's model matches
     images: dict[str, dict]  # image_id -> {"emotion", "split", "filepath"}
 
 
-def _load_small_lake(dsn: str, root: Path) -> dict[str, dict]:
-    """Four generated faces per emotion through every asset (ingest per partition, then gold, the index)."""
+def _load_small_lake(dsn: str, root: Path) -> tuple[object, dict[str, dict]]:
+    """Four generated faces of each lake emotion through every asset (ingest per partition, then gold, the
+    index)."""
     landing, lake = root / "landing", root / "lake"
     images = {}
-    for e_i, emotion in enumerate(EMOTIONS):
+    for e_i, emotion in enumerate(LAKE_EMOTIONS):
         for j, split in enumerate(SPLITS):
             data = face(emotion, 100 + 10 * e_i + j)
             key = f"{split}/{emotion}/{emotion}{j}.png"
@@ -96,7 +99,7 @@ def _load_small_lake(dsn: str, root: Path) -> dict[str, dict]:
             images[sha256(data)] = {"emotion": emotion, "split": split, "filepath": key}
     res = folder_resources(dsn, lake, landing, weights="random", batch_size=16)
     everything = [*INGEST_ASSETS, *PUBLISH_ASSETS, *RUN_CHECKS]
-    for emotion in EMOTIONS:
+    for emotion in LAKE_EMOTIONS:
         assert dg.materialize(
             everything,
             partition_key=partition_key(emotion, utc_today()),
@@ -106,7 +109,7 @@ def _load_small_lake(dsn: str, root: Path) -> dict[str, dict]:
     assert dg.materialize(
         everything, resources=res, selection=dg.AssetSelection.assets(*PUBLISH_ASSETS)
     ).success
-    return images
+    return res["embedder"].spec(), images
 
 
 def _wait_for_health(url: str, process: Process, timeout: float = 180) -> None:
@@ -129,12 +132,12 @@ def _wait_for_health(url: str, process: Process, timeout: float = 180) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(pg_server, tmp_path_factory):
+def served(pg_server, tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("browser")
     dsn = ensure_database(pg_server, DATABASE)
     ensure_schema(dsn)
     try:
-        images = _load_small_lake(dsn, root)
+        spec, images = _load_small_lake(dsn, root)
         port = free_port()
         env = {
             **os.environ,
@@ -161,7 +164,7 @@ def served(pg_server, tmp_path_factory):
         url = f"http://127.0.0.1:{port}"
         _wait_for_health(url, process)
         try:
-            yield Served(url, root / "lake", images)
+            yield Served(url, root / "lake", spec, images)
         finally:
             process.stop()
     finally:

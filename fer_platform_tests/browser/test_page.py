@@ -9,7 +9,10 @@ import re
 
 import pytest
 
+from fer_platform.core.gold_plots import GOLD_PLOTS
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.search.query import find_similar
+from fer_platform.core.storage import Storage
 from fer_platform_tests.helpers import face
 
 pytestmark = pytest.mark.slow
@@ -53,6 +56,14 @@ def assert_ranked(found: list[dict]) -> None:
     assert distances == sorted(distances) and 0.0 <= distances[0] and distances[-1] <= 2.0
 
 
+def assert_shows(found: list[dict], served, image: bytes, k: int, emotion: str | None = None) -> None:
+    """The page shows what the search itself answers for this query (emotions in order, distances)."""
+    expected = find_similar(Storage(str(served.lake)), served.spec, image=image, k=k, emotion=emotion)
+    assert [h["emotion"] for h in found] == [h["emotion"] for h in expected["hits"]]
+    for shown, hit in zip(found, expected["hits"], strict=True):
+        assert float(shown["distance"]) == pytest.approx(hit["distance"], abs=1e-4)
+
+
 def open_page(page, served) -> None:
     page.goto(served.url + "/")
     page.wait_for_selector("#search")
@@ -60,7 +71,7 @@ def open_page(page, served) -> None:
 
 def test_upload_a_face_see_k_neighbours_then_filter_by_emotion(page, served, tmp_path):
     query = tmp_path / "query.png"
-    query.write_bytes(face("happy", 9999))
+    query.write_bytes(face("happy", 9999))  # not one of the lake's faces
     open_page(page, served)
     assert page.eval_on_selector_all("#emotion option", "os => os.map((o) => o.value)") == ["", *EMOTIONS]
 
@@ -69,12 +80,14 @@ def test_upload_a_face_see_k_neighbours_then_filter_by_emotion(page, served, tmp
     page.click("#search")
     found = wait_for_results(page, 6)
     assert_ranked(found)
+    assert_shows(found, served, query.read_bytes(), 6)
 
     page.select_option("#emotion", "sad")
     page.click("#search")
     found = wait_for_results(page, 4, "sad")  # k = 6, but the lake holds four sad faces
     assert_ranked(found)
     assert [h["emotion"] for h in found] == ["sad"] * 4
+    assert_shows(found, served, query.read_bytes(), 6, "sad")
     assert page.problems == []
 
 
@@ -96,7 +109,7 @@ def test_gold_plots_are_images_that_loaded(page, served):
     open_page(page, served)
     page.wait_for_function(IMAGES_LOADED, arg="#plots img")
     widths = page.eval_on_selector_all("#plots img", "imgs => imgs.map((img) => img.naturalWidth)")
-    assert len(widths) >= 1 and all(w > 0 for w in widths)
+    assert len(widths) == len(GOLD_PLOTS) and all(w > 0 for w in widths)  # the lake holds every gold table
     assert page.problems == []
 
 
