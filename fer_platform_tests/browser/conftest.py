@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,14 +121,14 @@ def _wait_for_health(url: str, process: Process, timeout: float = 180) -> None:
             raise ServerError(f"fer-platform serve exited with {process.proc.returncode}: {log}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
+                if json.loads(response.read())["status"] == "ok":  # the search index is loaded
                     return
-        except (OSError, urllib.error.HTTPError):
+        except (OSError, ValueError, KeyError):  # not listening yet, or not the answer yet
             pass
         time.sleep(0.2)
     log = process.log.read_text(errors="replace")[-3000:]
     process.stop()
-    raise ServerError(f"fer-platform serve did not answer /health within {timeout:.0f} s: {log}")
+    raise ServerError(f"fer-platform serve did not serve an index (/health) within {timeout:.0f} s: {log}")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,7 @@ def served(pg_server, tmp_path_factory, one_torch_thread):
             "FER_LAKE_URL": str(root / "lake"),
             "FER_LANDING": str(root / "landing"),
             "FER_EMBED_WEIGHTS": "random",
+            "FER_EMBED_THREADS": "1",  # on a shared 2-core machine, one torch thread embeds faster
         }
         workdir = Path(tempfile.mkdtemp(prefix="fer-serve-"))
         log = workdir / "serve.log"
