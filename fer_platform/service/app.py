@@ -9,6 +9,7 @@ build of ``search_index`` replaces it once fully read and verified, without a re
 
 import contextlib
 import hmac
+import json
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyCookie, APIKeyHeader
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fer_platform.core.embedding import Embedder, EmbedderSpec, model_id
@@ -128,6 +130,7 @@ class Service:
         self.live = LiveIndex(lake, self.model, settings.index_check_seconds)
         self.pool = ReadOnlyPool(dsn, settings.pool_size) if dsn else None
         self.plots = GoldPlots(lake)
+        self.embedder = "loading"  # for /health: loading, ready, or why it failed
 
     def start(self) -> None:
         self.live.refresh()  # the first read, before the first request
@@ -137,7 +140,9 @@ class Service:
     def _warm_embedder(self) -> None:
         try:
             Embedder.get(self.spec)
+            self.embedder = "ready"
         except Exception as exc:  # noqa: BLE001 - said again, to the caller, by the first upload
+            self.embedder = f"failed: {one_line(str(exc))}"
             log.warning("the embedder could not be loaded: %s", one_line(str(exc)))
 
     def stop(self) -> None:
@@ -176,6 +181,12 @@ class Service:
         if pos is None:
             raise ApiError(404, f"image {image_id} is not in the index of model {self.model}")
         return {**index.row(pos), "url": image_url(image_id)}
+
+
+def answer(data: dict[str, Any]) -> Response:
+    """A JSON answer, serialised once by ``json`` (the data is plain JSON types already: FastAPI's own
+    encoding walks it again and costs more than the search itself)."""
+    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")
 
 
 def image_url(image_id: str) -> str:
@@ -225,7 +236,7 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
     image_keyed = _key_check(settings, cookie=True)
 
     @app.get("/health", tags=["service"], summary="Whether the service answers, and what it serves")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         service.live.poke()
         status = service.live.status()
         return {
@@ -235,6 +246,7 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
             "max_k": settings.max_k,
             "max_upload_bytes": settings.max_upload_bytes,
             "pgvector": service.pool is not None,
+            "embedder": service.embedder,
             "index": status,
         }
 
@@ -271,7 +283,7 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
             validate(data, "upload.jpg" if fmt == "JPEG" else "upload.png")
         except InvalidImage as exc:
             raise ApiError(400, f"the upload is not a FER2013 image: {exc}") from None
-        return service.search(k, emotion, backend, image=data)
+        return answer(service.search(k, emotion, backend, image=data))
 
     @app.get(
         "/images/{image_id}/similar",
@@ -280,10 +292,12 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
         dependencies=keyed,
         responses=_errors(401, 404, 422, 503),
     )
-    def search_by_id(
+    async def search_by_id(
         image_id: ImageId, k: K = 10, emotion: EmotionFilter = None, backend: BackendChoice = "index"
     ) -> dict[str, Any]:
-        return service.search(k, emotion, backend, image_id=image_id)
+        if backend == "index":  # under a millisecond of CPU: answered on the event loop, no thread hand-off
+            return answer(service.search(k, emotion, backend, image_id=image_id))
+        return answer(await run_in_threadpool(service.search, k, emotion, backend, image_id=image_id))
 
     @app.get(
         "/images",
@@ -307,8 +321,8 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
         dependencies=keyed,
         responses=_errors(401, 404, 422, 503),
     )
-    def image_metadata(image_id: ImageId) -> dict[str, Any]:
-        return service.image_row(image_id)
+    async def image_metadata(image_id: ImageId) -> dict[str, Any]:
+        return answer(service.image_row(image_id))
 
     @app.get(
         "/images/{image_id}/bytes",

@@ -21,7 +21,7 @@ from fer_platform_tests.service.conftest import API_KEY, start_service
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = 25  # per operation and generation mode
+EXAMPLES = 15  # per operation and generation mode
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 CONFORMANCE = [
     not_a_server_error,

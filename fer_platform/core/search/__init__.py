@@ -5,6 +5,7 @@
     pgvector  the same queries answered by PostgreSQL (pgvector's HNSW index)
     query     one search end to end: the query image or id, its vector, a backend, the answer
     sheet     the answer as a contact sheet (PNG)
+    live      an index kept in memory by a long-running reader, swapped for a new build by its digest
     hits      one answer row, as both backends return it
 
 The maths they share with gold and training (unit vectors, exact search, recall) is ``core.vecmath``.
