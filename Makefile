@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOME_DIR ?= .fer
 NODE_STAMP := node_modules/.package-lock.json
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint dev bench clean node
+.PHONY: install demo test lint dev bench clean node chromium
 
 install: $(STAMP)
 
@@ -19,6 +21,15 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+# Debian's chromium, the headless browser the page tests drive through Playwright (executable_path; never
+# `playwright install`, which downloads a browser). Installed once, when /usr/bin/chromium is missing.
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "apt-get not found: install Chromium as $(CHROMIUM)"; exit 1; }
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends chromium
+
 # Exact versions come from constraints.txt (torch/torchvision pinned as a matching PyPI pair).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +41,7 @@ demo: install
 	$(BIN)/fer-platform --home $(HOME_DIR) demo
 
 # The formatter and the linter first (seconds), then the suite.
-test: install node lint
+test: install node chromium lint
 	$(BIN)/pytest
 
 lint: install
