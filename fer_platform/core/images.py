@@ -99,6 +99,53 @@ def validate(data: bytes, name: str, size: tuple[int, int] = EXPECTED_SIZE) -> I
     return info
 
 
+MAX_QUERY_SIDE = 4096  # pixels: a query photo larger than this is refused from its header, before decoding
+
+
+def as_face(data: bytes, max_side: int = MAX_QUERY_SIDE) -> bytes:
+    """A query image as FER2013 holds faces. A FER2013 image is returned as it is (so a stored face is found
+    at distance 0); any other still PNG or JPEG (a photo of a face: colour, any size up to ``max_side``
+    pixels a side) is centre-cropped to a square, made grayscale and resized to 48x48, as a PNG.
+
+    Raises InvalidImage with a one-line reason for anything else, judged as ``validate`` judges landing
+    files: the declared size before any decoding, one frame, nothing after the image's end."""
+    fmt = sniff_format(data)
+    if fmt is None:
+        kind = "text" if _looks_like_text(data[:8]) else "binary"
+        raise InvalidImage(f"not a PNG or JPEG: content starts with {kind} {data[:8]!r}")
+    try:
+        validate(data, "query.png" if fmt == "PNG" else "query.jpg")
+        return data
+    except InvalidImage:
+        pass  # not FER-shaped: made so below, if it is an image at all
+    end, declared = _png_layout(data) if fmt == "PNG" else _jpeg_layout(data)
+    if declared is not None and max(declared) > max_side:
+        raise InvalidImage(f"too large: {declared[0]}x{declared[1]} (at most {max_side} pixels a side)")
+    if end < len(data):
+        raise InvalidImage(f"{len(data) - end} byte(s) after the end of the {fmt} image")
+    try:
+        with warnings.catch_warnings():
+            # DecompressionBombWarning: the size is judged from the header, before decoding
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+                if max(im.size) > max_side:
+                    size = f"{im.width}x{im.height}"
+                    raise InvalidImage(f"too large: {size} (at most {max_side} pixels a side)")
+                if getattr(im, "n_frames", 1) != 1:
+                    raise InvalidImage("several frames (animated or multi-page): expected one still image")
+                gray = im.convert("L")
+    except (InvalidImage, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises on hostile bytes is the file's fault
+        raise InvalidImage(f"truncated or corrupt {fmt}: {one_line(exc)}") from None
+    side = min(gray.size)
+    left, top = (gray.width - side) // 2, (gray.height - side) // 2
+    face = gray.crop((left, top, left + side, top + side)).resize(EXPECTED_SIZE, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    face.save(out, format="PNG")
+    return out.getvalue()
+
+
 def _png_layout(data: bytes) -> tuple[int, tuple[int, int] | None]:
     """(offset just after the PNG's IEND chunk, the size IHDR declares). APNG (an acTL chunk) and chunks
     that run past the end are refused here."""

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fer_platform.core.embedding import Embedder, EmbedderSpec, model_id
 from fer_platform.core.errors import FerError
 from fer_platform.core.gold_plots import GOLD_PLOTS, GoldPlots
-from fer_platform.core.images import InvalidImage, sniff_format, validate
+from fer_platform.core.images import InvalidImage, as_face, sniff_format
 from fer_platform.core.layout import EMOTIONS, SPLITS
 from fer_platform.core.pg.pool import ReadOnlyPool
 from fer_platform.core.search.index import IndexUnavailable
@@ -278,7 +278,7 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
     @app.post(
         "/search",
         tags=["search"],
-        summary="The images nearest to an uploaded face (a 48x48 grayscale PNG or JPEG)",
+        summary="The images nearest to an uploaded face (a PNG or JPEG; made 48x48 grayscale like FER2013)",
         dependencies=keyed,
         responses=_errors(400, 401, 413, 422, 503),
     )
@@ -291,12 +291,11 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
         data = file.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise ApiError(413, f"the upload is larger than {settings.max_upload_bytes} bytes")
-        fmt = sniff_format(data)
         try:
-            validate(data, "upload.jpg" if fmt == "JPEG" else "upload.png")
+            face = as_face(data)  # a FER2013 image as it is; a photo made 48x48 grayscale
         except InvalidImage as exc:
-            raise ApiError(400, f"the upload is not a FER2013 image: {exc}") from None
-        return answer(service.search(k, emotion, backend, image=data))
+            raise ApiError(400, f"the upload is not an image to search with: {exc}") from None
+        return answer(service.search(k, emotion, backend, image=face))
 
     @app.get(
         "/images/{image_id}/similar",

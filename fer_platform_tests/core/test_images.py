@@ -63,3 +63,24 @@ def test_to_png_keeps_png_and_reencodes_jpeg_losslessly():
     out = images.to_png(encoded(fmt="JPEG"))
     assert out.startswith(b"\x89PNG")
     assert images.validate(out, "x.png").mode == "L"
+
+
+def test_a_query_photo_is_made_a_fer_face_and_a_fer_face_is_kept_as_it_is():
+    fer = encoded("L")
+    assert images.as_face(fer) == fer  # a stored face keeps its bytes, so its hash finds it
+    for photo in (
+        encoded("RGB", size=(200, 150), fmt="JPEG"),
+        encoded("RGBA", size=(64, 96)),
+        encoded("L", (49, 48)),
+    ):
+        face = images.as_face(photo)
+        info = images.validate(face, "q.png")
+        assert (info.width, info.height, info.mode) == (48, 48, "L")
+    for bad, says in (
+        (b"GIF89a....", "not a PNG or JPEG"),
+        (encoded("L", size=(5000, 8)), "too large: 5000x8"),
+        (encoded("RGB", size=(60, 60)) + b"tail", "after the end"),
+        (encoded("RGB", size=(60, 60))[:-30], "truncated or corrupt"),
+    ):
+        with pytest.raises(images.InvalidImage, match=says):
+            images.as_face(bad)
