@@ -25,6 +25,9 @@ for var in ("FER_PG_DSN", "FER_HOME", "FER_LANDING", "FER_LAKE_URL", "FER_ENV", 
 # No ImageNet download attempts: deterministic random weights (also for subprocesses).
 os.environ["FER_EMBED_WEIGHTS"] = "random"
 
+# The loaded lake and `fer-platform serve` that the service and browser tests share (once per session).
+pytest_plugins = ["fer_platform_tests.served"]
+
 _db_names = itertools.count()
 
 

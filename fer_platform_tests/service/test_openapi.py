@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from fer_platform_tests.service.conftest import API_KEY, start_service
+from fer_platform_tests.served import API_KEY, start_service
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from PIL import Image
 from fer_platform.assets.search import search_index
 from fer_platform.core.layout import EMOTIONS
 from fer_platform_tests.helpers import encoded, face
-from fer_platform_tests.service.conftest import MAX_UPLOAD, publish
+from fer_platform_tests.served import MAX_UPLOAD, publish
 
 pytestmark = pytest.mark.slow
 

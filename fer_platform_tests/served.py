@@ -1,5 +1,6 @@
 """A small loaded lake (the real assets on a real PostgreSQL) and `fer-platform serve` started on it as a real
-process on 127.0.0.1, once per session; stopped by process group.
+process on 127.0.0.1, once per session; stopped by process group. A pytest plugin (the root conftest loads
+it): the service tests and the browser tests share the lake and the server.
 
 The set: three generated faces per emotion (two train, one test), loaded through the ingest assets, then
 gold and the search index published.
@@ -24,6 +25,7 @@ import dagster as dg
 import pytest
 
 from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS, RUN_CHECKS
+from fer_platform.core.images import sha256
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.schema import ensure_schema
@@ -45,9 +47,13 @@ def publish(resources, run_config: dict | None = None, assets=PUBLISH_ASSETS) ->
 def service_lake(pg_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("service")
     landing, lake = root / "landing", root / "lake"
+    images = {}  # image_id -> what the landing file was
     for e_i, e in enumerate(EMOTIONS):
         for j, split in enumerate(("train", "train", "test")):
-            put(landing, f"{split}/{e}/{e}{j}.png", face(e, 10 * e_i + j))
+            data = face(e, 10 * e_i + j)
+            key = f"{split}/{e}/{e}{j}.png"
+            put(landing, key, data)
+            images[sha256(data)] = {"emotion": e, "split": split, "filepath": key}
     dsn = ensure_database(pg_server, "service")
     ensure_schema(dsn)
     res = folder_resources(dsn, lake, landing, weights="random", batch_size=16)
@@ -59,7 +65,7 @@ def service_lake(pg_server, tmp_path_factory):
             selection=dg.AssetSelection.assets(*INGEST_ASSETS),
         ).success
     publish(res)
-    yield {"dsn": dsn, "lake": lake, "landing": landing, "root": root, "resources": res}
+    yield {"dsn": dsn, "lake": lake, "landing": landing, "root": root, "resources": res, "images": images}
     with connect(pg_server, autocommit=True) as conn:
         conn.execute('DROP DATABASE IF EXISTS "service" WITH (FORCE)')
 
