@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [["bench_embeddings.py"], ["bench_search.py"], ["bench_model.py"], ["bench_convergence.py"]]
+BENCHES = [
+    ["bench_embeddings.py"],
+    ["bench_search.py"],
+    ["bench_model.py"],
+    ["bench_convergence.py"],
+    ["bench_demo.py"],
+]
 
 if __name__ == "__main__":
     failed = []
