@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument(
         "--skip-training",
         action="store_true",
-        help="do not train the emotion model (env FER_DEMO_TRAIN=0); weights auto then serve ImageNet/random",
+        help="do not train the emotion model (FER_DEMO_TRAIN=0): the approved one or untuned weights serve",
     )
 
     sd = sub.add_parser(

@@ -2,6 +2,12 @@
 
 Runs are executed in this process (one per partition, no process per step) but
 recorded on the PostgreSQL-backed instance, so they show in the UI afterwards.
+
+With weights that follow the approved emotion model (``auto``, ``tuned``) the demo also trains it: when
+none is approved yet (then the new files are loaded as far as bronze first, so every image is embedded
+once, by the model that will serve it) or when bronze's train split grew by ``models.RETRAIN_GROWTH``;
+then every partition is re-embedded with the new model and gold and the index are published, in the same
+demo. ``--skip-training`` / ``FER_DEMO_TRAIN=0`` leave training out.
 """
 
 import contextlib

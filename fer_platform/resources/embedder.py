@@ -58,20 +58,20 @@ class EmbedderResource(dg.ConfigurableResource):
         return self.weights.strip() in ("auto", "tuned")
 
     def _approval(self) -> Optional[dict]:
-        """The approval record the weights resolve to (None: ``auto`` before any model was approved)."""
+        """The approval record the weights resolve to (None: pinned untuned weights, or ``auto`` before any
+        model was approved)."""
         if self._approved == {}:
-            auto = self.weights.strip() == "auto"
-            if self.lake is None:
-                if not auto:
-                    raise WeightsUnavailable(
-                        f"weights {self.weights!r} need the lake the emotion models are in: the embedder "
-                        "resource has none"
-                    )
-                self._approved = None
-            elif auto:
+            if self.tuned and self.lake is None:
+                raise WeightsUnavailable(
+                    f"weights {self.weights!r} need the lake the emotion models are in: the embedder "
+                    "resource has none"
+                )
+            if self.tuned:
+                self._approved = models.resolve_tuned(self.lake.storage(), self.weights.strip())
+            elif self.weights.strip() == "auto" and self.lake is not None:
                 self._approved = models.approved_model(self.lake.storage())
             else:
-                self._approved = models.resolve_tuned(self.lake.storage(), self.weights.strip())
+                self._approved = None
         return self._approved
 
     @property

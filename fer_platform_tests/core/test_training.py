@@ -170,8 +170,18 @@ def test_the_training_estimate_scales_a_measured_rate():
     assert rates.train > 0 and rates.embed > rates.train and rates.device == "cpu"
     fixed = training.Rates(train=100.0, embed=1000.0, device="cpu")
     # 10 epochs x 1,000 train images at 100/s, plus 10 x 200 test + 4 x 1,200 images at 1,000/s
-    assert training.estimate_seconds(1000, 200, 10, fixed) == pytest.approx(100 + 6.8)
+    overhead = training.RUN_OVERHEAD_S
+    assert training.estimate_seconds(1000, 200, 10, fixed) == pytest.approx(100 + 6.8 + overhead)
     assert training.estimate_seconds(28709, 7178, 10, fixed) > 2870  # FER2013: most of an hour at 100/s
     assert training.describe_seconds(42) == "about 40 s"
     assert training.describe_seconds(1500) == "about 25 min"
     assert training.describe_seconds(3 * 3600) == "about 3.0 h"
+
+
+def test_a_small_train_split_gets_enough_epochs_for_min_steps():
+    config = training.TrainingConfig(epochs=10, batch_size=64, min_steps=training.MIN_STEPS)
+    assert config.steps_per_epoch(280) == 5 and config.epochs_for(280) == 30  # the demo's landing
+    assert config.steps_per_epoch(28709) == 449 and config.epochs_for(28709) == 10  # FER2013: as asked
+    assert config.steps_per_epoch(65) == 1  # a last batch of one is dropped (BatchNorm)
+    assert training.TrainingConfig(epochs=10).epochs_for(280) == 10  # min_steps 0: exactly epochs
+    assert training.TrainingConfig(epochs=0, min_steps=150).epochs_for(280) == 0  # an untrained model
