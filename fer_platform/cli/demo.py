@@ -504,8 +504,9 @@ def print_training(info: Optional[dict], w) -> None:
     if approved:
         serving = "served" if approved["model"] == info["served"] else "approved, not served"
         w(
-            f"                 {approved['model']} ({serving}): test 10-NN agreement "
-            f"{approved['agreement_at_10']:.3f}, untuned {approved['untuned_agreement_at_10']:.3f}\n"
+            f"                 {approved['model']} ({serving}); its check, the test images among "
+            f"themselves: 10-NN agreement {approved['agreement_at_10']:.3f} "
+            f"(untuned {approved['untuned_agreement_at_10']:.3f})\n"
         )
 
 
