@@ -1,7 +1,7 @@
 """The emotion-tuned model: test-split figures of random, ImageNet and tuned weights; training time; images/s.
 
     .venv/bin/python bench/bench_model.py [--per-class 100] [--test-per-class 25] [--epochs 10]
-                                          [--device auto] [--threads N]
+                                          [--min-steps 0] [--device auto] [--threads N]
 
 On a generated landing zone with a held-out test split, loaded through raw and bronze:
   * emotion_model materialised with its blocking check (the train_emotion_model job's assets): training time
@@ -28,6 +28,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--test-per-class", type=int, default=25)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument(
+        "--min-steps", type=int, default=0, help="more epochs for a small split (the asset's default: 150)"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -84,6 +87,7 @@ def main() -> None:
 
         config = {
             "epochs": args.epochs,
+            "min_steps": args.min_steps,
             "batch_size": args.batch_size,
             "seed": args.seed,
             "device": args.device,

@@ -14,6 +14,7 @@ BENCHES = [
     ["bench_serve.py"],
     ["bench_model.py"],
     ["bench_convergence.py"],
+    ["bench_demo.py"],
 ]
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ for var in ("FER_PG_DSN", "FER_HOME", "FER_LANDING", "FER_LAKE_URL", "FER_ENV", 
     os.environ.pop(var, None)
 # No ImageNet download attempts: deterministic random weights (also for subprocesses).
 os.environ["FER_EMBED_WEIGHTS"] = "random"
+# `demo` trains the emotion model only where a test asks for it (cli/test_demo.py): others run it many times.
+os.environ["FER_DEMO_TRAIN"] = "0"
 
 # The loaded lake and `fer-platform serve` that the service and browser tests share (once per session).
 pytest_plugins = ["fer_platform_tests.served"]

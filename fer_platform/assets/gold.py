@@ -120,7 +120,8 @@ def gold_centroid_similarity(
     deps=[silver_embeddings, embedding_model],
     metadata={LAKE_PATH: f"{GOLD}/neighbour_agreement"},
     description="For each emotion, the share of each image's 10 nearest neighbours (exact cosine) that carry "
-    "the same emotion, beside the chance level: how well the embedding separates emotions.",
+    "the same emotion, beside the chance level: how well the embedding separates emotions. Metadata: the "
+    "same over searches for the test images only (test_split_agreement_at_10); figures rounded to 4 places.",
     **GOLD_KW,
 )
 def gold_neighbour_agreement(
@@ -132,11 +133,14 @@ def gold_neighbour_agreement(
     overall = next((r for r in table.to_pylist() if r["emotion"] == "all"), None)
     vectors, labels = gold.vectors_and_labels(silver)
     keep, points = gold.projection_2d(vectors)
+    test = gold.split_agreement(silver, "test")  # what a search for a test image returns
     context.add_output_metadata(
         {
             "model": embedder.model_id(),
             "agreement_at_10": float(overall["agreement"]) if overall else 0.0,
             "chance": float(overall["chance"]) if overall else 0.0,
+            "test_split_agreement_at_10": float(test["agreement"] or 0.0),
+            "test_split_chance": float(test["chance"] or 0.0),
             "agreement": dg.MetadataValue.md(
                 plots.markdown_image(
                     plots.agreement_bars(

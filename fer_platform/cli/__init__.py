@@ -19,6 +19,7 @@ from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import describe, masked
 from fer_platform.core.pg.embedded import embedded_start, embedded_status, embedded_stop
 from fer_platform.core.pg.schema import ensure_schema
+from fer_platform.core.report import format_distances
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.search.index import IndexUnavailable
 from fer_platform.core.search.query import QueryError, find_similar
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--per-class", type=int, default=40, help="generated train images per emotion")
     dm.add_argument("--test-per-class", type=int, default=10, help="generated test images per emotion")
     dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="do not train the emotion model (FER_DEMO_TRAIN=0): the approved one or untuned weights serve",
+    )
 
     sd = sub.add_parser(
         "sample-data", parents=[common], help="write a deterministic FER2013-shaped landing folder"
@@ -114,6 +120,7 @@ def _dispatch(args, home: Home) -> int:
             per_class=args.per_class,
             test_per_class=args.test_per_class,
             seed=args.seed,
+            train=False if args.skip_training else None,
         )
     if args.command == "sample-data":
         counts = write_sample_landing(args.out, args.per_class, args.test_per_class, args.seed, args.defects)
@@ -219,11 +226,9 @@ def print_search(result: dict, out=None) -> None:
         + (f", emotion = {result['emotion_filter']}" if result["emotion_filter"] else "")
         + "\n"
     )
-    for h in result["hits"]:
-        out.write(
-            f"  {h['rank']:>3}  {h['distance']:.4f}  {h['emotion']:<9} "
-            f"{h['split'] or '':<6} {h['filepath']}\n"
-        )
+    distances = format_distances([h["distance"] for h in result["hits"]], minimum=4)
+    for h, d in zip(result["hits"], distances, strict=True):
+        out.write(f"  {h['rank']:>3}  {d}  {h['emotion']:<9} {h['split'] or '':<6} {h['filepath']}\n")
     if result.get("same_emotion") is not None:
         out.write(f"  {result['same_emotion']} of {len(result['hits'])} share the query's emotion\n")
     if result.get("sheet"):

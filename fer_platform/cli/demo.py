@@ -2,6 +2,12 @@
 
 Runs are executed in this process (one per partition, no process per step) but
 recorded on the PostgreSQL-backed instance, so they show in the UI afterwards.
+
+With weights that follow the approved emotion model (``auto``, ``tuned``) the demo also trains it: when
+none is approved yet (then the new files are loaded as far as bronze first, so every image is embedded
+once, by the model that will serve it) or when bronze's train split grew by ``models.RETRAIN_GROWTH``;
+then every partition is re-embedded with the new model and gold and the index are published, in the same
+demo. ``--skip-training`` / ``FER_DEMO_TRAIN=0`` leave training out.
 """
 
 import contextlib
@@ -16,21 +22,40 @@ from collections import Counter
 from typing import Any, Optional
 
 from fer_platform.cli.instance import local_dsn, prepare_dagster_home
-from fer_platform.core import convergence, ledger, liveness
-from fer_platform.core.errors import DatabaseUnavailable, FerError
+from fer_platform.core import convergence, gold, ledger, liveness, models, training
+from fer_platform.core.bronze import read_bronze
+from fer_platform.core.errors import ConfigError, DatabaseUnavailable, FerError
 from fer_platform.core.home import Home
 from fer_platform.core.layout import route
 from fer_platform.core.pg.connect import connect, describe
 from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
+from fer_platform.core.report import format_distances
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.search.index import IndexUnavailable, index_dir, load_index
 from fer_platform.core.search.query import find_similar
-from fer_platform.core.silver import count_silver_rows
+from fer_platform.core.silver import count_silver_rows, read_silver
 from fer_platform.core.storage import Storage
 from fer_platform.core.vectors import count_model
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+TRAIN_JOB, REEMBED_JOB = "train_emotion_model", "reembed_images"
+# a partition whose only disagreement after a model switch is these layers is re-embedded (reembed_images),
+# not re-derived from the load log (raw and bronze are fine)
+VECTOR_LAYERS = {"postgres", "silver"}
+
+
+def demo_trains(train: Optional[bool] = None) -> bool:
+    """Whether the demo may train the emotion model: ``--skip-training`` (False) or FER_DEMO_TRAIN
+    (default true)."""
+    if train is not None:
+        return train
+    value = os.environ.get("FER_DEMO_TRAIN", "").strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"FER_DEMO_TRAIN={value!r} is not a boolean (true/false)")
 
 
 @contextlib.contextmanager
@@ -100,11 +125,14 @@ def run_demo(
     per_class: int = 40,
     test_per_class: int = 10,
     seed: int = 0,
+    train: Optional[bool] = None,
 ) -> dict[str, Any]:
+    """``train``: False skips training the emotion model; None asks FER_DEMO_TRAIN (default: train)."""
     started = time.monotonic()
+    trains = demo_trains(train)
     home.create()
     with home_lock(home):
-        return _run_demo(home, landing, per_class, test_per_class, seed, started)
+        return _run_demo(home, landing, per_class, test_per_class, seed, started, trains)
 
 
 @contextlib.contextmanager
@@ -121,7 +149,13 @@ def home_lock(home: Home):
 
 
 def _run_demo(
-    home: Home, landing: Optional[str], per_class: int, test_per_class: int, seed: int, started: float
+    home: Home,
+    landing: Optional[str],
+    per_class: int,
+    test_per_class: int,
+    seed: int,
+    started: float,
+    trains: bool,
 ) -> dict[str, Any]:
     landing_url = landing or os.environ.get("FER_LANDING") or str(home.landing)
     generated = None
@@ -148,7 +182,11 @@ def _run_demo(
 
     defs = build_definitions(resources_for())
     lake = defs.resources["lake"].storage()
-    model = defs.resources["embedder"].model_id()
+    embedder = defs.resources["embedder"]
+    # the emotion model is trained when the served weights follow the approved model (auto, tuned): the
+    # first time before anything is embedded, so that the images are embedded once, by the model that serves
+    model_step = TrainingStep(trains, embedder.weights, embedder.follows_approval)
+    first_model = model_step.wanted and models.approved_model(lake) is None
     storage = Storage(landing_url, confined=True)
     runs: list[dict] = []
     tags = {WORKER_TAG: liveness.this_worker(), "fer/trigger": "demo"}
@@ -164,8 +202,12 @@ def _run_demo(
             storage, listing, lambda _entries: known, Watermark(), everything, now_us=time.time_ns() // 1000
         )
         today = utc_today()
+        if first_model:  # up front: what training will cost, before the load that precedes it
+            model_step.announce(lake, tick, first=True)
 
-        def execute(job: str, partition, config: dg.RunConfig | None, extra: dict | None = None) -> None:
+        def execute(
+            job: str, partition, config: dg.RunConfig | None, extra: dict | None = None, assets=None
+        ) -> bool:
             run_config = {**(config.to_config_dict() if config else {}), **QUIET_LOGS}
             result = defs.resolve_job_def(job).execute_in_process(
                 partition_key=partition,
@@ -173,6 +215,7 @@ def _run_demo(
                 instance=instance,
                 raise_on_error=False,
                 tags={**tags, **(extra or {})},
+                asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
             )
             runs.append(
                 {
@@ -183,26 +226,53 @@ def _run_demo(
                     "files": len(files_of(run_config)),
                 }
             )
+            return result.success
 
+        # before the first model, the new files go as far as bronze (what training reads): the vectors are
+        # made once, below, by the model that will serve them
+        ingest_assets = ["raw_images", "bronze_images"] if first_model else None
         for emotion, entries, _attempt in tick.batches:
             keys = [e.key for e in entries]
             if emotion is None:  # files no emotion partition can take: quarantined with the reason
                 execute("landing_triage", None, triage_run_config(keys))
             else:
-                execute("ingest_images", partition_key(emotion, today), ingest_run_config(keys))
-        # then every partition whose layers disagree with the load log (a crash, an outage, a deleted layer)
+                execute(
+                    "ingest_images",
+                    partition_key(emotion, today),
+                    ingest_run_config(keys),
+                    assets=ingest_assets,
+                )
+        # the emotion model: trained on bronze's train split when there is none yet or that split has grown
+        if model_step.wanted:
+            model_step.decide(lake)
+            if model_step.reason:
+                if not first_model:
+                    model_step.announce(lake, tick, first=False)
+                model_step.run(lambda: execute(TRAIN_JOB, None, None))
+                embedder.reread()  # the model approved by the run is what auto/tuned serve now
+        model = embedder.model_id()
+        switched = first_model or model_step.reason is not None
+        # then every partition whose layers disagree with the load log (a crash, an outage, a deleted layer,
+        # or a new model: its vectors are missing everywhere)
         with connect(dsn) as conn:
             audit = audit_layers(instance, conn, lake, model)
+        repaired, reembedded = [], []
         for emotion, day in audit.partitions:
             if not image_partitions.has_partition_key(partition_key(emotion, day)):
                 continue  # a stray lake folder, no partition of this code location: told at the end
+            layers = {d.layer for d in audit.disagreements if d.partition == (emotion, day)}
+            if switched and layers <= VECTOR_LAYERS:
+                execute(REEMBED_JOB, partition_key(emotion, day), None)
+                reembedded.append((emotion, day))
+                continue
             execute(
                 "ingest_images",
                 partition_key(emotion, day),
                 ingest_run_config(files=[]),
                 {REPAIR_TAG: "true"},
             )
-        ingested = any(r["job"] == "ingest_images" for r in runs)
+            repaired.append((emotion, day))
+        ingested = any(r["job"] in ("ingest_images", REEMBED_JOB) for r in runs)
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)
         with connect(dsn) as conn:  # what still disagrees is told, not hidden behind exit 0
@@ -210,14 +280,17 @@ def _run_demo(
 
     summary = summarise(storage, listing, dsn)
     summary.update(layer_counts(lake, dsn, model))
-    summary.update(search_example(lake, defs.resources["embedder"].spec(), model))
+    summary.update(search_example(lake, embedder.spec(), model))
     summary.update(
         home=str(home.root),
         landing=landing_url,
         sample_data=generated,
         new_files=tick.files,
         runs=runs,
-        repaired=[f"{e}|{d.isoformat()}" for e, d in audit.partitions],
+        training=model_step.summary(lake, model),
+        agreement=search_agreement(lake, model),
+        reembedded=[f"{e}|{d.isoformat()}" for e, d in reembedded],
+        repaired=[f"{e}|{d.isoformat()}" for e, d in repaired],
         restored_load_log_rows=restored,
         failed_dead_runs=dead,
         disagreements=final.lines(),
@@ -227,6 +300,90 @@ def _run_demo(
     if failed:
         summary["failed_runs"] = failed
     return summary
+
+
+class TrainingStep:
+    """The demo's emotion model: whether it trains (and why), what that will cost, how it went."""
+
+    def __init__(self, enabled: bool, weights: str, follows_approval: bool):
+        self.enabled, self.weights = enabled, weights.strip()
+        self.wanted = enabled and follows_approval
+        self.reason: Optional[str] = None  # why it trains this run (None: it does not)
+        self.train_ids: set[str] = set()
+        self.estimate: Optional[float] = None
+        self.seconds: Optional[float] = None
+        self.success: Optional[bool] = None
+
+    def decide(self, lake: Storage) -> None:
+        """Train when bronze's train split has images and no model is approved yet, or when the split grew
+        by RETRAIN_GROWTH since the approved model's snapshot (``models.training_due``); a re-run with nothing
+        new trains nothing."""
+        train = read_bronze(lake, ["image_id"], splits=["train"])
+        self.train_ids = set(train["image_id"].to_pylist())
+        self.reason = models.training_due(lake, self.train_ids)
+
+    def announce(self, lake: Storage, tick, first: bool) -> None:
+        """One line on stderr before training: how many images, about how long on this machine (rates
+        measured on a few training steps), and how to skip it."""
+        images = read_bronze(lake, ["image_id", "split"], splits=["train", "test"])
+        in_bronze = Counter(images["split"].to_pylist())
+        pending = Counter(route(e.key).split for _emotion, entries, _ in tick.batches for e in entries)
+        train_images = in_bronze["train"] + (pending["train"] if first else 0)
+        test_images = in_bronze["test"] + (pending["test"] if first else 0)
+        if not train_images:
+            return
+        rates = training.measure_rates()
+        epochs = training.TrainingConfig(min_steps=training.MIN_STEPS).epochs_for(train_images)
+        self.estimate = training.estimate_seconds(train_images, test_images, epochs, rates)
+        print(
+            f"training the emotion model on {'~' if first else ''}{train_images:,} train images: "
+            f"{training.describe_seconds(self.estimate)} on this machine ({rates.device}); "
+            "--skip-training to skip",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def run(self, execute) -> None:
+        started = time.monotonic()
+        self.success = execute()
+        self.seconds = round(time.monotonic() - started, 1)
+
+    def summary(self, lake: Storage, model: str) -> dict[str, Any]:
+        """What the demo did about the emotion model, and the approved model's test-split figures."""
+        out: dict[str, Any] = {"trained": self.reason is not None, "reason": self.reason}
+        if not self.enabled:
+            out["skipped"] = "--skip-training (or FER_DEMO_TRAIN=0)"
+        elif not self.wanted:
+            out["skipped"] = (
+                f"FER_EMBED_WEIGHTS={self.weights} pins the served model (auto trains and serves the "
+                "emotion model)"
+            )
+        elif self.reason is None:
+            out["skipped"] = "the approved model is up to date with the train split"
+        if self.reason is not None:
+            out.update(success=self.success, seconds=self.seconds, estimate_seconds=self.estimate)
+            out["train_images"] = len(self.train_ids)
+        record = models.approved_model(lake)
+        if record is not None:
+            out["approved"] = {
+                k: record.get(k)
+                for k in (
+                    "model",
+                    "approved_at",
+                    "agreement_at_10",
+                    "untuned_agreement_at_10",
+                    "centroid_accuracy",
+                    "untuned_centroid_accuracy",
+                )
+            }
+        out["served"] = model
+        return out
+
+
+def search_agreement(lake: Storage, model: str) -> dict[str, Any]:
+    """Searches for every test image in the served model's vectors: the share of the 10 nearest images
+    with the query's emotion, beside chance."""
+    return gold.split_agreement(read_silver(lake, ["emotion", "split", "vector"], model), "test")
 
 
 def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
@@ -292,15 +449,23 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     for key in ("model", "postgres_rows", "silver_rows", "index_size"):
         if key in summary:
             w(f"  {key:<14} {summary[key]}\n")
+    print_training(summary.get("training"), w)
     example = summary.get("search_example")
     if example:
         q = example["query"]
         w(f"  search         the 10 images nearest to {q['filepath']} ({q['emotion']}):\n")
-        for h in example["hits"]:
-            w(f"    {h['rank']:>2}. {h['distance']:.4f}  {h['emotion']:<9} {h['filepath']}\n")
+        distances = format_distances([h["distance"] for h in example["hits"]], minimum=4)
+        for h, d in zip(example["hits"], distances, strict=True):
+            w(f"    {h['rank']:>2}. {d}  {h['emotion']:<9} {h['filepath']}\n")
         w(
             f"    {example['same_emotion']} of {len(example['hits'])} share its emotion "
             f"(try: fer-platform search --id {q['image_id']} --sheet sheet.png)\n"
+        )
+    agreement = summary.get("agreement")
+    if agreement and agreement.get("agreement") is not None:
+        w(
+            f"  agreement      {agreement['agreement']:.3f} of the {agreement['k']} nearest images of a test "
+            f"image share its emotion (chance {agreement['chance']:.3f}; {agreement['queries']} queries)\n"
         )
     runs = summary["runs"]
     ok = sum(r["success"] for r in runs)
@@ -314,12 +479,35 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
         )
     if summary.get("restored_load_log_rows"):
         w(f"  load log       put back {summary['restored_load_log_rows']} row(s) from the raw manifests\n")
+    if summary.get("reembedded"):
+        w(f"  re-embedded    {len(summary['reembedded'])} partition(s) with the new model\n")
     if summary.get("repaired"):
         w(
             f"  repaired       {len(summary['repaired'])} partition(s) whose layers disagreed: "
             f"{', '.join(summary['repaired'])}\n"
         )
     w("  see them in the UI: make dev  (or fer-platform dev)\n")
+
+
+def print_training(info: Optional[dict], w) -> None:
+    if not info:
+        return
+    approved = info.get("approved")
+    if info["trained"]:
+        outcome = "succeeded" if info["success"] else "FAILED (see the run in the UI)"
+        w(
+            f"  emotion model  trained on {info['train_images']:,} train images in {info['seconds']} s "
+            f"({info['reason']}): {outcome}\n"
+        )
+    elif info.get("skipped"):
+        w(f"  emotion model  not trained: {info['skipped']}\n")
+    if approved:
+        serving = "served" if approved["model"] == info["served"] else "approved, not served"
+        w(
+            f"                 {approved['model']} ({serving}); its check, the test images among "
+            f"themselves: 10-NN agreement {approved['agreement_at_10']:.3f} "
+            f"(untuned {approved['untuned_agreement_at_10']:.3f})\n"
+        )
 
 
 def print_disagreements(summary: dict[str, Any], err=sys.stderr) -> None:

@@ -13,10 +13,22 @@ import numpy as np
 import pyarrow as pa
 
 from fer_platform.core.layout import EMOTIONS
-from fer_platform.core.vecmath import mean_pairwise_cosine, nearest_neighbours, normalise
+from fer_platform.core.vecmath import (
+    exact_search,
+    leave_one_out,
+    mean_pairwise_cosine,
+    nearest_neighbours,
+    normalise,
+)
 from fer_platform.core.vectors import arrow_to_vectors
 
 NEIGHBOURS = 10
+DECIMALS = 4  # gold tables are read by people: 0.178, not 0.17799999999999996
+
+
+def rounded(value: float | None, decimals: int = DECIMALS) -> float | None:
+    """A figure of a gold table, rounded for people (None stays None)."""
+    return None if value is None else round(float(value), decimals)
 
 
 def vectors_and_labels(silver: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +70,10 @@ def emotion_summary(silver: pa.Table) -> pa.Table:
                     "emotion": e,
                     "split": split,
                     "images": int(mask.sum()),
-                    "share_of_total": float(mask.sum() / total),
-                    "mean_intra_cosine": mean_pairwise_cosine(vectors[mask]),
+                    "share_of_total": rounded(mask.sum() / total),
+                    "mean_intra_cosine": rounded(mean_pairwise_cosine(vectors[mask])),
                     "nearest_emotion": nearest,
-                    "nearest_centroid_cosine": nearest_cos,
+                    "nearest_centroid_cosine": rounded(nearest_cos),
                 }
             )
     return pa.Table.from_pylist(rows, schema=EMOTION_SUMMARY_SCHEMA)
@@ -88,7 +100,7 @@ def centroid_similarity(silver: pa.Table) -> pa.Table:
     cols: dict[str, list] = {"emotion": list(EMOTIONS)}
     for other in EMOTIONS:
         cols[other] = [
-            float(cents[e] @ cents[other]) if e in cents and other in cents else None for e in EMOTIONS
+            rounded(cents[e] @ cents[other]) if e in cents and other in cents else None for e in EMOTIONS
         ]
     return pa.table(
         {"emotion": pa.array(cols["emotion"])} | {e: pa.array(cols[e], pa.float64()) for e in EMOTIONS}
@@ -121,9 +133,9 @@ def neighbour_agreement(silver: pa.Table, k: int = NEIGHBOURS) -> pa.Table:
                 "emotion": e,
                 "images": count,
                 "k": nn.shape[1],
-                "agreement": agree,
-                "chance": chance,
-                "lift": agree / chance if chance else None,
+                "agreement": rounded(agree),
+                "chance": rounded(chance),
+                "lift": rounded(agree / chance) if chance else None,
             }
         )
     if n:
@@ -135,12 +147,33 @@ def neighbour_agreement(silver: pa.Table, k: int = NEIGHBOURS) -> pa.Table:
                 "emotion": "all",
                 "images": n,
                 "k": nn.shape[1],
-                "agreement": agree,
-                "chance": chance,
-                "lift": agree / chance if chance else None,
+                "agreement": rounded(agree),
+                "chance": rounded(chance),
+                "lift": rounded(agree / chance) if chance else None,
             }
         )
     return pa.Table.from_pylist(rows, schema=AGREEMENT_SCHEMA)
+
+
+def split_agreement(silver: pa.Table, split: str = "test", k: int = NEIGHBOURS) -> dict:
+    """What a search for each image of ``split`` returns: the share of its ``k`` nearest other images
+    (exact cosine over every image of ``silver``, any split, itself excluded) with its emotion, beside
+    chance (for a query of emotion e: (n_e - 1) / (N - 1), averaged over the queries). The figure the
+    demo prints: test images are never trained on, their neighbours are whatever the index holds."""
+    vectors, labels = vectors_and_labels(silver)
+    splits = np.asarray(silver["split"].to_pylist(), dtype=object)
+    queries = np.flatnonzero(splits == split)
+    n = len(vectors)
+    out = {"split": split, "queries": int(len(queries)), "k": 0, "agreement": None, "chance": None}
+    if not len(queries) or n < 2:
+        return out
+    kk = min(k + 1, n)
+    _, pos = exact_search(vectors, vectors[queries], kk)
+    nn = leave_one_out(pos, queries, kk - 1)
+    same = (labels[nn] == labels[queries][:, None]).mean(axis=1)
+    counts = Counter(labels.tolist())
+    chance = np.mean([(counts[e] - 1) / (n - 1) for e in labels[queries]])
+    return {**out, "k": int(nn.shape[1]), "agreement": rounded(same.mean()), "chance": rounded(chance)}
 
 
 AGREEMENT_SCHEMA = pa.schema(

@@ -178,6 +178,45 @@ def resolve_tuned(lake: Storage, weights: str) -> dict:
     return record
 
 
+# --------------------------------------------------------------------------- when to train again
+RETRAIN_GROWTH = 0.05  # the train split must have grown by this share since the approved model's snapshot
+
+
+def snapshot_train_ids(lake: Storage, model: str) -> set[str]:
+    """The image ids of the train split a model was trained on (its snapshot.parquet)."""
+    try:
+        data = lake.read_bytes(f"{model_dir(model)}/{SNAPSHOT}")
+    except FileNotFoundError:
+        return set()
+    snap = pq.read_table(io.BytesIO(data), columns=["image_id", "split"], use_threads=False)
+    return {
+        i
+        for i, s in zip(snap["image_id"].to_pylist(), snap["split"].to_pylist(), strict=True)
+        if s == "train"
+    }
+
+
+def training_due(lake: Storage, train_ids: set[str], growth: float = RETRAIN_GROWTH) -> str | None:
+    """Why an emotion model should be trained on a train split of ``train_ids`` now, or None: there is no
+    approved model yet, or the train split holds at least ``growth`` (5 %) more images than the approved
+    model saw (new images it never trained on; at least one). A train split that grew less, or only lost
+    images, keeps the approved model: retraining costs minutes per thousand images, and the same data gives
+    the same model."""
+    if not train_ids:
+        return None
+    record = approved_model(lake)
+    if record is None:
+        return "no approved emotion model yet"
+    seen = snapshot_train_ids(lake, record["model"])
+    new = len(train_ids - seen)
+    if new and new >= max(1.0, growth * len(seen)):
+        return (
+            f"the train split grew by {new:,} image(s) the approved model {record['model']} never saw "
+            f"({len(seen):,} -> {len(train_ids):,})"
+        )
+    return None
+
+
 def default_cache() -> Path:
     return Path(os.environ.get("FER_MODEL_CACHE") or Path.home() / ".cache" / "fer-platform" / "models")
 

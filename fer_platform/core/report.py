@@ -29,3 +29,24 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def distance_decimals(values: Iterable[float], minimum: int = 3, maximum: int = 6) -> int:
+    """The fewest decimals (at least ``minimum``, at most ``maximum``) at which the distances of one
+    result read as apart as they are: neighbours whose distances differ show different figures, and
+    a distance above zero does not show as 0. Untuned vectors lie close together (distances ~0.001):
+    three decimals would print them all alike."""
+    values = [float(v) for v in values]
+    distinct = sorted({round(v, maximum) for v in values})
+    for decimals in range(minimum, maximum + 1):
+        shown = {f"{v:.{decimals}f}" for v in distinct}
+        tiny = any(v > 0 and round(v, decimals) == 0 for v in distinct)
+        if len(shown) == len(distinct) and not tiny:
+            return decimals
+    return maximum
+
+
+def format_distances(values: Sequence[float], minimum: int = 3, maximum: int = 6) -> list[str]:
+    """The distances of one result as text, all at the precision ``distance_decimals`` picks."""
+    decimals = distance_decimals(values, minimum, maximum)
+    return [f"{float(v):.{decimals}f}" for v in values]

@@ -18,6 +18,7 @@ torch and torchvision are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ from fer_platform.core.vecmath import nearest_neighbours, normalise
 
 K = 10  # neighbours for the agreement
 LOSSES = ("cosine", "cross_entropy")
+MIN_STEPS = 150  # the emotion_model asset's default min_steps (measured on the demo's landing: BENCHMARKS.md)
 SNAPSHOT_COLUMNS = ("image_id", "emotion", "split", "load_date")
 
 
@@ -54,6 +56,7 @@ class NotEnoughImages(FerError):
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 10
+    min_steps: int = 0  # a small train split gets more epochs, up to this many optimiser steps in all
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -68,8 +71,21 @@ class TrainingConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise FerError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
-        if self.epochs < 0 or self.batch_size < 2:
-            raise FerError("epochs must be >= 0 and batch_size >= 2")
+        if self.epochs < 0 or self.batch_size < 2 or self.min_steps < 0:
+            raise FerError("epochs and min_steps must be >= 0 and batch_size >= 2")
+
+    def steps_per_epoch(self, train_images: int) -> int:
+        n, b = train_images, self.batch_size
+        return n // b + (1 if n % b >= 2 else 0)  # a last batch of one is dropped: BatchNorm needs >= 2
+
+    def epochs_for(self, train_images: int) -> int:
+        """The epochs training runs on ``train_images``: ``epochs``, or more when that many passes over a
+        small split would make fewer than ``min_steps`` optimiser steps (a 280-image split is 5 steps an
+        epoch: 10 epochs of it leave the model half-trained)."""
+        per_epoch = self.steps_per_epoch(train_images)
+        if not self.epochs or not self.min_steps or not per_epoch:
+            return self.epochs
+        return max(self.epochs, math.ceil(self.min_steps / per_epoch))
 
 
 @dataclass
@@ -203,21 +219,21 @@ def train(
         params = list(backbone.parameters()) + list(head.parameters())
         optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         n = len(x_train)
-        per_epoch = n // config.batch_size + (1 if n % config.batch_size >= 2 else 0)  # BatchNorm needs >= 2
+        per_epoch, epochs = config.steps_per_epoch(n), config.epochs_for(n)
         scheduler = (
             torch.optim.lr_scheduler.OneCycleLR(
                 optimiser,
                 max_lr=config.learning_rate,
                 pct_start=0.2,
-                total_steps=max(1, config.epochs * per_epoch),
+                total_steps=max(1, epochs * per_epoch),
             )
-            if config.epochs
+            if epochs
             else None
         )
         gen = torch.Generator().manual_seed(config.seed)
         size = spec.input_size
         history: list[EpochReport] = []
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(1, epochs + 1):
             backbone.train()
             perm = torch.randperm(n, generator=gen)
             total, seen = 0.0, 0
@@ -247,7 +263,7 @@ def train(
             test_vectors = _embed_module(backbone, x_test, device, config.eval_batch_size)
             report = EpochReport(
                 epoch,
-                config.epochs,
+                epochs,
                 total / max(1, seen),
                 agreement_at_k(test_vectors, data.test_labels)["all"],
                 time.monotonic() - started,
@@ -399,6 +415,78 @@ def images_per_second(embedder: Embedder, pngs: Sequence[bytes]) -> float:
     started = time.perf_counter()
     embedder.embed(pngs)
     return len(pngs) / (time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- what training will cost
+@dataclass(frozen=True)
+class Rates:
+    """Measured on this machine: images per second through one training step (forward, backward, update)
+    and through the model alone (inference), at the training input size."""
+
+    train: float
+    embed: float
+    device: str
+
+
+def measure_rates(device: str = "auto", batch_size: int = 64, steps: int = 3) -> Rates:
+    """Time a few training steps and one inference batch of random 48x48 inputs on untrained ResNet18
+    (a second or two): the rates ``estimate_seconds`` scales up."""
+    import torch  # deferred: heavy
+    import torch.nn.functional as F  # deferred: heavy
+
+    dev = resolve_device(device)
+    backbone = build_backbone(Weights("random", "random-s0"), 0).to(dev)
+    head = torch.nn.Linear(512, len(EMOTIONS), bias=False).to(dev)
+    optimiser = torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    size = replace_profile(EmbedderSpec(), TRAIN_PROFILE).input_size
+    x = torch.randn(batch_size, 3, size, size, generator=gen).to(dev)
+    y = torch.randint(0, len(EMOTIONS), (batch_size,), generator=gen).to(dev)
+
+    def step() -> None:
+        loss = F.cross_entropy(head(backbone(x)), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    backbone.train()
+    step()  # warm-up: first-call allocations
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    train_rate = steps * batch_size / (time.perf_counter() - started)
+    backbone.eval()
+    with torch.inference_mode():
+        backbone(x)
+        started = time.perf_counter()
+        backbone(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        embed_rate = batch_size / (time.perf_counter() - started)
+    return Rates(train_rate, embed_rate, str(dev))
+
+
+RUN_OVERHEAD_S = 10.0  # the job's own work beside the model: Dagster's run, two untuned models built, files
+
+
+def estimate_seconds(train_images: int, test_images: int, epochs: int, rates: Rates) -> float:
+    """Seconds the job train_emotion_model will take: ``epochs`` passes over the train split, the test
+    agreement after each epoch, four measurements of both splits (tuned and untuned, by the asset and
+    again by its check), and ``RUN_OVERHEAD_S``; PNG decoding is left out (~2,400 images/s)."""
+    images = train_images + test_images
+    model = train_images * epochs / rates.train + (epochs * test_images + 4 * images) / rates.embed
+    return model + RUN_OVERHEAD_S
+
+
+def describe_seconds(seconds: float) -> str:
+    """``about 40 s``, ``about 12 min``, ``about 2.5 h``: an estimate for a person."""
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60):.0f} min"
+    return f"about {seconds / 3600:.1f} h"
 
 
 # --------------------------------------------------------------------------- the asset's and the check's work

@@ -83,7 +83,7 @@ def test_gold_values_on_a_hand_checkable_set(loaded):
     assert len(summary) == 14 and all(
         r["images"] == (2 if s == "train" else 1) for (_, s), r in summary.items()
     )
-    assert summary[("happy", "train")]["share_of_total"] == pytest.approx(2 / 21)
+    assert summary[("happy", "train")]["share_of_total"] == round(2 / 21, 4)  # gold is rounded for people
     assert {r["nearest_emotion"] for r in summary.values()} <= set(EMOTIONS)
 
     (day,) = _gold(lake, "daily_loads")

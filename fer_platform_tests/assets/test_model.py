@@ -46,7 +46,8 @@ CHECKS = [
     emotion_model_beats_untuned,
 ]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-TINY = {"epochs": 8, "batch_size": 16, "learning_rate": 2e-3}  # enough to beat the untuned model on 112 faces
+# enough to beat the untuned model on 112 faces (min_steps 0: exactly 8 epochs; the asset's default runs 22)
+TINY = {"epochs": 8, "min_steps": 0, "batch_size": 16, "learning_rate": 2e-3}
 RANDOM = "resnet18-random-s0-fidelity"
 
 
@@ -140,6 +141,10 @@ def test_train_approve_serve_and_reembed(loaded):
     assert (root / "lake/models/LATEST").read_text() == model
     assert models.approved_model(lake)["model"] == model
     assert trained.asset_materializations_for_node("embedding_model") == [], "still serving the untuned model"
+    # weights auto (the default) follow the approval: the approved model serves, from its lake folder
+    auto = _resources(dsn, root / "lake", root / "landing", weights="auto")["embedder"]
+    assert auto.model_id() == model and auto.weights_note() is None
+    assert auto.spec().weights == str(root / "lake" / "models" / model)
     keys = [
         (image_embeddings, "happy"),
         (silver_embeddings, "sad"),
@@ -189,12 +194,22 @@ def test_train_approve_serve_and_reembed(loaded):
     assert found["same_emotion"] >= 3
 
 
-def test_a_model_that_does_not_beat_the_untuned_weights_is_not_approved(loaded, tmp_path):
+def test_a_model_that_does_not_beat_the_untuned_weights_is_not_approved(loaded, tmp_path, monkeypatch):
     instance, dsn, root = dg.DagsterInstance.ephemeral(), loaded["dsn"], loaded["root"]
     lake = tmp_path / "lake"
     shutil.copytree(root / "lake" / "bronze", lake / "bronze")
     res = _resources(dsn, lake, root / "landing")
     tuned = _resources(dsn, lake, root / "landing", weights="tuned")
+
+    # weights auto before any approval: the untuned weights serve, and the run log says so (ImageNet cannot
+    # be had: nothing cached, and its download goes to a closed port on 127.0.0.1)
+    for var in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    auto = _resources(dsn, lake, root / "landing", weights="auto")["embedder"]
+    assert auto.model_id() == RANDOM
+    note = auto.weights_note()
+    assert "no approved emotion model" in note and "random weights" in note and "\n" not in note
 
     # weights 'tuned' with no approved model: one clear line, in the process and in a run
     with pytest.raises(WeightsUnavailable) as err:

@@ -45,7 +45,7 @@ def test_three_orthogonal_images_per_emotion():
     summary = {(r["emotion"], r["split"]): r for r in gold.emotion_summary(silver).to_pylist()}
     assert len(summary) == 14
     assert summary[("happy", "train")]["images"] == 2 and summary[("happy", "test")]["images"] == 1
-    assert summary[("happy", "train")]["share_of_total"] == pytest.approx(2 / 21)
+    assert summary[("happy", "train")]["share_of_total"] == round(2 / 21, 4) == 0.0952  # rounded for people
     assert summary[("happy", "train")]["mean_intra_cosine"] == pytest.approx(0.5)
     assert summary[("happy", "test")]["mean_intra_cosine"] is None  # one image: no pairs
 
@@ -77,7 +77,45 @@ def test_nearest_emotion_and_agreement_follow_the_geometry():
     agree = {r["emotion"]: r for r in gold.neighbour_agreement(silver).to_pylist()}
     assert agree["happy"]["agreement"] == pytest.approx(1.0)  # well separated cluster
     assert agree["angry"]["agreement"] < 1.0  # mixes with disgust
-    assert agree["happy"]["chance"] == pytest.approx(19 / 139)
+    assert agree["happy"]["chance"] == round(19 / 139, 4)
+
+
+def test_gold_figures_are_rounded_for_people():
+    rng = np.random.default_rng(1)
+    silver = _silver(rng.standard_normal((30, 512)), [EMOTIONS[i % 7] for i in range(30)])
+    tables = [
+        gold.emotion_summary(silver),
+        gold.centroid_similarity(silver),
+        gold.neighbour_agreement(silver),
+    ]
+    floats = [
+        v
+        for t in tables
+        for name in t.column_names
+        if pa.types.is_floating(t.schema.field(name).type)
+        for v in t[name].to_pylist()
+        if v is not None
+    ]
+    assert floats and all(v == round(v, gold.DECIMALS) for v in floats)
+    assert any(v != round(v, 2) for v in floats), "four decimals, not fewer"
+
+
+def test_split_agreement_is_what_a_search_for_each_test_image_returns():
+    """Two tight clusters (happy, sad); one test image of each, and a sad test image placed in the happy
+    cluster: its neighbours are happy. By hand: k=2 over 7 images, self excluded."""
+    happy, sad = _axis(0), _axis(1)
+    near = lambda v, j: (v + 0.01 * _axis(10 + j)) / np.linalg.norm(v + 0.01 * _axis(10 + j))  # noqa: E731
+    vectors = [near(happy, 0), near(happy, 1), near(happy, 2), near(sad, 3), near(sad, 4), near(sad, 5)]
+    vectors.append(near(happy, 6))  # a sad face the model puts among the happy ones
+    emotions = ["happy", "happy", "happy", "sad", "sad", "sad", "sad"]
+    splits = ["train", "train", "test", "train", "train", "test", "test"]
+    got = gold.split_agreement(_silver(vectors, emotions, splits), "test", k=2)
+    # happy test: 2/2; sad test in its cluster: 2/2; the misplaced sad test: 0/2 -> 4/6
+    assert got["queries"] == 3 and got["k"] == 2
+    assert got["agreement"] == round(4 / 6, 4)
+    # chance for a query of emotion e: (n_e - 1) / (N - 1): happy 2/6, sad 3/6 (twice)
+    assert got["chance"] == round((2 / 6 + 3 / 6 + 3 / 6) / 3, 4)
+    assert gold.split_agreement(_silver(vectors, emotions), "test")["agreement"] is None  # no test images
 
 
 def test_daily_loads_counts_statuses_reasons_and_bytes():

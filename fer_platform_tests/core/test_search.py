@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.report import format_distances
 from fer_platform.core.search import sheet
 from fer_platform.core.search.build import RECALL_TARGET, build_index, index_recall
 from fer_platform.core.search.index import (
@@ -167,6 +168,31 @@ def test_contact_sheet_has_one_tile_per_image_in_the_grid():
     assert im.getpixel((x0 - 2, y0 - 2)) == sheet.QUERY_BG
     x1, y1, _, _ = sheet.image_box(1, cols)
     assert im.getpixel((x1 - 2, y1 - 2)) == sheet.BG
+
+
+def test_distances_print_with_the_decimals_that_tell_neighbours_apart():
+    # untuned vectors: every neighbour within ~0.001 of the query; three decimals would print them alike
+    close = [0.0011, 0.00112, 0.0012, 0.0012]
+    assert format_distances(close) == ["0.00110", "0.00112", "0.00120", "0.00120"]
+    assert format_distances([0.0004]) == ["0.0004"]  # above zero never shows as 0.000
+    assert format_distances([0.17799999999999996, 0.25, 0.3012]) == ["0.178", "0.250", "0.301"]
+    assert format_distances([1e-8, 0.2]) == ["0.000", "0.200"]  # the query itself, found at ~0
+    assert format_distances([0.1, 0.1000001]) == ["0.100", "0.100"]  # beyond 6 decimals: float32 noise
+    assert format_distances([0.178], minimum=4) == ["0.1780"]
+
+
+def test_the_contact_sheet_captions_distances_apart(tmp_path):
+    lake = Storage(tmp_path / "lake")
+    pngs = [face(e, i) for i, e in enumerate(EMOTIONS[:3])]
+    for i, p in enumerate(pngs):
+        lake.write_bytes(f"raw/{i}.png", p)
+    hits = [
+        {"rank": r, "filepath": f"raw/{r}.png", "emotion": EMOTIONS[r], "distance": d}
+        for r, d in ((1, 0.00121), (2, 0.00124))
+    ]
+    tiles = sheet.result_tiles({"query": {"filepath": "raw/0.png", "emotion": "angry"}, "hits": hits}, lake)
+    assert [png for png, _ in tiles] == pngs
+    assert [caption for _, caption in tiles][1:] == ["#1 disgust\nd=0.00121", "#2 fear\nd=0.00124"]
 
 
 def test_files_of_two_builds_are_never_paired(tmp_path):

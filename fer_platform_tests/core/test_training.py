@@ -135,3 +135,53 @@ def test_figures_on_hand_checkable_vectors():
     assert clf["accuracy"] == 1.0 and np.asarray(clf["confusion"])[0, 0] == 1
     swapped = training.centroid_classifier(v, y, v[[0, 3]], y[[3, 0]])
     assert swapped["accuracy"] == 0.0
+
+
+def test_a_model_is_trained_again_only_when_the_train_split_grew(built, tmp_path):
+    out, _ = built
+    lake = Storage(tmp_path / "lake")
+    seen = {
+        i
+        for i, s in zip(
+            out["data"].snapshot["image_id"].to_pylist(),
+            out["data"].snapshot["split"].to_pylist(),
+            strict=True,
+        )
+        if s == "train"
+    }
+    assert len(seen) == 112
+    assert models.training_due(lake, set()) is None  # nothing to train on
+    assert models.training_due(lake, seen) == "no approved emotion model yet"
+    for name, data in out["files"].items():
+        lake.write_bytes(f"models/{out['model']}/{name}", data)
+    models.approve(lake, out["model"], {"agreement_at_10": 0.9})
+    assert models.snapshot_train_ids(lake, out["model"]) == seen
+    assert models.training_due(lake, seen) is None  # the same train split: the same model
+    assert models.training_due(lake, set(list(seen)[:50])) is None  # images removed: kept
+    few = seen | {f"new{i}" for i in range(5)}  # 5 new of 112: under 5 %
+    assert models.training_due(lake, few) is None
+    grown = seen | {f"new{i}" for i in range(6)}  # 6 new: over 5 %
+    reason = models.training_due(lake, grown)
+    assert reason and "6 image(s)" in reason and out["model"] in reason and "\n" not in reason
+
+
+def test_the_training_estimate_scales_a_measured_rate():
+    rates = training.measure_rates(device="cpu", batch_size=8, steps=1)
+    assert rates.train > 0 and rates.embed > rates.train and rates.device == "cpu"
+    fixed = training.Rates(train=100.0, embed=1000.0, device="cpu")
+    # 10 epochs x 1,000 train images at 100/s, plus 10 x 200 test + 4 x 1,200 images at 1,000/s
+    overhead = training.RUN_OVERHEAD_S
+    assert training.estimate_seconds(1000, 200, 10, fixed) == pytest.approx(100 + 6.8 + overhead)
+    assert training.estimate_seconds(28709, 7178, 10, fixed) > 2870  # FER2013: most of an hour at 100/s
+    assert training.describe_seconds(42) == "about 40 s"
+    assert training.describe_seconds(1500) == "about 25 min"
+    assert training.describe_seconds(3 * 3600) == "about 3.0 h"
+
+
+def test_a_small_train_split_gets_enough_epochs_for_min_steps():
+    config = training.TrainingConfig(epochs=10, batch_size=64, min_steps=training.MIN_STEPS)
+    assert config.steps_per_epoch(280) == 5 and config.epochs_for(280) == 30  # the demo's landing
+    assert config.steps_per_epoch(28709) == 449 and config.epochs_for(28709) == 10  # FER2013: as asked
+    assert config.steps_per_epoch(65) == 1  # a last batch of one is dropped (BatchNorm)
+    assert training.TrainingConfig(epochs=10).epochs_for(280) == 10  # min_steps 0: exactly epochs
+    assert training.TrainingConfig(epochs=0, min_steps=150).epochs_for(280) == 0  # an untrained model

@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from fer_platform.core.report import format_distances
+
 TILE = 96  # image side in the sheet (FER's 48x48 at 2x, nearest neighbour)
 PAD = 6
 LABEL_H = 30
@@ -23,13 +25,22 @@ BG = (245, 245, 245)
 
 def result_sheet(result: dict[str, Any], lake, query_image: bytes | None = None) -> bytes:
     """A contact sheet of a ``find_similar`` result: the query, then each neighbour."""
+    return contact_sheet(result_tiles(result, lake, query_image))
+
+
+def result_tiles(result: dict[str, Any], lake, query_image: bytes | None = None) -> list[tuple[bytes, str]]:
+    """The tiles of a result's sheet: (image bytes, caption) of the query, then of each neighbour with its
+    rank, emotion and distance."""
     q = result["query"]
     if query_image is None:
         query_image = lake.read_bytes(q["filepath"])
     tiles = [(query_image, f"query\n{q.get('emotion') or ''}")]
-    for h in result["hits"]:
-        tiles.append((lake.read_bytes(h["filepath"]), f"#{h['rank']} {h['emotion']}\nd={h['distance']:.3f}"))
-    return contact_sheet(tiles)
+    hits = result["hits"]
+    # as many decimals as tell the neighbours apart (untuned vectors all lie within ~0.001 of each other)
+    distances = format_distances([h["distance"] for h in hits])
+    for h, d in zip(hits, distances, strict=True):
+        tiles.append((lake.read_bytes(h["filepath"]), f"#{h['rank']} {h['emotion']}\nd={d}"))
+    return tiles
 
 
 def layout(n_tiles: int, max_cols: int = MAX_COLS) -> tuple[int, int]:
