@@ -168,7 +168,7 @@ def split_agreement(silver: pa.Table, split: str = "test", k: int = NEIGHBOURS) 
     if not len(queries) or n < 2:
         return out
     kk = min(k + 1, n)
-    _, pos = exact_search(vectors, vectors[queries], kk)
+    _, pos = exact_search(vectors, vectors[queries], kk, block=1024)  # 1024 x N floats at a time
     nn = leave_one_out(pos, queries, kk - 1)
     same = (labels[nn] == labels[queries][:, None]).mean(axis=1)
     counts = Counter(labels.tolist())

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fer_platform.core import plots
+from fer_platform.core.errors import FerError, one_line
 from fer_platform.core.gold import similarity_matrix
 from fer_platform.core.layout import EMOTIONS, GOLD
 
@@ -80,6 +81,8 @@ class GoldPlots:
             table = pq.read_table(io.BytesIO(self.lake.read_bytes(table_key(name))), use_threads=False)
         except FileNotFoundError:  # replaced or removed since the stat
             return None
+        except (OSError, pa.ArrowException) as exc:  # a lake that refuses the read, a damaged table
+            raise FerError(f"the gold table of plot {name} cannot be read: {one_line(exc)}") from None
         if table.num_rows == 0:
             return None
         with self._draw:

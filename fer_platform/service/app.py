@@ -353,6 +353,8 @@ def create_app(settings: ServeSettings, lake, spec: EmbedderSpec, dsn: str | Non
             data = lake.read_bytes(row["filepath"])
         except FileNotFoundError:
             raise ApiError(404, f"image {image_id} is in the index but missing from the lake") from None
+        except OSError as exc:  # a lake that refuses the read: the service's trouble, said in one line
+            raise FerError(f"the lake cannot be read: {one_line(str(exc))}") from None
         media = "image/jpeg" if sniff_format(data) == "JPEG" else "image/png"
         return Response(
             data, media_type=media, headers={"Cache-Control": "private, max-age=86400, immutable"}

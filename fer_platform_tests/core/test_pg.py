@@ -7,7 +7,7 @@ import pytest
 from pgvector.psycopg import register_vector
 
 from fer_platform.core.errors import DatabaseUnavailable
-from fer_platform.core.pg.connect import connect, describe, masked
+from fer_platform.core.pg.connect import connect, describe, ensure_database, masked
 from fer_platform.core.pg.pool import ReadOnlyPool
 from fer_platform.core.pg.schema import ensure_schema, ensure_vector_extension
 
@@ -140,3 +140,19 @@ def test_the_read_only_pool_refuses_writes_and_reuses_its_connections(pg_dsn):
             assert conn.info.backend_pid != first and conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         pool.close()
+
+
+def test_the_pool_says_in_one_line_when_the_database_holds_nothing_to_read(pg_server):
+    dsn = ensure_database(pg_server, "nothing_loaded")  # no schema: the service does not create one
+    pool = ReadOnlyPool(dsn, size=1)
+    try:
+        with pytest.raises(DatabaseUnavailable, match="cannot answer.*nothing loaded yet") as info:
+            with pool.connection() as conn:
+                conn.execute("SELECT count(*) FROM imagenes_fer")
+        assert "\n" not in str(info.value)
+        with pool.connection() as conn:  # the connection stays usable
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()
+        with connect(pg_server, autocommit=True) as admin:
+            admin.execute('DROP DATABASE IF EXISTS "nothing_loaded" WITH (FORCE)')

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from fer_platform.assets.search import search_index
+from fer_platform.core.gold_plots import table_key
 from fer_platform.core.layout import EMOTIONS
 from fer_platform_tests.helpers import encoded, face
 from fer_platform_tests.served import MAX_UPLOAD, publish
@@ -284,3 +285,32 @@ def test_a_rebuilt_index_is_picked_up_while_queries_keep_being_answered(service,
     assert after["reloads"] == before["reloads"] + 1
     assert failures == [] and answered[0] > 20, (failures[:3], answered)
     assert service.proc.poll() is None
+
+
+def test_a_damaged_gold_table_or_an_unreadable_lake_file_is_a_503_in_one_line(
+    service, service_lake, test_images
+):
+    """Trouble on the service's side is a 503 with one line, never a 500: a gold table that is no Parquet any
+    more, an image whose lake path the lake cannot read (here: a folder where the file was). Put back
+    after."""
+    table = service_lake["lake"] / table_key("agreement")
+    saved_table = table.read_bytes()
+    image = service_lake["lake"] / test_images[0]["filepath"]
+    saved_image = image.read_bytes()
+    try:
+        table.write_bytes(b"PAR1 this is no parquet table PAR1")
+        image.unlink()
+        image.mkdir()
+        for path, says in (
+            ("/plots/agreement", "gold table of plot agreement"),
+            (test_images[0]["url"], "lake"),
+        ):
+            status, headers, raw = service.request("GET", path)
+            assert status == 503 and headers["content-type"] == "application/json" and b"\n" not in raw, raw
+            assert says in json.loads(raw)["error"], raw
+    finally:
+        table.write_bytes(saved_table)
+        image.rmdir()
+        image.write_bytes(saved_image)
+    status, headers, _ = service.request("GET", "/plots/agreement")
+    assert status == 200 and headers["content-type"] == "image/png"

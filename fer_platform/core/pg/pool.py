@@ -46,6 +46,10 @@ class ReadOnlyPool:
             yield conn
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lost PostgreSQL at {describe(self.dsn)}: {one_line(exc)}") from None
+        except psycopg.ProgrammingError as exc:  # no vectors table or no pgvector extension there yet
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {describe(self.dsn)} cannot answer: {one_line(exc)} (nothing loaded yet?)"
+            ) from None
         finally:
             self._give_back(conn)
 
@@ -55,11 +59,11 @@ class ReadOnlyPool:
                 conn.rollback()
         except psycopg.Error:
             pass
-        with self._lock:
+        with self._lock:  # checked and kept under one lock: never more than size idle, none after close
             keep = not conn.closed and not conn.broken and not self._closed and self._idle.qsize() < self.size
-        if keep:
-            self._idle.put(conn)
-        else:
+            if keep:
+                self._idle.put(conn)
+        if not keep:
             conn.close()
 
     def close(self) -> None:
