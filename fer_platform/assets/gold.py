@@ -1,7 +1,5 @@
 """Gold: unpartitioned summaries over every silver partition (and the load log), with plots."""
 
-from collections import defaultdict
-
 import dagster as dg
 import pyarrow as pa
 
@@ -10,7 +8,8 @@ from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.core import gold, ledger, plots
-from fer_platform.core.layout import EMOTIONS, GOLD
+from fer_platform.core.gold_plots import draw
+from fer_platform.core.layout import GOLD
 from fer_platform.core.report import markdown_table
 from fer_platform.core.silver import read_silver
 from fer_platform.io_managers.parquet import LAKE_PATH
@@ -40,15 +39,12 @@ def gold_emotion_summary(
 ) -> pa.Table:
     silver = read_silver(lake.storage(), model=embedder.model_id())
     table = gold.emotion_summary(silver)
-    counts: dict = defaultdict(dict)
-    for r in table.to_pylist():
-        counts[r["emotion"]][r["split"]] = r["images"]
     context.add_output_metadata(
         {
             "images": silver.num_rows,
             "model": embedder.model_id(),
             "class_balance": dg.MetadataValue.md(
-                plots.markdown_image(plots.class_balance(counts), "class balance")
+                plots.markdown_image(draw("class_balance", table), "class balance")
             ),
             "preview": _preview(table),
         }
@@ -105,7 +101,7 @@ def gold_centroid_similarity(
     context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
 ) -> pa.Table:
     table = gold.centroid_similarity(read_silver(lake.storage(), model=embedder.model_id()))
-    png = plots.heatmap(gold.similarity_matrix(table), EMOTIONS, "Cosine of emotion centroids")
+    png = draw("centroids", table)
     context.add_output_metadata(
         {
             "model": embedder.model_id(),
@@ -129,7 +125,6 @@ def gold_neighbour_agreement(
 ) -> pa.Table:
     silver = read_silver(lake.storage(), model=embedder.model_id())
     table = gold.neighbour_agreement(silver)
-    rows = [r for r in table.to_pylist() if r["emotion"] != "all"]
     overall = next((r for r in table.to_pylist() if r["emotion"] == "all"), None)
     vectors, labels = gold.vectors_and_labels(silver)
     keep, points = gold.projection_2d(vectors)
@@ -142,15 +137,7 @@ def gold_neighbour_agreement(
             "test_split_agreement_at_10": float(test["agreement"] or 0.0),
             "test_split_chance": float(test["chance"] or 0.0),
             "agreement": dg.MetadataValue.md(
-                plots.markdown_image(
-                    plots.agreement_bars(
-                        [r["emotion"] for r in rows],
-                        [r["agreement"] for r in rows],
-                        [r["chance"] for r in rows],
-                        "10-NN emotion agreement vs chance",
-                    ),
-                    "neighbour agreement",
-                )
+                plots.markdown_image(draw("agreement", table), "neighbour agreement")
             ),
             "projection": dg.MetadataValue.md(
                 plots.markdown_image(
