@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from fer_platform.core import faults, images, ledger
+from fer_platform.core.duplicates import Copy, Relabel, decide
 from fer_platform.core.errors import one_line
 from fer_platform.core.layout import (
     LANDING_ARCHIVE,
@@ -45,7 +46,7 @@ BATCH = 500
 @dataclass(frozen=True)
 class Outcome:
     key: str
-    status: str  # loaded | duplicate | quarantined
+    status: str  # loaded | duplicate | conflict | quarantined
     reason: str | None
     sha256: str | None
     lake_path: str | None
@@ -59,6 +60,13 @@ class IngestReport:
     missing: list[str] = field(default_factory=list)  # asked for, but gone from the landing zone
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
     source_errors: list[tuple[str, str]] = field(default_factory=list)  # on_success failures
+    demoted: list[Relabel] = field(default_factory=list)  # loaded copies of other runs no longer loaded
+
+    @property
+    def demoted_partitions(self) -> list[tuple[str, dt.date]]:
+        """(emotion, load_date) of the partitions that lost a loaded copy: their layers are re-derived by the
+        convergence audit (the run's own partition by the run itself)."""
+        return sorted({(c.emotion, c.load_date) for c in self.demoted})
 
     @property
     def counts(self) -> Counter:
@@ -305,7 +313,14 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_byte
                 else:
                     fresh.append(r)
             good = [r for r in fresh if r.problem is None]
-            loaded_before = ledger.loaded_shas(conn, [r.sha256 for r in good])
+            new_copies = {
+                r.entry.key: Copy(r.sha256, r.entry.key, r.route.emotion, r.route.split) for r in good
+            }
+            logged = {
+                sha: [Copy(**row) for row in rows]
+                for sha, rows in ledger.copies_of(conn, [r.sha256 for r in good]).items()
+            }
+            decision = decide(logged, list(new_copies.values()))
             wanted_paths = {}
             for r in fresh:
                 if r.problem is None:
@@ -314,29 +329,27 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_byte
                     wanted_paths[r.entry.key] = quarantine_path(day, r.entry.key)
             owners = ledger.lake_path_owners(conn, wanted_paths.values())
 
-            rows, outcomes, copies = [], [], []
-            seen_in_batch: set[str] = set()
+            lake_paths: dict[str, str | None] = {}  # landing key -> its lake copy (loaded or quarantined)
+            copies = []
             for r in fresh:
                 key = r.entry.key
                 path = wanted_paths[key]
-                if r.problem is None and (r.sha256 in loaded_before or r.sha256 in seen_in_batch):
-                    status, reason = (
-                        "duplicate",
-                        f"same content as {loaded_before.get(r.sha256) or 'a file of this batch'}",
-                    )
-                    path = None
-                elif r.problem is None:
-                    status, reason = "loaded", None
-                    seen_in_batch.add(r.sha256)
-                else:
-                    status, reason = "quarantined", r.problem
+                if r.problem is None and decision.status(new_copies[key]) != "loaded":
+                    path = None  # a duplicate or a conflicted copy is not copied
                 if path is not None and r.data is not None:
                     if path in owners and owners[path] != r.sha256:
                         path = versioned_name(path, r.sha256 or "unreadable")
                     owners[path] = r.sha256
                     copies.append((path, r.data))
-                elif r.data is None:
+                else:
                     path = None
+                lake_paths[key] = path
+            decided, changes = decision.resolve(lake_paths)
+            rows, outcomes = [], []
+            for r in fresh:
+                key = r.entry.key
+                status, reason = decided[key] if r.problem is None else ("quarantined", r.problem)
+                path = lake_paths[key]
                 rows.append(
                     ledger.LedgerRow(
                         source=landing.uri(key),
@@ -368,7 +381,13 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_byte
                     else o
                     for o in outcomes
                 ]
+            # a loaded copy is demoted only when the copy that replaces it is loaded now (not when its lake
+            # copy failed): a content never loses its one loaded copy to a write error
+            kept = {row.sha256 for row in rows if row.status == "loaded"}
+            changes = [c for c in changes if c.sha256 in kept or c.status == "conflict"]
+            ledger.relabel(conn, [(c.id, c.status, c.reason) for c in changes])
             ledger.insert(conn, rows)
+    report.demoted.extend(c for c in changes if c.was_loaded)
     report.outcomes.extend(outcomes)
     return [r.entry for r in reads]  # every read version is in the ledger now (logged here or before)
 

@@ -2,7 +2,8 @@
 
 A file version is (source URI, size, modification time). Each version gets
 exactly one row (UNIQUE), and each content (sha256) is ``loaded`` at most once
-(a partial unique index); everything else is ``duplicate`` or ``quarantined``.
+(a partial unique index); everything else is ``duplicate``, ``conflict`` (the same
+content filed under two emotions: every copy, none loaded) or ``quarantined``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fer_platform.core.pg.schema import LOAD_LOG_TABLE
 from fer_platform.core.storage import to_us
 
 INGEST_LOCK = 7_210_002  # pg_advisory_xact_lock key: one ledger decision at a time
-STATUSES = ("loaded", "duplicate", "quarantined")
+STATUSES = ("loaded", "duplicate", "conflict", "quarantined")
 _CHUNK = 5000
 
 
@@ -76,6 +77,38 @@ def loaded_shas(conn: psycopg.Connection, shas: Iterable[str]) -> dict[str, str]
     return dict(rows)
 
 
+def copies_of(conn: psycopg.Connection, shas: Iterable[str]) -> dict[str, list[dict]]:
+    """sha256 -> the load log's valid copies (loaded, duplicate or conflict) of the contents among ``shas``:
+    id, path, emotion, split, load_date, status, reason, lake_path."""
+    cur = conn.execute(
+        f"""SELECT id, sha256, path, emotion, split, load_date, status, reason, lake_path
+            FROM {LOAD_LOG_TABLE}
+            WHERE sha256 = ANY(%s) AND status IN ('loaded', 'duplicate', 'conflict')
+            ORDER BY id""",
+        (list(set(shas)),),
+    )
+    names = [d.name for d in cur.description]
+    out: dict[str, list[dict]] = {}
+    for row in cur.fetchall():
+        r = dict(zip(names, row, strict=True))
+        out.setdefault(r["sha256"], []).append(r)
+    return out
+
+
+def relabel(conn: psycopg.Connection, changes: Sequence[tuple[int, str, str]]) -> None:
+    """Set (status, reason) of existing rows by id: a loaded copy demoted (to ``duplicate`` or ``conflict``)
+    or another copy's reason brought up to date. Run before the batch's rows are inserted (a demoted
+    copy frees its content's loaded slot)."""
+    if not changes:
+        return
+    conn.execute(
+        f"""UPDATE {LOAD_LOG_TABLE} l SET status = c.status, reason = c.reason
+            FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS c(id, status, reason)
+            WHERE l.id = c.id""",
+        ([c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes]),
+    )
+
+
 def lake_path_owners(conn: psycopg.Connection, lake_paths: Iterable[str]) -> dict[str, str | None]:
     """lake path -> sha256 of the ledger rows that already use one of ``lake_paths``."""
     rows = conn.execute(
@@ -127,7 +160,9 @@ def partition_rows(
 
 def restore(conn: psycopg.Connection, emotion: str, load_date: dt.date, manifest_rows: Sequence[dict]) -> int:
     """Put back ``loaded`` rows of a partition from its raw manifest's rows (a lost load log); a version
-    or a content the load log holds already is skipped. Returns the rows inserted."""
+    or a content the load log holds already is skipped, and so is a copy it demoted (a conflicted content,
+    or a source logged as a duplicate: a manifest not yet re-derived still lists it). Returns the rows
+    inserted."""
     if not manifest_rows:
         return 0
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -146,12 +181,17 @@ def restore(conn: psycopg.Connection, emotion: str, load_date: dt.date, manifest
     cur = conn.execute(
         f"""INSERT INTO {LOAD_LOG_TABLE}
                 (source, path, size, modified_at, sha256, emotion, split, load_date, status, reason, """
-        """lake_path, run_id)
+        f"""lake_path, run_id)
             SELECT source, path, size, modified_at, sha256, %s, split, %s, 'loaded',
                    'restored from the raw manifest (the load log had lost it)', lake_path, run_id
             FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[],
                         %s::text[], %s::text[])
                  AS r(source, path, size, modified_at, sha256, split, lake_path, run_id)
+            -- a copy the load log demoted (a label conflict, or the train side of a train/test leak) stays so
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {LOAD_LOG_TABLE} l
+                WHERE l.sha256 = r.sha256
+                  AND (l.status = 'conflict' OR (l.source = r.source AND l.status = 'duplicate')))
             ON CONFLICT DO NOTHING""",
         (
             emotion,

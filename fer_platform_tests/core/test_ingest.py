@@ -82,7 +82,7 @@ def test_rerun_loads_nothing_twice(pg_dsn, landing, lake):
 def test_same_content_elsewhere_or_touched_is_a_duplicate(pg_dsn, landing, lake):
     p = put(landing, "train/fear/a.png", face("fear", 5))
     _run(landing, lake, pg_dsn, emotion="fear")
-    put(landing, "test/fear/again.png", face("fear", 5))
+    put(landing, "train/fear/again.png", face("fear", 5))
     os.utime(p, (p.stat().st_atime + 10, p.stat().st_mtime + 10))  # same bytes, new version
     report = _run(landing, lake, pg_dsn, emotion="fear")
     assert report.counts == {"duplicate": 2}

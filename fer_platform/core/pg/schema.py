@@ -43,7 +43,8 @@ SCHEMA = [
         emotion      text,
         split        text,
         load_date    date NOT NULL,
-        status       text NOT NULL CHECK (status IN ('loaded', 'duplicate', 'quarantined')),
+        status       text NOT NULL CONSTRAINT load_log_status_check
+                     CHECK (status IN ('loaded', 'duplicate', 'conflict', 'quarantined')),
         reason       text,
         lake_path    text,
         run_id       text,
@@ -55,6 +56,20 @@ SCHEMA = [
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_partition ON {LOAD_LOG_TABLE} (emotion, load_date)",
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_source ON {LOAD_LOG_TABLE} (source)",
 ]
+# ---- issue 14, duplicates: the load log's ``conflict`` status (a content filed under two emotions) ----
+# A load log created before it allowed only loaded/duplicate/quarantined: its CHECK is replaced, once
+# (``schema_present`` looks for the new definition, so a current database runs nothing).
+STATUS_CHECK = "load_log_status_check"
+STATUS_CHECK_MIGRATION = [
+    f"ALTER TABLE {LOAD_LOG_TABLE} DROP CONSTRAINT IF EXISTS {STATUS_CHECK}",
+    f"""ALTER TABLE {LOAD_LOG_TABLE} ADD CONSTRAINT {STATUS_CHECK}
+        CHECK (status IN ('loaded', 'duplicate', 'conflict', 'quarantined'))""",
+]
+_STATUS_CHECK_PRESENT = f"""SELECT count(*) FROM pg_constraint
+    WHERE conrelid = to_regclass('{LOAD_LOG_TABLE}') AND conname = '{STATUS_CHECK}'
+      AND pg_get_constraintdef(oid) LIKE '%conflict%'"""
+# ---- end of issue 14, duplicates ----
+
 VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
 VECTOR_INDEX_DDL = (
     f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)"
@@ -79,7 +94,9 @@ def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
         "count(*) FILTER (WHERE to_regclass(n) IS NOT NULL) FROM unnest(%s::text[]) AS n",
         (names,),
     ).fetchone()
-    return row[0] == 1 and row[1] == len(names)
+    if not (row[0] == 1 and row[1] == len(names)):
+        return False
+    return conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] == 1
 
 
 def ensure_schema(dsn: str, vector_index: bool = True) -> None:
@@ -97,6 +114,8 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             ensure_vector_extension(conn, dsn)
             for stmt in SCHEMA:
+                conn.execute(stmt)
+            for stmt in STATUS_CHECK_MIGRATION:
                 conn.execute(stmt)
             if vector_index:
                 conn.execute(VECTOR_INDEX_DDL)
