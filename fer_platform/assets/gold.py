@@ -1,5 +1,7 @@
 """Gold: unpartitioned summaries over every silver partition (and the load log), with plots."""
 
+from collections import Counter
+
 import dagster as dg
 import pyarrow as pa
 
@@ -55,7 +57,7 @@ def gold_emotion_summary(
 @dg.asset(
     deps=[raw_images],
     metadata={LAKE_PATH: f"{GOLD}/daily_loads"},
-    description="Per load date, from the load log: files seen, loaded, duplicates, "
+    description="Per load date, from the load log: files seen, loaded, duplicates, label conflicts, "
     "quarantined (by reason), bytes.",
     **GOLD_KW,
 )
@@ -150,7 +152,59 @@ def gold_neighbour_agreement(
     return table
 
 
-GOLD_ASSETS = [gold_emotion_summary, gold_daily_loads, gold_centroid_similarity, gold_neighbour_agreement]
+@dg.asset(
+    deps=[raw_images],
+    metadata={LAKE_PATH: f"{GOLD}/duplicates"},
+    description="FER2013's own duplicates, from the load log: one row per content held more than once, "
+    "kind label_conflict (filed under several emotions: no copy loaded), train_test_leakage (in train and "
+    "test: the test copy kept) or duplicate; emotions, splits, the kept copy, every path.",
+    **GOLD_KW,
+)
+def gold_duplicates(context: dg.AssetExecutionContext, postgres: PostgresResource) -> pa.Table:
+    with postgres.connect() as conn:
+        table = gold.duplicates(ledger.duplicated_copies(conn))
+    kinds = Counter(table["kind"].to_pylist())
+    context.add_output_metadata(
+        {
+            "contents": table.num_rows,
+            **{kind: kinds[kind] for kind in gold.DUPLICATE_KINDS},
+            "preview": _preview(table, ["kind", "emotions", "splits", "copies", "kept", "paths"]),
+        }
+    )
+    return table
+
+
+GOLD_ASSETS = [
+    gold_emotion_summary,
+    gold_daily_loads,
+    gold_centroid_similarity,
+    gold_neighbour_agreement,
+    gold_duplicates,
+]
+
+
+@dg.asset_check(
+    asset=gold_duplicates,
+    description="No label conflicts (the same image under two emotions) and no train/test leakage in the "
+    "landed data. A warning, not a failure: the platform resolves both by rule (conflicts held out, the test "
+    "copy kept), and the counts are facts about the source to fix there.",
+)
+def gold_duplicates_clean(gold_duplicates: pa.Table) -> dg.AssetCheckResult:
+    kinds = Counter(gold_duplicates["kind"].to_pylist())
+    conflicts, leaks = kinds[gold.LABEL_CONFLICT], kinds[gold.TRAIN_TEST_LEAKAGE]
+    problems = [
+        f"{n} {what}" for n, what in ((conflicts, "label conflict(s)"), (leaks, "train/test leak(s)")) if n
+    ]
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(problems) + " (see gold_duplicates)" if problems else None,
+        metadata={
+            "label_conflicts": conflicts,
+            "train_test_leakage": leaks,
+            "plain_duplicates": kinds[gold.DUPLICATE],
+        },
+    )
 
 
 @dg.asset_check(

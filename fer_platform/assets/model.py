@@ -7,14 +7,14 @@ from typing import Optional
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images
-from fer_platform.core import models, plots, training
+from fer_platform.core import ledger, models, plots, training
 from fer_platform.core.bronze import read_labelled
 from fer_platform.core.errors import FerError
 from fer_platform.core.layout import EMOTIONS, MODELS
 from fer_platform.core.report import markdown_table
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
-from fer_platform.resources import EmbedderResource, LakeResource
+from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
 
 DATA_VERSION_TAG = "dagster/data_version"  # where a materialization records its data version
 
@@ -58,8 +58,11 @@ def emotion_model(
     config: EmotionModelConfig,
     lake: LakeResource,
     embedder: EmbedderResource,
+    postgres: PostgresResource,
 ) -> dg.MaterializeResult:
     bronze = read_labelled(lake.storage())
+    with postgres.connect() as conn:  # test images with a train copy (leakage) stay out of the test figures
+        leaked = ledger.leaked_test_ids(conn)
     settings = training.TrainingConfig(
         epochs=config.epochs,
         min_steps=config.min_steps,
@@ -72,7 +75,11 @@ def emotion_model(
     )
     try:
         built = training.build_model(
-            bronze, base_spec(config, embedder), settings, on_epoch=lambda r: context.log.info(r.line())
+            bronze,
+            base_spec(config, embedder),
+            settings,
+            on_epoch=lambda r: context.log.info(r.line()),
+            leaked=leaked,
         )
     except FerError as exc:
         raise dg.Failure(description=f"emotion_model: {exc}") from None
@@ -121,6 +128,7 @@ def model_metadata(metrics: dict, trained, data) -> dict:
         "untuned_centroid_accuracy": untuned["centroid_accuracy"],
         "train_images": metrics["train_images"],
         "test_images": metrics["test_images"],
+        "leaked_test_images_excluded": metrics["leaked_test_images_excluded"],
         "epochs": len(trained.history),
         "training_seconds": round(trained.seconds, 1),
         "device": trained.device,
@@ -190,11 +198,13 @@ MODEL_ASSETS = [emotion_model, embedding_model]
     "models/APPROVED pointer) and becomes what embedder weights 'tuned' serve.",
 )
 def emotion_model_beats_untuned(
-    emotion_model: LakeFiles, lake: LakeResource, embedder: EmbedderResource
+    emotion_model: LakeFiles, lake: LakeResource, embedder: EmbedderResource, postgres: PostgresResource
 ) -> dg.AssetCheckResult:
     bronze = read_labelled(lake.storage())
+    with postgres.connect() as conn:
+        leaked = ledger.leaked_test_ids(conn)
     try:
-        result = training.verify_model(emotion_model.files, bronze, device=embedder.device)
+        result = training.verify_model(emotion_model.files, bronze, device=embedder.device, leaked=leaked)
     except FerError as exc:
         return dg.AssetCheckResult(passed=False, description=f"model {emotion_model.folder}: {exc}")
     metrics, problems = result["metrics"], result["problems"]
@@ -204,7 +214,12 @@ def emotion_model_beats_untuned(
         "tuned_centroid_accuracy": metrics["tuned"]["centroid_accuracy"],
         "untuned_centroid_accuracy": metrics["untuned"]["centroid_accuracy"],
     }
-    meta = {"model": result["model"], **figures, "test_images": metrics["test_images"]}
+    meta = {
+        "model": result["model"],
+        **figures,
+        "test_images": metrics["test_images"],
+        "leaked_test_images_excluded": metrics["leaked_test_images_excluded"],
+    }
     if not problems:
         models.approve(
             lake.storage(),

@@ -51,7 +51,8 @@ def ingest_run_config(
     kinds={"python", "parquet"},
     description="Landing files of one emotion and load date, validated and copied to "
     "raw/images/fer2013/<split>/<emotion>/<name>; bad files to quarantine/ with a reason; "
-    "every file in the load log. The output is the partition's manifest of loaded images.",
+    "every file in the load log (loaded, duplicate, conflict or quarantined). The output is the partition's "
+    "manifest of loaded images.",
 )
 def raw_images(
     context: dg.AssetExecutionContext,
@@ -92,6 +93,13 @@ def raw_images(
         context.log.warning(f"quarantined {o.key}: {o.reason}")
     for key in report.missing + missing:
         context.log.warning(f"{key} is no longer in the landing zone; nothing to load")
+    for c in report.demoted:
+        context.log.warning(
+            f"{c.path} ({c.emotion}|{c.load_date}) is no longer loaded, now {c.status}: {c.reason}"
+        )
+    demoted = [f"{e}|{d.isoformat()}" for e, d in report.demoted_partitions]
+    if demoted:  # this partition is re-derived below; the others by the convergence audit's repair runs
+        context.log.warning(f"partitions that lost an image to a duplicate rule: {', '.join(demoted)}")
     with postgres.connect() as conn:
         manifest = manifest_table(ledger.partition_rows(conn, emotion, load_date))
     counts = report.counts
@@ -100,6 +108,9 @@ def raw_images(
             "files_seen": len(files),
             "loaded": counts["loaded"],
             "duplicates": counts["duplicate"],
+            "conflicts": counts["conflict"],
+            "demoted": len(report.demoted),
+            "demoted_partitions": dg.MetadataValue.json(demoted),
             "quarantined": counts["quarantined"],
             "already_logged": len(report.already_logged),
             "missing": len(report.missing) + len(missing),

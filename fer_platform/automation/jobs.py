@@ -5,7 +5,7 @@ import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images, bronze_images_valid
 from fer_platform.assets.embeddings import image_embeddings, image_embeddings_complete
-from fer_platform.assets.gold import GOLD_ASSETS, gold_summary_counts_silver
+from fer_platform.assets.gold import GOLD_ASSETS, gold_duplicates_clean, gold_summary_counts_silver
 from fer_platform.assets.model import MODEL_ASSETS, emotion_model_beats_untuned
 from fer_platform.assets.raw import ingest_run_config, raw_images
 from fer_platform.assets.search import search_index, search_index_recall
@@ -23,6 +23,7 @@ RUN_CHECKS = [
     silver_matches_postgres,
     search_index_recall,
     gold_summary_counts_silver,
+    gold_duplicates_clean,
     emotion_model_beats_untuned,
 ]
 # The layers of a partition with the checks that guard them, but not the full re-listing of the landing zone

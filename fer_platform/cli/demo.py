@@ -399,6 +399,7 @@ def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
         "files_seen": len(listing),
         "loaded": status["loaded"],
         "duplicates": status["duplicate"],
+        "conflicts": status["conflict"],
         "quarantined": sorted(
             ({"path": r["path"], "reason": r["reason"]} for r in rows if r["status"] == "quarantined"),
             key=lambda q: q["path"],
@@ -442,6 +443,8 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     w(f"  files seen     {summary['files_seen']}  (new this run: {summary['new_files']})\n")
     w(f"  loaded         {summary['loaded']}\n")
     w(f"  duplicates     {summary['duplicates']}\n")
+    if summary.get("conflicts"):
+        w(f"  conflicts      {summary['conflicts']}  (same image under several emotions: none loaded)\n")
     w(f"  quarantined    {len(summary['quarantined'])}\n")
     for q in summary["quarantined"]:
         w(f"    - {q['path']}: {q['reason']}\n")

@@ -200,12 +200,13 @@ def reason_category(reason: str | None) -> str:
 
 def daily_loads(rows: list[dict]) -> pa.Table:
     """Per load_date from load-log rows (``load_date, status, reason, size``): files seen,
-    loaded, duplicates, quarantined (and by reason), bytes seen and loaded."""
+    loaded, duplicates, label conflicts, quarantined (and by reason), bytes seen and loaded."""
     days: dict = defaultdict(
         lambda: {
             "seen": 0,
             "loaded": 0,
             "duplicate": 0,
+            "conflict": 0,
             "quarantined": 0,
             "bytes_seen": 0,
             "bytes_loaded": 0,
@@ -230,6 +231,7 @@ def daily_loads(rows: list[dict]) -> pa.Table:
                 "files_seen": d["seen"],
                 "loaded": d["loaded"],
                 "duplicates": d["duplicate"],
+                "conflicts": d["conflict"],
                 "quarantined": d["quarantined"],
                 "quarantined_by_reason": [{"reason": k, "files": v} for k, v in sorted(d["reasons"].items())],
                 "bytes_seen": d["bytes_seen"],
@@ -245,12 +247,72 @@ DAILY_LOADS_SCHEMA = pa.schema(
         ("files_seen", pa.int64()),
         ("loaded", pa.int64()),
         ("duplicates", pa.int64()),
+        ("conflicts", pa.int64()),
         ("quarantined", pa.int64()),
         ("quarantined_by_reason", pa.list_(pa.struct([("reason", pa.string()), ("files", pa.int64())]))),
         ("bytes_seen", pa.int64()),
         ("bytes_loaded", pa.int64()),
     ]
 )
+
+
+# ---- issue 14, duplicates: FER2013's own duplicates, one row per content held more than once ----
+LABEL_CONFLICT, TRAIN_TEST_LEAKAGE, DUPLICATE = "label_conflict", "train_test_leakage", "duplicate"
+DUPLICATE_KINDS = (LABEL_CONFLICT, TRAIN_TEST_LEAKAGE, DUPLICATE)
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("kind", pa.string()),
+        ("copies", pa.int64()),
+        ("emotions", pa.list_(pa.string())),
+        ("splits", pa.list_(pa.string())),
+        ("kept", pa.string()),  # the loaded copy's lake path; null for a label conflict
+        ("paths", pa.list_(pa.string())),  # landing paths of every copy
+        ("lake_paths", pa.list_(pa.string())),  # lake copies (a demoted copy keeps its file under raw/)
+        ("statuses", pa.list_(pa.string())),
+    ]
+)
+
+
+def duplicates(rows: list[dict]) -> pa.Table:
+    """One row per content with more than one valid copy in the load log (``rows``: sha256, path, emotion,
+    split, status, lake_path of the loaded/duplicate/conflict rows): a ``label_conflict`` (filed under
+    several emotions), ``train_test_leakage`` (one emotion, in train and test) or a plain ``duplicate``."""
+    by_sha: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_sha[r["sha256"]].append(r)
+    out = []
+    for sha, copies in sorted(by_sha.items()):
+        if len(copies) < 2:
+            continue
+        copies.sort(key=lambda r: r["path"])
+        emotions = sorted({c["emotion"] for c in copies})
+        splits = sorted({c["split"] or "" for c in copies})
+        statuses = [c["status"] for c in copies]
+        if len(emotions) > 1 or "conflict" in statuses:
+            kind = LABEL_CONFLICT
+        elif "train" in splits and "test" in splits:
+            kind = TRAIN_TEST_LEAKAGE
+        else:
+            kind = DUPLICATE
+        out.append(
+            {
+                "image_id": sha,
+                "kind": kind,
+                "copies": len(copies),
+                "emotions": emotions,
+                "splits": splits,
+                "kept": next((c["lake_path"] for c in copies if c["status"] == "loaded"), None),
+                "paths": [c["path"] for c in copies],
+                "lake_paths": [c["lake_path"] for c in copies if c["lake_path"]],
+                "statuses": statuses,
+            }
+        )
+    out.sort(key=lambda r: (DUPLICATE_KINDS.index(r["kind"]), r["image_id"]))
+    return pa.Table.from_pylist(out, schema=DUPLICATES_SCHEMA)
+
+
+# ---- end of issue 14, duplicates ----
 
 
 def projection_2d(

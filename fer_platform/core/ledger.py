@@ -251,6 +251,32 @@ def daily_rows(conn: psycopg.Connection) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def duplicated_copies(conn: psycopg.Connection) -> list[dict]:
+    """The valid copies (loaded, duplicate, conflict) of every content the load log holds more than once:
+    sha256, path, emotion, split, status, lake_path (what the duplicates report groups)."""
+    cur = conn.execute(
+        f"""SELECT sha256, path, emotion, split, status, lake_path FROM {LOAD_LOG_TABLE}
+            WHERE status IN ('loaded', 'duplicate', 'conflict') AND sha256 IN (
+                SELECT sha256 FROM {LOAD_LOG_TABLE}
+                WHERE status IN ('loaded', 'duplicate', 'conflict') AND sha256 IS NOT NULL
+                GROUP BY sha256 HAVING count(*) > 1)
+            ORDER BY sha256, path"""
+    )
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def leaked_test_ids(conn: psycopg.Connection) -> set[str]:
+    """Contents (sha256) the load log holds both as a test copy and as a train copy (train/test leakage:
+    the test copy is loaded, the train copy a duplicate): test figures leave them out."""
+    rows = conn.execute(
+        f"""SELECT sha256 FROM {LOAD_LOG_TABLE}
+            WHERE status IN ('loaded', 'duplicate', 'conflict') AND split IN ('train', 'test')
+            GROUP BY sha256 HAVING count(DISTINCT split) = 2"""
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def oldest_version_us(conn: psycopg.Connection, source_prefix: str) -> int | None:
     """Modification time (microseconds) of the oldest file version logged under ``source_prefix``."""
     (oldest,) = conn.execute(

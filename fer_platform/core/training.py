@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -97,15 +97,24 @@ class Dataset:
     train_labels: np.ndarray  # int class index into EMOTIONS
     test_pngs: list[bytes]
     test_labels: np.ndarray
+    leaked_test_images: int = 0  # test images left out: their content also has a train copy
 
     @classmethod
-    def from_bronze(cls, bronze: pa.Table) -> "Dataset":
+    def from_bronze(cls, bronze: pa.Table, leaked: Collection[str] = ()) -> "Dataset":
         """Train and test rows of ``bronze`` (image_id, emotion, split, png[, load_date]): one row per
         image_id (an image that is in both splits counts as train, so test stays unseen), sorted by
-        image_id so the same bronze gives the same order whatever the file order."""
+        image_id so the same bronze gives the same order whatever the file order. A test image whose
+        content the load log also holds as a train copy (``leaked``: image ids; bronze keeps the test copy,
+        the train copy is logged as a duplicate) is left out of the test figures, counted."""
         if "load_date" not in bronze.column_names:
             bronze = bronze.append_column("load_date", pa.nulls(bronze.num_rows, pa.date32()))
         bronze = bronze.filter(pc.is_in(bronze["split"], pa.array(["train", "test"])))
+        leaked_test = pc.and_(
+            pc.equal(bronze["split"], "test"),
+            pc.is_in(bronze["image_id"], pa.array(list(leaked), pa.string())),
+        )
+        n_leaked = len(pc.unique(bronze.filter(leaked_test)["image_id"]))
+        bronze = bronze.filter(pc.invert(leaked_test))
         order = pc.sort_indices(
             bronze, [("image_id", "ascending"), ("split", "descending")]
         )  # train before test
@@ -127,6 +136,7 @@ class Dataset:
             train_labels=labels[train],
             test_pngs=[pngs[i] for i in test],
             test_labels=labels[test],
+            leaked_test_images=n_leaked,
         )
         data.validate()
         return data
@@ -370,6 +380,7 @@ def compare(tuned: dict, untuned: dict, data: Dataset) -> dict:
         "split": "test",
         "k": K,
         "test_images": int(len(data.test_labels)),
+        "leaked_test_images_excluded": int(data.leaked_test_images),
         "train_images": int(len(data.train_labels)),
         "chance": _chance(data.test_labels),
         "tuned": tuned,
@@ -495,10 +506,12 @@ def build_model(
     base_spec: EmbedderSpec,
     config: TrainingConfig = TrainingConfig(),
     on_epoch: Callable[[EpochReport], None] | None = None,
+    leaked: Collection[str] = (),
 ) -> dict:
-    """Train on bronze's train split, measure tuned and untuned on its test split, package the files:
-    ``{"model", "files", "metrics", "trained", "data"}``."""
-    data = Dataset.from_bronze(bronze)
+    """Train on bronze's train split, measure tuned and untuned on its test split (without the ``leaked``
+    test images, see ``Dataset.from_bronze``), package the files: ``{"model", "files", "metrics", "trained",
+    "data"}``."""
+    data = Dataset.from_bronze(bronze, leaked)
     trained = train(data, base_spec, config, on_epoch)
     tuned = measure(trained.embedder(), data)
     untuned = measure(untuned_embedder(base_spec), data)
@@ -512,9 +525,12 @@ def untuned_embedder(base_spec: EmbedderSpec) -> Embedder:
     return Embedder.get(replace_profile(base_spec, TRAIN_PROFILE))
 
 
-def verify_model(files: dict[str, bytes], bronze: pa.Table, device: str = "auto") -> dict:
+def verify_model(
+    files: dict[str, bytes], bronze: pa.Table, device: str = "auto", leaked: Collection[str] = ()
+) -> dict:
     """Re-measure a stored model from its files alone (weights digest, the bronze rows of its snapshot,
-    its base weights as resolved here): ``{"model", "metrics", "problems"}``. Approval needs no problems."""
+    its base weights as resolved here; without the ``leaked`` test images): ``{"model", "metrics",
+    "problems"}``. Approval needs no problems."""
     unpacked = models.unpack(files)
     config, snapshot = unpacked["config"], unpacked["snapshot"]
     problems: list[str] = []
@@ -523,7 +539,7 @@ def verify_model(files: dict[str, bytes], bronze: pa.Table, device: str = "auto"
     missing = snapshot.num_rows - len(pc.unique(rows["image_id"]))
     if missing:
         problems.append(f"{missing} image(s) of the model's snapshot are no longer in bronze")
-    data = Dataset.from_bronze(rows)
+    data = Dataset.from_bronze(rows, leaked)
     base = EmbedderSpec(weights=config["base"]["weights"], seed=config["base"]["seed"], device=device)
     resolved = resolve_weights(base).tag
     if resolved != config["base"]["resolved"]:

@@ -54,7 +54,7 @@ def loaded(pg_server, tmp_path_factory):
     for e_i, e in enumerate(EMOTIONS):
         for j, split in enumerate(("train", "train", "test")):
             put(landing, f"{split}/{e}/{e}{j}.png", face(e, 10 * e_i + j))
-    put(landing, "train/happy/copy of angry0.png", face("angry", 0))  # duplicate content
+    put(landing, "train/angry/copy of angry0.png", face("angry", 0))  # duplicate content
     put(landing, "train/sad/rgb.png", encoded("RGB"))
     put(landing, "test/fear/big.png", encoded("L", size=(64, 64)))
     dsn = ensure_database(pg_server, "goldsearch")
@@ -116,7 +116,13 @@ def test_gold_metadata_carries_plots_and_previews(loaded):
     meta = result.asset_materializations_for_node("gold_neighbour_agreement")[0].metadata
     assert "data:image/png;base64," in meta["projection"].value
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"search_index_recall": True, "gold_summary_counts_silver": True}
+    assert checks == {
+        "search_index_recall": True,
+        "gold_summary_counts_silver": True,
+        "gold_duplicates_clean": True,  # a plain duplicate is no warning
+    }
+    (dup,) = _gold(loaded["lake"], "duplicates")
+    assert dup["kind"] == "duplicate" and dup["copies"] == 2 and dup["kept"] == "raw/images/fer2013/train/angry/angry0.png"
 
 
 def test_the_index_lands_in_the_lake_with_its_id_mapping(loaded):
