@@ -2,11 +2,13 @@
 the same way whatever the listing order, the batches or the timestamps."""
 
 import datetime as dt
+import itertools
 import os
 
+import pyarrow as pa
 import pytest
 
-from fer_platform.core import ledger
+from fer_platform.core import images, ledger, training
 from fer_platform.core.ingest import ingest
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.schema import ensure_schema
@@ -171,3 +173,31 @@ def test_an_old_load_log_is_migrated_to_allow_conflicts(pg_dsn):
                 "INSERT INTO load_log (source, path, size, modified_at, load_date, status) "
                 "VALUES ('s2', 'p', 1, now(), current_date, 'bogus')"
             )
+
+
+def test_leaked_test_images_are_left_out_of_the_models_test_figures(pg_dsn, landing, lake):
+    """The load log names the test images with a train copy; the emotion model's data set leaves them out of
+    its test split (and its snapshot), and says how many."""
+    _land(landing, ["train/happy/a.png", "test/happy/t.png"])
+    _ingest(landing, lake, pg_dsn, ["train/happy/a.png", "test/happy/t.png"], DAY1)
+    with connect(pg_dsn) as conn:
+        leaked = ledger.leaked_test_ids(conn)
+    assert leaked == {images.sha256(SAME)}
+
+    rows = [(images.sha256(SAME), "happy", "test", SAME)]  # bronze holds the kept (test) copy
+    for i, (emotion, split) in enumerate(
+        itertools.product(("happy", "sad"), ("train", "train", "test", "test"))
+    ):
+        png = face(emotion, 100 + i)
+        rows.append((images.sha256(png), emotion, split, png))
+    bronze = pa.Table.from_pylist(
+        [dict(zip(("image_id", "emotion", "split", "png"), r, strict=True)) for r in rows]
+    )
+
+    data = training.Dataset.from_bronze(bronze, leaked)
+    assert data.leaked_test_images == 1 and len(data.test_labels) == 4 and len(data.train_labels) == 4
+    assert images.sha256(SAME) not in data.snapshot["image_id"].to_pylist()
+    with_leak = training.Dataset.from_bronze(bronze)  # what the figures measured before
+    assert with_leak.leaked_test_images == 0 and len(with_leak.test_labels) == 5
+    figures = {"agreement_at_10": 0.5, "centroid_accuracy": 0.5}
+    assert training.compare(figures, figures, data)["leaked_test_images_excluded"] == 1
