@@ -129,7 +129,7 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         _wait("a run in progress", lambda: _runs(port, ["STARTED"]), 120, proc)
         drop("test/happy/b2.png", face("happy", 202))
         drop("test/fear/b2.png", face("fear", 202))
-        drop("train/neutral/b2 copy.png", face("angry", 100))  # the same content as an initial file
+        drop("train/angry/b2 copy.png", face("angry", 100))  # the same content as an initial file
         drop("train/surprise/b2-broken.png", encoded("RGB"))
         _wait(
             "a quiet instance",

@@ -122,7 +122,11 @@ def test_gold_metadata_carries_plots_and_previews(loaded):
         "gold_duplicates_clean": True,  # a plain duplicate is no warning
     }
     (dup,) = _gold(loaded["lake"], "duplicates")
-    assert dup["kind"] == "duplicate" and dup["copies"] == 2 and dup["kept"] == "raw/images/fer2013/train/angry/angry0.png"
+    assert (
+        dup["kind"] == "duplicate"
+        and dup["copies"] == 2
+        and dup["kept"] == "raw/images/fer2013/train/angry/angry0.png"
+    )
 
 
 def test_the_index_lands_in_the_lake_with_its_id_mapping(loaded):

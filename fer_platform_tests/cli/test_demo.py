@@ -44,8 +44,13 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     assert first["files_seen"] == n_files
     assert (
         first["files_seen"]
-        == first["loaded"] + first["duplicates"] + len(first["quarantined"]) + first["ignored"]
+        == first["loaded"]
+        + first["duplicates"]
+        + first["conflicts"]
+        + len(first["quarantined"])
+        + first["ignored"]
     )
+    assert first["conflicts"] == 0
     assert first["not_logged"] == 0
     assert first["loaded"] == 7 * 4  # every generated face
     assert first["duplicates"] == 1  # the copied face
@@ -69,6 +74,7 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
         "files_seen",
         "loaded",
         "duplicates",
+        "conflicts",
         "quarantined",
         "ignored",
         "load_log_totals",
