@@ -84,7 +84,9 @@ class Decision:
             return "conflict"
         return "loaded" if group.keeper is copy else "duplicate"
 
-    def resolve(self, lake_paths: Mapping[str, str | None]) -> tuple[dict[str, tuple[str, str | None]], list]:
+    def resolve(
+        self, lake_paths: Mapping[str, str | None]
+    ) -> tuple[dict[str, tuple[str, str | None]], list[Relabel]]:
         """(landing path -> (status, reason)) of the new copies and the relabels of logged rows, once the
         new loaded copies have their lake paths (``lake_paths``: landing path -> lake path)."""
         new: dict[str, tuple[str, str | None]] = {}

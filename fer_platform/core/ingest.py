@@ -4,9 +4,10 @@ Order of operations per batch (nothing lost, nothing twice):
 
 1. read and hash each file, validate layout and content;
 2. under the ledger lock: drop versions another run already logged, decide
-   ``loaded`` / ``duplicate`` / ``quarantined``, copy loaded files to
-   ``raw/images/fer2013/...`` and bad ones to ``quarantine/<load_date>/...``,
-   append the ledger rows, commit;
+   ``loaded`` / ``duplicate`` / ``conflict`` / ``quarantined`` (copies of one content:
+   ``core/duplicates.py``), copy loaded files to ``raw/images/fer2013/...`` and bad ones to
+   ``quarantine/<load_date>/...``, demote a copy another run loaded when a rule says so (a
+   label conflict, or the train side of a train/test duplicate), append the ledger rows, commit;
 3. only then keep, delete or archive the source files.
 
 A crash before the commit leaves at most lake copies that the retry rewrites;

@@ -58,16 +58,19 @@ SCHEMA = [
 ]
 # ---- issue 14, duplicates: the load log's ``conflict`` status (a content filed under two emotions) ----
 # A load log created before it allowed only loaded/duplicate/quarantined: its CHECK is replaced, once
-# (``schema_present`` looks for the new definition, so a current database runs nothing).
+# (``schema_present`` looks for the new definition, so a current database runs nothing). Every copy of a
+# content is looked up by sha256 at each batch (not only the loaded one): an index of its own.
 STATUS_CHECK = "load_log_status_check"
+SHA256_INDEX = f"{LOAD_LOG_TABLE}_sha256"
 STATUS_CHECK_MIGRATION = [
     f"ALTER TABLE {LOAD_LOG_TABLE} DROP CONSTRAINT IF EXISTS {STATUS_CHECK}",
     f"""ALTER TABLE {LOAD_LOG_TABLE} ADD CONSTRAINT {STATUS_CHECK}
         CHECK (status IN ('loaded', 'duplicate', 'conflict', 'quarantined'))""",
+    f"CREATE INDEX IF NOT EXISTS {SHA256_INDEX} ON {LOAD_LOG_TABLE} (sha256)",
 ]
 _STATUS_CHECK_PRESENT = f"""SELECT count(*) FROM pg_constraint
     WHERE conrelid = to_regclass('{LOAD_LOG_TABLE}') AND conname = '{STATUS_CHECK}'
-      AND pg_get_constraintdef(oid) LIKE '%conflict%'"""
+      AND pg_get_constraintdef(oid) LIKE '%conflict%' AND to_regclass('{SHA256_INDEX}') IS NOT NULL"""
 # ---- end of issue 14, duplicates ----
 
 VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
