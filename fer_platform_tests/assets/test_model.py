@@ -129,6 +129,7 @@ def test_train_approve_serve_and_reembed(loaded):
     assert meta["tuned_agreement_at_10"].value >= meta["untuned_agreement_at_10"].value + 0.05
     assert meta["tuned_centroid_accuracy"].value >= meta["untuned_centroid_accuracy"].value + 0.1
     assert meta["test_images"].value == 56 and meta["train_images"].value == 112
+    assert meta["leaked_test_images_excluded"].value == 0  # no test image has a train copy here
     assert "data:image/png;base64," in meta["confusion_matrix"].value
     folder = root / "lake" / "models" / model
     assert sorted(p.name for p in folder.iterdir()) == [
