@@ -166,6 +166,7 @@ def ingest(
             report.ignored.append((e.key, r.ignored))
         else:
             todo.append((e, r))
+    todo.sort(key=lambda t: t[0].key)  # batches by landing path, never by listing order (duplicates.py)
     for start in range(0, len(todo), BATCH):
         batch = todo[start : start + BATCH]
         done = _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_bytes)
