@@ -55,6 +55,22 @@ SCHEMA = [
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_partition ON {LOAD_LOG_TABLE} (emotion, load_date)",
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_source ON {LOAD_LOG_TABLE} (source)",
 ]
+# ---- the challenge CSV's checkpoint (core/challenge.py): per CSV source, what its expansion consumed
+CSV_CHECKPOINT_TABLE = "csv_checkpoint"
+SCHEMA.append(
+    f"""
+    CREATE TABLE IF NOT EXISTS {CSV_CHECKPOINT_TABLE} (
+        source         text PRIMARY KEY,
+        bytes_consumed bigint NOT NULL,
+        rows_consumed  bigint NOT NULL,
+        prefix_sha256  text NOT NULL,
+        size           bigint,
+        modified_at    timestamptz,
+        updated_at     timestamptz NOT NULL DEFAULT now()
+    )"""
+)
+# ---- end of the challenge CSV's checkpoint
+
 VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
 VECTOR_INDEX_DDL = (
     f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)"
@@ -68,6 +84,7 @@ SCHEMA_OBJECTS = (
     f"{LOAD_LOG_TABLE}_loaded_sha256",
     f"{LOAD_LOG_TABLE}_partition",
     f"{LOAD_LOG_TABLE}_source",
+    CSV_CHECKPOINT_TABLE,  # the challenge CSV's checkpoint
 )
 
 
