@@ -15,13 +15,15 @@ from fer_platform.assets.raw import ingest_run_config
 from fer_platform.automation.convergence import audit_layers, repair_requests
 from fer_platform.automation.jobs import (
     PUBLISH_ASSETS,
+    expand_csv_job,
+    expand_run_config,
     ingest_job,
     landing_triage,
     publish_job,
     triage_run_config,
 )
 from fer_platform.automation.runs import TRIGGER, runs_state
-from fer_platform.core import ledger
+from fer_platform.core import challenge, ledger
 from fer_platform.core.convergence import restore_load_log
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.planner import Watermark, plan_tick, run_key
@@ -45,7 +47,7 @@ def default_status() -> dg.DefaultSensorStatus:
 
 @dg.sensor(
     name="landing_sensor",
-    jobs=[ingest_job, landing_triage, publish_job],
+    jobs=[ingest_job, landing_triage, publish_job, expand_csv_job],
     minimum_interval_seconds=sensor_interval(),
     default_status=default_status(),
     description="Picks up landing files exactly once (auto-loader semantics): one ingest run per emotion for "
@@ -53,7 +55,7 @@ def default_status() -> dg.DefaultSensorStatus:
     "files of failed runs are asked for again (retry_after_seconds apart, max_attempts times). Each tick "
     "also puts back load-log rows a lost checkpoint dropped, and re-materialises partitions whose layers "
     "disagree with the load log (a crash, an outage, a deleted layer), and the index when it does not hold "
-    "exactly silver.",
+    "exactly silver. A challenge CSV (fer2013.csv) gets an expand_challenge_csv run per new version.",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext,
@@ -84,9 +86,10 @@ def landing_sensor(
         with connect(dsn) as conn:
             oldest = ledger.oldest_version_us(conn, storage.uri())
     in_flight, attempts = runs_state(context.instance)
+    listing = storage.list_files()
     tick = plan_tick(
         storage,
-        storage.list_files(),
+        listing,
         known,
         cursor,
         settings,
@@ -119,6 +122,7 @@ def landing_sensor(
                     run_config=ingest_run_config(keys, settings.on_success),
                 )
             )
+    requests += _csv_expansions(storage, dsn, listing, settings)
     requests += _repairs(context, dsn, lake, embedder, settings, {r.partition_key for r in requests})
     if tick.given_up:
         context.log.warning(
@@ -140,6 +144,23 @@ def landing_sensor(
         cursor=tick.cursor.to_json(),
         skip_reason=None if requests else f"no new files ({state})",
     )
+
+
+def _csv_expansions(storage, dsn, listing, settings) -> list[dg.RunRequest]:
+    """One expand_challenge_csv run per settled landing CSV version not expanded yet (the run key is the
+    version: asked for again while it runs, it is one run); the staged images it writes load on later
+    ticks like any landing file."""
+    settled_before = time.time_ns() // 1000 - int(settings.settle_seconds * 1e6)
+    due = [e for e in challenge.unexpanded(storage, dsn, listing) if e.modified_us <= settled_before]
+    return [
+        dg.RunRequest(
+            run_key=f"csv:{storage.uri(e.key)}:{e.size}:{e.modified_us}",
+            job_name=expand_csv_job.name,
+            tags={**TRIGGER, "fer/csv": e.key[:200]},
+            run_config=expand_run_config(e.key),
+        )
+        for e in due
+    ]
 
 
 def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequest]:

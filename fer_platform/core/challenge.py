@@ -39,7 +39,7 @@ import psycopg
 from PIL import Image
 
 from fer_platform.core import ledger
-from fer_platform.core.layout import csv_staging, is_csv_source, quarantine_path
+from fer_platform.core.layout import USAGES, csv_staging, is_csv_source, quarantine_path
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.schema import CSV_CHECKPOINT_TABLE, LOAD_LOG_TABLE
 from fer_platform.core.storage import FileEntry, Storage, to_us
@@ -47,7 +47,7 @@ from fer_platform.core.storage import FileEntry, Storage, to_us
 log = logging.getLogger(__name__)
 
 EMOTION_CODES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # FER2013's 0-6
-USAGE_SPLIT = {"Training": "train", "PublicTest": "test", "PrivateTest": "test"}
+USAGE_SPLIT = dict(zip(USAGES, ("train", "test", "test"), strict=True))
 HEADER = ("emotion", "pixels", "usage")
 HEADER_NO_USAGE = ("emotion", "pixels")
 SIDE = 48
@@ -81,6 +81,18 @@ class CsvReport:
     resumed: bool = False  # an appended CSV: only the rows after the consumed prefix were read
     pending_tail: bool = False  # an unterminated last line that does not parse: left for a later version
     rows_per_second: float | None = None
+
+    def summary(self) -> dict:
+        """What a command prints or returns as JSON."""
+        return {
+            "source": self.source,
+            "status": self.status,
+            "reason": self.reason,
+            "rows_staged": self.good,
+            "rows_quarantined": [reason for _row, reason in self.quarantined],
+            "rows_skipped": self.skipped,
+            "line": self.line(),
+        }
 
     def line(self) -> str:
         """One line for a person."""
@@ -165,13 +177,6 @@ def row_png(pixels: np.ndarray) -> bytes:
 def staged_key(staging: str, split: str | None, emotion: str, usage: str | None, row: int) -> str:
     """Where a good row's image is staged: the Kaggle layout, named like Kaggle's JPEGs (Usage_row)."""
     return posixpath.join(staging, *([split] if split else []), emotion, f"{usage or 'row'}_{row}.png")
-
-
-def usage_of(name: str) -> str | None:
-    """The Usage a file name carries (``Training_``, ``PublicTest_``, ``PrivateTest_``: the staged images'
-    and Kaggle's own JPEG naming), else None."""
-    base = posixpath.basename(name)
-    return next((u for u in USAGE_SPLIT if base.startswith(f"{u}_")), None)
 
 
 def _header(line: bytes) -> tuple[bool, str | None]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+USAGES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")  # FER2013's Usage values
 
 # Lake folders (relative to the lake root).
 RAW_IMAGES = "raw/images/fer2013"
@@ -95,6 +96,13 @@ def is_csv_source(key: str) -> bool:
         and not any(p.startswith(".") for p in parts)
         and parts[0] not in (LANDING_ARCHIVE, CSV_STAGING)
     )
+
+
+def usage_of(name: str) -> str | None:
+    """The Usage a file name carries (``Training_``, ``PublicTest_``, ``PrivateTest_``: a challenge CSV
+    row's staged image, and Kaggle's own JPEG naming), else None."""
+    base = posixpath.basename(name)
+    return next((u for u in USAGES if base.startswith(f"{u}_")), None)
 
 
 def csv_staging(source: str) -> str:
