@@ -19,13 +19,13 @@ from fer_platform.core.storage import Storage
 
 
 def run(home: Home, path: str, as_json: bool = False) -> int:
-    from fer_platform.partitions import utc_today  # deferred: loads dagster
-    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
-
     full = Path(path).expanduser().resolve()
     if not full.is_file():
         print(f"error: {path}: no such file", file=sys.stderr)
         return 2
+    from fer_platform.partitions import utc_today  # deferred: loads dagster
+    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
+
     os.environ["FER_HOME"] = str(home.root)
     res = resolved_resources(("landing", "lake", "postgres"))
     landing = res["landing"].storage()

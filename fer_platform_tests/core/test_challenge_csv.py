@@ -11,7 +11,7 @@ from PIL import Image
 
 from fer_platform.core import challenge
 from fer_platform.core.ingest import ingest, pending_files
-from fer_platform.core.layout import route
+from fer_platform.core.layout import CSV_SOURCE, route
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import Storage
 from fer_platform_tests.helpers import face
@@ -117,7 +117,7 @@ def test_good_rows_are_staged_and_each_malformed_row_quarantined_with_its_number
         assert " ".join(str(v) for v in np.asarray(im).ravel()) == pixels("sad", 3)
     r = route("_csv/fer2013.csv/test/sad/PrivateTest_3.png")
     assert (r.split, r.emotion, r.problem, r.ignored) == ("test", "sad", None, None)
-    assert route("fer2013.csv").ignored == route("fer2013/fer2013.csv").ignored == challenge_source()
+    assert route("fer2013.csv").ignored == route("fer2013/fer2013.csv").ignored == CSV_SOURCE
 
     uri = Storage(str(landing)).uri("fer2013.csv")
     logged = {x["source"]: x for x in load_log(pg_dsn)}
@@ -132,12 +132,6 @@ def test_good_rows_are_staged_and_each_malformed_row_quarantined_with_its_number
     report = load(landing, lake, pg_dsn)
     assert report.counts == {"loaded": 6}
     assert {o.lake_path for o in report.outcomes} >= {"raw/images/fer2013/test/sad/PrivateTest_3.png"}
-
-
-def challenge_source():
-    from fer_platform.core.layout import CSV_SOURCE
-
-    return CSV_SOURCE
 
 
 def test_again_appended_another_csv_and_rewritten_load_each_row_once(pg_dsn, landing, lake):
