@@ -299,7 +299,39 @@ def expand_csv(
     return report
 
 
-def _lines(f: BinaryIO, start: int, limit: int, digest) -> Iterator[tuple[bytes, bool, int]]:
+class _Reader:
+    """Lines of at most ``limit`` bytes over any binary file object (an fsspec file's readline takes no
+    size), read in blocks: never more than a block and a line in memory."""
+
+    def __init__(self, f: BinaryIO, block: int = 1 << 18):
+        self._f, self._block, self._buf, self._pos = f, block, b"", 0
+
+    def _fill(self) -> bool:
+        more = self._f.read(self._block)
+        self._buf, self._pos = self._buf[self._pos :] + more, 0
+        return bool(more)
+
+    def read(self, n: int) -> bytes:
+        if len(self._buf) - self._pos < n:
+            self._fill()
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def readline(self, limit: int) -> bytes:
+        while True:
+            end = self._buf.find(b"\n", self._pos, self._pos + limit)
+            if end >= 0:
+                return self.read(end + 1 - self._pos)
+            if len(self._buf) - self._pos >= limit or not self._fill():
+                return self.read(min(limit, len(self._buf) - self._pos))
+
+    def seek0(self) -> None:
+        self._f.seek(0)
+        self._buf, self._pos = b"", 0
+
+
+def _lines(f: _Reader, start: int, limit: int, digest) -> Iterator[tuple[bytes, bool, int]]:
     """(line, terminated, end offset) from ``start`` up to ``limit`` bytes. A terminated line is added to
     ``digest`` here (an unterminated last line only once the caller consumes it). A line longer than
     MAX_LINE comes back as its first MAX_LINE + 1 bytes, terminated (it can never become a row, so it is
@@ -331,7 +363,8 @@ def _expand(source, key, entry, version, cp, conn, landing, lake, load_date, run
     started = dt.datetime.now(dt.timezone.utc)
     uri = report.source
     day = load_date.isoformat()
-    with source.open_read(key) as f:
+    with source.open_read(key) as raw:
+        f = _Reader(raw)
         digest = hashlib.sha256()
         start, row = 0, 0
         if cp and 0 < cp.bytes_consumed <= entry.size:
@@ -347,7 +380,7 @@ def _expand(source, key, entry, version, cp, conn, landing, lake, load_date, run
                 start, row, digest = cp.bytes_consumed, cp.rows_consumed, prefix
                 report.skipped, report.resumed = cp.rows_consumed, True
             else:  # rewritten: from the first row again
-                f.seek(0)
+                f.seek0()
         lines = _lines(f, start, entry.size, digest)
         with_usage = True
         if start == 0:
