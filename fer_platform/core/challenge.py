@@ -239,8 +239,9 @@ def _save(conn, source: str, consumed: int, rows: int, sha: str, version: tuple[
 
 # -------------------------------------------------------------------------------------------- expansion
 def landing_csvs(entries: list[FileEntry]) -> list[FileEntry]:
-    """The landing entries that are CSVs to expand (regular files only)."""
-    return [e for e in entries if e.kind == "file" and is_csv_source(e.key)]
+    """The landing entries that are CSVs to expand (a link or other special file named .csv too: its
+    expansion quarantines it, never opening it)."""
+    return [e for e in entries if is_csv_source(e.key)]
 
 
 def unexpanded(landing: Storage, dsn: str, entries: list[FileEntry]) -> list[FileEntry]:

@@ -219,3 +219,15 @@ def test_expansion_streams_the_csv(pg_dsn, landing, lake, monkeypatch):
         tracemalloc.stop()
     assert report.good == n and size > 10_000_000
     assert peak < size / 4, (peak, size)
+
+
+def test_a_link_named_csv_is_quarantined_unopened(pg_dsn, landing, lake, tmp_path):
+    outside = tmp_path / "secret.csv"
+    write_csv(outside, good_rows()[:1])
+    (landing / "fer2013").mkdir()
+    (landing / "fer2013" / "fer2013.csv").symlink_to(outside)
+    ls = Storage(str(landing), confined=True)
+    (report,) = challenge.expand_landing(ls, Storage(str(lake)), pg_dsn, DAY)
+    assert report.status == "quarantined" and report.reason == "not a regular file: symbolic link"
+    assert [x["reason"] for x in load_log(pg_dsn)] == ["not a regular file: symbolic link"]
+    assert not (landing / "_csv").exists()
