@@ -6,6 +6,7 @@ request one ingest run per emotion for today's partition carrying exactly those 
 load log is the checkpoint: a lost cursor reloads nothing. Logic in core/planner.py.
 """
 
+import hashlib
 import time
 import warnings
 
@@ -22,7 +23,7 @@ from fer_platform.automation.jobs import (
     publish_job,
     triage_run_config,
 )
-from fer_platform.automation.runs import TRIGGER, runs_state
+from fer_platform.automation.runs import FAILED, TRIGGER, runs_state
 from fer_platform.core import challenge, ledger
 from fer_platform.core.convergence import restore_load_log
 from fer_platform.core.pg.connect import connect
@@ -39,6 +40,10 @@ from fer_platform.resources.environments import automation_interval, automation_
 
 # AutomationConditionSensorDefinition passes Dagster's own beta `owners` parameter through.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*owners.*")
+
+CSV_VERSION_TAG = (
+    "fer/csv_version"  # an expand_challenge_csv run's CSV version (a digest of uri, size, mtime)
+)
 
 
 def default_status() -> dg.DefaultSensorStatus:
@@ -122,7 +127,7 @@ def landing_sensor(
                     run_config=ingest_run_config(keys, settings.on_success),
                 )
             )
-    requests += _csv_expansions(storage, dsn, listing, settings)
+    requests += _csv_expansions(context, storage, dsn, listing, settings)
     requests += _repairs(context, dsn, lake, embedder, settings, {r.partition_key for r in requests})
     if tick.given_up:
         context.log.warning(
@@ -146,21 +151,38 @@ def landing_sensor(
     )
 
 
-def _csv_expansions(storage, dsn, listing, settings) -> list[dg.RunRequest]:
-    """One expand_challenge_csv run per settled landing CSV version not expanded yet (the run key is the
-    version: asked for again while it runs, it is one run); the staged images it writes load on later
-    ticks like any landing file."""
-    settled_before = time.time_ns() // 1000 - int(settings.settle_seconds * 1e6)
-    due = [e for e in challenge.unexpanded(storage, dsn, listing) if e.modified_us <= settled_before]
-    return [
-        dg.RunRequest(
-            run_key=f"csv:{storage.uri(e.key)}:{e.size}:{e.modified_us}",
-            job_name=expand_csv_job.name,
-            tags={**TRIGGER, "fer/csv": e.key[:200]},
-            run_config=expand_run_config(e.key),
+def _csv_expansions(context, storage, dsn, listing, settings) -> list[dg.RunRequest]:
+    """One expand_challenge_csv run per settled landing CSV version not expanded yet; the staged images it
+    writes load on later ticks like any landing file. The run key is the version and its failed attempts:
+    asked for again while it runs, it is one run; after a failed run it is asked for again
+    (retry_after_seconds later, at most max_attempts runs), like the files of a failed ingest run."""
+    now_us = time.time_ns() // 1000
+    settled_before = now_us - int(settings.settle_seconds * 1e6)
+    requests = []
+    for e in challenge.unexpanded(storage, dsn, listing):
+        if e.modified_us > settled_before:
+            continue
+        version = hashlib.sha256(f"{storage.uri(e.key)}|{e.size}|{e.modified_us}".encode()).hexdigest()[:16]
+        failed = context.instance.get_run_records(
+            dg.RunsFilter(tags={CSV_VERSION_TAG: version}, statuses=FAILED)
         )
-        for e in due
-    ]
+        if len(failed) >= settings.max_attempts:
+            context.log.warning(
+                f"{e.key}: its expansion failed in {len(failed)} runs, left to a person (see those runs)"
+            )
+            continue
+        ends = [r.end_time or r.update_timestamp.timestamp() for r in failed]
+        if ends and now_us - int(max(ends) * 1e6) < settings.retry_after_seconds * 1e6:
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"csv:{version}:{len(failed)}",
+                job_name=expand_csv_job.name,
+                tags={**TRIGGER, CSV_VERSION_TAG: version, "fer/attempt": str(len(failed) + 1)},
+                run_config=expand_run_config(e.key),
+            )
+        )
+    return requests
 
 
 def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequest]:

@@ -358,3 +358,17 @@ def test_a_challenge_csv_gets_one_expansion_run_then_its_images_load_once(landin
     assert dict(statuses) == {"loaded": 4, "quarantined": 1}  # the bad row 5, logged by the expansion
     none, _, _ = tick(landing, pg_dsn, instance=instance, lake=lake, cursor=cursor, settle_seconds=0)
     assert none == []  # nothing to load or expand (only the repairs of the layers this test leaves out)
+
+
+def test_a_failed_expansion_is_asked_for_again_then_left_to_a_person(landing, lake, pg_dsn):
+    land(landing, "fer2013.csv", ("emotion,pixels,Usage\n" + good_rows()[0]).encode(), T0)
+    instance = dg.DagsterInstance.ephemeral()
+    keys = []
+    for attempt in range(1, 4):
+        (request,) = tick(landing, pg_dsn, instance=instance, lake=lake, retry_after_seconds=0)[0]
+        assert request.job_name == "expand_challenge_csv" and request.tags["fer/attempt"] == str(attempt)
+        keys.append(request.run_key)
+        (run,) = submit(instance, [request])
+        instance.report_run_failed(run)
+    assert len(set(keys)) == 3  # each attempt a run of its own
+    assert tick(landing, pg_dsn, instance=instance, lake=lake, retry_after_seconds=0)[0] == []  # 3 failed
