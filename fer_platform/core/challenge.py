@@ -38,7 +38,7 @@ import numpy as np
 import psycopg
 from PIL import Image
 
-from fer_platform.core import ledger
+from fer_platform.core import faults, ledger
 from fer_platform.core.layout import USAGES, csv_staging, is_csv_source, quarantine_path
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.schema import CSV_CHECKPOINT_TABLE, LOAD_LOG_TABLE
@@ -468,6 +468,7 @@ def _commit(conn, landing, lake, staged, bad, bad_lines, uri, consumed, rows, di
         landing.write_many(staged)
     if bad_lines:
         lake.write_many(bad_lines)
+    faults.point("csv.staged")
     with conn.transaction():
         ledger.insert(conn, bad)
         _save(conn, uri, consumed, rows, digest.copy().hexdigest(), version)

@@ -4,6 +4,9 @@ exactly once (again, appended, another CSV, rewritten), another shape, streaming
 import datetime as dt
 import io
 import os
+import signal
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -231,3 +234,28 @@ def test_a_link_named_csv_is_quarantined_unopened(pg_dsn, landing, lake, tmp_pat
     assert report.status == "quarantined" and report.reason == "not a regular file: symbolic link"
     assert [x["reason"] for x in load_log(pg_dsn)] == ["not a regular file: symbolic link"]
     assert not (landing / "_csv").exists()
+
+
+def test_killed_before_the_checkpoint_the_expansion_is_redone_and_each_row_loads_once(pg_dsn, landing, lake):
+    """A real SIGKILL after the staged files are written, before the checkpoint and the bad rows' load-log
+    rows commit: the next expansion rewrites the same images and logs each bad row once."""
+    write_csv(landing / "fer2013.csv", good_rows()[:3] + [bad_rows()[0][0]])
+    code = (
+        "import datetime as dt, sys; from fer_platform.core.challenge import expand_csv; "
+        "from fer_platform.core.storage import Storage; l = Storage(sys.argv[1], confined=True); "
+        "expand_csv(l, 'fer2013.csv', l, Storage(sys.argv[2]), sys.argv[3], dt.date(2026, 12, 1))"
+    )
+    env = {**os.environ, "FER_FAULTS": "csv.staged=kill"}
+    killed = subprocess.run(
+        [sys.executable, "-c", code, str(landing), str(lake), pg_dsn], env=env, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL
+    before = {p: (landing / p).read_bytes() for p in staged(landing)}
+    assert len(before) == 3 and load_log(pg_dsn) == []  # staged, but nothing committed
+
+    report = expand(landing, lake, pg_dsn)
+    assert report.good == 3 and len(report.quarantined) == 1 and not report.resumed
+    assert {p: (landing / p).read_bytes() for p in staged(landing)} == before  # the same bytes again
+    assert load(landing, lake, pg_dsn).counts == {"loaded": 3}
+    assert [x["status"] for x in load_log(pg_dsn)].count("quarantined") == 1
+    assert expand(landing, lake, pg_dsn).status == "unchanged"
