@@ -12,6 +12,7 @@ from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.jobs import (
     RUN_CHECKS,
     bulk_load_job,
+    expand_csv_job,
     ingest_job,
     landing_triage,
     publish_job,
@@ -42,6 +43,7 @@ JOBS = [
     migrate_vectors_job,
     train_model_job,
     reembed_job,
+    expand_csv_job,
 ]
 CHECKS = [*RUN_CHECKS, landing_reconciled]
 SENSORS = [landing_sensor, publish_automation]

@@ -20,7 +20,8 @@ from fer_platform.resources import LakeResource, PostgresResource
     metadata={LAKE_PATH: BRONZE_IMAGES},
     group_name="ingest",
     kinds={"python", "parquet"},
-    description="One row per loaded image: image_id (sha256), lake filepath, split, width, height, "
+    description="One row per loaded image: image_id (sha256), lake filepath, split, usage (Training, "
+    "PublicTest, PrivateTest: from the file name, e.g. a challenge CSV row's), width, height, "
     "mode, bytes, the PNG bytes, source, ingested_at, run id. Hive folders emotion=/load_date=.",
 )
 def bronze_images(context: dg.AssetExecutionContext, raw_images: pa.Table, lake: LakeResource) -> pa.Table:

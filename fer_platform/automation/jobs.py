@@ -11,6 +11,7 @@ from fer_platform.assets.raw import ingest_run_config, raw_images
 from fer_platform.assets.search import search_index, search_index_recall
 from fer_platform.assets.silver import silver_embeddings, silver_matches_postgres
 from fer_platform.automation.reconcile import landing_reconciled
+from fer_platform.core.challenge import LOGGED_ROWS, expand_csv
 from fer_platform.core.ingest import ingest
 from fer_platform.partitions import image_partitions, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
@@ -106,6 +107,59 @@ def quarantine_unroutable(
 )
 def landing_triage():
     quarantine_unroutable()
+
+
+class ExpandCsvConfig(dg.Config):
+    csv: str
+    """The landing key of a FER2013 challenge CSV to expand into staged images."""
+
+
+def expand_run_config(key: str) -> dg.RunConfig:
+    """An expand_challenge_csv run's config: the landing key of the CSV."""
+    return dg.RunConfig(ops={"expand_csv_rows": ExpandCsvConfig(csv=key)})
+
+
+@dg.op(
+    description="Expand a FER2013 challenge CSV (emotion,pixels,Usage) into 48x48 images in the landing "
+    "zone's _csv/ staging folder, from where the landing sensor loads them; malformed rows are quarantined "
+    "with their row number in the load log."
+)
+def expand_csv_rows(
+    context: dg.OpExecutionContext,
+    config: ExpandCsvConfig,
+    landing: LandingResource,
+    lake: LakeResource,
+    postgres: PostgresResource,
+) -> dg.Output[None]:
+    storage = landing.storage()
+    report = expand_csv(
+        storage, config.csv, storage, lake.storage(), postgres.get_dsn(), utc_today(), context.run.run_id
+    )
+    for _row, reason in report.quarantined[:LOGGED_ROWS]:
+        context.log.warning(f"{config.csv}: quarantined {reason}")
+    (context.log.warning if report.status == "quarantined" or report.quarantined else context.log.info)(
+        report.line()
+    )
+    return dg.Output(
+        None,
+        metadata={
+            "rows_staged": report.good,
+            "rows_quarantined": len(report.quarantined),
+            "rows_skipped": report.skipped,
+            "status": report.status,
+            "rows_per_second": report.rows_per_second or 0.0,
+        },
+    )
+
+
+@dg.job(
+    name="expand_challenge_csv",
+    description="Expand a landing challenge CSV into staged images (launched by the landing sensor, one run "
+    "per CSV version); the sensor's next ticks load them.",
+    tags={"fer/kind": "csv"},
+)
+def expand_csv_job():
+    expand_csv_rows()
 
 
 # The emotion model: train, check (blocking: a model that does not beat the untuned weights is never

@@ -6,6 +6,7 @@ request one ingest run per emotion for today's partition carrying exactly those 
 load log is the checkpoint: a lost cursor reloads nothing. Logic in core/planner.py.
 """
 
+import hashlib
 import time
 import warnings
 
@@ -15,13 +16,15 @@ from fer_platform.assets.raw import ingest_run_config
 from fer_platform.automation.convergence import audit_layers, repair_requests
 from fer_platform.automation.jobs import (
     PUBLISH_ASSETS,
+    expand_csv_job,
+    expand_run_config,
     ingest_job,
     landing_triage,
     publish_job,
     triage_run_config,
 )
-from fer_platform.automation.runs import TRIGGER, runs_state
-from fer_platform.core import ledger
+from fer_platform.automation.runs import FAILED, TRIGGER, runs_state
+from fer_platform.core import challenge, ledger
 from fer_platform.core.convergence import restore_load_log
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.planner import Watermark, plan_tick, run_key
@@ -38,6 +41,10 @@ from fer_platform.resources.environments import automation_interval, automation_
 # AutomationConditionSensorDefinition passes Dagster's own beta `owners` parameter through.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*owners.*")
 
+CSV_VERSION_TAG = (
+    "fer/csv_version"  # an expand_challenge_csv run's CSV version (a digest of uri, size, mtime)
+)
+
 
 def default_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if automation_on_by_default() else dg.DefaultSensorStatus.STOPPED
@@ -45,7 +52,7 @@ def default_status() -> dg.DefaultSensorStatus:
 
 @dg.sensor(
     name="landing_sensor",
-    jobs=[ingest_job, landing_triage, publish_job],
+    jobs=[ingest_job, landing_triage, publish_job, expand_csv_job],
     minimum_interval_seconds=sensor_interval(),
     default_status=default_status(),
     description="Picks up landing files exactly once (auto-loader semantics): one ingest run per emotion for "
@@ -53,7 +60,7 @@ def default_status() -> dg.DefaultSensorStatus:
     "files of failed runs are asked for again (retry_after_seconds apart, max_attempts times). Each tick "
     "also puts back load-log rows a lost checkpoint dropped, and re-materialises partitions whose layers "
     "disagree with the load log (a crash, an outage, a deleted layer), and the index when it does not hold "
-    "exactly silver.",
+    "exactly silver. A challenge CSV (fer2013.csv) gets an expand_challenge_csv run per new version.",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext,
@@ -84,9 +91,10 @@ def landing_sensor(
         with connect(dsn) as conn:
             oldest = ledger.oldest_version_us(conn, storage.uri())
     in_flight, attempts = runs_state(context.instance)
+    listing = storage.list_files()
     tick = plan_tick(
         storage,
-        storage.list_files(),
+        listing,
         known,
         cursor,
         settings,
@@ -119,6 +127,7 @@ def landing_sensor(
                     run_config=ingest_run_config(keys, settings.on_success),
                 )
             )
+    requests += _csv_expansions(context, storage, dsn, listing, settings)
     requests += _repairs(context, dsn, lake, embedder, settings, {r.partition_key for r in requests})
     if tick.given_up:
         context.log.warning(
@@ -140,6 +149,40 @@ def landing_sensor(
         cursor=tick.cursor.to_json(),
         skip_reason=None if requests else f"no new files ({state})",
     )
+
+
+def _csv_expansions(context, storage, dsn, listing, settings) -> list[dg.RunRequest]:
+    """One expand_challenge_csv run per settled landing CSV version not expanded yet; the staged images it
+    writes load on later ticks like any landing file. The run key is the version and its failed attempts:
+    asked for again while it runs, it is one run; after a failed run it is asked for again
+    (retry_after_seconds later, at most max_attempts runs), like the files of a failed ingest run."""
+    now_us = time.time_ns() // 1000
+    settled_before = now_us - int(settings.settle_seconds * 1e6)
+    requests = []
+    for e in challenge.unexpanded(storage, dsn, listing):
+        if e.modified_us > settled_before:
+            continue
+        version = hashlib.sha256(f"{storage.uri(e.key)}|{e.size}|{e.modified_us}".encode()).hexdigest()[:16]
+        failed = context.instance.get_run_records(
+            dg.RunsFilter(tags={CSV_VERSION_TAG: version}, statuses=FAILED)
+        )
+        if len(failed) >= settings.max_attempts:
+            context.log.warning(
+                f"{e.key}: its expansion failed in {len(failed)} runs, left to a person (see those runs)"
+            )
+            continue
+        ends = [r.end_time or r.update_timestamp.timestamp() for r in failed]
+        if ends and now_us - int(max(ends) * 1e6) < settings.retry_after_seconds * 1e6:
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"csv:{version}:{len(failed)}",
+                job_name=expand_csv_job.name,
+                tags={**TRIGGER, CSV_VERSION_TAG: version, "fer/attempt": str(len(failed) + 1)},
+                run_config=expand_run_config(e.key),
+            )
+        )
+    return requests
 
 
 def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequest]:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from fer_platform.cli import demo, dev
+from fer_platform.cli import demo, dev, load_csv
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import describe, masked
@@ -73,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--host", default="127.0.0.1", help="where the UI listens, for the progress link")
     bl.add_argument("--port", type=int, default=3000, help="where the UI listens, for the progress link")
     bl.add_argument("--wait", action="store_true", help="wait until every run of the backfill has finished")
+
+    lc = sub.add_parser(
+        "load-csv",
+        parents=[common],
+        help="expand a FER2013 challenge CSV (emotion,pixels,Usage) anywhere on disk into the landing zone",
+    )
+    lc.add_argument("path", help="the CSV file (e.g. fer2013.csv)")
+    lc.add_argument("--json", action="store_true", help="print one JSON object")
 
     se = sub.add_parser(
         "search", parents=[common], help="the images most similar to an image or a loaded image id"
@@ -139,6 +147,8 @@ def _dispatch(args, home: Home) -> int:
         return bulk.run(home, args.host, args.port, args.wait)
     if args.command == "search":
         return _search(args, home)
+    if args.command == "load-csv":
+        return load_csv.run(home, args.path, args.json)
     if args.command == "dev":
         return dev.run(home, args.host, args.port, args.landing)
     if args.command == "serve":

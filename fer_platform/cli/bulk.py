@@ -22,6 +22,7 @@ import time
 import dagster as dg
 
 from fer_platform.cli.instance import LOCATION, local_dsn, prepare_dagster_home, write_workspace
+from fer_platform.core.challenge import expand_landing
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.ingest import pending_files
@@ -34,6 +35,14 @@ BULK_TAGS = {"fer/bulk": "true"}  # the run queue's limit on bulk runs (dagster.
 BACKFILL_TAG = "dagster/backfill"  # Dagster's tag of a backfill's runs
 LAUNCHED = re.compile(r"Launched backfill job `([^`]+)`")  # what `dagster job backfill` prints at the end
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def expand_challenge_csvs() -> None:
+    """Landing challenge CSVs not expanded yet become staged images first (one line per CSV)."""
+    res = resolved_resources(("landing", "lake", "postgres"))
+    storage = res["landing"].storage()
+    for report in expand_landing(storage, res["lake"].storage(), res["postgres"].get_dsn(), utc_today()):
+        print(f"challenge CSV {report.line()}", flush=True)
 
 
 def pending_partitions() -> tuple[list[str], int]:
@@ -105,6 +114,7 @@ def wait_for(backfill: str, runs_expected: int, timeout: float) -> int:
 
 def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> int:
     """``host`` and ``port``: where the UI of `fer-platform dev` listens, for the progress link."""
+    expand_challenge_csvs()
     keys, files = pending_partitions()
     if not keys:
         print("nothing to load: every landing file is in the load log")

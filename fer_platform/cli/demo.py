@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any, Optional
 
 from fer_platform.cli.instance import local_dsn, prepare_dagster_home
-from fer_platform.core import convergence, gold, ledger, liveness, models, training
+from fer_platform.core import challenge, convergence, gold, ledger, liveness, models, training
 from fer_platform.core.bronze import read_bronze
 from fer_platform.core.errors import ConfigError, DatabaseUnavailable, FerError
 from fer_platform.core.home import Home
@@ -195,6 +195,7 @@ def _run_demo(
         with connect(dsn) as conn:
             restored = convergence.restore_load_log(conn, lake)
             known = ledger.versions_under(conn, storage.uri())
+        challenge_csvs = challenge.expand_landing(storage, lake, dsn, utc_today())  # CSV rows -> images
         listing = storage.list_files()
         # the landing sensor's own planning, all at once: every settled file the load log lacks
         everything = AutoLoaderSettings(max_files_per_tick=max(1, len(listing)), settle_seconds=0)
@@ -292,6 +293,7 @@ def _run_demo(
         reembedded=[f"{e}|{d.isoformat()}" for e, d in reembedded],
         repaired=[f"{e}|{d.isoformat()}" for e, d in repaired],
         restored_load_log_rows=restored,
+        challenge_csv=[r.summary() for r in challenge_csvs],
         failed_dead_runs=dead,
         disagreements=final.lines(),
         seconds=round(time.monotonic() - started, 1),
@@ -449,6 +451,9 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     for q in summary["quarantined"]:
         w(f"    - {q['path']}: {q['reason']}\n")
     w(f"  ignored        {summary['ignored']}\n")
+    for c in summary.get("challenge_csv", []):
+        w(f"  challenge CSV  {c['line']}\n")
+        w("".join(f"    - {reason}\n" for reason in c["rows_quarantined"][: challenge.LOGGED_ROWS]))
     for key in ("model", "postgres_rows", "silver_rows", "index_size"):
         if key in summary:
             w(f"  {key:<14} {summary[key]}\n")

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from fer_platform.core import images
-from fer_platform.core.layout import BRONZE_IMAGES
+from fer_platform.core.layout import BRONZE_IMAGES, usage_of
 from fer_platform.core.storage import Storage
 
 MANIFEST_SCHEMA = pa.schema(
@@ -37,6 +37,9 @@ BRONZE_SCHEMA = pa.schema(
         ("filepath", pa.string()),
         ("name", pa.string()),
         ("split", pa.string()),
+        # Training, PublicTest or PrivateTest: the file name's prefix (a challenge CSV row's Usage, and
+        # Kaggle's own JPEG naming), else null
+        ("usage", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("mode", pa.string()),
@@ -73,6 +76,7 @@ def bronze_table(manifest: pa.Table, lake: Storage, run_id: str | None) -> pa.Ta
                 "filepath": r["filepath"],
                 "name": posixpath.basename(r["filepath"]),
                 "split": r["split"],
+                "usage": usage_of(r["filepath"]),
                 "width": width,
                 "height": height,
                 "mode": mode,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+USAGES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")  # FER2013's Usage values
 
 # Lake folders (relative to the lake root).
 RAW_IMAGES = "raw/images/fer2013"
@@ -28,6 +29,10 @@ LAKE_FOLDERS = ("raw", "bronze", "silver", "gold", "index", "models", "quarantin
 
 # Landing folders the listing never descends into: the archive of processed files.
 LANDING_ARCHIVE = "_archive"
+# The landing folder where a FER2013 challenge CSV is expanded into images, one folder per CSV:
+# ``_csv/<csv>/<split>/<emotion>/<Usage>_<row>.png`` (core/challenge.py); they load like any image.
+CSV_STAGING = "_csv"
+CSV_SOURCE = "a challenge CSV: expanded into images under _csv/ (core/challenge.py), not loaded as a file"
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
 
 
@@ -58,8 +63,15 @@ def route(key: str) -> Route:
         return Route(key, None, None, name, ignored="hidden or system file")
     if parts and parts[0] == LANDING_ARCHIVE:
         return Route(key, None, None, name, ignored="archive of processed files")
+    if is_csv_source(key):
+        return Route(key, None, None, name, ignored=CSV_SOURCE)
     if len(parts) == 1:
         return Route(key, None, None, name, ignored="stray file at the landing root")
+    if parts[0] == CSV_STAGING:  # an image expanded from a challenge CSV: _csv/<csv>/[split/]emotion/name
+        if len(parts) < 4:
+            problem = "not an image expanded from a challenge CSV: expected _csv/<csv>/[split/]emotion/name"
+            return Route(key, None, None, name, problem=problem)
+        parts = parts[2:]
 
     folder = parts[-2].lower()
     emotion = folder if folder in EMOTIONS else None
@@ -73,6 +85,30 @@ def route(key: str) -> Route:
         problem = f"unknown split folder '{parts[-3]}' (expected {' or '.join(SPLITS)})"
         split = None
     return Route(key, emotion, split, name, problem=problem)
+
+
+def is_csv_source(key: str) -> bool:
+    """Whether a landing key is a CSV to expand: ``*.csv`` anywhere but hidden, in the archive or staging."""
+    parts = [p for p in key.strip("/").split("/") if p]
+    return (
+        bool(parts)
+        and parts[-1].lower().endswith(".csv")
+        and not any(p.startswith(".") for p in parts)
+        and parts[0] not in (LANDING_ARCHIVE, CSV_STAGING)
+    )
+
+
+def usage_of(name: str) -> str | None:
+    """The Usage a file name carries (``Training_``, ``PublicTest_``, ``PrivateTest_``: a challenge CSV
+    row's staged image, and Kaggle's own JPEG naming), else None."""
+    base = posixpath.basename(name)
+    return next((u for u in USAGES if base.startswith(f"{u}_")), None)
+
+
+def csv_staging(source: str) -> str:
+    """The staging folder of a CSV (its landing key, or a path on disk): ``_csv/<the path, slashes made
+    safe>``, the name fitted."""
+    return posixpath.join(CSV_STAGING, fit_name(source.strip("/").replace("/", "~")))
 
 
 # A lake name leaves room for the temporary name of a write (".<name>.<pid>-<8 hex>.tmp", 24 bytes more)

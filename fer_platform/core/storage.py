@@ -7,6 +7,7 @@ ADLS Gen2 / Blob container prefix.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import os
@@ -16,10 +17,10 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -288,7 +289,20 @@ class Storage:
             raise FileTooLarge(f"larger than {max_bytes} bytes")
         return data
 
-    def _read_local(self, key: str, max_bytes: int | None) -> bytes:
+    @contextlib.contextmanager
+    def open_read(self, key: str, block_size: int = 1 << 20) -> Iterator[BinaryIO]:
+        """The file opened for streaming (read in pieces, never whole), with the same rules as read_bytes:
+        on a confined local root only a regular file inside the root is opened."""
+        if self.local:
+            f = self._open_local(key) if self.confined else open(self.path(key), "rb")
+        else:
+            self.fs.invalidate_cache(self.path(key))
+            f = self.fs.open(self.path(key), "rb", block_size=block_size)
+        with f:
+            yield f
+
+    def _open_local(self, key: str) -> BinaryIO:
+        """A regular file inside the root, opened without following a symbolic link."""
         if not self._inside(key):
             raise NotARegularFile("path through a symbolic link")
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -298,9 +312,9 @@ class Storage:
             if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symbolic link
                 raise NotARegularFile("symbolic link") from None
             raise
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            kind = special_kind(st.st_mode)
+        f = os.fdopen(fd, "rb")
+        try:
+            kind = special_kind(os.fstat(fd).st_mode)
             if kind != "file":
                 raise NotARegularFile(kind)
             opened = f"/proc/self/fd/{fd}"  # what was opened, whatever a folder on the path became meanwhile
@@ -308,6 +322,14 @@ class Storage:
                 os.path.realpath(self.root) + os.sep
             ):
                 raise NotARegularFile("path through a symbolic link")
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def _read_local(self, key: str, max_bytes: int | None) -> bytes:
+        with self._open_local(key) as f:
+            st = os.fstat(f.fileno())
             if max_bytes is None:
                 return f.read()
             if st.st_size > max_bytes:

@@ -12,7 +12,7 @@ from dagster._core.test_utils import create_run_for_test  # runs as the daemon w
 
 from fer_platform.assets.search import search_index
 from fer_platform.automation import runs
-from fer_platform.automation.jobs import INGEST_ASSETS
+from fer_platform.automation.jobs import INGEST_ASSETS, expand_csv_job
 from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core.ingest import ingest
 from fer_platform.core.pg.connect import connect
@@ -25,6 +25,7 @@ from fer_platform.resources import (
     LandingResource,
     PostgresResource,
 )
+from fer_platform_tests.core.test_challenge_csv import bad_rows, good_rows
 from fer_platform_tests.helpers import face, put
 
 T0 = float(int(time.time()) - 3600)  # files written an hour ago (whole seconds: exact in ns and us): settled
@@ -310,3 +311,64 @@ def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(reso
         shutil.rmtree(lake / "index")
         (publish,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
         assert publish.job_name == "publish_gold_and_index" and publish.partition_key is None
+
+
+def test_a_challenge_csv_gets_one_expansion_run_then_its_images_load_once(landing, lake, pg_dsn):
+    land(
+        landing,
+        "fer2013/fer2013.csv",
+        ("emotion,pixels,Usage\n" + "".join(good_rows()[:4]) + bad_rows()[0][0]).encode(),
+        T0,
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    requests, cursor, _ = tick(landing, pg_dsn, instance=instance, lake=lake)
+    assert [r.job_name for r in requests] == ["expand_challenge_csv"]  # the CSV itself is no file to ingest
+    (expand,) = requests
+    again, _, _ = tick(landing, pg_dsn, instance=instance, lake=lake, cursor=cursor)
+    assert [r.run_key for r in again] == [
+        expand.run_key
+    ]  # the same version: the same run, which Dagster drops
+
+    result = expand_csv_job.execute_in_process(
+        run_config=expand.run_config,
+        instance=instance,
+        resources={
+            "landing": LandingResource(url=str(landing)),
+            "lake": LakeResource(url=str(lake)),
+            "postgres": PostgresResource(dsn=pg_dsn),
+        },
+    )
+    assert result.success
+    (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = {k: v.value for k, v in output.event_specific_data.metadata.items()}
+    assert (metadata["rows_staged"], metadata["rows_quarantined"], metadata["status"]) == (4, 1, "expanded")
+
+    # the next tick: the staged images, one ingest run per emotion; the CSV is not expanded again
+    requests, cursor, _ = tick(landing, pg_dsn, instance=instance, lake=lake, cursor=cursor, settle_seconds=0)
+    assert {r.job_name for r in requests} == {"ingest_images"}
+    assert sorted(k for r in requests for k in files_of(r)) == [
+        "_csv/fer2013~fer2013.csv/test/happy/PublicTest_2.png",
+        "_csv/fer2013~fer2013.csv/test/sad/PrivateTest_3.png",
+        "_csv/fer2013~fer2013.csv/train/angry/Training_4.png",
+        "_csv/fer2013~fer2013.csv/train/happy/Training_1.png",
+    ]
+    load(landing, lake, pg_dsn, requests)
+    with connect(pg_dsn) as conn:
+        statuses = conn.execute("SELECT status, count(*) FROM load_log GROUP BY status").fetchall()
+    assert dict(statuses) == {"loaded": 4, "quarantined": 1}  # the bad row 5, logged by the expansion
+    none, _, _ = tick(landing, pg_dsn, instance=instance, lake=lake, cursor=cursor, settle_seconds=0)
+    assert none == []  # nothing to load or expand (only the repairs of the layers this test leaves out)
+
+
+def test_a_failed_expansion_is_asked_for_again_then_left_to_a_person(landing, lake, pg_dsn):
+    land(landing, "fer2013.csv", ("emotion,pixels,Usage\n" + good_rows()[0]).encode(), T0)
+    instance = dg.DagsterInstance.ephemeral()
+    keys = []
+    for attempt in range(1, 4):
+        (request,) = tick(landing, pg_dsn, instance=instance, lake=lake, retry_after_seconds=0)[0]
+        assert request.job_name == "expand_challenge_csv" and request.tags["fer/attempt"] == str(attempt)
+        keys.append(request.run_key)
+        (run,) = submit(instance, [request])
+        instance.report_run_failed(run)
+    assert len(set(keys)) == 3  # each attempt a run of its own
+    assert tick(landing, pg_dsn, instance=instance, lake=lake, retry_after_seconds=0)[0] == []  # 3 failed

@@ -6,9 +6,12 @@ import re
 import subprocess
 import sys
 
+import pyarrow.dataset as ds
 import pytest
 
+from fer_platform.core.challenge import EMOTION_CODES
 from fer_platform.core.sample_data import write_sample_landing
+from fer_platform_tests.core.test_challenge_csv import bad_rows, row
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +153,48 @@ def test_the_demo_trains_the_emotion_model_and_its_search_finds_the_same_express
     assert second["runs"] == [] and second["training"]["trained"] is False
     assert second["model"] == model and second["agreement"] == agreement
     assert second["search_example"] == example and second["disagreements"] == []
+
+
+def test_a_challenge_csv_in_the_landing_zone_loads_every_good_row_once(home, tmp_path):
+    """fer2013.csv's format with malformed rows, through every layer; again (nothing new); appended."""
+    usages = ("Training", "Training", "PublicTest", "PrivateTest")
+    good = [row(EMOTION_CODES[i % 7], 100 + i, usages[i % 4]) for i in range(24)]
+    bad = [line for line, _ in bad_rows()]
+    landing = tmp_path / "landing"
+    csv = landing / "fer2013" / "fer2013.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("emotion,pixels,Usage\n" + "".join(good[:10] + bad + good[10:20]))
+
+    first = _demo(home, landing)
+    (expanded,) = first["challenge_csv"]
+    assert expanded["rows_staged"] == 20 and len(expanded["rows_quarantined"]) == len(bad)
+    assert [r.split(":")[0] for r in expanded["rows_quarantined"]] == [f"row {n}" for n in range(11, 17)]
+    assert (
+        first["files_seen"] == 21 and first["ignored"] == 1 and first["not_logged"] == 0
+    )  # the CSV: expanded
+    assert first["loaded"] == 20 and first["new_files"] == 20
+    assert first["load_log_totals"] == {"loaded": 20, "quarantined": len(bad)}
+    assert first["postgres_rows"] == first["silver_rows"] == first["index_size"] == 20
+    assert all(r["success"] for r in first["runs"]) and first["disagreements"] == []
+    bronze = ds.dataset(home / "lake" / "bronze" / "images", format="parquet", partitioning="hive").to_table()
+    by_usage = {u: bronze.filter(ds.field("usage") == u).num_rows for u in usages[1:]}
+    assert by_usage == {"Training": 10, "PublicTest": 5, "PrivateTest": 5}
+    assert sorted(set(zip(bronze["usage"].to_pylist(), bronze["split"].to_pylist(), strict=True))) == [
+        ("PrivateTest", "test"),
+        ("PublicTest", "test"),
+        ("Training", "train"),
+    ]
+
+    second = _demo(home, landing)
+    assert second["challenge_csv"] == [] and second["runs"] == [] and second["new_files"] == 0
+    assert second["load_log_totals"] == first["load_log_totals"] and second["silver_rows"] == 20
+
+    with open(csv, "a") as f:
+        f.write("".join(good[20:] + bad[:1]))
+    third = _demo(home, landing)
+    (appended,) = third["challenge_csv"]
+    assert appended["rows_staged"] == 4 and appended["rows_skipped"] == 26
+    assert appended["rows_quarantined"][0].startswith("row 31: ")
+    assert third["new_files"] == 4 and third["loaded"] == 24
+    assert third["load_log_totals"] == {"loaded": 24, "quarantined": len(bad) + 1}
+    assert third["postgres_rows"] == third["silver_rows"] == third["index_size"] == 24

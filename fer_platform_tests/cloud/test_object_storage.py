@@ -4,7 +4,10 @@ import datetime as dt
 
 import pytest
 
+from fer_platform.core.challenge import expand_csv
+from fer_platform.core.storage import Storage
 from fer_platform.resources.environments import resolved_resources
+from fer_platform_tests.core.test_challenge_csv import DAY, bad_rows, good_rows
 
 NOW_SLACK = dt.timedelta(minutes=2)
 
@@ -68,3 +71,30 @@ def test_listings_see_what_other_clients_wrote_and_deleted(cloud_store, landing)
     assert [(e.key, e.size) for e in landing.list_files()] == [("train/fear/two.png", 2)]
     assert landing.stat_many(["train/fear/one.png"]) == ([], ["train/fear/one.png"])
     assert not landing.exists("train/fear/one.png")
+
+
+def test_a_challenge_csv_in_an_object_store_is_streamed_and_expanded_once(
+    cloud_store, landing, pg_dsn, tmp_path
+):
+    """The CSV read through the store's streaming open; an appended (re-uploaded, longer) CSV resumes."""
+    lake = Storage(str(tmp_path / "lake"))
+    header = "emotion,pixels,Usage\n"
+    landing.write_bytes(
+        "fer2013/fer2013.csv", (header + "".join(good_rows()[:3]) + bad_rows()[0][0]).encode()
+    )
+    first = expand_csv(landing, "fer2013/fer2013.csv", landing, lake, pg_dsn, DAY)
+    assert (first.good, [n for n, _ in first.quarantined]) == (3, [4])
+    staged = [e.key for e in landing.list_files("_csv")]
+    assert staged == [
+        "_csv/fer2013~fer2013.csv/test/happy/PublicTest_2.png",
+        "_csv/fer2013~fer2013.csv/test/sad/PrivateTest_3.png",
+        "_csv/fer2013~fer2013.csv/train/happy/Training_1.png",
+    ]
+    assert expand_csv(landing, "fer2013/fer2013.csv", landing, lake, pg_dsn, DAY).status == "unchanged"
+
+    landing.write_bytes(
+        "fer2013/fer2013.csv",
+        (header + "".join(good_rows()[:3]) + bad_rows()[0][0] + good_rows()[3]).encode(),
+    )
+    appended = expand_csv(landing, "fer2013/fer2013.csv", landing, lake, pg_dsn, DAY)
+    assert appended.resumed and (appended.skipped, appended.good, appended.quarantined) == (4, 1, [])

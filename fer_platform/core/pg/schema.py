@@ -72,6 +72,21 @@ _STATUS_CHECK_PRESENT = f"""SELECT count(*) FROM pg_constraint
     WHERE conrelid = to_regclass('{LOAD_LOG_TABLE}') AND conname = '{STATUS_CHECK}'
       AND pg_get_constraintdef(oid) LIKE '%conflict%' AND to_regclass('{SHA256_INDEX}') IS NOT NULL"""
 # ---- end of issue 14, duplicates ----
+# ---- the challenge CSV's checkpoint (core/challenge.py): per CSV source, what its expansion consumed
+CSV_CHECKPOINT_TABLE = "csv_checkpoint"
+SCHEMA.append(
+    f"""
+    CREATE TABLE IF NOT EXISTS {CSV_CHECKPOINT_TABLE} (
+        source         text PRIMARY KEY,
+        bytes_consumed bigint NOT NULL,
+        rows_consumed  bigint NOT NULL,
+        prefix_sha256  text NOT NULL,
+        size           bigint,
+        modified_at    timestamptz,
+        updated_at     timestamptz NOT NULL DEFAULT now()
+    )"""
+)
+# ---- end of the challenge CSV's checkpoint
 
 VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
 VECTOR_INDEX_DDL = (
@@ -86,6 +101,7 @@ SCHEMA_OBJECTS = (
     f"{LOAD_LOG_TABLE}_loaded_sha256",
     f"{LOAD_LOG_TABLE}_partition",
     f"{LOAD_LOG_TABLE}_source",
+    CSV_CHECKPOINT_TABLE,  # the challenge CSV's checkpoint
 )
 
 
