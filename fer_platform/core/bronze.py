@@ -107,6 +107,9 @@ LABELLED_COLUMNS = [
 ]  # emotion, load_date: the Hive folders
 
 
+HIVE_KEYS = ("emotion", "load_date")  # bronze's Hive folders
+
+
 def read_labelled(lake: Storage) -> pa.Table:
     """The bronze rows a model trains on and is judged on: both splits, each image with its emotion."""
     return read_bronze(lake, LABELLED_COLUMNS, splits=["train", "test"])
@@ -123,7 +126,12 @@ def read_bronze(lake: Storage, columns: list[str] | None = None, splits: list[st
                 for c in (columns or BRONZE_SCHEMA.names)
             }
         )
-    dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs)
+    # The full schema, not the first file's: a partition written before a column existed (``usage``) reads
+    # that column as null instead of hiding it from every other partition.
+    schema = pa.schema(
+        [f for f in BRONZE_SCHEMA if f.name not in HIVE_KEYS] + [pa.field(k, pa.string()) for k in HIVE_KEYS]
+    )
+    dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs, schema=schema)
     flt = ds.field("split").isin(splits) if splits else None
     table = dataset.to_table(columns=columns, filter=flt)
     if "load_date" in table.column_names and table.schema.field("load_date").type == pa.string():
