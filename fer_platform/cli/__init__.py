@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from fer_platform.cli import demo, dev
+from fer_platform.cli.instance import current_resources
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import describe, masked
@@ -170,10 +171,7 @@ def _db(action: str, home: Home) -> int:
 
 
 def _search(args, home: Home) -> int:
-    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
-
-    os.environ["FER_HOME"] = str(home.root)
-    res = resolved_resources(("lake", "embedder", "postgres"))
+    res = current_resources(home, ("lake", "embedder", "postgres"))
     lake, embedder = res["lake"].storage(), res["embedder"]
     image = None
     if args.image:

@@ -21,13 +21,18 @@ import time
 
 import dagster as dg
 
-from fer_platform.cli.instance import LOCATION, local_dsn, prepare_dagster_home, write_workspace
+from fer_platform.cli.instance import (
+    LOCATION,
+    current_resources,
+    prepare_dagster_home,
+    write_workspace,
+)
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.ingest import pending_files
 from fer_platform.core.layout import route
+from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources.environments import resolved_resources
 
 JOB = "bulk_load"
 BULK_TAGS = {"fer/bulk": "true"}  # the run queue's limit on bulk runs (dagster.yaml); the job carries it too
@@ -36,18 +41,18 @@ LAUNCHED = re.compile(r"Launched backfill job `([^`]+)`")  # what `dagster job b
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
-def pending_partitions() -> tuple[list[str], int]:
+def pending_partitions(landing: Storage, dsn: str) -> tuple[list[str], int]:
     """Today's partition keys of the emotions that have landing files not in the load log yet."""
-    res = resolved_resources(("landing", "postgres"))
-    pending, _ = pending_files(res["landing"].storage(), res["postgres"].get_dsn())
+    pending, _ = pending_files(landing, dsn)
     emotions = sorted({route(e.key).emotion for e in pending} - {None})
     today = utc_today()
     return [str(partition_key(e, today)) for e in emotions], len(pending)
 
 
-def launch(home: Home, keys: list[str]) -> str:
-    """Backfill ``bulk_load`` over ``keys`` with ``dagster job backfill`` on the home's instance; its id."""
-    prepare_dagster_home(home, local_dsn(home))  # DAGSTER_HOME (and FER_DAGSTER_PG_URL) for the command
+def launch(home: Home, dsn: str, keys: list[str]) -> str:
+    """Backfill ``bulk_load`` over ``keys`` with ``dagster job backfill`` on the home's instance (its storage
+    on ``dsn``'s server); the backfill's id."""
+    prepare_dagster_home(home, dsn)  # DAGSTER_HOME (and FER_DAGSTER_PG_URL) for the command
     cmd = [
         sys.executable,
         "-m",
@@ -105,11 +110,13 @@ def wait_for(backfill: str, runs_expected: int, timeout: float) -> int:
 
 def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> int:
     """``host`` and ``port``: where the UI of `fer-platform dev` listens, for the progress link."""
-    keys, files = pending_partitions()
+    res = current_resources(home, ("landing", "postgres"))  # the environment's, as the runs will see them
+    dsn = res["postgres"].get_dsn()
+    keys, files = pending_partitions(res["landing"].storage(), dsn)
     if not keys:
         print("nothing to load: every landing file is in the load log")
         return 0
-    backfill = launch(home, keys)
+    backfill = launch(home, dsn, keys)
     print(
         f"bulk load of {files} pending files: backfill {backfill} over {len(keys)} partitions "
         f"({', '.join(keys)}); progress: http://{host}:{port}/overview/backfills/{backfill}",
