@@ -14,6 +14,7 @@ import pytest
 
 from fer_platform.core.pg.connect import ensure_database
 from fer_platform.core.sample_data import write_sample_landing
+from fer_platform_tests import servers
 from fer_platform_tests.cloud.conftest import unique
 from fer_platform_tests.helpers import face
 
@@ -146,3 +147,25 @@ def test_demo_search_and_bulk_load_give_the_local_figures(env, local_run, reques
     assert cloud["by_image"] == local_run["by_image"] and len(cloud["by_image"][1]) == 10
     assert cloud["bulk"] == local_run["bulk"] and cloud["bulk"][:2] == (len(EXTRA), 2)
     assert "Traceback" not in cloud["stderr"]
+
+
+def test_a_store_that_cannot_be_reached_is_one_line_for_every_command(moto_s3, tmp_path):
+    """FER_ENV=aws on a bucket that does not exist: each command stops at start with one line naming the
+    URL, no traceback, nothing half done."""
+    variables = {
+        "FER_ENV": "aws",
+        "FER_LAKE_URL": "s3://no-such-bucket/lake",
+        "FER_LANDING": "s3://no-such-bucket/landing",
+        "FER_S3_ENDPOINT_URL": moto_s3.endpoint,
+        "FER_PG_DSN": "postgresql://fer:pw@127.0.0.1:9/fer",
+        **servers.MOTO_CREDENTIALS,
+    }
+    image = tmp_path / "q.png"
+    image.write_bytes(face("happy", 1))
+    for args in (["demo"], ["search", "--image", str(image)], ["bulk-load"]):
+        out = _cli(tmp_path / "home", variables, *args)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, (args, out.stderr[-3000:])
+        assert lines[0].startswith("error: s3://no-such-bucket/") and lines[0].endswith(
+            "there is no container or bucket named 'no-such-bucket'"
+        ), (args, lines[0])
