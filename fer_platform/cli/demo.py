@@ -169,8 +169,8 @@ def _run_demo(
     dsn = res["postgres"].get_dsn()
     prepare_dagster_home(home, dsn)
 
-    # dagster only now: the CLI stays light, and fer_platform.definitions builds its defs at import from
-    # the environment set above
+    # the code location only now: fer_platform.definitions builds its defs at import from the environment
+    # set above
     import dagster as dg  # deferred: loads dagster
 
     from fer_platform.assets.raw import ingest_run_config  # deferred: loads dagster
