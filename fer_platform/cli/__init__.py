@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from fer_platform.cli import demo, dev, load_csv
+from fer_platform.cli.instance import current_dsn, current_resources, prepare_dagster_home
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import describe, masked
@@ -162,9 +163,11 @@ def _dispatch(args, home: Home) -> int:
 def _db(action: str, home: Home) -> int:
     external = os.environ.get("FER_PG_DSN")
     if action == "start":
-        dsn = external or embedded_start(home.postgres)
+        # an external server as the environment's runs reach it (an Entra token with FER_PG_ENTRA_AUTH)
+        dsn = current_dsn(home) if external else embedded_start(home.postgres)
         ensure_schema(dsn)
-        print(f"PostgreSQL ready at {describe(dsn)}")
+        prepare_dagster_home(home, dsn)  # for Dagster's own commands (README: running any job or partition)
+        print(f"PostgreSQL ready at {describe(dsn)}; Dagster instance in {home.dagster}")
     elif action == "stop":
         if external:
             print("FER_PG_DSN names an external server; nothing to stop")
@@ -180,10 +183,7 @@ def _db(action: str, home: Home) -> int:
 
 
 def _search(args, home: Home) -> int:
-    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
-
-    os.environ["FER_HOME"] = str(home.root)
-    res = resolved_resources(("lake", "embedder", "postgres"))
+    res = current_resources(home, ("lake", "embedder", "postgres"))
     lake, embedder = res["lake"].storage(), res["embedder"]
     image = None
     if args.image:

@@ -21,14 +21,19 @@ import time
 
 import dagster as dg
 
-from fer_platform.cli.instance import LOCATION, local_dsn, prepare_dagster_home, write_workspace
+from fer_platform.cli.instance import (
+    LOCATION,
+    current_resources,
+    prepare_dagster_home,
+    write_workspace,
+)
 from fer_platform.core.challenge import expand_landing
 from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.ingest import pending_files
 from fer_platform.core.layout import route
+from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform.resources.environments import resolved_resources
 
 JOB = "bulk_load"
 BULK_TAGS = {"fer/bulk": "true"}  # the run queue's limit on bulk runs (dagster.yaml); the job carries it too
@@ -37,26 +42,24 @@ LAUNCHED = re.compile(r"Launched backfill job `([^`]+)`")  # what `dagster job b
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
-def expand_challenge_csvs() -> None:
+def expand_challenge_csvs(landing: Storage, lake: Storage, dsn: str) -> None:
     """Landing challenge CSVs not expanded yet become staged images first (one line per CSV)."""
-    res = resolved_resources(("landing", "lake", "postgres"))
-    storage = res["landing"].storage()
-    for report in expand_landing(storage, res["lake"].storage(), res["postgres"].get_dsn(), utc_today()):
+    for report in expand_landing(landing, lake, dsn, utc_today()):
         print(f"challenge CSV {report.line()}", flush=True)
 
 
-def pending_partitions() -> tuple[list[str], int]:
+def pending_partitions(landing: Storage, dsn: str) -> tuple[list[str], int]:
     """Today's partition keys of the emotions that have landing files not in the load log yet."""
-    res = resolved_resources(("landing", "postgres"))
-    pending, _ = pending_files(res["landing"].storage(), res["postgres"].get_dsn())
+    pending, _ = pending_files(landing, dsn)
     emotions = sorted({route(e.key).emotion for e in pending} - {None})
     today = utc_today()
     return [str(partition_key(e, today)) for e in emotions], len(pending)
 
 
-def launch(home: Home, keys: list[str]) -> str:
-    """Backfill ``bulk_load`` over ``keys`` with ``dagster job backfill`` on the home's instance; its id."""
-    prepare_dagster_home(home, local_dsn(home))  # DAGSTER_HOME (and FER_DAGSTER_PG_URL) for the command
+def launch(home: Home, dsn: str, keys: list[str]) -> str:
+    """Backfill ``bulk_load`` over ``keys`` with ``dagster job backfill`` on the home's instance (its storage
+    on ``dsn``'s server); the backfill's id."""
+    prepare_dagster_home(home, dsn)  # DAGSTER_HOME (and FER_DAGSTER_PG_URL) for the command
     cmd = [
         sys.executable,
         "-m",
@@ -114,12 +117,14 @@ def wait_for(backfill: str, runs_expected: int, timeout: float) -> int:
 
 def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> int:
     """``host`` and ``port``: where the UI of `fer-platform dev` listens, for the progress link."""
-    expand_challenge_csvs()
-    keys, files = pending_partitions()
+    res = current_resources(home, ("landing", "lake", "postgres"))  # the environment's, as runs see them
+    dsn = res["postgres"].get_dsn()
+    expand_challenge_csvs(res["landing"].storage(), res["lake"].storage(), dsn)
+    keys, files = pending_partitions(res["landing"].storage(), dsn)
     if not keys:
         print("nothing to load: every landing file is in the load log")
         return 0
-    backfill = launch(home, keys)
+    backfill = launch(home, dsn, keys)
     print(
         f"bulk load of {files} pending files: backfill {backfill} over {len(keys)} partitions "
         f"({', '.join(keys)}); progress: http://{host}:{port}/overview/backfills/{backfill}",

@@ -21,14 +21,13 @@ import traceback
 from collections import Counter
 from typing import Any, Optional
 
-from fer_platform.cli.instance import local_dsn, prepare_dagster_home
+from fer_platform.cli.instance import current_resources, prepare_dagster_home
 from fer_platform.core import challenge, convergence, gold, ledger, liveness, models, training
 from fer_platform.core.bronze import read_bronze
 from fer_platform.core.errors import ConfigError, DatabaseUnavailable, FerError
 from fer_platform.core.home import Home
 from fer_platform.core.layout import route
 from fer_platform.core.pg.connect import connect, describe
-from fer_platform.core.pg.schema import ensure_schema
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
 from fer_platform.core.report import format_distances
 from fer_platform.core.sample_data import write_sample_landing
@@ -164,12 +163,14 @@ def _run_demo(
     os.environ["FER_HOME"] = str(home.root)
     os.environ["FER_LANDING"] = landing_url
 
-    dsn = local_dsn(home)
-    ensure_schema(dsn)
+    # the environment's lake, landing zone, PostgreSQL and embedder, resolved as a run resolves them (its
+    # store's endpoint and credentials applied, each store checked): the demo reads what its runs write
+    res = current_resources(home, ("lake", "landing", "postgres", "embedder"))
+    dsn = res["postgres"].get_dsn()
     prepare_dagster_home(home, dsn)
 
-    # dagster only now: the CLI stays light, and fer_platform.definitions builds its defs at import from
-    # the environment set above
+    # the code location only now: fer_platform.definitions builds its defs at import from the environment
+    # set above
     import dagster as dg  # deferred: loads dagster
 
     from fer_platform.assets.raw import ingest_run_config  # deferred: loads dagster
@@ -181,13 +182,12 @@ def _run_demo(
     from fer_platform.resources.environments import resources_for  # deferred: loads dagster
 
     defs = build_definitions(resources_for())
-    lake = defs.resources["lake"].storage()
-    embedder = defs.resources["embedder"]
+    lake, embedder = res["lake"].storage(), res["embedder"]
     # the emotion model is trained when the served weights follow the approved model (auto, tuned): the
     # first time before anything is embedded, so that the images are embedded once, by the model that serves
     model_step = TrainingStep(trains, embedder.weights, embedder.follows_approval)
     first_model = model_step.wanted and models.approved_model(lake) is None
-    storage = Storage(landing_url, confined=True)
+    storage = res["landing"].storage()
     runs: list[dict] = []
     tags = {WORKER_TAG: liveness.this_worker(), "fer/trigger": "demo"}
     with dg.DagsterInstance.get() as instance:

@@ -13,18 +13,15 @@ from typing import Optional
 
 import psutil
 
-from fer_platform.cli.instance import local_dsn, prepare_dagster_home, write_workspace
+from fer_platform.cli.instance import current_dsn, prepare_dagster_home, write_workspace
 from fer_platform.core.home import Home
-from fer_platform.core.pg.schema import ensure_schema
 
 
 def start(
     home: Home, host: str = "127.0.0.1", port: int = 3000, landing: Optional[str] = None
 ) -> subprocess.Popen:
     """Prepare the instance and start `dagster dev` in a new session (its own process group)."""
-    dsn = local_dsn(home)
-    ensure_schema(dsn)
-    prepare_dagster_home(home, dsn)
+    prepare_dagster_home(home, current_dsn(home))
     env = dict(os.environ, FER_HOME=str(home.root), DAGSTER_HOME=str(home.dagster))
     if landing:
         env["FER_LANDING"] = landing

@@ -16,7 +16,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import ensure_database, is_local_host
-from fer_platform.core.pg.embedded import embedded_start
 from fer_platform.core.pg.schema import DAGSTER_DATABASE
 
 LOCATION = "fer_platform"  # the code location's name: runs launched from the CLI must name the daemon's
@@ -78,9 +77,22 @@ nux:
 """
 
 
-def local_dsn(home: Home) -> str:
-    """``FER_PG_DSN`` if set, else the embedded server under the home (started if needed)."""
-    return os.environ.get("FER_PG_DSN") or embedded_start(home.postgres)
+def current_resources(home: Home, keys: tuple[str, ...]) -> dict:
+    """The resources ``keys`` (lake, landing, postgres, embedder, ...) of the current environment (FER_ENV,
+    its lake and landing on the home's folders locally), resolved as a run resolves them: the store's
+    settings (endpoint, credentials) and every ``dg.EnvVar`` applied, the stores checked (one line if one
+    cannot be reached). The one way every command reaches the data of its environment outside a run."""
+    os.environ["FER_HOME"] = str(home.root)  # the local environment's folders, here and in child processes
+    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
+
+    return resolved_resources(keys)
+
+
+def current_dsn(home: Home) -> str:
+    """The current environment's PostgreSQL (FER_PG_DSN, else the embedded server under the home, started
+    if needed), as its runs reach it (an Entra token as password with FER_PG_ENTRA_AUTH), with the
+    fer-platform schema."""
+    return current_resources(home, ("postgres",))["postgres"].get_dsn()
 
 
 def sqlalchemy_url(dsn: str) -> tuple[str, bool]:

@@ -9,10 +9,10 @@ landing sensor (`fer-platform dev`) or `fer-platform demo` then loads the staged
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
+from fer_platform.cli.instance import current_resources
 from fer_platform.core.challenge import LOGGED_ROWS, expand_csv
 from fer_platform.core.home import Home
 from fer_platform.core.storage import Storage
@@ -24,10 +24,8 @@ def run(home: Home, path: str, as_json: bool = False) -> int:
         print(f"error: {path}: no such file", file=sys.stderr)
         return 2
     from fer_platform.partitions import utc_today  # deferred: loads dagster
-    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
 
-    os.environ["FER_HOME"] = str(home.root)
-    res = resolved_resources(("landing", "lake", "postgres"))
+    res = current_resources(home, ("landing", "lake", "postgres"))  # the environment's, as runs see them
     landing = res["landing"].storage()
     source = Storage(str(full.parent))
     report = expand_csv(

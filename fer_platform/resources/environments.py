@@ -13,7 +13,7 @@ from typing import Optional
 import dagster as dg
 
 from fer_platform.core import cloud
-from fer_platform.core.errors import ConfigError
+from fer_platform.core.errors import ConfigError, FerError
 from fer_platform.core.home import Home
 from fer_platform.io_managers.parquet import LakeIOManager
 from fer_platform.io_managers.pgvector import PgVectorIOManager
@@ -223,5 +223,15 @@ def resolved_resources(keys: tuple[str, ...], env: str | None = None) -> dict:
     """Some of the environment's resources with their ``dg.EnvVar`` settings resolved, for code that
     runs outside a Dagster run (the CLI). These resources hold no open handles to tear down."""
     resources = resources_for(env)
-    with dg.build_resources({k: resources[k] for k in keys}) as built:
-        return {k: getattr(built, k) for k in keys}
+    try:
+        with dg.build_resources({k: resources[k] for k in keys}) as built:
+            return {k: getattr(built, k) for k in keys}
+    except dg.DagsterUserCodeExecutionError as exc:
+        # a store that cannot be reached (checked at setup) is its own one line, as in a run, not Dagster's
+        # wrapping of it (once per nesting: the embedder holds the lake)
+        error: BaseException = exc
+        while isinstance(error, dg.DagsterUserCodeExecutionError):
+            error = error.user_exception
+        if isinstance(error, FerError):
+            raise error from None
+        raise
