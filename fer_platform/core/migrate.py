@@ -56,6 +56,7 @@ from fer_platform.core.pg.schema import (
     VECTOR_INDEX,
     VECTOR_INDEX_DDL,
     VECTORS_TABLE,
+    classic_contract_present,
     ensure_schema,
 )
 
@@ -143,7 +144,7 @@ def migrate_vectors(
     where = f"{describe(source_dsn)} -> {describe(target_dsn)}"
     if describe(source_dsn) == describe(target_dsn):
         raise MigrationError(f"source and target are the same database ({describe(source_dsn)})")
-    ensure_schema(source_dsn)  # an older source: rows marked as the platform's, paths made lake-relative
+    _upgrade_source(source_dsn)
     ensure_schema(target_dsn, vector_index=False)
     with connect(source_dsn, autocommit=True) as source, connect(target_dsn, autocommit=True) as target:
         for conn in (source, target):
@@ -209,6 +210,18 @@ def migrate_vectors(
         seconds=round(time.monotonic() - started, 3),
         foreign_rows_left=int(foreign),
     )
+
+
+def _upgrade_source(dsn: str) -> None:
+    """A source whose vectors table predates the ``written_by`` column gets the current schema first (its
+    rows marked as the platform's, their paths made lake-relative); a source without the table is left as
+    it is, for ``_check_source`` to refuse."""
+    with connect(dsn) as conn:
+        older = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()[0] and not (
+            classic_contract_present(conn)
+        )
+    if older:
+        ensure_schema(dsn)
 
 
 def _check_source(source: psycopg.Connection, dsn: str) -> None:
