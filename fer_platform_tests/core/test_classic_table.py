@@ -86,10 +86,12 @@ def test_an_older_table_is_migrated_once(pg_server):
             ("old2", "raw/images/fer2013/train/sad/c.png", "fer-platform"),
         ]
         assert schema_present(conn), "the next run finds it by a catalog read: no DDL, no lock"
-        # the seed's query builds a valid path again
-        assert conn.execute(
-            "SELECT 'lake/' || filepath FROM imagenes_fer WHERE image_id = 'old2'"
-        ).fetchone() == ("lake/raw/images/fer2013/train/sad/c.png",)
+        # the README's expression of the seed's layout
+        seed_path = conn.execute(
+            "SELECT regexp_replace(filepath, '^raw/images/fer2013/', 'raw/imagenes/') FROM imagenes_fer "
+            "WHERE image_id = 'old2'"
+        ).fetchone()
+        assert seed_path == ("raw/imagenes/train/sad/c.png",)
         row_id = _classic_insert(conn)
         before = _all(conn)
     ensure_schema(dsn)  # idempotent: the classic row stays external, nothing changes
