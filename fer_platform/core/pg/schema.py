@@ -136,8 +136,9 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
             ensure_vector_extension(conn, dsn)
             for stmt in SCHEMA:
                 conn.execute(stmt)
-            for stmt in CLASSIC_CONTRACT_MIGRATION:
-                conn.execute(stmt)
+            if not classic_contract_present(conn):  # ALTER TABLE locks the table: only when needed
+                for stmt in CLASSIC_CONTRACT_MIGRATION:
+                    conn.execute(stmt)
             if vector_index:
                 conn.execute(VECTOR_INDEX_DDL)
 
