@@ -27,9 +27,10 @@ without it the run stops before changing anything (the target may have moved on)
 Only the platform's rows are migrated (``written_by``, see ``pg.schema``): rows other clients
 inserted on the source stay there (counted in the report), and those on the target are never
 deleted or replaced; one holding an id the source's rows need stops the run in one line.
-Both schemas are brought to the current one first (``ensure_schema`` on each side: an older
-source has its rows marked as the platform's and its file paths made lake-relative), so the
-paths copied are ``raw/images/fer2013/...`` and stay valid on any server.
+The target, and a source whose table predates ``written_by``, are brought to the current
+schema first (``ensure_schema``: an older table has its rows marked as the platform's and its
+file paths made lake-relative), so the paths copied are ``raw/images/fer2013/...`` and stay
+valid on any server.
 
 Why not pg_dump/pg_restore: ``pg_dump`` refuses servers newer than itself (Debian's 15
 client here, the embedded server is 18), ``pg_restore`` of a newer dump into an older
