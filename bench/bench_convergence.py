@@ -22,6 +22,7 @@ from common import Timer, row, workspace
 from fer_platform.core import convergence, ledger
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect
+from fer_platform.core.pg.schema import PLATFORM_WRITER
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick
 from fer_platform.core.storage import Storage
 
@@ -70,11 +71,15 @@ def main(n: int) -> None:
         with connect(dsn) as conn:
             ledger.insert(conn, rows)
             with conn.cursor().copy(
-                "COPY imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) FROM STDIN"
+                "COPY imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model, "
+                "written_by) "
+                "FROM STDIN"
             ) as copy:
                 for r in rows:
                     vec = "[" + ",".join(f"{x:.4f}" for x in rng.standard_normal(512)) + "]"
-                    copy.write_row((r.lake_path, r.emotion, vec, r.sha256, "train", r.load_date, MODEL))
+                    copy.write_row(
+                        (r.lake_path, r.emotion, vec, r.sha256, "train", r.load_date, MODEL, PLATFORM_WRITER)
+                    )
             conn.commit()
             conn.execute("ANALYZE")
         store, landing_store = Storage(str(lake)), Storage(str(landing))

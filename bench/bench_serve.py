@@ -37,7 +37,7 @@ from pgvector.psycopg import register_vector
 from fer_platform.core.embedding import EmbedderSpec, model_id
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect
-from fer_platform.core.pg.schema import VECTOR_INDEX, VECTOR_INDEX_DDL, VECTORS_TABLE
+from fer_platform.core.pg.schema import PLATFORM_WRITER, VECTOR_INDEX, VECTOR_INDEX_DDL, VECTORS_TABLE
 from fer_platform.core.sample_data import render_face
 from fer_platform.core.search.build import build_index
 from fer_platform.core.search.index import index_dir, single_thread
@@ -70,10 +70,11 @@ def load_postgres(dsn: str, silver: pa.Table, vectors: np.ndarray) -> None:
         register_vector(conn)
         conn.execute(f"DROP INDEX IF EXISTS {VECTOR_INDEX}")  # built once after the COPY: much faster
         with conn.cursor().copy(
-            f"COPY {VECTORS_TABLE} (filepath, emotion, vector, image_id, split, load_date, model) "
+            f"COPY {VECTORS_TABLE} (filepath, emotion, vector, image_id, split, load_date, model, "
+            "written_by) "
             "FROM STDIN (FORMAT BINARY)"
         ) as cp:
-            cp.set_types(["text", "text", "vector", "text", "text", "date", "text"])
+            cp.set_types(["text", "text", "vector", "text", "text", "date", "text", "text"])
             for path, emotion, image_id, v in zip(
                 silver["filepath"].to_pylist(),
                 silver["emotion"].to_pylist(),
@@ -81,7 +82,9 @@ def load_postgres(dsn: str, silver: pa.Table, vectors: np.ndarray) -> None:
                 vectors,
                 strict=True,
             ):
-                cp.write_row((path, emotion, v, image_id, "train", dt.date(2025, 1, 1), MODEL))
+                cp.write_row(
+                    (path, emotion, v, image_id, "train", dt.date(2025, 1, 1), MODEL, PLATFORM_WRITER)
+                )
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute(VECTOR_INDEX_DDL)
         conn.commit()

@@ -4,6 +4,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import psycopg
 from PIL import Image
 
 from fer_platform.core.sample_data import render_face
@@ -37,3 +38,41 @@ def folder_resources(dsn: str, lake: Path, landing: Path, **embedder) -> dict:
     if embedder:
         res.update(vector_resources(res["postgres"], EmbedderResource(lake=res["lake"], **embedder)))
     return res
+
+
+# The vectors table as it was before the classic contract (issue 14): NOT NULL image_id, load_date and model,
+# no written_by; the platform wrote absolute paths or URIs. For tests of the migration of older databases.
+OLD_VECTORS_TABLE = """
+    CREATE EXTENSION IF NOT EXISTS vector;
+    CREATE TABLE imagenes_fer (
+        id          bigserial PRIMARY KEY,
+        filepath    text NOT NULL,
+        emotion     text NOT NULL,
+        vector      vector(512) NOT NULL,
+        image_id    text NOT NULL,
+        split       text,
+        load_date   date NOT NULL,
+        model       text NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (image_id, model)
+    );
+    CREATE INDEX imagenes_fer_vector_hnsw ON imagenes_fer USING hnsw (vector vector_cosine_ops)"""
+OLD_PATHS = (
+    "/home/ana/fer/lake/raw/images/fer2013/train/happy/a.png",
+    "abfs://lake@acct.dfs.core.windows.net/fer/raw/images/fer2013/test/happy/b.png",
+    "s3://fer-lake/raw/images/fer2013/train/sad/c.png",
+)
+
+
+def old_vectors_table(dsn: str, model: str = "resnet18-random-s0-fidelity") -> None:
+    """An older vectors table on ``dsn`` holding one platform row per ``OLD_PATHS`` (vector 1, 2, 3 at 0)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(OLD_VECTORS_TABLE)
+        for i, path in enumerate(OLD_PATHS):
+            emotion = path.split("/")[-2]
+            vec = "[" + ",".join([str(i + 1)] + ["0"] * 511) + "]"
+            conn.execute(
+                "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
+                "VALUES (%s, %s, %s::vector, %s, %s, '2026-10-01', %s)",
+                (path, emotion, vec, f"old{i}", path.split("/")[-3], model),
+            )

@@ -7,9 +7,10 @@ import pyarrow as pa
 from fer_platform.assets.model import embedding_model
 from fer_platform.core import vectors
 from fer_platform.core.pg.schema import VECTORS_TABLE
+from fer_platform.core.report import markdown_table
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 from fer_platform.partitions import image_partitions, partition_of
-from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
+from fer_platform.resources import EmbedderResource, PostgresResource
 
 
 class EmbeddingsConfig(dg.Config):
@@ -33,7 +34,6 @@ def image_embeddings(
     config: EmbeddingsConfig,
     bronze_images: pa.Table,
     embedder: EmbedderResource,
-    lake: LakeResource,
     postgres: PostgresResource,
 ) -> dg.MaterializeResult:
     """Embeds the partition's new images and writes the partition's rows for the served model, here, in one
@@ -44,7 +44,6 @@ def image_embeddings(
     note = embedder.weights_note()
     if note:
         context.log.warning(note)
-    storage = lake.storage()
 
     def embed(pngs):  # called only for the images without a vector: the model loads only if something is new
         return embedder.load().stream(pngs)
@@ -54,7 +53,7 @@ def image_embeddings(
         load_date=load_date,
         model=model,
         image_ids=bronze_images["image_id"].to_pylist(),
-        filepaths=[storage.uri(p) for p in bronze_images["filepath"].to_pylist()],
+        filepaths=bronze_images["filepath"].to_pylist(),  # lake-relative in every environment
         splits=bronze_images["split"].to_pylist(),
         pngs=bronze_images["png"].to_pylist(),
         embed=embed,
@@ -89,7 +88,8 @@ def image_embeddings(
     blocking=True,
     additional_ins={"bronze_images": dg.AssetIn()},
     description="Every bronze image of the partition has exactly one vector for the current model, "
-    "no other rows exist, every vector has 512 dims and no NaN/inf.",
+    "no other rows exist, every vector has 512 dims and no NaN/inf (the platform's rows: rows other clients "
+    "inserted are counted by imagenes_fer_foreign_rows).",
 )
 def image_embeddings_complete(
     context: dg.AssetCheckExecutionContext,
@@ -113,4 +113,30 @@ def image_embeddings_complete(
         passed=not problems,
         description="; ".join(problems) or None,
         metadata={"vectors": facts["rows"], "bronze_images": bronze_images.num_rows},
+    )
+
+
+@dg.asset_check(
+    asset=image_embeddings,
+    partitions_def=image_partitions,
+    description="How many rows of imagenes_fer other clients wrote (the classic three-column INSERT), per "
+    "writer, model and emotion. The platform never changes, deletes, searches or counts them, so they are "
+    "no fault: the check passes and reports them.",
+)
+def imagenes_fer_foreign_rows(context: dg.AssetCheckExecutionContext, postgres: PostgresResource):
+    with postgres.connect() as conn:
+        groups = vectors.foreign_rows(conn)
+    total = sum(g["rows"] for g in groups)
+    return dg.AssetCheckResult(
+        passed=True,
+        description=f"{total} row(s) of {VECTORS_TABLE} were written by other clients: left alone, not in "
+        "silver, not counted by the other checks"
+        if total
+        else None,
+        metadata={
+            "foreign_rows": total,
+            "by_writer_model_emotion": dg.MetadataValue.md(
+                markdown_table(groups, ["written_by", "model", "emotion", "rows"])
+            ),
+        },
     )

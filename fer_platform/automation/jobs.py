@@ -4,7 +4,11 @@ partition can take."""
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images, bronze_images_valid
-from fer_platform.assets.embeddings import image_embeddings, image_embeddings_complete
+from fer_platform.assets.embeddings import (
+    image_embeddings,
+    image_embeddings_complete,
+    imagenes_fer_foreign_rows,
+)
 from fer_platform.assets.gold import GOLD_ASSETS, gold_duplicates_clean, gold_summary_counts_silver
 from fer_platform.assets.model import MODEL_ASSETS, emotion_model_beats_untuned
 from fer_platform.assets.raw import ingest_run_config, raw_images
@@ -21,6 +25,7 @@ INGEST_ASSETS = [raw_images, bronze_images, image_embeddings, silver_embeddings]
 RUN_CHECKS = [
     bronze_images_valid,
     image_embeddings_complete,
+    imagenes_fer_foreign_rows,
     silver_matches_postgres,
     search_index_recall,
     gold_summary_counts_silver,

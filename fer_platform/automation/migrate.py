@@ -95,6 +95,7 @@ def copy_vector_table(
             "checksum_sha256": report.checksum,
             "verified": True,
             "index_built": report.index_built,
+            "foreign_rows_left_on_source": report.foreign_rows_left,
             "method": report.method,
             "seconds": report.seconds,
         },

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from fer_platform.core import ledger
 from fer_platform.core.layout import BRONZE_IMAGES, RAW_MANIFEST, SILVER_EMBEDDINGS
-from fer_platform.core.pg.schema import LOAD_LOG_TABLE, VECTORS_TABLE
+from fer_platform.core.pg.schema import LOAD_LOG_TABLE, PLATFORM_ROWS, VECTORS_TABLE
 from fer_platform.core.search.index import IDS_FILE, INDEX_FILE, META_FILE, index_dir
 from fer_platform.core.storage import FileEntry, Storage
 
@@ -77,12 +77,13 @@ def ledger_state(conn: psycopg.Connection) -> dict[Partition, LayerState]:
 
 
 def postgres_state(conn: psycopg.Connection, model: str) -> dict[Partition, LayerState] | None:
-    """The vectors of ``model`` per partition; None when the table itself is gone."""
+    """The platform's vectors of ``model`` per partition (rows other clients wrote are not the platform's to
+    compare or repair); None when the table itself is gone."""
     if conn.execute("SELECT to_regclass(%s)", (VECTORS_TABLE,)).fetchone()[0] is None:
         return None
     rows = conn.execute(
         f"""SELECT emotion, load_date, count(*), {_SQL_DIGEST.format(col="image_id")}
-            FROM {VECTORS_TABLE} WHERE model = %s GROUP BY 1, 2""",
+            FROM {VECTORS_TABLE} WHERE {PLATFORM_ROWS} AND model = %s GROUP BY 1, 2""",
         (model,),
     ).fetchall()
     return {(e, d): LayerState(int(n), int(s) % _MOD) for e, d, n, s in rows}

@@ -24,6 +24,14 @@ maintaining it row by row.
 Rows the target has and the source lacks are removed only with ``allow_deletes``:
 without it the run stops before changing anything (the target may have moved on).
 
+Only the platform's rows are migrated (``written_by``, see ``pg.schema``): rows other clients
+inserted on the source stay there (counted in the report), and those on the target are never
+deleted or replaced; one holding an id the source's rows need stops the run in one line.
+The target, and a source whose table predates ``written_by``, are brought to the current
+schema first (``ensure_schema``: an older table has its rows marked as the platform's and its
+file paths made lake-relative), so the paths copied are ``raw/images/fer2013/...`` and stay
+valid on any server.
+
 Why not pg_dump/pg_restore: ``pg_dump`` refuses servers newer than itself (Debian's 15
 client here, the embedded server is 18), ``pg_restore`` of a newer dump into an older
 server (Azure offers 13-17) is not supported, and a data-only restore is neither
@@ -43,7 +51,15 @@ from psycopg import sql
 
 from fer_platform.core.errors import FerError, one_line
 from fer_platform.core.pg.connect import connect, describe
-from fer_platform.core.pg.schema import VECTOR_INDEX, VECTOR_INDEX_DDL, VECTORS_TABLE, ensure_schema
+from fer_platform.core.pg.schema import (
+    PLATFORM_ROWS,
+    PLATFORM_WRITER,
+    VECTOR_INDEX,
+    VECTOR_INDEX_DDL,
+    VECTORS_TABLE,
+    classic_contract_present,
+    ensure_schema,
+)
 
 TABLE = VECTORS_TABLE
 COLUMNS = ("id", "filepath", "emotion", "vector", "image_id", "split", "load_date", "model", "created_at")
@@ -58,8 +74,9 @@ _SUMMARY = sql.SQL(
                   || convert_to(format('%%L|%%L|%%L|%%L|%%L|%%L', filepath, emotion, image_id, split, """
     """load_date, model),
                                 'UTF8'), ''::bytea ORDER BY id)), 'hex')
-       FROM {table} GROUP BY 1 ORDER BY 1"""
+       FROM {table} WHERE """ + PLATFORM_ROWS + """ GROUP BY 1 ORDER BY 1"""
 )
+_PLATFORM = sql.SQL(PLATFORM_ROWS)
 
 
 class MigrationError(FerError):
@@ -68,6 +85,10 @@ class MigrationError(FerError):
 
 class MigrationMismatch(MigrationError):
     """After copying, the target does not equal the source."""
+
+
+class ForeignRowsInTheWay(MigrationError):
+    """Rows another client wrote on the target hold ids the source's rows keep."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,7 @@ class MigrationReport:
     checksum: str  # sha256 over every range's (count, sha256) on both sides
     index_built: bool
     seconds: float
+    foreign_rows_left: int = 0  # source rows other clients wrote: not the platform's to migrate
     method: str = "binary COPY"
 
 
@@ -123,6 +145,7 @@ def migrate_vectors(
     where = f"{describe(source_dsn)} -> {describe(target_dsn)}"
     if describe(source_dsn) == describe(target_dsn):
         raise MigrationError(f"source and target are the same database ({describe(source_dsn)})")
+    _upgrade_source(source_dsn)
     ensure_schema(target_dsn, vector_index=False)
     with connect(source_dsn, autocommit=True) as source, connect(target_dsn, autocommit=True) as target:
         for conn in (source, target):
@@ -137,6 +160,9 @@ def migrate_vectors(
             _check_source(source, source_dsn)
             src = summarise(source, range_size)
             tgt = summarise(target, range_size)
+            foreign = source.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(sql.Identifier(TABLE), _PLATFORM)
+            ).fetchone()[0]
             todo = sorted(r for r in set(src) | set(tgt) if src.get(r) != tgt.get(r))
             _check_deletes(source, target, [r for r in todo if r in tgt], range_size, allow_deletes, where)
 
@@ -155,7 +181,7 @@ def migrate_vectors(
                     rows, gone, sent = _copy_range(
                         source, target, r, range_size, progress, done, len(todo), copied, streamed
                     )
-                except psycopg.Error as exc:
+                except (psycopg.Error, ForeignRowsInTheWay) as exc:
                     raise MigrationError(
                         f"{where}: stopped in id range {r} ({done} of {len(todo)} ranges copied): "
                         f"{one_line(exc)}; "
@@ -183,7 +209,20 @@ def migrate_vectors(
         checksum=checksum(final_src),
         index_built=index_built,
         seconds=round(time.monotonic() - started, 3),
+        foreign_rows_left=int(foreign),
     )
+
+
+def _upgrade_source(dsn: str) -> None:
+    """A source whose vectors table predates the ``written_by`` column gets the current schema first (its
+    rows marked as the platform's, their paths made lake-relative); a source without the table is left as
+    it is, for ``_check_source`` to refuse."""
+    with connect(dsn) as conn:
+        older = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()[0] and not (
+            classic_contract_present(conn)
+        )
+    if older:
+        ensure_schema(dsn)
 
 
 def _check_source(source: psycopg.Connection, dsn: str) -> None:
@@ -205,7 +244,9 @@ def _check_source(source: psycopg.Connection, dsn: str) -> None:
 
 
 def _ids(conn: psycopg.Connection, lo: int, hi: int) -> set[int]:
-    query = sql.SQL("SELECT id FROM {} WHERE id >= %s AND id < %s").format(sql.Identifier(TABLE))
+    query = sql.SQL("SELECT id FROM {} WHERE {} AND id >= %s AND id < %s").format(
+        sql.Identifier(TABLE), _PLATFORM
+    )
     return {r[0] for r in conn.execute(query, (lo, hi))}
 
 
@@ -235,31 +276,46 @@ def _copy_range(
     lo, hi = r * range_size, (r + 1) * range_size
     cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
     out_sql = sql.SQL(
-        "COPY (SELECT {cols} FROM {t} WHERE id >= {lo} AND id < {hi} ORDER BY id) TO STDOUT (FORMAT BINARY)"
+        "COPY (SELECT {cols} FROM {t} WHERE {platform} AND id >= {lo} AND id < {hi} ORDER BY id) "
+        "TO STDOUT (FORMAT BINARY)"
     )
     in_sql = sql.SQL("COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)")
     sent = 0
     with target.transaction():
-        with source.cursor().copy(out_sql.format(cols=cols, t=sql.Identifier(TABLE), lo=lo, hi=hi)) as out:
+        out_query = out_sql.format(cols=cols, t=sql.Identifier(TABLE), platform=_PLATFORM, lo=lo, hi=hi)
+        with source.cursor().copy(out_query) as out:
             with target.cursor().copy(in_sql.format(stage=sql.Identifier(STAGE), cols=cols)) as into:
                 for block in out:
                     into.write(block)
                     sent += len(block)
                     if progress:
                         progress(Progress(r, done, todo, copied, streamed + sent))
-        # rows of this range, and rows elsewhere holding an incoming (image_id, model): the source has
-        # them under another id now, and will bring that id's range too
+        # the target's own rows of this range, and its rows elsewhere holding an incoming (image_id, model):
+        # the source has them under another id now, and will bring that id's range too. Rows other clients
+        # wrote on the target are never removed: one holding an incoming id stops the run.
         removed = target.execute(
             sql.SQL(
-                """DELETE FROM {t} WHERE (id >= %s AND id < %s)
-                   OR (image_id, model) IN (SELECT image_id, model FROM {stage})"""
-            ).format(t=sql.Identifier(TABLE), stage=sql.Identifier(STAGE)),
+                """DELETE FROM {t} WHERE {platform} AND ((id >= %s AND id < %s)
+                   OR (image_id, model) IN (SELECT image_id, model FROM {stage}))"""
+            ).format(t=sql.Identifier(TABLE), stage=sql.Identifier(STAGE), platform=_PLATFORM),
             (lo, hi),
         ).rowcount
-        rows = target.execute(
-            sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM {stage}").format(
-                t=sql.Identifier(TABLE), cols=cols, stage=sql.Identifier(STAGE)
+        taken = target.execute(
+            sql.SQL("SELECT min(t.id), count(*) FROM {t} t JOIN {stage} s USING (id)").format(
+                t=sql.Identifier(TABLE), stage=sql.Identifier(STAGE)
             )
+        ).fetchone()
+        if taken[1]:
+            raise ForeignRowsInTheWay(
+                f"{taken[1]} row(s) another client wrote on the target hold id(s) the source's rows keep "
+                f"(e.g. id {taken[0]}); the platform does not change rows it did not write: move them to "
+                "other ids, then run it again"
+            )
+        rows = target.execute(
+            sql.SQL("INSERT INTO {t} ({cols}, written_by) SELECT {cols}, %s FROM {stage}").format(
+                t=sql.Identifier(TABLE), cols=cols, stage=sql.Identifier(STAGE)
+            ),
+            (PLATFORM_WRITER,),
         ).rowcount
     return rows, removed, sent
 

@@ -5,6 +5,10 @@ transaction, under an advisory lock on (partition, model): rows of images that
 left the partition are deleted, images that already have a vector keep their row
 (and id), new images are embedded while their rows stream into ``COPY ... FROM
 STDIN (FORMAT BINARY)``, so the model and PostgreSQL's HNSW maintenance overlap.
+
+Every statement here touches only the platform's rows (``written_by``, see ``pg.schema``): a row another
+client inserted (the classic three-column INSERT) is never deleted, changed, read into silver or counted
+by the checks; ``foreign_rows`` counts them.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import pyarrow as pa
 from pgvector.psycopg import register_vector
 
 from fer_platform.core import faults
-from fer_platform.core.pg.schema import EMBEDDING_DIM, VECTORS_TABLE
+from fer_platform.core.pg.schema import EMBEDDING_DIM, PLATFORM_ROWS, PLATFORM_WRITER, VECTORS_TABLE
 
 VECTOR_TYPE = pa.list_(pa.float32(), EMBEDDING_DIM)
-_COPY_COLUMNS = ("filepath", "emotion", "vector", "image_id", "split", "load_date", "model")
-_COPY_TYPES = ("text", "text", "vector", "text", "text", "date", "text")
+_COPY_COLUMNS = ("filepath", "emotion", "vector", "image_id", "split", "load_date", "model", "written_by")
+_COPY_TYPES = ("text", "text", "vector", "text", "text", "date", "text", "text")
 
 
 def partition_lock_key(emotion: str, load_date: dt.date, model: str) -> int:
@@ -41,7 +45,7 @@ class EmbeddingPlan:
     load_date: dt.date
     model: str
     image_ids: list[str]
-    filepaths: list[str]
+    filepaths: list[str]  # lake-relative: raw/images/fer2013/<split>/<emotion>/<name>
     splits: list[str | None]
     pngs: list[bytes]
     embed: Callable[[Sequence[bytes]], Iterator[np.ndarray]]
@@ -70,7 +74,8 @@ def write_partition(
         existing = {
             r[0]
             for r in conn.execute(
-                f"SELECT image_id FROM {VECTORS_TABLE} WHERE model = %s AND image_id = ANY(%s)",
+                f"SELECT image_id FROM {VECTORS_TABLE} "
+                f"WHERE {PLATFORM_ROWS} AND model = %s AND image_id = ANY(%s)",
                 (plan.model, plan.image_ids),
             )
         }
@@ -78,9 +83,10 @@ def write_partition(
         # was logged there before the load log was lost and restored) moves to this partition
         moved = conn.execute(
             f"""UPDATE {VECTORS_TABLE} v SET emotion = %s, load_date = %s, filepath = p.filepath, """
-            """split = p.split
+            f"""split = p.split
                 FROM unnest(%s::text[], %s::text[], %s::text[]) AS p(image_id, filepath, split)
-                WHERE v.model = %s AND v.image_id = p.image_id AND (v.emotion <> %s OR v.load_date <> %s)""",
+                WHERE v.model = %s AND v.image_id = p.image_id AND (v.emotion <> %s OR v.load_date <> %s)
+                  AND v.{PLATFORM_ROWS}""",
             (
                 plan.emotion,
                 plan.load_date,
@@ -94,7 +100,8 @@ def write_partition(
         ).rowcount
         removed = conn.execute(
             f"""DELETE FROM {VECTORS_TABLE}
-                WHERE emotion = %s AND load_date = %s AND model = %s AND NOT (image_id = ANY(%s))""",
+                WHERE {PLATFORM_ROWS} AND emotion = %s AND load_date = %s AND model = %s
+                  AND NOT (image_id = ANY(%s))""",
             (plan.emotion, plan.load_date, plan.model, plan.image_ids),
         ).rowcount
         seen: set[str] = set()
@@ -132,6 +139,7 @@ def write_partition(
                             plan.splits[i],
                             plan.load_date,
                             plan.model,
+                            PLATFORM_WRITER,
                         )
                     )
                     written += 1
@@ -146,7 +154,8 @@ def write_partition(
                     SELECT {", ".join(_COPY_COLUMNS)} FROM fer_staging
                     ON CONFLICT (image_id, model) DO UPDATE SET
                       filepath = EXCLUDED.filepath, emotion = EXCLUDED.emotion, vector = EXCLUDED.vector,
-                      split = EXCLUDED.split, load_date = EXCLUDED.load_date, created_at = now()"""
+                      split = EXCLUDED.split, load_date = EXCLUDED.load_date, created_at = now()
+                    WHERE {VECTORS_TABLE}.{PLATFORM_ROWS}"""
             )
     rows = len(set(plan.image_ids))
     stats = {
@@ -168,7 +177,7 @@ def read_partition(conn: psycopg.Connection, emotion: str, load_date: dt.date, m
         conn.cursor(binary=True)
         .execute(  # binary: vectors arrive as float32 buffers, not text
             f"""SELECT id, image_id, filepath, split, model, created_at, vector FROM {VECTORS_TABLE}
-            WHERE emotion = %s AND load_date = %s AND model = %s ORDER BY id""",
+            WHERE {PLATFORM_ROWS} AND emotion = %s AND load_date = %s AND model = %s ORDER BY id""",
             (emotion, load_date, model),
         )
         .fetchall()
@@ -218,7 +227,8 @@ def partition_check(
     """Facts for the embeddings check: missing/extra/duplicated ids, wrong dims, non-finite values."""
     rows = conn.execute(
         f"""SELECT image_id, count(*), min(vector_dims(vector)), max(vector_dims(vector))
-            FROM {VECTORS_TABLE} WHERE emotion = %s AND load_date = %s AND model = %s GROUP BY image_id""",
+            FROM {VECTORS_TABLE} WHERE {PLATFORM_ROWS} AND emotion = %s AND load_date = %s AND model = %s
+            GROUP BY image_id""",
         (emotion, load_date, model),
     ).fetchall()
     have = {r[0]: r for r in rows}
@@ -226,7 +236,8 @@ def partition_check(
     register_vector(conn)
     nonfinite = 0
     for (vec,) in conn.cursor(binary=True).execute(
-        f"SELECT vector FROM {VECTORS_TABLE} WHERE emotion = %s AND load_date = %s AND model = %s",
+        f"SELECT vector FROM {VECTORS_TABLE} WHERE {PLATFORM_ROWS} AND emotion = %s AND load_date = %s "
+        "AND model = %s",
         (emotion, load_date, model),
     ):
         nonfinite += int(not np.isfinite(as_numpy(vec)).all())
@@ -242,10 +253,23 @@ def partition_check(
 
 def count_partition(conn: psycopg.Connection, emotion: str, load_date: dt.date, model: str) -> int:
     return conn.execute(
-        f"SELECT count(*) FROM {VECTORS_TABLE} WHERE emotion = %s AND load_date = %s AND model = %s",
+        f"SELECT count(*) FROM {VECTORS_TABLE} WHERE {PLATFORM_ROWS} AND emotion = %s AND load_date = %s "
+        "AND model = %s",
         (emotion, load_date, model),
     ).fetchone()[0]
 
 
 def count_model(conn: psycopg.Connection, model: str) -> int:
-    return conn.execute(f"SELECT count(*) FROM {VECTORS_TABLE} WHERE model = %s", (model,)).fetchone()[0]
+    return conn.execute(
+        f"SELECT count(*) FROM {VECTORS_TABLE} WHERE {PLATFORM_ROWS} AND model = %s", (model,)
+    ).fetchone()[0]
+
+
+def foreign_rows(conn: psycopg.Connection) -> list[dict]:
+    """Rows the platform did not write, per (written_by, model, emotion): what the foreign-rows check
+    reports. The platform leaves them alone."""
+    rows = conn.execute(
+        f"""SELECT written_by, model, emotion, count(*) FROM {VECTORS_TABLE} WHERE NOT ({PLATFORM_ROWS})
+            GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2 NULLS FIRST, 3"""
+    ).fetchall()
+    return [{"written_by": w, "model": m, "emotion": e, "rows": int(n)} for w, m, e, n in rows]

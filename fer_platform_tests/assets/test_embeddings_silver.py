@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
+from pgvector.psycopg import register_vector
 
 from fer_platform.assets.embeddings import image_embeddings_complete
 from fer_platform.assets.silver import silver_matches_postgres
@@ -54,7 +55,7 @@ def test_two_partitions_then_a_rerun_changes_nothing(resources, two_partitions, 
     rows = _pg(pg_dsn)
     assert len(rows) == 8 and {r[5] for r in rows} == {MODEL}
     assert {r[2] for r in rows} == {"happy", "sad"}
-    assert all(r[4].startswith(str(lake)) and "/raw/images/fer2013/" in r[4] for r in rows)
+    assert all(r[4].startswith("raw/images/fer2013/") for r in rows), "lake-relative in every environment"
     meta = first.asset_materializations_for_node("image_embeddings")[0].metadata
     assert meta["embedded"].value == 5 and meta["model"].value == MODEL
 
@@ -130,8 +131,9 @@ def test_silver_check_catches_a_count_mismatch(resources, two_partitions, pg_dsn
     _run(resources, "sad")
     with connect(pg_dsn) as conn:  # a vector Postgres has but silver never saw
         conn.execute(
-            "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
-            "SELECT filepath, emotion, vector, 'extra', split, load_date, model FROM imagenes_fer LIMIT 1"
+            "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model, "
+            "written_by) SELECT filepath, emotion, vector, 'extra', split, load_date, model, written_by "
+            "FROM imagenes_fer LIMIT 1"
         )
     result = dg.materialize(
         [*INGEST_ASSETS, *RUN_CHECKS],
@@ -172,3 +174,43 @@ def test_silver_materialised_alone_over_lost_vectors_fails_against_the_load_log(
     )
     ev = {c.check_name: c for c in result.get_asset_check_evaluations()}["silver_matches_postgres"]
     assert not ev.passed and "does not hold the load log's 3 loaded images" in ev.description
+
+
+FOREIGN = (
+    "SELECT id, filepath, emotion, vector::text, image_id, split, load_date, model, created_at, written_by "
+    "FROM imagenes_fer WHERE written_by <> 'fer-platform' ORDER BY id"
+)
+
+
+def test_foreign_rows_survive_ingest_runs_and_are_counted_not_compared(resources, two_partitions, pg_dsn):
+    """The seed loader's classic INSERT, plus a foreign row with the current model id and one with another,
+    in the partition being loaded: re-runs leave them as they are, the checks that compare layers count
+    only the platform's rows (and pass), and imagenes_fer_foreign_rows reports the three."""
+    _run(resources, "happy")
+    today = utc_today()
+    with connect(pg_dsn) as conn:
+        register_vector(conn)
+        vec = np.ones(512, np.float32)
+        conn.execute(
+            "INSERT INTO imagenes_fer (filepath, emotion, vector) VALUES ('h.png', 'happy', %s)", (vec,)
+        )
+        for image_id, model in (("seed-1", MODEL), ("seed-2", "other-model")):
+            conn.execute(
+                "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, load_date, model) "
+                "VALUES ('h.png', 'happy', %s, %s, %s, %s)",
+                (vec, image_id, today, model),
+            )
+        foreign = conn.execute(FOREIGN).fetchall()
+
+    for force in (False, True):
+        result = _run(resources, "happy", force=force)  # every check passes (asserted in _run)
+        meta = result.asset_materializations_for_node("image_embeddings")[0].metadata
+        assert meta["removed"].value == 0 and meta["dagster/row_count"].value == 5
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert checks["silver_matches_postgres"].metadata["postgres_rows"].value == 5
+        assert checks["image_embeddings_complete"].metadata["vectors"].value == 5
+        counted = checks["imagenes_fer_foreign_rows"]
+        assert counted.passed and counted.metadata["foreign_rows"].value == 3
+        assert "other-model" in counted.metadata["by_writer_model_emotion"].value
+        with connect(pg_dsn) as conn:
+            assert conn.execute(FOREIGN).fetchall() == foreign, "unchanged, not deleted"

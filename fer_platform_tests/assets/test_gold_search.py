@@ -9,8 +9,10 @@ import io
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -137,6 +139,39 @@ def test_the_index_lands_in_the_lake_with_its_id_mapping(loaded):
     assert mapping.num_rows == 21 and len(set(mapping["image_id"].to_pylist())) == 21
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["kind"] == "flat" and meta["model"] == MODEL and meta["size"] == 21
+
+
+def _readme_sql(heading: str) -> str:
+    """The first ```sql block after ``heading`` in README.md."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    return text[text.index(heading) :].split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_outputs_read_in_duckdb_with_one_type_per_column(loaded):
+    """The README's DuckDB query on silver (one cast: FLOAT[] to FLOAT[512]) ranks like exact cosine search;
+    load_date is a DATE in silver, gold and ids.parquet; file paths are lake-relative in every file."""
+    lake = loaded["lake"]
+    con = duckdb.connect()
+    silver = f"read_parquet('{lake}/silver/embeddings/**/*.parquet', hive_partitioning = true)"
+    ids = f"read_parquet('{lake}/index/{MODEL}/ids.parquet')"
+
+    def types(source):
+        return {r[0]: r[1] for r in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+
+    assert types(silver)["vector"] == "FLOAT[]", "Parquet has no fixed-size list: the README's cast"
+    assert types(silver)["load_date"] == types(ids)["load_date"] == "DATE"
+    assert types(f"'{lake}/gold/daily_loads.parquet'")["load_date"] == "DATE"
+    paths = con.sql(f"SELECT filepath FROM {silver} UNION ALL SELECT filepath FROM {ids}").fetchall()
+    assert len(paths) == 42 and all(p.startswith("raw/images/fer2013/") for (p,) in paths)
+
+    got = con.sql(_readme_sql("**DuckDB.**").replace(".fer/lake", str(lake))).fetchall()
+    rows = con.sql(f"SELECT filepath, vector FROM {silver}").fetchall()
+    vectors = np.asarray([r[1] for r in rows], np.float32)
+    query = vectors[[r[0] for r in rows].index("raw/images/fer2013/test/happy/happy2.png")]
+    cosine = vectors @ query / np.linalg.norm(vectors, axis=1) / np.linalg.norm(query)
+    expected = [rows[i][0] for i in np.argsort(-cosine)[:5]]
+    assert [g[0] for g in got] == expected and got[0][0] == "raw/images/fer2013/test/happy/happy2.png"
+    np.testing.assert_allclose([g[3] for g in got], np.sort(cosine)[::-1][:5], atol=1e-5)
 
 
 def test_search_finds_the_querys_duplicate_first_in_both_backends(loaded):

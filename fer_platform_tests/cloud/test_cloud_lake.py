@@ -79,10 +79,11 @@ def test_partitions_to_search_index_in_the_cloud(cloud_store, pg_dsn, monkeypatc
     table = ds.dataset(lake.path("silver/embeddings"), filesystem=lake.fs, partitioning="hive").to_table()
     np.testing.assert_allclose(np.linalg.norm(arrow_to_vectors(table["vector"]), axis=1), 1.0, atol=1e-5)
 
-    # PostgreSQL points at the images in the cloud lake
+    # PostgreSQL holds lake-relative paths (valid on any server), each an image in the cloud lake
     with connect(pg_dsn) as conn:
         paths = [r[0] for r in conn.execute("SELECT filepath FROM imagenes_fer ORDER BY filepath")]
-    assert paths == sorted(f"{cloud_store.lake_url}/raw/images/fer2013/{k}" for k in FILES)
+    assert paths == sorted(f"raw/images/fer2013/{k}" for k in FILES)
+    assert all(lake.read_bytes(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
     # ingestion over the same cloud landing zone again (the landing sensor's path): nothing twice
     logged = _load_log(pg_dsn)

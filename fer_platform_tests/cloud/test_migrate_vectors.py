@@ -14,6 +14,7 @@ from fer_platform.core.pg.connect import describe, ensure_database
 from fer_platform.definitions import defs
 from fer_platform.resources import PostgresResource
 from fer_platform_tests.cloud.conftest import unique
+from fer_platform_tests.helpers import old_vectors_table
 
 ALL = (
     "SELECT id, filepath, emotion, vector::text, image_id, split, load_date, model, created_at "
@@ -33,10 +34,10 @@ def _add(dsn, n, seed, emotion="happy", model="resnet18-random-s0-fidelity"):
         for i in range(n):
             v = rng.standard_normal(512).astype(np.float32)
             conn.execute(
-                "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model, "
+                "written_by) VALUES (%s, %s, %s, %s, %s, %s, %s, 'fer-platform')",
                 (
-                    f"/lake/raw/images/fer2013/train/{emotion}/{seed}-{i}.png",
+                    f"raw/images/fer2013/train/{emotion}/{seed}-{i}.png",
                     emotion,
                     v / np.linalg.norm(v),
                     f"sha-{seed}-{i}",
@@ -123,8 +124,9 @@ def test_target_rows_the_source_lacks_stop_the_run_before_any_change(source, tar
     ) as conn:  # an image re-embedded under a new id (24): id 4 is gone from the source
         conn.execute(
             "WITH gone AS (DELETE FROM imagenes_fer WHERE id = 4 RETURNING *) "
-            "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
-            "SELECT filepath, emotion, vector, image_id, split, load_date, model FROM gone"
+            "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model, "
+            "written_by) SELECT filepath, emotion, vector, image_id, split, load_date, model, written_by "
+            "FROM gone"
         )
     before = _rows(target)
     with pytest.raises(MigrationError) as err:
@@ -218,3 +220,59 @@ def test_the_migrate_vectors_job_copies_verifies_and_reruns_idempotently(source,
     assert failure.user_failure_data.description == (
         "target: environment variable FER_MIGRATE_TARGET_DSN is not set (it must hold a PostgreSQL DSN)"
     )
+
+
+def test_foreign_rows_stay_where_they_are_and_paths_stay_lake_relative(source, target):
+    """Rows other clients wrote: the source's are not migrated, the target's are neither deleted nor
+    replaced; one holding an id the source's rows keep stops the run in one line, changing nothing."""
+    with psycopg.connect(source) as conn:
+        register_vector(conn)
+        conn.execute(
+            "INSERT INTO imagenes_fer (filepath, emotion, vector) VALUES ('seed/happy/x.png', 'happy', %s)",
+            (np.ones(512, np.float32),),
+        )  # id 24
+    first = migrate_vectors(source, target, range_size=5)
+    assert (first.rows, first.foreign_rows_left) == (22, 1)
+    platform = ALL.replace("ORDER BY", "WHERE written_by = 'fer-platform' ORDER BY")
+    assert _rows(target) == [r for r in _rows(source) if r[0] != 24]
+    assert all(r[1].startswith("raw/images/fer2013/train/happy/") for r in _rows(target))
+
+    with psycopg.connect(target) as conn:  # the target's own seed rows: id 24 (after the migrated ids), 26
+        register_vector(conn)
+        for row_id in ("DEFAULT", "26"):
+            conn.execute(
+                f"INSERT INTO imagenes_fer (id, filepath, emotion, vector) VALUES ({row_id}, 'seed/t.png', "
+                "'sad', %s)",
+                (np.ones(512, np.float32),),
+            )
+    theirs = [r for r in _rows(target) if r[0] in (24, 26)]
+    assert [r[0] for r in theirs] == [24, 26]
+    with psycopg.connect(source) as conn:
+        conn.execute("DELETE FROM imagenes_fer WHERE id = 12")
+    again = migrate_vectors(source, target, range_size=5, allow_deletes=True)
+    assert (again.rows, again.rows_removed) == (21, 5)
+    assert [r for r in _rows(target) if r[0] in (24, 26)] == theirs, "the target's foreign rows untouched"
+    with psycopg.connect(target) as conn:
+        assert conn.execute(platform).fetchall() == [r for r in _rows(source) if r[0] != 24]
+
+    _add(source, 2, seed=3)  # ids 25, 26: 26 is a foreign row's on the target
+    before = _rows(target)
+    with pytest.raises(MigrationError) as err:
+        migrate_vectors(source, target, range_size=5)
+    msg = str(err.value)
+    assert "another client wrote on the target hold id(s)" in msg and "e.g. id 26" in msg and "\n" not in msg
+    assert _rows(target) == before
+
+
+def test_an_older_source_is_upgraded_and_migrates_lake_relative_paths(pg_server, target):
+    source = ensure_database(pg_server, unique("oldsrc"))
+    old_vectors_table(source)
+    report = migrate_vectors(source, target)
+    assert report.rows == 3 and report.foreign_rows_left == 0
+    with psycopg.connect(target) as conn:
+        paths = [r[0] for r in conn.execute("SELECT filepath FROM imagenes_fer ORDER BY id")]
+    assert paths == [
+        "raw/images/fer2013/train/happy/a.png",
+        "raw/images/fer2013/test/happy/b.png",
+        "raw/images/fer2013/train/sad/c.png",
+    ]

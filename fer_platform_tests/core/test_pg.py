@@ -31,6 +31,7 @@ def test_schema_is_idempotent_and_has_pgvector(pg_dsn):
             "split",
             "load_date",
             "model",
+            "written_by",
         } <= cols.keys()
         assert cols["vector"] == "vector"
         indexes = {

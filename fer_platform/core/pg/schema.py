@@ -13,6 +13,12 @@ from fer_platform.core.pg.connect import connect, describe
 
 EMBEDDING_DIM = 512
 VECTORS_TABLE = "imagenes_fer"
+# Who wrote a row of the vectors table (column ``written_by``): the platform writes PLATFORM_WRITER; any other
+# client (the seed loader's classic three-column INSERT) gets the column default, EXTERNAL_WRITER, unless it
+# names itself. The platform reads, counts, changes and deletes only its own rows (PLATFORM_ROWS).
+PLATFORM_WRITER = "fer-platform"
+EXTERNAL_WRITER = "external"
+PLATFORM_ROWS = f"written_by = '{PLATFORM_WRITER}'"
 LOAD_LOG_TABLE = "load_log"
 DAGSTER_DATABASE = "dagster"  # the Dagster instance's storage: a database of its own on the same server
 _SCHEMA_LOCK = 7_210_001  # pg_advisory_xact_lock key while creating the schema
@@ -24,11 +30,12 @@ SCHEMA = [
         filepath    text NOT NULL,
         emotion     text NOT NULL,
         vector      vector({EMBEDDING_DIM}) NOT NULL,
-        image_id    text NOT NULL,
+        image_id    text,
         split       text,
-        load_date   date NOT NULL,
-        model       text NOT NULL,
+        load_date   date NOT NULL DEFAULT current_date,
+        model       text,
         created_at  timestamptz NOT NULL DEFAULT now(),
+        written_by  text NOT NULL DEFAULT '{EXTERNAL_WRITER}',
         UNIQUE (image_id, model)
     )""",
     f"CREATE INDEX IF NOT EXISTS {VECTORS_TABLE}_partition ON {VECTORS_TABLE} (emotion, load_date, model)",
@@ -105,8 +112,39 @@ SCHEMA_OBJECTS = (
 )
 
 
+# --------------------------------------------------------------------------- the classic contract (issue 14)
+# A vectors table made before the ``written_by`` column: every row in it was written by the platform (the
+# classic INSERT failed on its NOT NULL columns), with an absolute path or URI as filepath. One transaction
+# marks them as the platform's, rewrites filepath to the lake-relative path, and lets the classic
+# ``INSERT (filepath, emotion, vector)`` in. Idempotent; detected by a catalog read
+# (``classic_contract_present``), so a run on a migrated database takes no lock.
+CLASSIC_CONTRACT_MIGRATION = [
+    f"ALTER TABLE {VECTORS_TABLE} ADD COLUMN IF NOT EXISTS written_by text",
+    f"""UPDATE {VECTORS_TABLE} SET written_by = '{PLATFORM_WRITER}',
+        filepath = regexp_replace(filepath, '^.*/(raw/images/fer2013/)', '\\1')
+        WHERE written_by IS NULL""",
+    f"""ALTER TABLE {VECTORS_TABLE}
+        ALTER COLUMN written_by SET DEFAULT '{EXTERNAL_WRITER}', ALTER COLUMN written_by SET NOT NULL,
+        ALTER COLUMN image_id DROP NOT NULL, ALTER COLUMN model DROP NOT NULL,
+        ALTER COLUMN load_date SET DEFAULT current_date""",
+]
+
+
+def classic_contract_present(conn: psycopg.Connection) -> bool:
+    """Whether the vectors table has its ``written_by`` column (catalog read only, no lock)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attname = 'written_by' AND NOT attisdropped)",
+        (VECTORS_TABLE,),
+    ).fetchone()[0]
+
+
+# ---------------------------------------------------------------------------
+
+
 def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
-    """Whether the extension and every table and index of the schema exist (catalog reads only, no lock)."""
+    """Whether the extension and every table and index of the schema exist, and the vectors table keeps the
+    classic contract (catalog reads only, no lock)."""
     names = [*SCHEMA_OBJECTS, *([VECTOR_INDEX] if vector_index else [])]
     row = conn.execute(
         "SELECT (SELECT count(*) FROM pg_extension WHERE extname = 'vector'), "
@@ -115,7 +153,7 @@ def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
     ).fetchone()
     if not (row[0] == 1 and row[1] == len(names)):
         return False
-    return conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] == 1
+    return conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] == 1 and classic_contract_present(conn)
 
 
 def ensure_schema(dsn: str, vector_index: bool = True) -> None:
@@ -134,8 +172,12 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
             ensure_vector_extension(conn, dsn)
             for stmt in SCHEMA:
                 conn.execute(stmt)
-            for stmt in STATUS_CHECK_MIGRATION:
-                conn.execute(stmt)
+            if conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] != 1:  # ALTER TABLE locks: only when needed
+                for stmt in STATUS_CHECK_MIGRATION:
+                    conn.execute(stmt)
+            if not classic_contract_present(conn):  # ALTER TABLE locks the table: only when needed
+                for stmt in CLASSIC_CONTRACT_MIGRATION:
+                    conn.execute(stmt)
             if vector_index:
                 conn.execute(VECTOR_INDEX_DDL)
 

@@ -12,8 +12,8 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from fer_platform.core.search.hits import iso
 from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
 from fer_platform.core.vecmath import exact_search, normalise, recall_of
 from fer_platform.core.vectors import arrow_to_vectors
@@ -81,10 +81,12 @@ def build_index(
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
-    """A column of the id mapping (text nulls where silver lacks it; load dates as ISO text)."""
-    col = table[name] if name in table.column_names else pa.nulls(table.num_rows, pa.string())
-    if name == "load_date":
-        col = pa.array([iso(v) for v in col.to_pylist()], pa.string())
+    """A column of the id mapping (nulls where silver lacks it; load dates as dates, as in silver, gold and
+    bronze: one type for load_date in every file of the lake)."""
+    kind = pa.date32() if name == "load_date" else pa.string()
+    col = table[name] if name in table.column_names else pa.nulls(table.num_rows, kind)
+    if name == "load_date" and col.type != pa.date32():
+        col = pc.cast(col, pa.date32())
     return col
 
 

@@ -1,7 +1,9 @@
 """The pgvector backend: the same queries as the FAISS index, answered by PostgreSQL's HNSW index.
 
 The vectors table (see ``core.vectors``) holds every model's vectors with their partition
-columns; a query filters by model (and emotion) and orders by cosine distance ``<=>``.
+columns; a query filters by model (and emotion) and orders by cosine distance ``<=>``. Only the platform's
+rows are searched (rows other clients inserted have no image id or partition to answer with), and their
+``filepath`` is the lake-relative path.
 """
 
 from __future__ import annotations
@@ -9,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 from pgvector.psycopg import register_vector
 
-from fer_platform.core.pg.schema import VECTORS_TABLE
+from fer_platform.core.pg.schema import PLATFORM_ROWS, VECTORS_TABLE
 from fer_platform.core.search.hits import Hit, iso
-from fer_platform.core.silver import lake_relative
 from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import as_numpy
 
@@ -33,7 +34,7 @@ def pgvector_search(
     """
     _register(conn)
     q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
-    where, params = ["model = %s"], [model]
+    where, params = [PLATFORM_ROWS, "model = %s"], [model]
     if emotion:
         where.append("emotion = %s")
         params.append(emotion)
@@ -64,7 +65,7 @@ def pgvector_search(
         Hit(
             rank=i + 1,
             image_id=r[0],
-            filepath=_lake_path(r[1]),
+            filepath=r[1],
             emotion=r[2],
             split=r[3],
             load_date=iso(r[4]),
@@ -80,14 +81,14 @@ def pgvector_row(conn, image_id: str, model: str) -> dict | None:
     _register(conn)
     row = conn.execute(
         f"SELECT filepath, emotion, split, load_date, vector FROM {VECTORS_TABLE} "
-        "WHERE image_id = %s AND model = %s",
+        f"WHERE {PLATFORM_ROWS} AND image_id = %s AND model = %s",
         (image_id, model),
     ).fetchone()
     if row is None:
         return None
     return {
         "image_id": image_id,
-        "filepath": _lake_path(row[0]),
+        "filepath": row[0],
         "emotion": row[1],
         "split": row[2],
         "load_date": row[3],
@@ -100,11 +101,3 @@ def _register(conn) -> None:
     connection kept open, as the search service keeps its own, pays only the first time)."""
     if conn.adapters.types.get("vector") is None:
         register_vector(conn)
-
-
-def _lake_path(uri: str) -> str:
-    """The lake path of a file path PostgreSQL holds (the full URI or path it was loaded from)."""
-    try:
-        return lake_relative(uri)
-    except ValueError:
-        return uri
