@@ -3,7 +3,8 @@
 landing_sensor, each tick: list the landing zone, take the settled files beyond the cursor's
 watermark that the load log does not hold (oldest first, at most max_files_per_tick), and
 request one ingest run per emotion for today's partition carrying exactly those files. The
-load log is the checkpoint: a lost cursor reloads nothing. Logic in core/planner.py.
+load log is the checkpoint: a lost cursor reloads nothing. The sensor's memory (core/planner.py
+LandingMemory) makes an idle tick ask the load log about no file. Logic in core/planner.py.
 """
 
 import hashlib
@@ -13,7 +14,7 @@ import warnings
 import dagster as dg
 
 from fer_platform.assets.raw import ingest_run_config
-from fer_platform.automation.convergence import audit_layers, repair_requests
+from fer_platform.automation.convergence import audit_layers, busy_partitions, repair_requests
 from fer_platform.automation.jobs import (
     PUBLISH_ASSETS,
     expand_csv_job,
@@ -25,9 +26,9 @@ from fer_platform.automation.jobs import (
 )
 from fer_platform.automation.runs import FAILED, TRIGGER, runs_state
 from fer_platform.core import challenge, ledger
-from fer_platform.core.convergence import restore_load_log
+from fer_platform.core.convergence import audit_due, audited, layer_marks, restore_load_log
 from fer_platform.core.pg.connect import connect
-from fer_platform.core.planner import Watermark, plan_tick, run_key
+from fer_platform.core.planner import LandingMemory, Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import (
     AutoLoaderResource,
@@ -72,8 +73,19 @@ def landing_sensor(
 ) -> dg.SensorResult:
     storage, settings = landing.storage(), auto_loader.settings()
     dsn = postgres.get_dsn()
-    with connect(dsn) as conn:  # a lost checkpoint first: the files it had are not new
-        restored = restore_load_log(conn, lake.storage())
+    # The audit (and putting back a lost checkpoint) reads every partition: only when a layer changed since
+    # the last audit in agreement, or FULL_AUDIT_SECONDS after it (core/convergence.py layer_marks).
+    gate, marks, audit_now = (dsn, lake.storage().uri(), embedder.model_id()), None, True
+    try:
+        with connect(dsn) as conn:
+            marks = (layer_marks(conn, lake.storage(), gate[2]), frozenset(busy_partitions(context.instance)))
+        audit_now = audit_due(gate, marks)
+    except Exception as exc:  # noqa: BLE001 - one line; the audit below reports what is wrong
+        context.log.warning(f"could not read the layers' marks: {type(exc).__name__}: {exc}")
+    restored = 0
+    if audit_now:
+        with connect(dsn) as conn:  # a lost checkpoint first: the files it had are not new
+            restored = restore_load_log(conn, lake.storage())
     if restored:
         context.log.warning(
             f"put back {restored} load-log row(s) that the raw manifests hold (a lost checkpoint)"
@@ -82,20 +94,17 @@ def landing_sensor(
     if context.cursor and not cursor.started:
         context.log.warning("the cursor could not be read: starting from the load log")
 
-    def known(entries):
-        with connect(dsn) as conn:
-            return ledger.known_versions(conn, [storage.uri(e.key) for e in entries])
-
     oldest = None
     if not cursor.started and not settings.include_existing_files:
         with connect(dsn) as conn:
             oldest = ledger.oldest_version_us(conn, storage.uri())
     in_flight, attempts = runs_state(context.instance)
     listing = storage.list_files()
+    memory = LandingMemory(dsn, storage)  # asks the load log only about versions it has not seen logged
     tick = plan_tick(
         storage,
         listing,
-        known,
+        memory.known(listing),
         cursor,
         settings,
         now_us=time.time_ns() // 1000,
@@ -128,7 +137,9 @@ def landing_sensor(
                 )
             )
     requests += _csv_expansions(context, storage, dsn, listing, settings)
-    requests += _repairs(context, dsn, lake, embedder, settings, {r.partition_key for r in requests})
+    if audit_now:
+        loading = {r.partition_key for r in requests}
+        requests += _repairs(context, dsn, lake, embedder, settings, loading, gate, marks, restored)
     if tick.given_up:
         context.log.warning(
             f"{len(tick.given_up)} file(s) failed in {settings.max_attempts} runs and are left to a "
@@ -185,9 +196,10 @@ def _csv_expansions(context, storage, dsn, listing, settings) -> list[dg.RunRequ
     return requests
 
 
-def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequest]:
+def _repairs(context, dsn, lake, embedder, settings, loading, gate, marks, restored) -> list[dg.RunRequest]:
     """Repair runs for partitions whose layers disagree (not those this tick already loads into). A failing
-    audit (an unreadable model, a lake hiccup) is logged and never stops the pickup of files."""
+    audit (an unreadable model, a lake hiccup) is logged and never stops the pickup of files. An audit in
+    agreement is recorded with the marks read before it: later ticks with the same marks skip it."""
     try:
         with connect(dsn) as conn:
             audit = audit_layers(
@@ -198,6 +210,8 @@ def _repairs(context, dsn, lake, embedder, settings, loading) -> list[dg.RunRequ
             f"could not audit the layers this tick: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         )
         return []
+    if marks is not None:
+        audited(gate, marks, audit.ok and not restored)
     if audit.ok:
         return []
     requests, given_up = repair_requests(

@@ -24,7 +24,8 @@ import hashlib
 import logging
 import posixpath
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -242,6 +243,68 @@ def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Pa
                 Disagreement(None, "the search index", whole.rows, None if indexed is None else indexed.rows)
             )
     return out
+
+
+# --------------------------------------------------------------------------- the audit's per-tick cost
+# An audit reads every partition of every layer (two aggregates over the whole load log and the vectors
+# table). A tick that sees nothing changed since the last audit that found everything in agreement skips it;
+# a full audit still runs at least this often, whatever the marks say.
+FULL_AUDIT_SECONDS = 600.0
+AUDITS: dict[str, int] = {"full": 0, "skipped": 0}  # counted for the tests
+_gates: dict[Hashable, tuple[Hashable, float]] = {}  # key -> (marks of the last audit in agreement, when)
+_gates_lock = threading.Lock()
+
+
+def layer_marks(conn: psycopg.Connection, lake: Storage, model: str) -> tuple:
+    """What changes when any layer the audit reads changes, read without reading a layer: the listing of the
+    lake layers' partition files and the index's files (one entry per partition, not per image), the load
+    log's newest row id, and PostgreSQL's cumulative insert/update/delete counters of the load log and the
+    vectors table (their table ids too: a dropped and recreated table is another). The counters are
+    PostgreSQL's statistics, which a writer's backend publishes up to seconds after its commit: a change is
+    seen by the first tick after that, and every FULL_AUDIT_SECONDS regardless."""
+    files = tuple(
+        (e.key, e.size, e.modified_us)
+        for prefix in (RAW_MANIFEST, BRONZE_IMAGES, SILVER_EMBEDDINGS)
+        for e in lake.list_files(prefix)
+    )
+    folder = index_dir(model)
+    index, missing = lake.stat_many([f"{folder}/{name}" for name in (IDS_FILE, INDEX_FILE, META_FILE)])
+    tables = conn.execute(
+        """SELECT relname, relid::bigint, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables
+           WHERE relname = ANY(%s) AND schemaname = current_schema() ORDER BY relname""",
+        ([LOAD_LOG_TABLE, VECTORS_TABLE],),
+    ).fetchall()
+    (newest,) = conn.execute(f"SELECT max(id) FROM {LOAD_LOG_TABLE}").fetchone()
+    conn.rollback()  # end the read-only transaction
+    return (
+        model,
+        files,
+        tuple((e.key, e.size, e.modified_us) for e in index),
+        tuple(missing),
+        tuple(tables),
+        newest,
+    )
+
+
+def audit_due(key: Hashable, marks: Hashable, now: float | None = None) -> bool:
+    """Whether a tick with these marks must audit: anything changed since the last audit in agreement, that
+    audit is FULL_AUDIT_SECONDS old, or there was none (a new process audits at its first tick)."""
+    now = time.time() if now is None else now
+    with _gates_lock:
+        last = _gates.get(key)
+    due = last is None or last[0] != marks or now - last[1] >= FULL_AUDIT_SECONDS
+    AUDITS["full" if due else "skipped"] += 1
+    return due
+
+
+def audited(key: Hashable, marks: Hashable, in_agreement: bool, now: float | None = None) -> None:
+    """Record an audit: marks read before it, and whether it found everything in agreement (an audit that did
+    not is run again at every tick, while the repairs it asked for run)."""
+    with _gates_lock:
+        if in_agreement:
+            _gates[key] = (marks, time.time() if now is None else now)
+        else:
+            _gates.pop(key, None)
 
 
 # --------------------------------------------------------------------------- a lost checkpoint

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from fer_platform.core.pg.schema import LOAD_LOG_TABLE
+from fer_platform.core.pg.schema import LANDING_SEEN_STATE_TABLE, LANDING_SEEN_TABLE, LOAD_LOG_TABLE
 from fer_platform.core.storage import to_us
 
 INGEST_LOCK = 7_210_002  # pg_advisory_xact_lock key: one ledger decision at a time
@@ -47,9 +47,16 @@ def lock(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
 
 
+# What known_versions was asked (calls, sources): the landing sensor's tests read it to show that an idle
+# tick asks the load log about no file.
+LOOKUPS: Counter = Counter()
+
+
 def known_versions(conn: psycopg.Connection, sources: Sequence[str]) -> set[Version]:
     """The (source, size, modified) versions of ``sources`` already in the ledger."""
     found: set[Version] = set()
+    LOOKUPS["calls"] += 1
+    LOOKUPS["sources"] += len(sources)
     for i in range(0, len(sources), _CHUNK):
         rows = conn.execute(
             f"SELECT source, size, modified_at FROM {LOAD_LOG_TABLE} WHERE source = ANY(%s)",
@@ -283,3 +290,56 @@ def oldest_version_us(conn: psycopg.Connection, source_prefix: str) -> int | Non
         f"SELECT min(modified_at) FROM {LOAD_LOG_TABLE} WHERE starts_with(source, %s)", (source_prefix,)
     ).fetchone()
     return to_us(oldest) if oldest is not None else None
+
+
+# --------------------------------------------------------------------------- the landing sensor's memory
+Seen = dict[str, tuple[int, int]]  # landing key -> (size, modified microseconds) of a version logged
+
+
+def seen_token(conn: psycopg.Connection, root: str) -> tuple[str, dt.datetime] | None:
+    """(token, verified_at) of ``root``'s memory; None when there is none (never written, or forgotten
+    because load-log rows were deleted)."""
+    return conn.execute(
+        f"SELECT token, verified_at FROM {LANDING_SEEN_STATE_TABLE} WHERE root = %s", (root,)
+    ).fetchone()
+
+
+def seen_versions(conn: psycopg.Connection, root: str) -> Seen:
+    rows = conn.execute(
+        f"SELECT key, size, modified_us FROM {LANDING_SEEN_TABLE} WHERE root = %s", (root,)
+    ).fetchall()
+    return {k: (int(n), int(us)) for k, n, us in rows}
+
+
+def remember_seen(
+    conn: psycopg.Connection,
+    root: str,
+    token: str,
+    add: Sequence[tuple[str, int, int]],
+    drop: Sequence[str],
+    replace: bool = False,
+    verified: bool = False,
+) -> None:
+    """Change ``root``'s memory by the delta (``replace``: the whole memory is ``add``) and give it a new
+    ``token``, in one transaction. Only versions found in the load log are ever added."""
+    with conn.transaction():
+        if replace:
+            conn.execute(f"DELETE FROM {LANDING_SEEN_TABLE} WHERE root = %s", (root,))
+        elif drop:
+            conn.execute(
+                f"DELETE FROM {LANDING_SEEN_TABLE} WHERE root = %s AND key = ANY(%s)", (root, list(drop))
+            )
+        if add:
+            conn.execute(
+                f"""INSERT INTO {LANDING_SEEN_TABLE} (root, key, size, modified_us)
+                    SELECT %s, k, n, us FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS a(k, n, us)
+                    ON CONFLICT (root, key) DO UPDATE SET size = EXCLUDED.size,
+                                                          modified_us = EXCLUDED.modified_us""",
+                (root, [a[0] for a in add], [a[1] for a in add], [a[2] for a in add]),
+            )
+        conn.execute(
+            f"""INSERT INTO {LANDING_SEEN_STATE_TABLE} (root, token, verified_at) VALUES (%s, %s, now())
+                ON CONFLICT (root) DO UPDATE SET token = EXCLUDED.token,
+                    verified_at = CASE WHEN %s THEN now() ELSE {LANDING_SEEN_STATE_TABLE}.verified_at END""",
+            (root, token, verified),
+        )

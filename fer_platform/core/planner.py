@@ -5,14 +5,19 @@ The landing sensor's tick; the demo plans with it too, so both decide the same w
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from fer_platform.core import ledger
 from fer_platform.core.layout import EMOTIONS, route
-from fer_platform.core.ledger import Version
+from fer_platform.core.ledger import Seen, Version
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import FileEntry, Storage
 
 
@@ -185,6 +190,79 @@ def plan_tick(
         prefix.append(e)
     tick.cursor = cursor.advanced(prefix)
     return tick
+
+
+# --------------------------------------------------------------------------- the sensor's memory
+# Once in this long the memory is not trusted: the tick checks every settled file against the load log and
+# writes the memory anew (the cost of a tick without memory, once an hour).
+FULL_CHECK_SECONDS = 3600.0
+_memory: dict[tuple[str, str], tuple[str, Seen]] = {}  # (dsn, landing root) -> (token, memory)
+_memory_lock = threading.Lock()
+
+
+@dataclass
+class LandingMemory:
+    """The landing file versions earlier ticks found in the load log, per landing root: a tick asks the load
+    log (one query for the batch) only about settled files whose (key, size, mtime) the memory does not hold,
+    so an idle tick costs the listing and a set lookup per file, whatever the load log's size.
+
+    The memory lives in PostgreSQL next to the load log (``landing_seen``: it survives a restart, and a
+    database restored from a dump restores both together); a long-lived process keeps a copy and reads the
+    table again only when its token changed. Nothing is lost by it: only versions the load log holds are
+    remembered, a version changed in any of key, size or mtime is asked about (so a file copied in with an
+    old mtime is), a file gone from the listing leaves the memory, deleting load-log rows forgets the whole
+    memory (a trigger), and every ``full_check_seconds`` the memory is rebuilt from the load log.
+    """
+
+    dsn: str
+    landing: Storage
+    full_check_seconds: float = FULL_CHECK_SECONDS
+    remembered: int = 0  # this tick: settled files the memory answered for
+    asked: int = 0  # settled files asked about in the load log
+    full: bool = False  # whether this tick checked everything against the load log
+
+    def known(self, listing: Sequence[FileEntry]) -> Callable[[list[FileEntry]], set[Version]]:
+        """``plan_tick``'s ``known`` for a tick whose whole listing is ``listing``."""
+        present = {e.key for e in listing}
+        return lambda entries: self._known(present, entries)
+
+    def _known(self, present: set[str], entries: Sequence[FileEntry]) -> set[Version]:
+        root, uri = self.landing.uri(), self.landing.uri
+        with connect(self.dsn) as conn:
+            state = ledger.seen_token(conn, root)
+            age = None if state is None else (dt.datetime.now(dt.timezone.utc) - state[1]).total_seconds()
+            self.full = state is None or age is None or age > self.full_check_seconds
+            seen: Seen = {}
+            if not self.full:
+                with _memory_lock:
+                    cached = _memory.get((self.dsn, root))
+                seen = cached[1] if cached and cached[0] == state[0] else ledger.seen_versions(conn, root)
+            ask, known = [], set()
+            for e in entries:
+                if seen.get(e.key) == (e.size, e.modified_us):
+                    known.add((uri(e.key), e.size, e.modified_us))
+                else:
+                    ask.append(e)
+            logged = ledger.known_versions(conn, [uri(e.key) for e in ask]) if ask else set()
+            known |= logged
+            self.remembered, self.asked = len(entries) - len(ask), len(ask)
+            found = [
+                (e.key, e.size, e.modified_us) for e in ask if (uri(e.key), e.size, e.modified_us) in logged
+            ]
+            drop = [k for k in seen if k not in present]
+            if self.full or found or drop:
+                token = uuid.uuid4().hex
+                ledger.remember_seen(conn, root, token, found, drop, replace=self.full, verified=self.full)
+                seen = {} if self.full else dict(seen)
+                for k in drop:
+                    seen.pop(k, None)
+                seen.update((k, (n, us)) for k, n, us in found)
+                with _memory_lock:
+                    _memory[(self.dsn, root)] = (token, seen)
+            elif state is not None:
+                with _memory_lock:
+                    _memory[(self.dsn, root)] = (state[0], seen)
+        return known
 
 
 def run_key(files: Sequence[FileEntry], attempt: int = 1) -> str:

@@ -95,6 +95,40 @@ SCHEMA.append(
 )
 # ---- end of the challenge CSV's checkpoint
 
+# ---- issue 15, the landing sensor's memory (core/planner.py LandingMemory): per landing root, the file
+# versions previous ticks found in the load log, so an idle tick asks the load log about none of them. A
+# row of the load log deleted (or the table truncated) forgets every root's memory in the same transaction:
+# the next tick checks its whole listing against the load log again (correct, slower once).
+LANDING_SEEN_TABLE = "landing_seen"
+LANDING_SEEN_STATE_TABLE = "landing_seen_state"
+SCHEMA += [
+    f"""
+    CREATE TABLE IF NOT EXISTS {LANDING_SEEN_TABLE} (
+        root        text NOT NULL,
+        key         text NOT NULL,
+        size        bigint NOT NULL,
+        modified_us bigint NOT NULL,
+        PRIMARY KEY (root, key)
+    )""",
+    f"""
+    CREATE TABLE IF NOT EXISTS {LANDING_SEEN_STATE_TABLE} (
+        root        text PRIMARY KEY,
+        token       text NOT NULL,
+        verified_at timestamptz NOT NULL
+    )""",
+    f"""
+    CREATE OR REPLACE FUNCTION {LANDING_SEEN_TABLE}_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM {LANDING_SEEN_STATE_TABLE};
+        DELETE FROM {LANDING_SEEN_TABLE};
+        RETURN NULL;
+    END $$""",
+    f"DROP TRIGGER IF EXISTS {LOAD_LOG_TABLE}_forget_seen ON {LOAD_LOG_TABLE}",
+    f"""CREATE TRIGGER {LOAD_LOG_TABLE}_forget_seen AFTER DELETE OR TRUNCATE ON {LOAD_LOG_TABLE}
+        FOR EACH STATEMENT EXECUTE FUNCTION {LANDING_SEEN_TABLE}_forget()""",
+]
+# ---- end of the landing sensor's memory
+
 VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
 VECTOR_INDEX_DDL = (
     f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {VECTORS_TABLE} USING hnsw (vector vector_cosine_ops)"
@@ -109,6 +143,8 @@ SCHEMA_OBJECTS = (
     f"{LOAD_LOG_TABLE}_partition",
     f"{LOAD_LOG_TABLE}_source",
     CSV_CHECKPOINT_TABLE,  # the challenge CSV's checkpoint
+    LANDING_SEEN_TABLE,  # the landing sensor's memory (issue 15)
+    LANDING_SEEN_STATE_TABLE,
 )
 
 
