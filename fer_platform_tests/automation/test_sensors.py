@@ -14,6 +14,7 @@ from fer_platform.assets.search import search_index
 from fer_platform.automation import runs
 from fer_platform.automation.jobs import INGEST_ASSETS, expand_csv_job
 from fer_platform.automation.sensors import landing_sensor
+from fer_platform.core import convergence, ledger, planner
 from fer_platform.core.ingest import ingest
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import Storage
@@ -176,6 +177,65 @@ def test_a_file_that_comes_in_with_an_old_modification_time_is_not_lost(landing,
     assert [files_of(r) for r in requests] == [["train/happy/moved.png"]]
 
 
+def remembered(pg_dsn):
+    with connect(pg_dsn) as conn:
+        return {k: (n, us) for k, n, us in conn.execute("SELECT key, size, modified_us FROM landing_seen")}
+
+
+def asked(landing, pg_dsn, cursor):
+    """One tick's requests, cursor, and how many landing files it asked the load log about."""
+    before = ledger.LOOKUPS["sources"]
+    requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor)
+    return requests, cursor, ledger.LOOKUPS["sources"] - before
+
+
+def test_an_idle_tick_asks_the_load_log_about_no_file_and_an_old_mtime_file_still_comes_in(
+    landing, lake, pg_dsn
+):
+    """The sensor's memory: files found in the load log are not asked about again (not even after a lost
+    in-process copy: the memory is in PostgreSQL); one copied in later with an old mtime is."""
+    for i in range(12):
+        land(landing, f"train/happy/{i}.png", face("happy", i), T0 + i)
+    requests, cursor, n = asked(landing, pg_dsn, None)
+    assert n == 12 and len(files_of(requests[0])) == 12
+    load(landing, lake, pg_dsn, requests)
+    requests, cursor, n = asked(landing, pg_dsn, cursor)  # the load log has them now: remembered
+    assert requests == [] and n == 12 and len(remembered(pg_dsn)) == 12
+    for _ in range(3):
+        requests, cursor, n = asked(landing, pg_dsn, cursor)
+        assert requests == [] and n == 0  # idle: no file asked about
+    planner._memory.clear()  # a restarted process: the memory is read back from PostgreSQL
+    requests, cursor, n = asked(landing, pg_dsn, cursor)
+    assert requests == [] and n == 0
+    land(landing, "train/happy/copied.png", face("happy", 99), T0 - 86400)  # cp -p: a day before the rest
+    requests, cursor, n = asked(landing, pg_dsn, cursor)
+    assert [files_of(r) for r in requests] == [["train/happy/copied.png"]] and n == 1
+
+
+def test_a_lost_or_stale_memory_loses_no_file_and_a_vanished_file_leaves_it(landing, lake, pg_dsn):
+    for i in range(4):
+        land(landing, f"train/sad/{i}.png", face("sad", i), T0 + i)
+    requests, cursor, _ = asked(landing, pg_dsn, None)
+    load(landing, lake, pg_dsn, requests)
+    requests, cursor, _ = asked(landing, pg_dsn, cursor)
+    assert requests == [] and len(remembered(pg_dsn)) == 4
+    with connect(pg_dsn) as conn:  # the memory deleted: the tick checks every file against the load log
+        conn.execute("DELETE FROM landing_seen_state")
+        conn.execute("DELETE FROM landing_seen")
+    requests, cursor, n = asked(landing, pg_dsn, cursor)
+    assert requests == [] and n == 4 and len(remembered(pg_dsn)) == 4
+    with connect(pg_dsn) as conn:  # the load log lost a row: the memory of it must not hide the file
+        conn.execute("DELETE FROM load_log WHERE path = 'train/sad/2.png'")
+    requests, cursor, n = asked(landing, pg_dsn, cursor)
+    assert [files_of(r) for r in requests] == [["train/sad/2.png"]] and n == 4
+    (landing / "train/sad/0.png").unlink()
+    requests, cursor, _ = asked(landing, pg_dsn, cursor)
+    assert "train/sad/0.png" not in remembered(pg_dsn) and set(remembered(pg_dsn)) == {
+        "train/sad/1.png",
+        "train/sad/3.png",
+    }
+
+
 def test_a_failed_runs_files_are_asked_for_again_then_left_to_a_person(landing, pg_dsn):
     instance = dg.DagsterInstance.ephemeral()
     land(landing, "train/sad/a.png", face("sad", 1), T0)
@@ -274,6 +334,9 @@ def test_the_tick_repairs_partitions_whose_layers_disagree_and_a_lost_index(reso
     with dg.instance_for_test() as instance:
         cursor = tick(landing, pg_dsn, instance=instance, lake=lake, repairs=True)[1]
         assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []  # everything agrees
+        skipped = convergence.AUDITS["skipped"]
+        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
+        assert convergence.AUDITS["skipped"] == skipped + 1  # nothing changed: the audit is not read again
         silver.unlink()
         (first,) = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
         assert first.partition_key == key and first.tags["fer/repair"] == "true" and files_of(first) == []
