@@ -6,6 +6,7 @@ The landing zone follows the Kaggle FER2013 layout, ``<split>/<emotion>/<name>``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ class Route:
     problem: str | None = None
 
 
+@functools.lru_cache(
+    maxsize=1 << 18
+)  # a pure function of the key: the sensor routes every listed key per tick
 def route(key: str) -> Route:
     """Route a landing key (posix path relative to the landing root)."""
     key = key.strip("/")

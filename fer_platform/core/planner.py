@@ -147,9 +147,10 @@ def plan_tick(
     settled = [e for e in mine if e.modified_us <= now_us - settle_us]
     logged = known(settled) if settled else set()
     tick = Tick([], cursor, deferred=len(mine) - len(settled), ignored=ignored)
-    due_old, due_new = [], []
-    for e in sorted(settled, key=lambda e: (e.modified_us, e.key)):
-        if (landing.uri(e.key), e.size, e.modified_us) in logged:
+    due_old, due_new, given_up = [], [], []
+    uri = landing.uri
+    for e in settled:  # unsorted: an idle tick sorts nothing; what is due is sorted below
+        if (uri(e.key), e.size, e.modified_us) in logged:
             tick.already_logged += 1
         elif e.key in in_flight:
             tick.in_flight += 1
@@ -158,11 +159,15 @@ def plan_tick(
         else:
             a = attempts.get(e.key, Attempts())
             if a.failed >= settings.max_attempts:
-                tick.given_up.append(e.key)
+                given_up.append(e)
             elif a.failed and now_us - a.last_end_us < settings.retry_after_seconds * 1_000_000:
                 tick.waiting_retry += 1
             else:
                 due_old.append(e)
+    oldest_first = lambda e: (e.modified_us, e.key)  # noqa: E731
+    due_old.sort(key=oldest_first)
+    due_new.sort(key=oldest_first)
+    tick.given_up = [e.key for e in sorted(given_up, key=oldest_first)]
     taken = (due_old + due_new)[: settings.max_files_per_tick]
     tick.retried = min(len(due_old), len(taken))
     tick.new = len(due_new)

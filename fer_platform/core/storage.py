@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import functools
 import os
 import posixpath
 import re
@@ -37,8 +38,8 @@ class FileEntry:
     modified: dt.datetime  # UTC, microsecond precision
     kind: str = "file"  # "file" (a regular file), or what else it is: never opened (see special_kind)
 
-    @property
-    def modified_us(self) -> int:
+    @functools.cached_property
+    def modified_us(self) -> int:  # computed once per entry: a tick compares every listed file's
         return to_us(self.modified)
 
 
@@ -434,19 +435,37 @@ def _remove_quietly(path: str) -> None:
 
 def _walk_local(base: str, root: str) -> Iterable[FileEntry]:
     """Every entry under ``base`` that is not a real folder, links not followed: regular files, and symbolic
-    links (to files or folders), FIFOs, sockets and devices with their ``kind`` (never opened)."""
+    links (to files or folders), FIFOs, sockets and devices with their ``kind`` (never opened). Keys are
+    built as the walk descends (one lstat per entry, no path arithmetic per file: the landing sensor lists
+    everything at every tick)."""
     if not os.path.isdir(base):
         return
-    for dirpath, dirs, files in os.walk(base):  # followlinks=False: a linked folder is listed, not entered
-        for name in (*files, *(d for d in dirs if os.path.islink(os.path.join(dirpath, d)))):
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(full)
-            except FileNotFoundError:  # removed while listing
-                continue
-            modified = _EPOCH + dt.timedelta(microseconds=st.st_mtime_ns // 1000)
-            key = os.path.relpath(full, root).replace(os.sep, "/")
-            yield FileEntry(key, st.st_size, modified, special_kind(st.st_mode))
+    rel = os.path.relpath(base, root).replace(os.sep, "/")
+    stack = [(base, "" if rel == "." else rel + "/")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            it = os.scandir(folder)
+        except OSError:  # removed or unreadable while listing (os.walk skipped these too)
+            continue
+        with it:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):  # a linked folder is listed, not entered
+                        stack.append((entry.path, prefix + entry.name + "/"))
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # removed while listing
+                    continue
+                us = st.st_mtime_ns // 1000
+                found = FileEntry(
+                    prefix + entry.name,
+                    st.st_size,
+                    _EPOCH + dt.timedelta(microseconds=us),
+                    special_kind(st.st_mode),
+                )
+                found.__dict__["modified_us"] = us  # the cached property, known already
+                yield found
 
 
 def _modified(info: dict[str, Any]) -> dt.datetime:
