@@ -27,7 +27,7 @@ from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core import convergence, ledger, planner
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect
-from fer_platform.core.pg.schema import PLATFORM_WRITER
+from fer_platform.core.pg.schema import PLATFORM_WRITER, VECTOR_INDEX, VECTOR_INDEX_DDL
 from fer_platform.core.storage import Storage
 from fer_platform.resources import (
     AutoLoaderResource,
@@ -91,13 +91,17 @@ def setup(root, dsn, n, model) -> None:
     rng = np.random.default_rng(0)
     with connect(dsn) as conn:
         ledger.insert(conn, rows)
+        conn.execute(f"DROP INDEX {VECTOR_INDEX}")  # COPY first, the index after: set-up time only
         cols = "filepath, emotion, vector, image_id, split, load_date, model, written_by"
         with conn.cursor().copy(f"COPY imagenes_fer ({cols}) FROM STDIN") as copy:
             for r in rows:
-                vec = "[" + ",".join(f"{x:.3f}" for x in rng.standard_normal(512)) + "]"
+                vec = "[" + ",".join(f"{x:.2f}" for x in rng.standard_normal(512)) + "]"
                 copy.write_row(
                     (r.lake_path, r.emotion, vec, r.sha256, "train", r.load_date, model, PLATFORM_WRITER)
                 )
+        conn.commit()
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        conn.execute(VECTOR_INDEX_DDL)
         conn.commit()
         conn.execute("ANALYZE")
 

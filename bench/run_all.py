@@ -14,6 +14,7 @@ BENCHES = [
     ["bench_serve.py"],
     ["bench_model.py"],
     ["bench_convergence.py"],
+    ["bench_sensor.py"],
     ["bench_demo.py"],
 ]
 

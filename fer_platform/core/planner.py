@@ -258,7 +258,7 @@ class LandingMemory:
             if self.full or found or drop:
                 token = uuid.uuid4().hex
                 ledger.remember_seen(conn, root, token, found, drop, replace=self.full, verified=self.full)
-                seen = {} if self.full else dict(seen)
+                seen = {} if self.full else seen  # changed in place: the write above succeeded
                 for k in drop:
                     seen.pop(k, None)
                 seen.update((k, (n, us)) for k, n, us in found)
