@@ -16,6 +16,7 @@ import hashlib
 import os
 import statistics
 import sys
+import time
 
 import dagster as dg
 import numpy as np
@@ -149,11 +150,30 @@ def main(n: int) -> None:
                 assert convergence.audit(conn, lake, model).ok
             return t.seconds
 
+        def plan(with_memory: bool) -> float:
+            """The tick's planning alone (listing + load log + plan_tick), with the sensor's memory or as
+            before it (every settled file asked about in the load log)."""
+
+            def every_file(entries):
+                with connect(dsn) as conn:
+                    return ledger.known_versions(conn, [landing.uri(e.key) for e in entries])
+
+            with Timer() as t:
+                files = landing.list_files()
+                known = planner.LandingMemory(dsn, landing).known(files) if with_memory else every_file
+                settings = planner.AutoLoaderSettings(settle_seconds=5)
+                now = time.time_ns() // 1000
+                planner.plan_tick(
+                    landing, files, known, planner.Watermark.from_json(cursor[0]), settings, now
+                )
+            return t.seconds
+
         def measure(label: str) -> dict:
             before = ledger.LOOKUPS["sources"]
             tick = median(sensor_tick)
             asked = ledger.LOOKUPS["sources"] - before
             out = {"tick": tick, "list": median(listing), "marks": median(marks), "audit": median(full_audit)}
+            out["plan"], out["old"] = median(lambda: plan(True)), median(lambda: plan(False))
             print(
                 f"-- {label}: {asked} landing file(s) asked about in the load log over {REPEATS} idle ticks"
             )
@@ -164,6 +184,8 @@ def main(n: int) -> None:
                 (out["tick"] - out["list"]) / out["list"],
                 "x listing",
             )
+            row(f"  planning with the memory ({label})", out["plan"], "s")
+            row(f"  planning without it, as before ({label})", out["old"], "s")
             row(f"  audit marks per tick ({label})", out["marks"], "s")
             row(f"  full audit, warm ({label})", out["audit"], "s", "(once a change, or 10 min)")
             return out
@@ -192,6 +214,8 @@ def main(n: int) -> None:
         beyond = lambda m: m["tick"] - m["list"]  # noqa: E731
         row("growth of the idle tick, 10x load log / 1x", b["tick"] / a["tick"], "x")
         row("growth of the tick beyond the listing, 10x / 1x", beyond(b) / beyond(a), "x")
+        row("growth of the planning with the memory, 10x / 1x", b["plan"] / a["plan"], "x")
+        row("growth of the planning without it (before), 10x / 1x", b["old"] / a["old"], "x")
         row("growth of the audit marks, 10x / 1x", b["marks"] / a["marks"], "x")
         row("growth of a full audit, 10x / 1x", b["audit"] / a["audit"], "x")
 
