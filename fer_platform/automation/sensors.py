@@ -75,13 +75,14 @@ def landing_sensor(
     dsn = postgres.get_dsn()
     # The audit (and putting back a lost checkpoint) reads every partition: only when a layer changed since
     # the last audit in agreement, or FULL_AUDIT_SECONDS after it (core/convergence.py layer_marks).
-    gate, marks, audit_now = (dsn, lake.storage().uri(), embedder.model_id()), None, True
-    try:
+    gate, marks, audit_now = None, None, True
+    try:  # an unreadable model or a lake hiccup: the audit below says what is wrong, the files still load
+        gate = (dsn, lake.storage().uri(), embedder.model_id())
         with connect(dsn) as conn:
             marks = (layer_marks(conn, lake.storage(), gate[2]), frozenset(busy_partitions(context.instance)))
         audit_now = audit_due(gate, marks)
-    except Exception as exc:  # noqa: BLE001 - one line; the audit below reports what is wrong
-        context.log.warning(f"could not read the layers' marks: {type(exc).__name__}: {exc}")
+    except Exception:  # noqa: BLE001
+        marks = None
     restored = 0
     if audit_now:
         with connect(dsn) as conn:  # a lost checkpoint first: the files it had are not new
