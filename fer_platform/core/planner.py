@@ -148,9 +148,9 @@ def plan_tick(
     logged = known(settled) if settled else set()
     tick = Tick([], cursor, deferred=len(mine) - len(settled), ignored=ignored)
     due_old, due_new, given_up = [], [], []
-    uri = landing.uri
+    base = landing.uri() + "/"  # landing.uri(key) of a listed key (listed keys have no outer slashes)
     for e in settled:  # unsorted: an idle tick sorts nothing; what is due is sorted below
-        if (uri(e.key), e.size, e.modified_us) in logged:
+        if (base + e.key, e.size, e.modified_us) in logged:
             tick.already_logged += 1
         elif e.key in in_flight:
             tick.in_flight += 1
@@ -184,12 +184,12 @@ def plan_tick(
     taken_keys = {e.key for e in taken}
 
     def done(e: FileEntry) -> bool:
-        return (
-            e.key in taken_keys or e.key in in_flight or (landing.uri(e.key), e.size, e.modified_us) in logged
-        )
+        return e.key in taken_keys or e.key in in_flight or (base + e.key, e.size, e.modified_us) in logged
 
+    top, at_top = cursor.us, cursor.keys  # not cursor.covers(e), inline: it runs over every listed file
+    beyond = [e for e in mine if e.modified_us > top or (e.modified_us == top and e.key not in at_top)]
     prefix = []
-    for e in sorted((e for e in mine if not cursor.covers(e)), key=lambda e: (e.modified_us, e.key)):
+    for e in sorted(beyond, key=oldest_first):
         if not done(e):
             break
         prefix.append(e)
@@ -232,7 +232,8 @@ class LandingMemory:
         return lambda entries: self._known(present, entries)
 
     def _known(self, present: set[str], entries: Sequence[FileEntry]) -> set[Version]:
-        root, uri = self.landing.uri(), self.landing.uri
+        root = self.landing.uri()
+        base = root + "/"  # landing.uri(key) of a listed key
         with connect(self.dsn) as conn:
             state = ledger.seen_token(conn, root)
             age = None if state is None else (dt.datetime.now(dt.timezone.utc) - state[1]).total_seconds()
@@ -245,14 +246,14 @@ class LandingMemory:
             ask, known = [], set()
             for e in entries:
                 if seen.get(e.key) == (e.size, e.modified_us):
-                    known.add((uri(e.key), e.size, e.modified_us))
+                    known.add((base + e.key, e.size, e.modified_us))
                 else:
                     ask.append(e)
-            logged = ledger.known_versions(conn, [uri(e.key) for e in ask]) if ask else set()
+            logged = ledger.known_versions(conn, [base + e.key for e in ask]) if ask else set()
             known |= logged
             self.remembered, self.asked = len(entries) - len(ask), len(ask)
             found = [
-                (e.key, e.size, e.modified_us) for e in ask if (uri(e.key), e.size, e.modified_us) in logged
+                (e.key, e.size, e.modified_us) for e in ask if (base + e.key, e.size, e.modified_us) in logged
             ]
             drop = [k for k in seen if k not in present]
             if self.full or found or drop:
