@@ -71,16 +71,19 @@ class NonFiniteVectors(ValueError):
 
 
 def write_partition(
-    conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Callable[[int, int], None] | None = None
+    conn: psycopg.Connection,
+    plan: EmbeddingPlan,
+    on_batch: Callable[[int, int], None] | None = None,
+    defer_index: bool | None = None,
 ) -> dict:
     """Make the (partition, model) rows equal to ``plan`` in one transaction; returns counts.
 
     A load that adds many rows relative to the table COPYs without the HNSW index, which is built once
     the last concurrent loader ends (``pg.schema.begin_bulk_load``); a small one inserts into the live
     index. Either way the index is ensured at the end (``index``: present, built, or loading: another
-    loader builds it)."""
+    loader builds it). ``defer_index`` overrides the rule (the benchmark compares both)."""
     register_vector(conn)
-    deferred = begin_bulk_load(conn, rows_to_add(conn, plan))
+    deferred = begin_bulk_load(conn, rows_to_add(conn, plan), defer_index)
     try:
         stats = _replace_partition(conn, plan, on_batch)
     except BaseException:

@@ -82,6 +82,7 @@ def pause(tmp_path, monkeypatch):
 def test_a_bulk_load_copies_without_the_index_and_searches_answer_meanwhile(pg_dsn, pause):
     with connect(pg_dsn) as conn:  # what was there before the load: a search must find it exactly
         write_partition(conn, _plan("sad", 300, seed=1))
+    assert 300 < BULK_MIN_ROWS + 4 * BULK  # the load below adds more than a quarter of the table
     assert _index_present(pg_dsn)
     reached, go = pause("vectors.index_deferred")
     result = {}
@@ -112,11 +113,11 @@ def test_a_bulk_load_copies_without_the_index_and_searches_answer_meanwhile(pg_d
 
 def test_a_small_load_keeps_the_index_live(pg_dsn, pause):
     with connect(pg_dsn) as conn:
-        write_partition(conn, _plan("sad", 300, seed=1))
+        assert write_partition(conn, _plan("sad", 1200, seed=1))["index"] == "built"  # a bulk load
     reached, go = pause("vectors.batch_copied")  # mid-COPY of the small load
     result = {}
     loader = threading.Thread(
-        target=lambda: result.update(write_partition(connect(pg_dsn), _plan("happy", 900, seed=2)))
+        target=lambda: result.update(write_partition(connect(pg_dsn), _plan("happy", 100, seed=2)))
     )
     loader.start()
     try:
@@ -129,7 +130,7 @@ def test_a_small_load_keeps_the_index_live(pg_dsn, pause):
         go.write_text("")
         loader.join(60)
     assert result["index_deferred"] is False and result["index"] == "present"
-    assert _count(pg_dsn) == 1200
+    assert _count(pg_dsn) == 1300
 
 
 def test_concurrent_bulk_loads_end_with_one_index_and_every_row(pg_dsn):

@@ -197,8 +197,11 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
 # (the first load, a bulk load, a re-embedding with a new model) therefore drops the index, COPYs, and
 # builds it afterwards; a small load inserts into the live index. Rule: defer when the rows to add are at
 # least max(BULK_MIN_ROWS, BULK_FRACTION x the table's rows): inserting k rows costs ~k/400 s, rebuilding
-# the whole table ~(N+k)/2000 s, so the rebuild wins from k ~ 0.25 N; the floor keeps a sensor tick's few
-# hundred images on the live index (searches keep using it).
+# the whole table ~(N+k)/2000 s, so the rebuild wins from k ~ 0.25 N. The floor is low on purpose: the
+# partitions of one load date arrive together, one run each, and a partition that stays on the live index
+# holds the table while it embeds, so the others' DROP INDEX gives up (DROP_LOCK_TIMEOUT) and they
+# maintain the index too; on a small table a rebuild costs about a second anyway. On a big table the
+# fraction decides, and a sensor tick's images go into the live index (searches keep using it).
 #
 # Concurrent loaders (one run per partition, in parallel) coordinate through one session-level advisory
 # lock, BULK_LOAD_LOCK: a deferring loader holds it shared from before it drops the index until after
@@ -211,7 +214,7 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
 # leaves nothing behind if it is killed (CREATE INDEX CONCURRENTLY would leave an INVALID index that
 # ``IF NOT EXISTS`` then takes for a valid one, and scans the table twice).
 BULK_LOAD_LOCK = 7_210_015
-BULK_MIN_ROWS = 2_000
+BULK_MIN_ROWS = 64
 BULK_FRACTION = 0.25
 DROP_LOCK_TIMEOUT = "2s"  # how long a loader's DROP INDEX may queue (and hold searches) behind a writer
 BUILD_MEMORY_PER_ROW = 4096  # bytes of maintenance_work_mem per row: the 2 KiB vector, its neighbour lists
@@ -287,19 +290,21 @@ def ensure_vector_index(conn: psycopg.Connection, wait: bool = True) -> str:
         conn.commit()
 
 
-def begin_bulk_load(conn: psycopg.Connection, rows_to_add: int) -> bool:
+def begin_bulk_load(conn: psycopg.Connection, rows_to_add: int, defer: bool | None = None) -> bool:
     """Before a load of ``rows_to_add`` rows: True when it is to COPY without the index (then it holds
-    BULK_LOAD_LOCK shared and must call ``end_bulk_load``), False when it inserts into the live index."""
+    BULK_LOAD_LOCK shared and must call ``end_bulk_load``), False when it inserts into the live index.
+    ``defer`` overrides the rule (True: defer; False: keep a present index live; the benchmark)."""
     present = vector_index_present(conn)
     rows = table_rows(conn)
     conn.rollback()
-    if present and not is_bulk(rows_to_add, rows):
+    bulk = is_bulk(rows_to_add, rows) if defer is None else defer
+    if present and not bulk:
         return False
     conn.execute("SELECT pg_advisory_lock_shared(%s)", (BULK_LOAD_LOCK,))  # waits for a build under way
     conn.commit()
     try:
         if vector_index_present(conn):
-            if not is_bulk(rows_to_add, table_rows(conn)):  # the build that was under way made it small
+            if not (is_bulk(rows_to_add, table_rows(conn)) if defer is None else defer):  # after a build
                 raise _LiveIndex
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (DROP_LOCK_TIMEOUT,))
             conn.execute(f"DROP INDEX IF EXISTS {VECTOR_INDEX}")
