@@ -211,8 +211,11 @@ def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Pa
     """Every partition whose layers do not hold exactly the load log's loaded images, and whether the
     index holds exactly silver. ``skip``: partitions a run is writing now (their layers may
     legitimately differ until it ends)."""
-    table = conn.execute("SELECT to_regclass(%s)", (VECTORS_TABLE,)).fetchone()[0]
-    vector_index = "present" if table is None else ensure_vector_index(conn, wait=False)
+    vector_index = "present"
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # never end a caller's transaction
+        if conn.execute("SELECT to_regclass(%s)", (VECTORS_TABLE,)).fetchone()[0] is not None:
+            vector_index = ensure_vector_index(conn, wait=False)
+        conn.rollback()
     truth = ledger_state(conn)
     pg = postgres_state(conn, model)
     layers = {

@@ -35,6 +35,7 @@ from fer_platform.core.pg.schema import (
     begin_bulk_load,
     end_bulk_load,
     ensure_vector_index,
+    vector_index_present,
 )
 
 VECTOR_TYPE = pa.list_(pa.float32(), EMBEDDING_DIM)
@@ -82,8 +83,10 @@ def write_partition(
     the last concurrent loader ends (``pg.schema.begin_bulk_load``); a small one inserts into the live
     index. Either way the index is ensured at the end (``index``: present, built, or loading: another
     loader builds it). ``defer_index`` overrides the rule (the benchmark compares both)."""
+    own = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     register_vector(conn)
-    deferred = begin_bulk_load(conn, rows_to_add(conn, plan), defer_index)
+    # a caller's open transaction is not this function's to end: then the load keeps the index live
+    deferred = own and begin_bulk_load(conn, rows_to_add(conn, plan), defer_index)
     try:
         stats = _replace_partition(conn, plan, on_batch)
     except BaseException:
@@ -94,7 +97,12 @@ def write_partition(
     started = time.monotonic()
     if deferred:
         faults.point("vectors.index_deferred")
-    stats["index"] = end_bulk_load(conn) if deferred else ensure_vector_index(conn)
+    if deferred:
+        stats["index"] = end_bulk_load(conn)
+    elif own:
+        stats["index"] = ensure_vector_index(conn)
+    else:
+        stats["index"] = "present" if vector_index_present(conn) else "loading"
     stats["index_deferred"] = deferred
     stats["index_seconds"] = round(time.monotonic() - started, 3)
     plan.stats.update(stats)
