@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_platform.core import faults
+from fer_platform.core import convergence, faults
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.embedded import embedded_start, embedded_stop, server_settings
 from fer_platform.core.pg.schema import BULK_MIN_ROWS, VECTOR_INDEX, ensure_schema
 from fer_platform.core.search.pgvector import pgvector_search
+from fer_platform.core.storage import Storage
 from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 from fer_platform.resources import PostgresResource
@@ -170,14 +171,26 @@ _LOADER = textwrap.dedent(
 )
 
 
-def test_a_loader_killed_between_copy_and_build_is_repaired_by_the_next_run(pg_dsn):
-    code = _LOADER.format(tests=str(Path(__file__).parent), dsn=pg_dsn, n=BULK)
+def _killed_load(dsn):
+    code = _LOADER.format(tests=str(Path(__file__).parent), dsn=dsn, n=BULK)
     env = {**os.environ, "FER_FAULTS": "vectors.index_deferred=kill"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    assert _count(pg_dsn) == BULK and not _index_present(pg_dsn)  # committed rows, no index
-    ensure_schema(pg_dsn)  # what every run, sensor tick, demo and audit does first
+    assert _count(dsn) == BULK and not _index_present(dsn)  # committed rows, no index
+
+
+def test_a_loader_killed_between_copy_and_build_is_repaired_by_the_next_run_or_the_audit(pg_dsn, tmp_path):
+    _killed_load(pg_dsn)
+    ensure_schema(pg_dsn)  # what every run, sensor tick and demo does first
     assert _index_present(pg_dsn)
+    with connect(pg_dsn) as conn:
+        conn.execute(f"DROP INDEX {VECTOR_INDEX}")
+        conn.commit()
+    _killed_load(pg_dsn)  # the same partition again: its rows are reused, so it is a small load...
+    with connect(pg_dsn) as conn:  # ...but the index is missing and nobody loads: it is rebuilt
+        found = convergence.audit(conn, Storage(str(tmp_path)), "m1")
+    assert found.vector_index == "built" and _index_present(pg_dsn)
+    assert any("HNSW index was missing" in line for line in found.lines())
 
 
 def test_the_embedded_server_is_tuned_and_a_users_server_is_not(pg_dsn):
