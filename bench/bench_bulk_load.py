@@ -4,7 +4,8 @@
         .venv/bin/python bench/bench_bulk_load.py [--images 35887] [--write-rows 35887] [--table-rows 108000]
 
 On the tuned embedded server (``embedded_start``), in one run:
-  * model only: the embedder's forward pass on preprocessed batches (warm), images/s
+  * model only: the embedder's stream (decode, transforms, model) over the same images in the same
+    parallel streams as the loaders, without the database, images/s (between the runs: it drifts)
   * the image_embeddings write path (plan + embed + COPY, one loader per emotion partition in parallel
     threads, as the demo and the sensor launch one run per partition) over ``--images`` images, with the
     HNSW index deferred (the rule) and maintained row by row (forced), images/s and ratio to model-only
@@ -182,20 +183,23 @@ def main() -> None:
                 pngs = fer_pngs(args.images)
             print(f"{len(pngs)} generated images in {t.seconds:.1f} s")
             model = Embedder.get(spec)
-            batches = [
-                preprocess(pngs[i : i + spec.batch_size], spec)
-                for i in range(0, 40 * spec.batch_size, spec.batch_size)
-            ]
-            model.forward(batches[0])
+            model.forward(preprocess(pngs[: spec.batch_size], model.spec))  # warm
 
             def model_only_rate() -> float:
+                """The same parallel streams as the loaders (decode, transforms, model), no database."""
+                parts = [pngs[a:b] for a, b in partitions(len(pngs)).values()]
+                threads = [
+                    threading.Thread(target=lambda p=p: sum(1 for _ in model.stream(p))) for p in parts
+                ]
                 with Timer() as t:
-                    for b in batches:
-                        model.forward(b)
-                return len(batches) * spec.batch_size / t.seconds
+                    for th in threads:
+                        th.start()
+                    for th in threads:
+                        th.join()
+                return len(pngs) / t.seconds
 
             before = model_only_rate()
-            row(f"model only (batched, preprocessed, {profile})", before, "images/s")
+            row(f"model only ({profile}, 7 parallel streams as the loaders, no database)", before, "images/s")
             step(admin, pngs, model, None, "deferred", before)
             after = model_only_rate()
             row("model only again", after, "images/s")
