@@ -26,7 +26,8 @@ class EmbeddingsConfig(dg.Config):
     group_name="embeddings",
     kinds={"pytorch", "postgres"},
     description="One 512-d ResNet18 vector per bronze image and model in the imagenes_fer table "
-    "(pgvector, HNSW cosine index). Images that already have a vector for the model are not "
+    "(pgvector, HNSW cosine index; a big load COPYs without it and builds it after). Images that "
+    "already have a vector for the model are not "
     "re-embedded; a re-run replaces exactly the partition's rows for the model.",
 )
 def image_embeddings(
@@ -77,6 +78,10 @@ def image_embeddings(
             "reused": stats["reused"],
             "removed": stats["removed"],
             "write_seconds": seconds,
+            # a bulk load COPYs without the HNSW index and builds it after (core/pg/schema.py)
+            "index_deferred": stats["index_deferred"],
+            "vector_index": stats["index"],
+            "index_seconds": stats["index_seconds"],
             "images_per_second": round(stats["embedded"] / seconds, 1) if seconds else 0.0,
         }
     )

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from fer_platform.core import ledger
 from fer_platform.core.layout import BRONZE_IMAGES, RAW_MANIFEST, SILVER_EMBEDDINGS
-from fer_platform.core.pg.schema import LOAD_LOG_TABLE, PLATFORM_ROWS, VECTORS_TABLE
+from fer_platform.core.pg.schema import LOAD_LOG_TABLE, PLATFORM_ROWS, VECTORS_TABLE, ensure_vector_index
 from fer_platform.core.search.index import IDS_FILE, INDEX_FILE, META_FILE, index_dir
 from fer_platform.core.storage import FileEntry, Storage
 
@@ -186,6 +186,9 @@ class Audit:
     disagreements: list[Disagreement] = field(default_factory=list)
     partitions_checked: int = 0
     silver: LayerState = EMPTY  # every silver image of the model
+    # the vectors' HNSW index (issue 15): present, loading (a bulk load builds it when it ends), built (it
+    # was missing and nobody was loading: a loader died between its COPY and the build) or busy
+    vector_index: str = "present"
 
     @property
     def ok(self) -> bool:
@@ -201,13 +204,19 @@ class Audit:
         return any(d.partition is None for d in self.disagreements)
 
     def lines(self) -> list[str]:
-        return [d.line() for d in self.disagreements]
+        rebuilt = [f"the vectors' HNSW index was missing and nobody was loading: {self.vector_index}"]
+        return [d.line() for d in self.disagreements] + (rebuilt if self.vector_index == "built" else [])
 
 
 def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Partition] = ()) -> Audit:
     """Every partition whose layers do not hold exactly the load log's loaded images, and whether the
     index holds exactly silver. ``skip``: partitions a run is writing now (their layers may
     legitimately differ until it ends)."""
+    vector_index = "present"
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # never end a caller's transaction
+        if conn.execute("SELECT to_regclass(%s)", (VECTORS_TABLE,)).fetchone()[0] is not None:
+            vector_index = ensure_vector_index(conn, wait=False)
+        conn.rollback()
     truth = ledger_state(conn)
     pg = postgres_state(conn, model)
     layers = {
@@ -216,7 +225,7 @@ def audit(conn: psycopg.Connection, lake: Storage, model: str, skip: Iterable[Pa
         "postgres": pg if pg is not None else {},
         "silver": lake_state(lake, SILVER_EMBEDDINGS, model),
     }
-    out = Audit(model)
+    out = Audit(model, vector_index=vector_index)
     busy = set(skip)
     every = set(truth).union(*layers.values())
     out.partitions_checked = len(every)

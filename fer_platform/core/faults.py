@@ -11,7 +11,8 @@ tests) ``point()`` returns at once. Actions:
 
 Points: ``lake.file_written`` (after each file of a local multi-file lake write, e.g. the raw copy),
 ``ingest.committed`` (after a batch's load-log commit, before the run goes on), ``vectors.batch_copied``
-(after each batch of rows streamed into the vectors COPY), ``lake.write:<layer>`` (a Parquet file of
+(after each batch of rows streamed into the vectors COPY), ``vectors.index_deferred`` (a bulk load's COPY
+committed without the HNSW index, before the index is built), ``lake.write:<layer>`` (a Parquet file of
 ``raw``, ``bronze``, ``silver``... written to its temporary name, before the rename), ``csv.staged`` (a
 challenge CSV batch's images and quarantined lines written, before its checkpoint commit).
 """

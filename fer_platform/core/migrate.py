@@ -52,6 +52,7 @@ from psycopg import sql
 from fer_platform.core.errors import FerError, one_line
 from fer_platform.core.pg.connect import connect, describe
 from fer_platform.core.pg.schema import (
+    BULK_LOAD_LOCK,
     PLATFORM_ROWS,
     PLATFORM_WRITER,
     VECTOR_INDEX,
@@ -154,6 +155,9 @@ def migrate_vectors(
             raise MigrationError(
                 f"another migration is writing {describe(target_dsn)}; try again when it ends"
             )
+        # a bulk loader while it may drop and later build the HNSW index: nobody else builds it meanwhile
+        # (pg.schema.BULK_LOAD_LOCK; released with the session)
+        target.execute("SELECT pg_advisory_lock_shared(%s)", (BULK_LOAD_LOCK,))
         source.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for the whole run
         source.read_only = True
         with source.transaction():

@@ -4,7 +4,8 @@ A partition's rows for a model are made equal to the partition's images in one
 transaction, under an advisory lock on (partition, model): rows of images that
 left the partition are deleted, images that already have a vector keep their row
 (and id), new images are embedded while their rows stream into ``COPY ... FROM
-STDIN (FORMAT BINARY)``, so the model and PostgreSQL's HNSW maintenance overlap.
+STDIN (FORMAT BINARY)``, so the model and PostgreSQL overlap. A load that adds many rows relative to the
+table COPYs without the HNSW index and builds it afterwards (see ``pg.schema``, issue 15).
 
 Every statement here touches only the platform's rows (``written_by``, see ``pg.schema``): a row another
 client inserted (the classic three-column INSERT) is never deleted, changed, read into silver or counted
@@ -13,6 +14,7 @@ by the checks; ``foreign_rows`` counts them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import time
@@ -25,7 +27,16 @@ import pyarrow as pa
 from pgvector.psycopg import register_vector
 
 from fer_platform.core import faults
-from fer_platform.core.pg.schema import EMBEDDING_DIM, PLATFORM_ROWS, PLATFORM_WRITER, VECTORS_TABLE
+from fer_platform.core.pg.schema import (
+    EMBEDDING_DIM,
+    PLATFORM_ROWS,
+    PLATFORM_WRITER,
+    VECTORS_TABLE,
+    begin_bulk_load,
+    end_bulk_load,
+    ensure_vector_index,
+    vector_index_present,
+)
 
 VECTOR_TYPE = pa.list_(pa.float32(), EMBEDDING_DIM)
 _COPY_COLUMNS = ("filepath", "emotion", "vector", "image_id", "split", "load_date", "model", "written_by")
@@ -61,10 +72,59 @@ class NonFiniteVectors(ValueError):
 
 
 def write_partition(
-    conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Callable[[int, int], None] | None = None
+    conn: psycopg.Connection,
+    plan: EmbeddingPlan,
+    on_batch: Callable[[int, int], None] | None = None,
+    defer_index: bool | None = None,
 ) -> dict:
-    """Make the (partition, model) rows equal to ``plan`` in one transaction; returns counts."""
+    """Make the (partition, model) rows equal to ``plan`` in one transaction; returns counts.
+
+    A load that adds many rows relative to the table COPYs without the HNSW index, which is built once
+    the last concurrent loader ends (``pg.schema.begin_bulk_load``); a small one inserts into the live
+    index. Either way the index is ensured at the end (``index``: present, built, or loading: another
+    loader builds it). ``defer_index`` overrides the rule (the benchmark compares both)."""
+    own = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     register_vector(conn)
+    # a caller's open transaction is not this function's to end: then the load keeps the index live
+    deferred = own and begin_bulk_load(conn, rows_to_add(conn, plan), defer_index)
+    try:
+        stats = _replace_partition(conn, plan, on_batch)
+    except BaseException:
+        if deferred:
+            with contextlib.suppress(psycopg.Error):  # a lost connection: the next run or audit rebuilds
+                end_bulk_load(conn)
+        raise
+    started = time.monotonic()
+    if deferred:
+        faults.point("vectors.index_deferred")
+    if deferred:
+        stats["index"] = end_bulk_load(conn)
+    elif own:
+        stats["index"] = ensure_vector_index(conn)
+    else:
+        stats["index"] = "present" if vector_index_present(conn) else "loading"
+    stats["index_deferred"] = deferred
+    stats["index_seconds"] = round(time.monotonic() - started, 3)
+    plan.stats.update(stats)
+    return stats
+
+
+def rows_to_add(conn: psycopg.Connection, plan: EmbeddingPlan) -> int:
+    """How many rows ``plan`` inserts into the vectors table (and its index): its images without a
+    vector for the model, or all of them when forced (their rows are rewritten)."""
+    ids = list(set(plan.image_ids))
+    if plan.force:
+        return len(ids)
+    have = conn.execute(
+        f"SELECT count(*) FROM {VECTORS_TABLE} WHERE model = %s AND image_id = ANY(%s)", (plan.model, ids)
+    ).fetchone()[0]
+    conn.rollback()
+    return len(ids) - int(have)
+
+
+def _replace_partition(
+    conn: psycopg.Connection, plan: EmbeddingPlan, on_batch: Callable[[int, int], None] | None
+) -> dict:
     started = time.monotonic()
     with conn.transaction():
         conn.execute(
@@ -166,7 +226,6 @@ def write_partition(
         "moved": moved,
         "seconds": round(time.monotonic() - started, 3),
     }
-    plan.stats.update(stats)
     return stats
 
 

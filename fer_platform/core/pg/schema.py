@@ -6,6 +6,8 @@ Created idempotently by ``ensure_schema`` at the first use of a server (the ``po
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 
 from fer_platform.core.errors import DatabaseUnavailable
@@ -193,8 +195,10 @@ def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
 
 
 def ensure_schema(dsn: str, vector_index: bool = True) -> None:
-    """Create the vector extension, the vectors table (with its HNSW index unless
-    ``vector_index=False``, for a bulk load that builds it afterwards) and the load log, idempotently.
+    """Create the vector extension, the vectors table and the load log, idempotently; with ``vector_index``
+    the HNSW index too, unless a bulk load is writing without it (``ensure_vector_index``: it builds the
+    index when it is missing and nobody is loading, e.g. after a loader was killed between its COPY and
+    the build). ``vector_index=False``: a migration, which builds it after its copy.
 
     When everything exists (every run and sensor tick after the first) nothing is executed but a
     catalog read: ``CREATE INDEX IF NOT EXISTS`` would take a SHARE lock on the table and wait
@@ -203,19 +207,166 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
         if schema_present(conn, vector_index):
             return
         conn.rollback()
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            ensure_vector_extension(conn, dsn)
-            for stmt in SCHEMA:
-                conn.execute(stmt)
-            if conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] != 1:  # ALTER TABLE locks: only when needed
-                for stmt in STATUS_CHECK_MIGRATION:
+        if not schema_present(conn, vector_index=False):
+            conn.rollback()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                ensure_vector_extension(conn, dsn)
+                for stmt in SCHEMA:
                     conn.execute(stmt)
-            if not classic_contract_present(conn):  # ALTER TABLE locks the table: only when needed
-                for stmt in CLASSIC_CONTRACT_MIGRATION:
-                    conn.execute(stmt)
-            if vector_index:
-                conn.execute(VECTOR_INDEX_DDL)
+                if (
+                    conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] != 1
+                ):  # ALTER TABLE locks: only if needed
+                    for stmt in STATUS_CHECK_MIGRATION:
+                        conn.execute(stmt)
+                if not classic_contract_present(conn):  # ALTER TABLE locks the table: only when needed
+                    for stmt in CLASSIC_CONTRACT_MIGRATION:
+                        conn.execute(stmt)
+        conn.rollback()
+        if vector_index:
+            ensure_vector_index(conn, wait=False)
+
+
+# ---- issue 15: the vector index, deferred for bulk loads ----
+# Maintaining pgvector's HNSW graph row by row costs 200-800 rows/s; a COPY without it runs at ~35,000
+# rows/s and a build from scratch at a few thousand. A load that adds many rows relative to the table
+# (the first load, a bulk load, a re-embedding with a new model) therefore drops the index, COPYs, and
+# builds it afterwards; a small load inserts into the live index. Rule: defer when the rows to add are at
+# least max(BULK_MIN_ROWS, BULK_FRACTION x the table's rows): inserting k rows costs ~k/400 s, rebuilding
+# the whole table ~(N+k)/2000 s, so the rebuild wins from k ~ 0.25 N. The floor is low on purpose: the
+# partitions of one load date arrive together, one run each, and a partition that stays on the live index
+# holds the table while it embeds, so the others' DROP INDEX gives up (DROP_LOCK_TIMEOUT) and they
+# maintain the index too; on a small table a rebuild costs about a second anyway. On a big table the
+# fraction decides, and a sensor tick's images go into the live index (searches keep using it).
+#
+# Concurrent loaders (one run per partition, in parallel) coordinate through one session-level advisory
+# lock, BULK_LOAD_LOCK: a deferring loader holds it shared from before it drops the index until after
+# its COPY commits; then whoever finishes tries it exclusive without waiting and, when it gets it and the
+# index is missing, builds it (holding it, so a new deferring loader waits for the build). Nobody holds
+# it when nobody is loading: a loader killed mid-COPY loses its session and its lock, and the next
+# ``ensure_vector_index`` (every run's and tick's ``ensure_schema``, every loader's end, the convergence
+# audit) rebuilds the index. Searches go on throughout: without the index pgvector answers by an exact
+# scan; the build is a plain CREATE INDEX, whose SHARE lock lets reads through (writers wait), and which
+# leaves nothing behind if it is killed (CREATE INDEX CONCURRENTLY would leave an INVALID index that
+# ``IF NOT EXISTS`` then takes for a valid one, and scans the table twice).
+BULK_LOAD_LOCK = 7_210_015
+BULK_MIN_ROWS = 64
+BULK_FRACTION = 0.25
+DROP_LOCK_TIMEOUT = "2s"  # how long a loader's DROP INDEX may queue (and hold searches) behind a writer
+BUILD_MEMORY_PER_ROW = 4096  # bytes of maintenance_work_mem per row: the 2 KiB vector, its neighbour lists
+BUILD_MEMORY_MIN = 64 << 20
+BUILD_MEMORY_MAX = 1 << 30  # also on a user's server: a session SET must not exhaust a small instance
+BUILD_WORKERS_MAX = 8
+
+
+def vector_index_present(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VECTOR_INDEX,)).fetchone()[0]
+
+
+def table_rows(conn: psycopg.Connection) -> int:
+    """The vectors table's rows, from the planner's statistics (no scan): the larger of the last ANALYZE's
+    estimate and the live-tuple counter, which counts a COPY committed since."""
+    row = conn.execute(
+        "SELECT GREATEST(c.reltuples, 0, coalesce(s.n_live_tup, 0))::bigint FROM pg_class c "
+        "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%s)",
+        (VECTORS_TABLE,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def is_bulk(rows_to_add: int, rows_in_table: int) -> bool:
+    return rows_to_add >= max(BULK_MIN_ROWS, BULK_FRACTION * rows_in_table)
+
+
+def build_settings(rows: int) -> dict[str, str]:
+    """Session settings for the index build: the graph of ``rows`` vectors in memory (pgvector's build
+    slows several-fold once it no longer fits), and parallel workers (pgvector >= 0.6 builds in parallel;
+    the server caps them at its max_parallel_workers)."""
+    memory = min(BUILD_MEMORY_MAX, max(BUILD_MEMORY_MIN, rows * BUILD_MEMORY_PER_ROW))
+    workers = max(1, min(BUILD_WORKERS_MAX, (os.cpu_count() or 2) - 1))
+    return {"maintenance_work_mem": f"{memory >> 20}MB", "max_parallel_maintenance_workers": str(workers)}
+
+
+def build_vector_index(conn: psycopg.Connection, lock_timeout: str | None = None) -> None:
+    """CREATE INDEX (plain: see above) with the build settings, set for this transaction only; with
+    ``lock_timeout`` it gives up (LockNotAvailable) rather than queue that long behind a writer."""
+    rows = table_rows(conn)
+    conn.rollback()
+    with conn.transaction():
+        settings = build_settings(rows) | ({"lock_timeout": lock_timeout} if lock_timeout else {})
+        for name, value in settings.items():
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        conn.execute(VECTOR_INDEX_DDL)
+
+
+def ensure_vector_index(conn: psycopg.Connection, wait: bool = True) -> str:
+    """Build the HNSW index if it is missing and nobody is loading without it. Returns ``present``,
+    ``built``, ``loading`` (a loader holds BULK_LOAD_LOCK: it builds when it ends) or ``busy`` (with
+    ``wait=False``: a writer holds the table, and it ensures the index when it ends). A sensor tick or a
+    run's schema check passes ``wait=False``: it never queues behind a writing run."""
+    present = vector_index_present(conn)
+    conn.rollback()
+    if present:
+        return "present"
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (BULK_LOAD_LOCK,)).fetchone()[0]
+    conn.commit()
+    if not got:
+        return "loading"
+    try:
+        if vector_index_present(conn):
+            return "present"
+        try:
+            build_vector_index(conn, lock_timeout=None if wait else DROP_LOCK_TIMEOUT)
+        except psycopg.errors.LockNotAvailable:
+            return "busy"
+        return "built"
+    finally:
+        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock(%s)", (BULK_LOAD_LOCK,))
+        conn.commit()
+
+
+def begin_bulk_load(conn: psycopg.Connection, rows_to_add: int, defer: bool | None = None) -> bool:
+    """Before a load of ``rows_to_add`` rows: True when it is to COPY without the index (then it holds
+    BULK_LOAD_LOCK shared and must call ``end_bulk_load``), False when it inserts into the live index.
+    ``defer`` overrides the rule (True: defer; False: keep a present index live; the benchmark)."""
+    present = vector_index_present(conn)
+    rows = table_rows(conn)
+    conn.rollback()
+    bulk = is_bulk(rows_to_add, rows) if defer is None else defer
+    if present and not bulk:
+        return False
+    conn.execute("SELECT pg_advisory_lock_shared(%s)", (BULK_LOAD_LOCK,))  # waits for a build under way
+    conn.commit()
+    try:
+        if vector_index_present(conn):
+            if not (is_bulk(rows_to_add, table_rows(conn)) if defer is None else defer):  # after a build
+                raise _LiveIndex
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (DROP_LOCK_TIMEOUT,))
+            conn.execute(f"DROP INDEX IF EXISTS {VECTOR_INDEX}")
+        conn.commit()
+    except (_LiveIndex, psycopg.errors.LockNotAvailable):
+        # a run writing into the live index holds the table: this load maintains the index too
+        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock_shared(%s)", (BULK_LOAD_LOCK,))
+        conn.commit()
+        return False
+    return True
+
+
+def end_bulk_load(conn: psycopg.Connection) -> str:
+    """After a deferred load's COPY committed (or failed): leave the loaders, build the index if the last."""
+    conn.rollback()
+    conn.execute("SELECT pg_advisory_unlock_shared(%s)", (BULK_LOAD_LOCK,))
+    conn.commit()
+    return ensure_vector_index(conn)
+
+
+class _LiveIndex(Exception):
+    pass
+
+
+# ---- end of issue 15, the vector index ----
 
 
 def ensure_vector_extension(conn: psycopg.Connection, dsn: str) -> None:
