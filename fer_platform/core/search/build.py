@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
-from fer_platform.core.vecmath import exact_search, normalise, recall_of
-from fer_platform.core.vectors import arrow_to_vectors
+from fer_platform.core.silver_scan import SilverVectors, as_silver_vectors
+from fer_platform.core.vecmath import exact_search, recall_of
 
 HNSW_THRESHOLD = 20_000  # vectors; at or above it the index is HNSW
 HNSW_M = 32
@@ -27,7 +27,7 @@ EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 def build_index(
-    silver: pa.Table,
+    silver: pa.Table | SilverVectors,
     model: str,
     embedder: dict | None = None,
     hnsw_threshold: int = HNSW_THRESHOLD,
@@ -36,11 +36,13 @@ def build_index(
     target_recall: float = RECALL_TARGET,
     seed: int = 0,
 ) -> SearchIndex:
-    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above)."""
+    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above):
+    a silver table, or silver streamed (``silver_scan.read_silver_vectors`` with ``MAPPING_COLUMNS``)."""
     import faiss  # deferred: heavy
 
-    table = silver.sort_by([("image_id", "ascending")])
-    vectors = normalise(arrow_to_vectors(table["vector"]))
+    sv = as_silver_vectors(silver)
+    order = pc.sort_indices(sv.columns, [("image_id", "ascending")])
+    table, vectors = sv.columns.take(order), sv.vectors[order.to_numpy()]
     dim = vectors.shape[1]
     held = 0
     if len(vectors) >= hnsw_threshold:
@@ -105,7 +107,9 @@ def tune_ef(index: SearchIndex, base: np.ndarray, queries: np.ndarray, target: f
     return EF_CANDIDATES[-1], recall
 
 
-def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int = 200, seed: int = 1) -> dict:
+def index_recall(
+    index: SearchIndex, silver: pa.Table | SilverVectors, k: int = 10, sample: int = 200, seed: int = 1
+) -> dict:
     """recall@k of ``index`` against exact search over ``silver``, compared by image_id: what the
     blocking check measures. Queries are a sample of silver vectors, each left out of its own
     answer (see ``vecmath.leave_one_out``; here by image_id, as the index's positions are not silver's)."""
@@ -113,8 +117,8 @@ def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int 
         ok = index.size == silver.num_rows
         recall = 1.0 if ok else 0.0
         return {"recall": recall, "queries": 0, "k": k, "silver": silver.num_rows, "indexed": index.size}
-    vectors = normalise(arrow_to_vectors(silver["vector"]))
-    ids = np.asarray(silver["image_id"].to_pylist(), dtype=object)
+    sv = as_silver_vectors(silver)
+    vectors, ids = sv.vectors, sv.strings("image_id")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
     kk = min(k, len(vectors) - 1)
