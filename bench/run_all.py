@@ -11,6 +11,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ["bench_embeddings.py"],
     ["bench_search.py"],
+    ["bench_gold.py"],
     ["bench_serve.py"],
     ["bench_model.py"],
     ["bench_convergence.py"],
