@@ -120,10 +120,9 @@ def step(name: str, lake_dir: str, queries: int) -> dict:
         out.update(test_agreement=test["agreement"], test_ci95=test["ci95"])
     elif name in ("old_index", "new_index"):
         if name == "old_index":
-            silver = read_silver(lake, model=MODEL)
-        else:
-            silver = read_silver_vectors(lake, MODEL, index_module.MAPPING_COLUMNS)
-        index = build_index(silver, MODEL)
+            index = build_index(read_silver(lake, model=MODEL), MODEL)
+        else:  # as the asset does
+            index = build_index(read_silver_vectors(lake, MODEL, index_module.MAPPING_COLUMNS), MODEL)
         out["kind"] = index.kind
         if name == "new_index":
             for file, data in index.to_files().items():

@@ -45,10 +45,9 @@ def search_index(
     lake: LakeResource,
     embedder: EmbedderResource,
 ) -> LakeFiles:
-    silver = read_silver_vectors(lake.storage(), embedder.model_id(), MAPPING_COLUMNS)  # streamed
     spec = embedder.spec()
     index = build.build_index(
-        silver,
+        read_silver_vectors(lake.storage(), embedder.model_id(), MAPPING_COLUMNS),  # streamed, held once
         embedder.model_id(),
         embedder={
             "weights": spec.weights,

@@ -41,23 +41,24 @@ def build_index(
     import faiss  # deferred: heavy
 
     sv = as_silver_vectors(silver)
-    order = pc.sort_indices(sv.columns, [("image_id", "ascending")])
-    table, vectors = sv.columns.take(order), sv.vectors[order.to_numpy()]
-    dim = vectors.shape[1]
+    order = pc.sort_indices(sv.columns, [("image_id", "ascending")]).to_numpy()
+    n, dim = sv.vectors.shape
     held = 0
-    if len(vectors) >= hnsw_threshold:
+    if n >= hnsw_threshold:
         index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
         kind = "hnsw"
         # ef_search is tuned on queries the graph does not hold yet (a stored vector finds its own
         # neighbourhood too easily): a sample is moved to the end, added after the tuning
-        held = min(TUNE_QUERIES, max(1, len(vectors) // 20))
-        picks = np.random.default_rng(seed).choice(len(vectors), size=held, replace=False)
-        order = np.concatenate([np.setdiff1d(np.arange(len(vectors)), picks), np.sort(picks)])
-        table, vectors = table.take(pa.array(order, pa.int64())), vectors[order]
+        held = min(TUNE_QUERIES, max(1, n // 20))
+        picks = np.random.default_rng(seed).choice(n, size=held, replace=False)
+        order = order[np.concatenate([np.setdiff1d(np.arange(n), picks), np.sort(picks)])]
     else:
         index = faiss.IndexFlatIP(dim)
         kind = "flat"
+    # one reordering of the vectors (by image_id, the tuning sample last): one copy of the matrix
+    table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors[order]
+    del sv, silver  # the unordered matrix is freed here unless the caller still holds it
     if len(vectors):
         index.add(vectors[: len(vectors) - held])
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
