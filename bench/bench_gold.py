@@ -214,9 +214,9 @@ def main() -> None:
             names = ["new_gold", "new_index", "queries"]
             if n <= args.skip_old_above:
                 names[:0] = ["old_gold", "old_index"]
-            res = results[n] = {name: run_step(name, str(root / "lake"), args.queries) for name in names}
-            for name in names:
-                r = res[name]
+            res = results[n] = {}
+            for name in names:  # printed as each step ends
+                r = res[name] = run_step(name, str(root / "lake"), args.queries)
                 extra = {k: v for k, v in r.items() if k not in ("seconds", "base_mib", "peak_mib")}
                 row(
                     f"[{n}] {name}",
