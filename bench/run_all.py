@@ -12,6 +12,7 @@ BENCHES = [
     ["bench_embeddings.py"],
     ["bench_bulk_load.py", "--images", "6000", "--write-rows", "6000", "--table-rows", "18000"],
     ["bench_search.py"],
+    ["bench_gold.py"],
     ["bench_serve.py"],
     ["bench_model.py"],
     ["bench_convergence.py"],

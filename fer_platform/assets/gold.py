@@ -13,7 +13,8 @@ from fer_platform.core import gold, ledger, plots
 from fer_platform.core.gold_plots import draw
 from fer_platform.core.layout import GOLD
 from fer_platform.core.report import markdown_table
-from fer_platform.core.silver import read_silver
+from fer_platform.core.silver import count_silver_rows
+from fer_platform.core.silver_scan import read_silver_vectors
 from fer_platform.io_managers.parquet import LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
 
@@ -39,7 +40,7 @@ def _preview(table: pa.Table, columns: list[str] | None = None) -> dg.MetadataVa
 def gold_emotion_summary(
     context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
 ) -> pa.Table:
-    silver = read_silver(lake.storage(), model=embedder.model_id())
+    silver = read_silver_vectors(lake.storage(), embedder.model_id())
     table = gold.emotion_summary(silver)
     context.add_output_metadata(
         {
@@ -102,7 +103,7 @@ def gold_daily_loads(context: dg.AssetExecutionContext, postgres: PostgresResour
 def gold_centroid_similarity(
     context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
 ) -> pa.Table:
-    table = gold.centroid_similarity(read_silver(lake.storage(), model=embedder.model_id()))
+    table = gold.centroid_similarity(read_silver_vectors(lake.storage(), embedder.model_id()))
     png = draw("centroids", table)
     context.add_output_metadata(
         {
@@ -117,15 +118,17 @@ def gold_centroid_similarity(
 @dg.asset(
     deps=[silver_embeddings, embedding_model],
     metadata={LAKE_PATH: f"{GOLD}/neighbour_agreement"},
-    description="For each emotion, the share of each image's 10 nearest neighbours (exact cosine) that carry "
-    "the same emotion, beside the chance level: how well the embedding separates emotions. Metadata: the "
-    "same over searches for the test images only (test_split_agreement_at_10); figures rounded to 4 places.",
+    description="For each emotion, the share of each image's 10 nearest neighbours (exact cosine over every "
+    "image) that carry the same emotion, beside the chance level: how well the embedding separates emotions. "
+    f"Estimated from a seeded sample of {gold.SAMPLE_PER_EMOTION} images per emotion (queries), with the "
+    "95 % confidence interval's half-width (ci95). Metadata: the same over searches for a sample of the test "
+    "images (test_split_agreement_at_10, +- test_split_ci95); figures rounded to 4 places.",
     **GOLD_KW,
 )
 def gold_neighbour_agreement(
     context: dg.AssetExecutionContext, lake: LakeResource, embedder: EmbedderResource
 ) -> pa.Table:
-    silver = read_silver(lake.storage(), model=embedder.model_id())
+    silver = read_silver_vectors(lake.storage(), embedder.model_id())
     table = gold.neighbour_agreement(silver)
     overall = next((r for r in table.to_pylist() if r["emotion"] == "all"), None)
     vectors, labels = gold.vectors_and_labels(silver)
@@ -136,7 +139,11 @@ def gold_neighbour_agreement(
             "model": embedder.model_id(),
             "agreement_at_10": float(overall["agreement"]) if overall else 0.0,
             "chance": float(overall["chance"]) if overall else 0.0,
+            "agreement_ci95": float(overall["ci95"]) if overall else 0.0,
+            "agreement_queries": int(overall["queries"]) if overall else 0,
             "test_split_agreement_at_10": float(test["agreement"] or 0.0),
+            "test_split_ci95": float(test["ci95"] or 0.0),
+            "test_split_queries": int(test["sampled"]),
             "test_split_chance": float(test["chance"] or 0.0),
             "agreement": dg.MetadataValue.md(
                 plots.markdown_image(draw("agreement", table), "neighbour agreement")
@@ -215,7 +222,7 @@ def gold_summary_counts_silver(
     gold_emotion_summary: pa.Table, lake: LakeResource, embedder: EmbedderResource
 ) -> dg.AssetCheckResult:
     counted = sum(gold_emotion_summary["images"].to_pylist())
-    in_silver = read_silver(lake.storage(), model=embedder.model_id()).num_rows
+    in_silver = count_silver_rows(lake.storage(), model=embedder.model_id())
     return dg.AssetCheckResult(
         passed=counted == in_silver,
         description=None

@@ -9,8 +9,8 @@ from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
 from fer_platform.core.search import build
 from fer_platform.core.search.build import RECALL_TARGET, index_recall
-from fer_platform.core.search.index import IndexUnavailable, SearchIndex
-from fer_platform.core.silver import read_silver
+from fer_platform.core.search.index import MAPPING_COLUMNS, IndexUnavailable, SearchIndex
+from fer_platform.core.silver_scan import read_silver_vectors
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
@@ -45,10 +45,9 @@ def search_index(
     lake: LakeResource,
     embedder: EmbedderResource,
 ) -> LakeFiles:
-    silver = read_silver(lake.storage(), model=embedder.model_id())
     spec = embedder.spec()
     index = build.build_index(
-        silver,
+        read_silver_vectors(lake.storage(), embedder.model_id(), MAPPING_COLUMNS),  # streamed, held once
         embedder.model_id(),
         embedder={
             "weights": spec.weights,
@@ -88,7 +87,7 @@ def search_index_recall(
         index = SearchIndex.from_files(search_index.files)
     except IndexUnavailable as exc:
         return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
-    silver = read_silver(lake.storage(), model=embedder.model_id())
+    silver = read_silver_vectors(lake.storage(), embedder.model_id(), ("image_id",))
     measured = index_recall(index, silver)
     problems = []
     if measured["recall"] < RECALL_TARGET:

@@ -202,6 +202,7 @@ def _search(args, home: Home) -> int:
             emotion=args.emotion,
             backend=args.backend,
             dsn=res["postgres"].get_dsn() if args.backend == "pgvector" else None,
+            stamps=home.root / "cache" / "index-stamps",  # a call hashes the index once per build
         )
         if args.sheet:
             Path(args.sheet).write_bytes(result_sheet(result, lake, image))

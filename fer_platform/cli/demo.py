@@ -33,7 +33,8 @@ from fer_platform.core.report import format_distances
 from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.core.search.index import IndexUnavailable, index_dir, load_index
 from fer_platform.core.search.query import find_similar
-from fer_platform.core.silver import count_silver_rows, read_silver
+from fer_platform.core.silver import count_silver_rows
+from fer_platform.core.silver_scan import read_silver_vectors
 from fer_platform.core.storage import Storage
 from fer_platform.core.vectors import count_model
 
@@ -385,7 +386,7 @@ class TrainingStep:
 def search_agreement(lake: Storage, model: str) -> dict[str, Any]:
     """Searches for every test image in the served model's vectors: the share of the 10 nearest images
     with the query's emotion, beside chance."""
-    return gold.split_agreement(read_silver(lake, ["emotion", "split", "vector"], model), "test")
+    return gold.split_agreement(read_silver_vectors(lake, model), "test")
 
 
 def summarise(storage: Storage, listing, dsn: str) -> dict[str, Any]:
@@ -473,7 +474,9 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
     if agreement and agreement.get("agreement") is not None:
         w(
             f"  agreement      {agreement['agreement']:.3f} of the {agreement['k']} nearest images of a test "
-            f"image share its emotion (chance {agreement['chance']:.3f}; {agreement['queries']} queries)\n"
+            f"image share its emotion (+- {agreement.get('ci95') or 0:.3f} at 95 %, from "
+            f"{agreement.get('sampled', agreement['queries'])} of {agreement['queries']} test images; "
+            f"chance {agreement['chance']:.3f})\n"
         )
     runs = summary["runs"]
     ok = sum(r["success"] for r in runs)

@@ -1,7 +1,8 @@
 """The gold layer: summaries people look at, computed from every silver partition and the load log.
 
-All functions take plain Arrow tables (silver rows of one model, or load-log rows) and
-return Arrow tables; the vectors are L2-normalised, so a dot product is a cosine.
+All functions take plain Arrow tables (silver rows of one model, or load-log rows; or silver streamed as a
+``SilverVectors``) and return Arrow tables; the vectors are L2-normalised, so a dot product is a cosine.
+Neighbour agreement is estimated from a fixed-size sample of queries, with its 95 % confidence interval.
 """
 
 from __future__ import annotations
@@ -13,14 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from fer_platform.core.layout import EMOTIONS
-from fer_platform.core.vecmath import (
-    exact_search,
-    leave_one_out,
-    mean_pairwise_cosine,
-    nearest_neighbours,
-    normalise,
-)
-from fer_platform.core.vectors import arrow_to_vectors
+from fer_platform.core.silver_scan import as_silver_vectors
+from fer_platform.core.vecmath import exact_search, leave_one_out, mean_pairwise_cosine
 
 NEIGHBOURS = 10
 DECIMALS = 4  # gold tables are read by people: 0.178, not 0.17799999999999996
@@ -31,10 +26,10 @@ def rounded(value: float | None, decimals: int = DECIMALS) -> float | None:
     return None if value is None else round(float(value), decimals)
 
 
-def vectors_and_labels(silver: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    return normalise(arrow_to_vectors(silver["vector"])), np.asarray(
-        silver["emotion"].to_pylist(), dtype=object
-    )
+def vectors_and_labels(silver) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, emotions) of a silver table or ``SilverVectors``."""
+    sv = as_silver_vectors(silver)
+    return sv.vectors, sv.strings("emotion")
 
 
 def centroids(vectors: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -48,11 +43,12 @@ def centroids(vectors: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def emotion_summary(silver: pa.Table) -> pa.Table:
+def emotion_summary(silver) -> pa.Table:
     """Per emotion and split: images, share of all images, mean intra-class cosine, and the
     nearest other emotion by centroid cosine (centroids over all splits)."""
-    vectors, labels = vectors_and_labels(silver)
-    splits = np.asarray([s or "(none)" for s in silver["split"].to_pylist()], dtype=object)
+    sv = as_silver_vectors(silver)
+    vectors, labels = sv.vectors, sv.strings("emotion")
+    splits = np.asarray([s or "(none)" for s in sv.columns["split"].to_pylist()], dtype=object)
     cents = centroids(vectors, labels)
     total = len(vectors)
     rows = []
@@ -92,7 +88,7 @@ EMOTION_SUMMARY_SCHEMA = pa.schema(
 )
 
 
-def centroid_similarity(silver: pa.Table) -> pa.Table:
+def centroid_similarity(silver) -> pa.Table:
     """The 7x7 cosine matrix of emotion centroids: one row per emotion, one column per emotion
     (null where an emotion has no images)."""
     vectors, labels = vectors_and_labels(silver)
@@ -112,68 +108,126 @@ def similarity_matrix(table: pa.Table) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in table[e].to_pylist()] for e in EMOTIONS]).T
 
 
-def neighbour_agreement(silver: pa.Table, k: int = NEIGHBOURS) -> pa.Table:
-    """For each emotion: the mean share of an image's ``k`` nearest neighbours (exact cosine,
-    self excluded) that carry the same emotion, beside the chance level (n_e - 1) / (N - 1);
-    plus an ``all`` row (chance = the image-weighted mean)."""
-    vectors, labels = vectors_and_labels(silver)
+SAMPLE_PER_EMOTION = 500  # queries per emotion for the agreement estimate (all of an emotion if fewer)
+SPLIT_SAMPLE = 2000  # queries of a split for split_agreement
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def _sample(positions: np.ndarray, size: int | None, rng: np.random.Generator) -> np.ndarray:
+    """``size`` of ``positions`` without replacement (sorted), or all of them if ``size`` is None or more."""
+    if size is None or len(positions) <= size:
+        return positions
+    return np.sort(rng.choice(positions, size=size, replace=False))
+
+
+def _same_share(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """For each query position: the share of its ``k`` nearest other vectors (exact, over all of
+    ``vectors``) with its label. Cost: len(queries) x N, linear in N for a fixed sample."""
+    kk = min(k + 1, len(vectors))
+    _, pos = exact_search(vectors, vectors[queries], kk, block=256)  # 256 x 4096 scores at a time
+    nn = leave_one_out(pos, queries, kk - 1)
+    return (labels[nn] == labels[queries][:, None]).mean(axis=1)
+
+
+def _ci95(shares: np.ndarray, population: int) -> float:
+    """Half-width of the 95 % confidence interval of the mean of ``shares``, a simple random sample
+    without replacement of a population of ``population`` (0 when the sample is the population)."""
+    m = len(shares)
+    if m < 2 or m >= population:
+        return 0.0
+    fpc = 1.0 - m / population
+    return float(Z95 * np.sqrt(shares.var(ddof=1) / m * fpc))
+
+
+def neighbour_agreement(
+    silver, k: int = NEIGHBOURS, sample: int | None = SAMPLE_PER_EMOTION, seed: int = 0
+) -> pa.Table:
+    """For each emotion: the mean share of an image's ``k`` nearest neighbours (exact cosine over every
+    image, self excluded) that carry the same emotion, beside the chance level (n_e - 1) / (N - 1); plus
+    an ``all`` row (chance = the image-weighted mean).
+
+    Estimated from a seeded random sample of ``sample`` images per emotion (each searched against the full
+    set: cost linear in N) with the 95 % confidence interval of the estimate (``ci95``, a half-width;
+    ``all`` is the stratified estimate, emotions weighted by their images). ``sample=None`` searches for
+    every image: the exact all-pairs figure (quadratic; ``exact_neighbour_agreement``). ``silver`` is a
+    silver table or a ``SilverVectors``."""
+    sv = as_silver_vectors(silver)
+    vectors, labels = sv.vectors, sv.strings("emotion")
     n = len(vectors)
-    nn = nearest_neighbours(vectors, k)
-    same = (labels[nn] == labels[:, None]).mean(axis=1) if nn.size else np.zeros(n)
-    rows = []
+    rng = np.random.default_rng(seed)
+    kk = min(k, n - 1) if n > 1 else 0
+    rows, total_var, total_agree, total_queries = [], 0.0, 0.0, 0
     for e in EMOTIONS:
-        mask = labels == e
-        count = int(mask.sum())
+        members = np.flatnonzero(labels == e)
+        count = len(members)
         if not count:
             continue
+        queries = _sample(members, sample, rng)
+        shares = _same_share(vectors, labels, queries, k) if kk else np.zeros(len(queries))
+        agree, ci = float(shares.mean()), _ci95(shares, count)
+        total_agree += count / n * agree
+        total_var += (count / n * ci / Z95) ** 2
+        total_queries += len(queries)
         chance = (count - 1) / (n - 1) if n > 1 else 0.0
-        agree = float(same[mask].mean())
-        rows.append(
-            {
-                "emotion": e,
-                "images": count,
-                "k": nn.shape[1],
-                "agreement": rounded(agree),
-                "chance": rounded(chance),
-                "lift": rounded(agree / chance) if chance else None,
-            }
-        )
+        rows.append(_agreement_row(e, count, kk, agree, chance, len(queries), ci))
     if n:
         counts = Counter(labels.tolist())
         chance = sum(c * (c - 1) for c in counts.values()) / (n * (n - 1)) if n > 1 else 0.0
-        agree = float(same.mean())
-        rows.append(
-            {
-                "emotion": "all",
-                "images": n,
-                "k": nn.shape[1],
-                "agreement": rounded(agree),
-                "chance": rounded(chance),
-                "lift": rounded(agree / chance) if chance else None,
-            }
-        )
+        rows.append(_agreement_row("all", n, kk, total_agree, chance, total_queries, Z95 * total_var**0.5))
     return pa.Table.from_pylist(rows, schema=AGREEMENT_SCHEMA)
 
 
-def split_agreement(silver: pa.Table, split: str = "test", k: int = NEIGHBOURS) -> dict:
+def exact_neighbour_agreement(silver, k: int = NEIGHBOURS) -> pa.Table:
+    """``neighbour_agreement`` over every image (all pairs, quadratic): the reference the estimate is
+    tested against."""
+    return neighbour_agreement(silver, k, sample=None)
+
+
+def _agreement_row(emotion, images, k, agree, chance, queries, ci) -> dict:
+    return {
+        "emotion": emotion,
+        "images": images,
+        "k": k,
+        "agreement": rounded(agree),
+        "chance": rounded(chance),
+        "lift": rounded(agree / chance) if chance else None,
+        "queries": queries,
+        "ci95": rounded(ci),
+    }
+
+
+def split_agreement(
+    silver, split: str = "test", k: int = NEIGHBOURS, sample: int | None = SPLIT_SAMPLE, seed: int = 0
+) -> dict:
     """What a search for each image of ``split`` returns: the share of its ``k`` nearest other images
     (exact cosine over every image of ``silver``, any split, itself excluded) with its emotion, beside
     chance (for a query of emotion e: (n_e - 1) / (N - 1), averaged over the queries). The figure the
-    demo prints: test images are never trained on, their neighbours are whatever the index holds."""
-    vectors, labels = vectors_and_labels(silver)
-    splits = np.asarray(silver["split"].to_pylist(), dtype=object)
-    queries = np.flatnonzero(splits == split)
+    demo prints: test images are never trained on, their neighbours are whatever the index holds.
+
+    Estimated from a seeded sample of ``sample`` images of the split (all if fewer; None: all), with the
+    95 % confidence interval's half-width (``ci95``); ``queries`` is the split's size, ``sampled`` how
+    many were searched for."""
+    sv = as_silver_vectors(silver)
+    vectors, labels = sv.vectors, sv.strings("emotion")
+    splits = sv.strings("split")
+    members = np.flatnonzero(splits == split)
     n = len(vectors)
-    out = {"split": split, "queries": int(len(queries)), "k": 0, "agreement": None, "chance": None}
-    if not len(queries) or n < 2:
+    out = {"split": split, "queries": int(len(members)), "k": 0, "agreement": None, "chance": None}
+    out.update(sampled=0, ci95=None)
+    if not len(members) or n < 2:
         return out
-    kk = min(k + 1, n)
-    _, pos = exact_search(vectors, vectors[queries], kk, block=1024)  # 1024 x N floats at a time
-    nn = leave_one_out(pos, queries, kk - 1)
-    same = (labels[nn] == labels[queries][:, None]).mean(axis=1)
+    queries = _sample(members, sample, np.random.default_rng(seed))
+    same = _same_share(vectors, labels, queries, k)
     counts = Counter(labels.tolist())
     chance = np.mean([(counts[e] - 1) / (n - 1) for e in labels[queries]])
-    return {**out, "k": int(nn.shape[1]), "agreement": rounded(same.mean()), "chance": rounded(chance)}
+    return {
+        **out,
+        "k": min(k, n - 1),
+        "agreement": rounded(same.mean()),
+        "chance": rounded(chance),
+        "sampled": int(len(queries)),
+        "ci95": rounded(_ci95(same, len(members))),
+    }
 
 
 AGREEMENT_SCHEMA = pa.schema(
@@ -181,9 +235,11 @@ AGREEMENT_SCHEMA = pa.schema(
         ("emotion", pa.string()),
         ("images", pa.int64()),
         ("k", pa.int64()),
-        ("agreement", pa.float64()),
+        ("agreement", pa.float64()),  # an estimate from `queries` sampled images, +- ci95
         ("chance", pa.float64()),
         ("lift", pa.float64()),
+        ("queries", pa.int64()),  # images searched for (all of the emotion when it has <= the sample size)
+        ("ci95", pa.float64()),  # half-width of the 95 % confidence interval of `agreement` (0: exact)
     ]
 )
 

@@ -156,3 +156,49 @@ def test_projection_keeps_at_most_the_cap():
     v = np.random.default_rng(2).standard_normal((50, 512)).astype(np.float32)
     keep, pts = gold.projection_2d(v, max_points=20)
     assert len(keep) == 20 and pts.shape == (20, 2) and len(set(keep.tolist())) == 20
+
+
+# ---- issue 15: the agreement is estimated from a fixed-size sample, with its 95 % confidence interval ----
+def _clustered(n: int, seed: int = 0, spread: float = 3.0):
+    """``n`` silver rows clustered by emotion, overlapping enough that agreement is far from 0 and 1."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(EMOTIONS), 64))
+    emotions = rng.choice(len(EMOTIONS), size=n, p=[0.14, 0.02, 0.14, 0.25, 0.17, 0.11, 0.17])
+    basis = np.linalg.qr(rng.standard_normal((512, 64)))[0].T
+    z = centres[emotions] + spread * rng.standard_normal((n, 64))
+    vectors = z @ basis + 0.05 * rng.standard_normal((n, 512))
+    splits = rng.choice(["train", "test"], size=n, p=[0.8, 0.2])
+    return _silver(vectors, [EMOTIONS[i] for i in emotions], list(splits))
+
+
+def test_sampled_agreement_is_within_its_error_bar_of_the_exact_one():
+    silver = _clustered(3000)
+    exact = {r["emotion"]: r for r in gold.exact_neighbour_agreement(silver).to_pylist()}
+    got = {r["emotion"]: r for r in gold.neighbour_agreement(silver, sample=120).to_pylist()}
+    assert exact["all"]["ci95"] == 0 and exact["all"]["queries"] == 3000  # every image: no error bar
+    assert 0.2 < exact["all"]["agreement"] < 0.9  # a figure that sampling can get wrong
+    all_ = got["all"]
+    assert all_["queries"] == sum(min(120, r["images"]) for e, r in got.items() if e != "all") < 3000
+    assert 0 < all_["ci95"] < 0.05
+    assert abs(all_["agreement"] - exact["all"]["agreement"]) <= all_["ci95"]
+    assert all_["chance"] == exact["all"]["chance"] and all_["images"] == 3000
+    inside = [abs(got[e]["agreement"] - exact[e]["agreement"]) <= got[e]["ci95"] for e in got if e != "all"]
+    assert sum(inside) >= len(inside) - 1  # 95 % intervals: one of seven may miss, not more
+    small = next(e for e in got if e != "all" and got[e]["images"] <= 120)  # disgust: every image searched
+    assert got[small]["ci95"] == 0 and got[small]["agreement"] == exact[small]["agreement"]
+
+
+def test_sampled_split_agreement_is_within_its_error_bar_of_the_exact_one():
+    silver = _clustered(3000, seed=1)
+    exact = gold.split_agreement(silver, "test", sample=None)
+    got = gold.split_agreement(silver, "test", sample=150)
+    assert exact["ci95"] == 0 and exact["sampled"] == exact["queries"] > 150
+    assert got["sampled"] == 150 and got["queries"] == exact["queries"] and 0 < got["ci95"] < 0.1
+    assert abs(got["agreement"] - exact["agreement"]) <= got["ci95"]
+
+
+def test_the_agreement_table_carries_its_sample_and_error_bar():
+    table = gold.neighbour_agreement(_clustered(400), sample=30)
+    assert table.schema == gold.AGREEMENT_SCHEMA
+    assert {"queries", "ci95"} <= set(table.column_names)
+    assert all(r["queries"] <= min(30, r["images"]) or r["emotion"] == "all" for r in table.to_pylist())

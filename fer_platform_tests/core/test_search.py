@@ -1,29 +1,40 @@
 """The FAISS index (flat and HNSW), its files, recall, filtered search, and contact sheets."""
 
+import datetime as dt
 import io
 import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.layout import EMOTIONS, SILVER_EMBEDDINGS
 from fer_platform.core.report import format_distances
+from fer_platform.core.search import index as search_index_module
 from fer_platform.core.search import sheet
 from fer_platform.core.search.build import RECALL_TARGET, build_index, index_recall
 from fer_platform.core.search.index import (
     IDS_FILE,
+    INDEX_FILE,
+    MAPPING_COLUMNS,
+    META_FILE,
     IndexChanging,
     IndexUnavailable,
     SearchIndex,
     index_dir,
     load_index,
+    warm_index,
 )
 from fer_platform.core.search.live import LiveIndex
+from fer_platform.core.silver import read_silver
+from fer_platform.core.silver_scan import read_silver_vectors
 from fer_platform.core.storage import ReadOnlyStorage, Storage
-from fer_platform.core.vectors import vectors_to_arrow
+from fer_platform.core.vectors import arrow_to_vectors, vectors_to_arrow
 from fer_platform_tests.helpers import face
+
+DAY = dt.date(2026, 11, 20)
 
 
 def clustered(n_per=60, dim=512, spread=0.6, seed=0):
@@ -259,3 +270,78 @@ def test_the_read_only_lake_has_no_way_to_write(tmp_path):
     assert not any(
         hasattr(lake, name) for name in ("write_bytes", "write_many", "delete", "move", "makedirs")
     )
+
+
+# ---- issue 15: warm queries, verified stamps, silver streamed ----
+class CountingLake(Storage):
+    """The real local storage, counting what is read (by file name)."""
+
+    def __init__(self, url):
+        super().__init__(url)
+        self.reads: list[str] = []
+
+    def read_bytes(self, key, max_bytes=None):
+        self.reads.append(key.rsplit("/", 1)[-1])
+        return super().read_bytes(key, max_bytes)
+
+
+def test_a_warm_query_reads_meta_json_alone_and_a_rebuilt_index_is_picked_up(tmp_path):
+    lake = CountingLake(str(tmp_path))
+    _publish(lake, build_index(clustered(n_per=3), "m1").to_files())
+    first = warm_index(lake, "m1")
+    assert sorted(lake.reads) == sorted([META_FILE, INDEX_FILE, IDS_FILE])
+    lake.reads.clear()
+    again = warm_index(lake, "m1")
+    assert again is first and lake.reads == [META_FILE]  # a few hundred bytes, not the index
+    _publish(lake, build_index(clustered(n_per=4, seed=9), "m1").to_files())
+    lake.reads.clear()
+    rebuilt = warm_index(lake, "m1")
+    assert rebuilt.size == 28 and INDEX_FILE in lake.reads
+    (tmp_path / index_dir("m1") / META_FILE).unlink()  # the index deleted: no stale answer
+    with pytest.raises(IndexUnavailable, match="no search index"):
+        warm_index(lake, "m1")
+
+
+def test_an_index_version_is_hashed_once_and_a_new_version_again(tmp_path, monkeypatch):
+    lake, stamps = Storage(str(tmp_path / "lake")), tmp_path / "stamps"
+    old = build_index(clustered(n_per=4), "m1").to_files()
+    new = build_index(clustered(n_per=3, seed=9), "m1").to_files()
+    hashed: list[int] = []  # sizes of what was hashed
+    real = search_index_module.sha256
+    monkeypatch.setattr(search_index_module, "sha256", lambda data: hashed.append(len(data)) or real(data))
+    _publish(lake, old)
+    big = len(old[INDEX_FILE])
+    assert load_index(lake, "m1", stamps=stamps).size == 28 and big in hashed  # first read: checked
+    hashed.clear()
+    assert load_index(lake, "m1", stamps=stamps).size == 28 and big not in hashed  # same version: stamped
+    assert load_index(lake, "m1").size == 28 and big in hashed  # without stamps: checked as before
+    hashed.clear()
+    time.sleep(0.01)
+    _publish(lake, {**new, IDS_FILE: old[IDS_FILE]})  # a rebuild half-way: new mtimes, so checked again
+    with pytest.raises(IndexChanging):
+        load_index(lake, "m1", tries=1, stamps=stamps)
+    _publish(lake, new)
+    assert load_index(lake, "m1", stamps=stamps).size == 21 and len(new[INDEX_FILE]) in hashed
+
+
+def test_silver_streamed_is_silver_read_whole(tmp_path):
+    lake = Storage(str(tmp_path))
+    rows = clustered(n_per=25).append_column("model", pa.array(["m1"] * 175))
+    rows = rows.set_column(
+        rows.schema.get_field_index("load_date"), "load_date", pa.array([DAY] * 175, pa.date32())
+    )
+    other = rows.set_column(rows.schema.get_field_index("model"), "model", pa.array(["m2"] * 175))
+    pq.write_to_dataset(
+        pa.concat_tables([rows, other]), lake.path(SILVER_EMBEDDINGS), partition_cols=["emotion", "load_date"]
+    )
+    whole = read_silver(lake, model="m1").sort_by("image_id")
+    streamed = read_silver_vectors(lake, "m1", MAPPING_COLUMNS, batch_rows=16)
+    order = np.argsort(streamed.strings("image_id"))
+    assert streamed.vectors.dtype == np.float32 and streamed.vectors.shape == (175, 512)
+    np.testing.assert_allclose(streamed.vectors[order], arrow_to_vectors(whole["vector"]), rtol=0, atol=1e-6)
+    assert streamed.columns.take(order).to_pylist() == whole.select(list(MAPPING_COLUMNS)).to_pylist()
+    assert read_silver_vectors(lake, "m3").num_rows == 0
+    assert read_silver_vectors(Storage(str(tmp_path / "none")), "m1").num_rows == 0
+    a, b = build_index(streamed, "m1"), build_index(whole, "m1")  # the same index either way
+    assert a.mapping.equals(b.mapping)
+    np.testing.assert_allclose(a.vectors_at(np.arange(a.size)), b.vectors_at(np.arange(b.size)), atol=1e-6)

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
-from fer_platform.core.vecmath import exact_search, normalise, recall_of
-from fer_platform.core.vectors import arrow_to_vectors
+from fer_platform.core.silver_scan import SilverVectors, as_silver_vectors
+from fer_platform.core.vecmath import exact_search, recall_of
 
 HNSW_THRESHOLD = 20_000  # vectors; at or above it the index is HNSW
 HNSW_M = 32
@@ -27,7 +27,7 @@ EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 def build_index(
-    silver: pa.Table,
+    silver: pa.Table | SilverVectors,
     model: str,
     embedder: dict | None = None,
     hnsw_threshold: int = HNSW_THRESHOLD,
@@ -36,26 +36,29 @@ def build_index(
     target_recall: float = RECALL_TARGET,
     seed: int = 0,
 ) -> SearchIndex:
-    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above)."""
+    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above):
+    a silver table, or silver streamed (``silver_scan.read_silver_vectors`` with ``MAPPING_COLUMNS``)."""
     import faiss  # deferred: heavy
 
-    table = silver.sort_by([("image_id", "ascending")])
-    vectors = normalise(arrow_to_vectors(table["vector"]))
-    dim = vectors.shape[1]
+    sv = as_silver_vectors(silver)
+    order = pc.sort_indices(sv.columns, [("image_id", "ascending")]).to_numpy()
+    n, dim = sv.vectors.shape
     held = 0
-    if len(vectors) >= hnsw_threshold:
+    if n >= hnsw_threshold:
         index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
         kind = "hnsw"
         # ef_search is tuned on queries the graph does not hold yet (a stored vector finds its own
         # neighbourhood too easily): a sample is moved to the end, added after the tuning
-        held = min(TUNE_QUERIES, max(1, len(vectors) // 20))
-        picks = np.random.default_rng(seed).choice(len(vectors), size=held, replace=False)
-        order = np.concatenate([np.setdiff1d(np.arange(len(vectors)), picks), np.sort(picks)])
-        table, vectors = table.take(pa.array(order, pa.int64())), vectors[order]
+        held = min(TUNE_QUERIES, max(1, n // 20))
+        picks = np.random.default_rng(seed).choice(n, size=held, replace=False)
+        order = order[np.concatenate([np.setdiff1d(np.arange(n), picks), np.sort(picks)])]
     else:
         index = faiss.IndexFlatIP(dim)
         kind = "flat"
+    # one reordering of the vectors (by image_id, the tuning sample last): one copy of the matrix
+    table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors[order]
+    del sv, silver  # the unordered matrix is freed here unless the caller still holds it
     if len(vectors):
         index.add(vectors[: len(vectors) - held])
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
@@ -94,7 +97,7 @@ def tune_ef(index: SearchIndex, base: np.ndarray, queries: np.ndarray, target: f
     """The smallest ``ef_search`` whose recall@k of ``queries`` (vectors the index does not hold)
     against exact search over ``base`` (what it holds) reaches ``target`` plus a small margin."""
     kk = min(k, len(base))
-    _, truth = exact_search(base, queries, kk)
+    _, truth = exact_search(base, queries, kk, block=256)  # 256 x 4096 scores at a time
     recall = 0.0
     for ef in EF_CANDIDATES:
         index.set_ef(ef)
@@ -105,7 +108,9 @@ def tune_ef(index: SearchIndex, base: np.ndarray, queries: np.ndarray, target: f
     return EF_CANDIDATES[-1], recall
 
 
-def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int = 200, seed: int = 1) -> dict:
+def index_recall(
+    index: SearchIndex, silver: pa.Table | SilverVectors, k: int = 10, sample: int = 200, seed: int = 1
+) -> dict:
     """recall@k of ``index`` against exact search over ``silver``, compared by image_id: what the
     blocking check measures. Queries are a sample of silver vectors, each left out of its own
     answer (see ``vecmath.leave_one_out``; here by image_id, as the index's positions are not silver's)."""
@@ -113,12 +118,12 @@ def index_recall(index: SearchIndex, silver: pa.Table, k: int = 10, sample: int 
         ok = index.size == silver.num_rows
         recall = 1.0 if ok else 0.0
         return {"recall": recall, "queries": 0, "k": k, "silver": silver.num_rows, "indexed": index.size}
-    vectors = normalise(arrow_to_vectors(silver["vector"]))
-    ids = np.asarray(silver["image_id"].to_pylist(), dtype=object)
+    sv = as_silver_vectors(silver)
+    vectors, ids = sv.vectors, sv.strings("image_id")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
     kk = min(k, len(vectors) - 1)
-    _, truth = exact_search(vectors, vectors[picks], kk + 1)
+    _, truth = exact_search(vectors, vectors[picks], kk + 1, block=256)
     truth_ids = [[i for i in ids[row] if i != ids[own]][:kk] for row, own in zip(truth, picks, strict=True)]
     _, got = index.raw_search(vectors[picks], kk + 1)
     index_ids = index.ids

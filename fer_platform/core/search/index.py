@@ -17,8 +17,10 @@ import functools
 import io
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,14 +83,17 @@ class SearchIndex:
         return files
 
     @classmethod
-    def from_files(cls, files: dict[str, bytes]) -> "SearchIndex":
+    def from_files(cls, files: dict[str, bytes], verified: bool = False) -> "SearchIndex":
+        """The index of its three files, checked against the digests meta.json names unless ``verified``
+        (these very files were checked before: see ``load_index``'s stamps)."""
         import faiss  # deferred: heavy
 
         missing = [f for f in (INDEX_FILE, IDS_FILE, META_FILE) if f not in files]
         if missing:
             raise IndexUnavailable(f"index files missing: {', '.join(missing)}")
         meta = json.loads(files[META_FILE])
-        mixed = [n for n, d in (meta.get("digests") or {}).items() if sha256(files.get(n, b"")) != d]
+        digests = {} if verified else (meta.get("digests") or {})
+        mixed = [n for n, d in digests.items() if sha256(files.get(n, b"")) != d]
         if mixed:
             raise IndexChanging(
                 f"the index files do not belong together ({', '.join(mixed)} changed): it is being rebuilt; "
@@ -282,11 +287,17 @@ def single_thread():
         faiss.omp_set_num_threads(before)
 
 
-def load_index(lake, model: str, tries: int = 3) -> SearchIndex:
+def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> SearchIndex:
     """The index of ``model`` from the lake (a core.storage.Storage); read again if a rebuild was
-    replacing its files meanwhile."""
+    replacing its files meanwhile.
+
+    ``stamps``: a local folder of verified stamps (a short-lived reader such as the CLI passes one). The
+    digests of a build's files are checked once per version of those files (their sizes and modification
+    times, and meta.json's bytes, unchanged before and after the read); a later read of the same version
+    skips the hashing. A rebuild changes them, so it is checked again."""
     folder = index_dir(model)
     for attempt in range(tries):
+        before = _versions(lake, folder) if stamps is not None else None
         files = {}
         for name in (META_FILE, INDEX_FILE, IDS_FILE):
             try:
@@ -296,10 +307,70 @@ def load_index(lake, model: str, tries: int = 3) -> SearchIndex:
                     f"no search index for model {model} at {lake.uri(folder)}: materialise search_index "
                     "(fer-platform demo, or the UI)"
                 ) from None
+        record = None
+        if before is not None and before == _versions(lake, folder):
+            sizes_match = all(len(files[n]) == before[n][0] for n in files)
+            record = {"meta": sha256(files[META_FILE]), "files": before} if sizes_match else None
+        stamp = _stamp_path(stamps, lake.uri(folder)) if stamps is not None else None
+        verified = record is not None and _read_stamp(stamp) == record
         try:
-            return SearchIndex.from_files(files)
+            index = SearchIndex.from_files(files, verified=verified)
         except IndexChanging:
             if attempt == tries - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
+            continue
+        if record is not None and not verified:
+            _write_stamp(stamp, record)
+        return index
     raise AssertionError("unreachable")
+
+
+def _versions(lake, folder: str) -> dict[str, list[int]] | None:
+    """[size, mtime in us] of each index file (None if one is missing)."""
+    found, missing = lake.stat_many([f"{folder}/{n}" for n in (META_FILE, INDEX_FILE, IDS_FILE)])
+    if missing:
+        return None
+    return {e.key.rsplit("/", 1)[-1]: [int(e.size), int(e.modified_us)] for e in found}
+
+
+def _stamp_path(stamps: Path, uri: str) -> Path:
+    return stamps / f"{sha256(uri.encode())[:24]}.json"
+
+
+def _read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stamp(path: Path, record: dict) -> None:
+    """Best effort: without a stamp the next read hashes again, nothing worse."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+_WARM: dict[tuple[str, str], SearchIndex] = {}
+WARM_KEEP = 4  # indexes a process keeps in memory (one per lake and model it queried)
+
+
+def warm_index(lake, model: str, stamps: Path | None = None) -> SearchIndex:
+    """The index of ``model`` kept in memory by this process: a query after the first reads meta.json
+    alone (a few hundred bytes) to see that the build in the lake is still the one in memory, and reads the
+    other files only when it changed (a rebuilt index is picked up by the next query)."""
+    key = (lake.uri(index_dir(model)), model)
+    held = _WARM.get(key)
+    if held is not None and read_digest(lake, model) == held.digest:
+        return held
+    index = load_index(lake, model, stamps=stamps)
+    _WARM.pop(key, None)
+    while len(_WARM) >= WARM_KEEP:
+        _WARM.pop(next(iter(_WARM)))
+    _WARM[key] = index
+    return index

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from fer_platform.core.images import sha256
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.search.hits import Hit, iso
-from fer_platform.core.search.index import SearchIndex, load_index
+from fer_platform.core.search.index import SearchIndex, warm_index
 from fer_platform.core.search.pgvector import pgvector_row, pgvector_search
 
 BACKENDS = ("index", "pgvector")
@@ -46,17 +47,20 @@ def find_similar(
     dsn: str | None = None,
     index: SearchIndex | None = None,
     conn=None,
+    stamps: Path | None = None,
 ) -> dict[str, Any]:
     """The ``k`` images nearest to a query image (embedded with ``spec``, the model the vectors were
     made with) or to a stored image (``image_id``, itself excluded), closest first.
 
     A long-running caller (the search service) passes what it keeps open: ``index``, the index already
-    in memory (else it is read from ``lake``), and ``conn``, an open connection (else one to ``dsn``)."""
+    in memory (else the one this process keeps, read from ``lake`` when it changed: ``warm_index``, with
+    ``stamps``, a folder of verified stamps), and ``conn``, an open connection (else one to ``dsn``).
+    Excluding the query image costs one more neighbour (asked for and dropped), not a filter."""
     _check_query(image, image_id, k, emotion, backend)
     model = model_id(spec)
     if backend == "index":
         if index is None:
-            index = load_index(lake, model)  # first: without an index there is nothing to embed for
+            index = warm_index(lake, model, stamps)  # first: without an index there is nothing to embed for
         query, vector = _index_query(index, model, spec, image, image_id)
         hits, size = index.search(vector, k, emotion=emotion, exclude=image_id), index.size
     else:

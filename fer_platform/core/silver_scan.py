@@ -1,0 +1,96 @@
+"""Silver streamed for the readers that need every vector at once (gold, the search index): the columns
+they name and the vectors, read batch by batch into one preallocated float32 matrix.
+
+``read_silver`` returns Arrow tables; holding the vector column as Arrow lists and then a numpy copy of it
+doubles the largest thing in memory (and ``to_pylist`` of it is ~30x). Here each batch's vectors are
+copied into their rows of the matrix and the batch is dropped: the vectors are in memory once, the other
+columns (short strings, dates) as Arrow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from fer_platform.core.layout import SILVER_EMBEDDINGS
+from fer_platform.core.pg.schema import EMBEDDING_DIM
+from fer_platform.core.vecmath import normalise
+from fer_platform.core.vectors import arrow_to_vectors
+
+BATCH_ROWS = 8192  # 16 MiB of 512-d float32 vectors per batch
+
+
+@dataclass
+class SilverVectors:
+    """Silver rows as a unit-length float32 matrix (``vectors``) beside the other columns (``columns``, an
+    Arrow table, row i of one is row i of the other)."""
+
+    vectors: np.ndarray
+    columns: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.vectors)
+
+    def strings(self, name: str) -> np.ndarray:
+        """A column as a numpy object array (what label comparisons use)."""
+        return np.asarray(self.columns[name].to_pylist(), dtype=object)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "SilverVectors":
+        """From silver rows already in memory (tests, small tables)."""
+        others = [c for c in table.column_names if c != "vector"]
+        return cls(normalise(arrow_to_vectors(table["vector"])), table.select(others))
+
+
+def as_silver_vectors(silver: pa.Table | SilverVectors) -> SilverVectors:
+    return silver if isinstance(silver, SilverVectors) else SilverVectors.from_table(silver)
+
+
+def read_silver_vectors(
+    lake, model: str | None, columns: tuple[str, ...] = ("emotion", "split"), batch_rows: int = BATCH_ROWS
+) -> SilverVectors:
+    """Every silver row of ``model``: its vectors (normalised again, batch by batch: cheap, and a reader
+    never trusts a file's norms) and ``columns``, streamed with a dataset scanner."""
+    empty = SilverVectors(
+        np.empty((0, EMBEDDING_DIM), np.float32),
+        pa.table({c: pa.array([], pa.date32() if c == "load_date" else pa.string()) for c in columns}),
+    )
+    root = lake.path(SILVER_EMBEDDINGS)
+    if not lake.fs.exists(root):
+        return empty
+    dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs)
+    if not dataset.files:
+        return empty
+    flt = ds.field("model") == model if model else None
+    vectors = np.empty((dataset.count_rows(filter=flt), EMBEDDING_DIM), np.float32)
+    parts: list[pa.RecordBatch] = []
+    at = 0
+    scan = dataset.to_batches(
+        columns=[*columns, "vector"],
+        filter=flt,
+        batch_size=batch_rows,
+        batch_readahead=2,  # the default (16 batches of every file read ahead) holds ~300 MB at FER size
+        fragment_readahead=1,
+    )
+    for batch in scan:
+        m = batch.num_rows
+        if not m:
+            continue
+        if at + m > len(vectors):  # a partition grew between the count and the scan
+            vectors = np.concatenate([vectors, np.empty((at + m - len(vectors), EMBEDDING_DIM), np.float32)])
+        vectors[at : at + m] = normalise(arrow_to_vectors(batch.column("vector")))
+        parts.append(batch.drop_columns(["vector"]))
+        at += m
+    pa.default_memory_pool().release_unused()  # the batches' buffers, back to the system now
+    if not parts:
+        return empty
+    table = pa.Table.from_batches(parts)
+    if "load_date" in table.column_names and table.schema.field("load_date").type != pa.date32():
+        i = table.schema.get_field_index("load_date")
+        table = table.set_column(i, "load_date", pc.cast(table["load_date"], pa.date32()))
+    return SilverVectors(vectors[:at], table.select(list(columns)))
