@@ -544,14 +544,14 @@ def print_result(r: dict) -> None:
         f"{d['peak_total_mib']:.0f} MiB (sampled); load average {r['load_average_before'][0]} -> "
         f"{r['load_average_after'][0]}"
     )
-    header = f"{'stage':<34} {'n':>4} {'sum s':>8} {'busy s':>8} {'ms/img':>8} {'img/s':>9} "
+    header = f"{'stage':<46} {'n':>4} {'sum s':>8} {'busy s':>8} {'ms/img':>8} {'img/s':>9} "
     header += f"{'demo MiB':>9} {'pg MiB':>7}"
     print(header)
     for s in r["stages"]:
         rate = f"{s['images_per_s']:>9.0f}" if s["images_per_s"] else f"{'-':>9}"
         fail = f"  ({s['failed']} failed)" if s["failed"] else ""
         print(
-            f"{s['stage']:<34} {s['count']:>4} {s['seconds']:>8.2f} {s['busy_seconds']:>8.2f} "
+            f"{s['stage']:<46} {s['count']:>4} {s['seconds']:>8.2f} {s['busy_seconds']:>8.2f} "
             f"{s['ms_per_image']:>8.3f} {rate} {s['peak_demo_rss_mib']:>9.0f} "
             f"{s['peak_postgres_pss_mib']:>7.0f}{fail}"
         )
@@ -572,7 +572,7 @@ def print_ratios(ratios: list[dict]) -> None:
     print(f"\ncost per image at N = {n2:,} / at N = {n1:,} (flagged above {FLAG_RATIO}):")
     for r in ratios:
         shown = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        print(f"  {r['stage']:<34} {shown:>6}{'  > ' + str(FLAG_RATIO) if r['flagged'] else ''}")
+        print(f"  {r['stage']:<46} {shown:>6}{'  > ' + str(FLAG_RATIO) if r['flagged'] else ''}")
 
 
 def main(argv: list[str] | None = None) -> None:

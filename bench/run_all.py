@@ -15,6 +15,7 @@ BENCHES = [
     ["bench_model.py"],
     ["bench_convergence.py"],
     ["bench_demo.py"],
+    ["bench_scale.py", "--n", "2000"],  # the whole pipeline at 2,000 images; 35,887 and 250,000 by hand
 ]
 
 if __name__ == "__main__":
