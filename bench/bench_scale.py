@@ -607,7 +607,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"python {platform.python_version()}"
     )
-    results = []
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python bench/bench_scale.py", *(argv if argv is not None else sys.argv[1:])])
+    results: list[dict] = []
     for n in sizes:
         home = keep / f"n{n}" if keep else Path(tempfile.mkdtemp(prefix=f"ferscale-{n}-"))
         home.mkdir(parents=True, exist_ok=True)
@@ -618,21 +621,19 @@ def main(argv: list[str] | None = None) -> None:
             if not keep:
                 shutil.rmtree(home, ignore_errors=True)
         print_result(results[-1])
-    ratios = [x for later in results[1:] for x in cost_ratios(results[0], later)]
+        ratios = [x for later in results[1:] for x in cost_ratios(results[0], later)]
+        record = {  # after every N: a run stopped half-way keeps the sizes it measured
+            "benchmark": "bench_scale",
+            "command": command,
+            "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cores": os.cpu_count(),
+            "flag_ratio": FLAG_RATIO,
+            "results": results,
+            "ratios": ratios,
+        }
+        out.write_text(json.dumps(record, indent=1))
     for later in results[1:]:
-        print_ratios([r for r in ratios if r["n2"] == later["n"]])
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "benchmark": "bench_scale",
-        "command": " ".join(["python bench/bench_scale.py", *(argv if argv is not None else sys.argv[1:])]),
-        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(),
-        "flag_ratio": FLAG_RATIO,
-        "results": results,
-        "ratios": ratios,
-    }
-    out.write_text(json.dumps(record, indent=1))
+        print_ratios([r for r in record["ratios"] if r["n2"] == later["n"]])
     print(f"\nJSON: {out}")
 
 
