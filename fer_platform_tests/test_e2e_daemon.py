@@ -130,6 +130,7 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         drop("test/happy/b2.png", face("happy", 202))
         drop("test/fear/b2.png", face("fear", 202))
         drop("train/angry/b2 copy.png", face("angry", 100))  # the same content as an initial file
+        drop("train/neutral/b2.png", face("neutral", 203))  # a partition that only this burst brings
         drop("train/surprise/b2-broken.png", encoded("RGB"))
         _wait(
             "a quiet instance",
