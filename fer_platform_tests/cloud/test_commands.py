@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,27 +105,24 @@ def _landing(root: Path) -> Path:
     return landing
 
 
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory, pg_server):
+def _local(root: Path, pg_server: str):
     """The commands on a local landing folder and lake (FER_ENV=local), on the session's PostgreSQL."""
-    root = tmp_path_factory.mktemp("local")
     landing = _landing(root)
     env = {"FER_PG_DSN": ensure_database(pg_server, unique("cmdlocal"))}
 
     def put(key, data):
         (landing / key).write_bytes(data)
 
-    return _commands(root / "home", {**env, "FER_LANDING": str(landing)}, landing, put)
+    return lambda: _commands(root / "home", {**env, "FER_LANDING": str(landing)}, landing, put)
 
 
-@pytest.mark.parametrize("env", ["azure", "aws"])
-def test_demo_search_and_bulk_load_give_the_local_figures(env, local_run, request, pg_cloud, tmp_path):
-    store = request.getfixturevalue(f"{env}_store")
-    landing = _landing(tmp_path)
+def _cloud(env: str, store, pg_cloud, root: Path):
+    """The same commands with FER_ENV=azure or aws: the landing uploaded with the cloud's own SDK, a
+    password-protected server as in the cloud (the Dagster instance's database beside the app's)."""
+    landing = _landing(root)
     prefix = store.landing_url.split("/", 3)[3]
     for path in sorted(p for p in landing.rglob("*") if p.is_file()):
         store.put(f"{prefix}/{path.relative_to(landing).as_posix()}", path.read_bytes())
-    # a password-protected server, as in the cloud; the Dagster instance's database beside the app's
     name = unique("cmd")
     pg_cloud.execute(f'CREATE DATABASE "{name}"')
     pg_cloud.execute("CREATE EXTENSION IF NOT EXISTS vector", dbname=name)
@@ -133,20 +131,35 @@ def test_demo_search_and_bulk_load_give_the_local_figures(env, local_run, reques
         "FER_ENV": env,
         "FER_PG_DSN": pg_cloud.dsn(name, "postgres", pg_cloud.password),
     }
-
-    cloud = _commands(
-        tmp_path / "home", variables, landing, lambda key, data: store.put(f"{prefix}/{key}", data)
+    return lambda: _commands(
+        root / "home", variables, landing, lambda key, data: store.put(f"{prefix}/{key}", data)
     )
 
-    assert cloud["demo"] == local_run["demo"]
-    assert cloud["demo"]["loaded"] > 0 and cloud["demo"]["index_size"] == cloud["demo"]["silver_rows"] > 0
-    assert cloud["demo"]["agreement"]["agreement"] is not None and cloud["demo"]["disagreements"] == []
-    assert cloud["runs"] == local_run["runs"] and all(r[3] for r in cloud["runs"])
-    assert cloud["example"] == local_run["example"]
-    assert cloud["by_id"] == local_run["by_id"] and len(cloud["by_id"][2]) == 10
-    assert cloud["by_image"] == local_run["by_image"] and len(cloud["by_image"][1]) == 10
-    assert cloud["bulk"] == local_run["bulk"] and cloud["bulk"][:2] == (len(EXTRA), 2)
-    assert "Traceback" not in cloud["stderr"]
+
+def test_demo_search_and_bulk_load_give_the_local_figures(
+    pg_server, pg_cloud, azure_store, aws_store, tmp_path
+):
+    # the three environments run side by side (each its own home, database and store): the commands are
+    # separate processes, so the test costs about the slowest of them, not their sum
+    jobs = {
+        "local": _local(tmp_path / "local", pg_server),
+        "azure": _cloud("azure", azure_store, pg_cloud, tmp_path / "azure"),
+        "aws": _cloud("aws", aws_store, pg_cloud, tmp_path / "aws"),
+    }
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {env: pool.submit(job) for env, job in jobs.items()}
+        results = {env: f.result() for env, f in futures.items()}
+    local_run = results.pop("local")
+    for env, cloud in results.items():
+        assert cloud["demo"] == local_run["demo"], env
+        assert cloud["demo"]["loaded"] > 0 and cloud["demo"]["index_size"] == cloud["demo"]["silver_rows"] > 0
+        assert cloud["demo"]["agreement"]["agreement"] is not None and cloud["demo"]["disagreements"] == []
+        assert cloud["runs"] == local_run["runs"] and all(r[3] for r in cloud["runs"]), env
+        assert cloud["example"] == local_run["example"], env
+        assert cloud["by_id"] == local_run["by_id"] and len(cloud["by_id"][2]) == 10, env
+        assert cloud["by_image"] == local_run["by_image"] and len(cloud["by_image"][1]) == 10, env
+        assert cloud["bulk"] == local_run["bulk"] and cloud["bulk"][:2] == (len(EXTRA), 2), env
+        assert "Traceback" not in cloud["stderr"], env
 
 
 def test_a_store_that_cannot_be_reached_is_one_line_for_every_command(moto_s3, tmp_path):
