@@ -214,9 +214,8 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
                 ensure_vector_extension(conn, dsn)
                 for stmt in SCHEMA:
                     conn.execute(stmt)
-                if (
-                    conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] != 1
-                ):  # ALTER TABLE locks: only if needed
+                # ALTER TABLE locks the table: only when needed
+                if conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] != 1:
                     for stmt in STATUS_CHECK_MIGRATION:
                         conn.execute(stmt)
                 if not classic_contract_present(conn):  # ALTER TABLE locks the table: only when needed
