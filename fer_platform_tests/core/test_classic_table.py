@@ -11,7 +11,7 @@ from pgvector.psycopg import register_vector
 
 from fer_platform.core import convergence
 from fer_platform.core.pg.connect import connect, ensure_database
-from fer_platform.core.pg.schema import ensure_schema, schema_present
+from fer_platform.core.pg.schema import ensure_schema, schema_present, vector_index_present
 from fer_platform.core.vectors import (
     EmbeddingPlan,
     count_model,
@@ -72,6 +72,13 @@ def test_the_classic_insert_on_a_fresh_database(pg_dsn):
 def test_an_older_table_is_migrated_once(pg_server):
     dsn = ensure_database(pg_server, f"old_{id(object())}")
     old_vectors_table(dsn)
+    with connect(dsn) as conn:  # another client's row with every column filled: it is not the platform's
+        conn.execute(
+            "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, split, load_date, model) "
+            "VALUES ('train/happy/Training_9.jpg', 'happy', %s::vector, 'seed9', 'train', '2026-10-01', "
+            "'resnet18-random-s0-fidelity')",
+            ("[" + ",".join(["9"] + ["0"] * 511) + "]",),
+        )
     with connect(dsn) as conn, pytest.raises(psycopg.errors.NotNullViolation):
         _classic_insert(conn)  # what the seed loader met
     with connect(dsn) as conn:
@@ -84,8 +91,10 @@ def test_an_older_table_is_migrated_once(pg_server):
             ("old0", "raw/images/fer2013/train/happy/a.png", "fer-platform"),
             ("old1", "raw/images/fer2013/test/happy/b.png", "fer-platform"),
             ("old2", "raw/images/fer2013/train/sad/c.png", "fer-platform"),
+            ("seed9", "train/happy/Training_9.jpg", "external"),  # left as its client wrote it
         ]
         assert schema_present(conn), "the next run finds it by a catalog read: no DDL, no lock"
+        assert vector_index_present(conn), "dropped for the rewrite, built again in one pass"
         # the README's expression of the seed's layout
         seed_path = conn.execute(
             "SELECT regexp_replace(filepath, '^raw/images/fer2013/', 'raw/imagenes/') FROM imagenes_fer "

@@ -151,16 +151,22 @@ SCHEMA_OBJECTS = (
 
 
 # --------------------------------------------------------------------------- the classic contract (issue 14)
-# A vectors table made before the ``written_by`` column: every row in it was written by the platform (the
-# classic INSERT failed on its NOT NULL columns), with an absolute path or URI as filepath. One transaction
-# marks them as the platform's, rewrites filepath to the lake-relative path, and lets the classic
+# A vectors table made before the ``written_by`` column: the platform's rows in it have an absolute path or
+# URI under ``raw/images/fer2013/`` as filepath; a row another client wrote with every column (the classic
+# INSERT failed on the NOT NULL ones) has its own path, and stays the other client's. One transaction
+# marks the platform's rows, rewrites their filepath to the lake-relative path, and lets the classic
 # ``INSERT (filepath, emotion, vector)`` in. Idempotent; detected by a catalog read
-# (``classic_contract_present``), so a run on a migrated database takes no lock.
+# (``classic_contract_present``), so a run on a migrated database takes no lock. The HNSW index is dropped
+# first: rewriting every row would re-insert each into the graph (a few hundred rows/s) while the table is
+# locked; ``ensure_schema`` builds it again right after, in one pass.
+_PLATFORM_PATH = "(^|/)raw/images/fer2013/"
 CLASSIC_CONTRACT_MIGRATION = [
     f"ALTER TABLE {VECTORS_TABLE} ADD COLUMN IF NOT EXISTS written_by text",
+    f"DROP INDEX IF EXISTS {VECTOR_INDEX}",
     f"""UPDATE {VECTORS_TABLE} SET written_by = '{PLATFORM_WRITER}',
         filepath = regexp_replace(filepath, '^.*/(raw/images/fer2013/)', '\\1')
-        WHERE written_by IS NULL""",
+        WHERE written_by IS NULL AND filepath ~ '{_PLATFORM_PATH}'""",
+    f"UPDATE {VECTORS_TABLE} SET written_by = '{EXTERNAL_WRITER}' WHERE written_by IS NULL",
     f"""ALTER TABLE {VECTORS_TABLE}
         ALTER COLUMN written_by SET DEFAULT '{EXTERNAL_WRITER}', ALTER COLUMN written_by SET NOT NULL,
         ALTER COLUMN image_id DROP NOT NULL, ALTER COLUMN model DROP NOT NULL,
