@@ -435,3 +435,37 @@ def test_a_failed_expansion_is_asked_for_again_then_left_to_a_person(landing, la
         instance.report_run_failed(run)
     assert len(set(keys)) == 3  # each attempt a run of its own
     assert tick(landing, pg_dsn, instance=instance, lake=lake, retry_after_seconds=0)[0] == []  # 3 failed
+
+
+def test_a_lost_checkpoint_is_put_back_on_the_next_tick_even_when_the_audit_is_not_due(
+    resources, landing, lake, pg_dsn
+):
+    """Load-log rows deleted between two ticks while their files stay in the landing zone: the very next
+    tick puts them back from the raw manifest before it plans (the layer marks that gate the audit may not
+    show the deletion yet), so nothing is asked for again."""
+    for i in range(2):
+        land(landing, f"train/happy/{i}.png", face("happy", 10 + i), T0)
+    key = partition_key("happy", utc_today())
+    files = ["train/happy/0.png", "train/happy/1.png"]
+    assert dg.materialize(
+        INGEST_ASSETS,
+        partition_key=key,
+        resources=resources,
+        run_config={"ops": {"raw_images": {"config": {"files": files}}}},
+    ).success
+    assert dg.materialize([search_index], resources=resources).success
+    with dg.instance_for_test() as instance:
+        cursor = tick(landing, pg_dsn, instance=instance, lake=lake, repairs=True)[1]
+        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
+        skipped = convergence.AUDITS["skipped"]
+        assert tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0] == []
+        assert convergence.AUDITS["skipped"] == skipped + 1  # idle: the audit (and its restore) not due
+        with connect(pg_dsn) as conn:  # the checkpoint lost (an operator's DELETE, a bad restore)
+            conn.execute("DELETE FROM load_log WHERE path = ANY(%s)", (files,))
+        requests = tick(landing, pg_dsn, cursor, instance, lake, repairs=True)[0]
+        assert [files_of(r) for r in requests if files_of(r)] == []  # nothing loaded twice
+        with connect(pg_dsn) as conn:
+            back = conn.execute(
+                "SELECT count(*) FROM load_log WHERE path = ANY(%s) AND status = 'loaded'", (files,)
+            ).fetchone()[0]
+        assert back == 2
