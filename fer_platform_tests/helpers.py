@@ -8,6 +8,7 @@ import psycopg
 from PIL import Image
 
 from fer_platform.core.sample_data import render_face
+from fer_platform.core.vectors import EmbeddingPlan
 
 
 def face(emotion: str = "happy", seed: int = 0) -> bytes:
@@ -76,3 +77,22 @@ def old_vectors_table(dsn: str, model: str = "resnet18-random-s0-fidelity") -> N
                 "VALUES (%s, %s, %s::vector, %s, %s, '2026-10-01', %s)",
                 (path, emotion, vec, f"old{i}", path.split("/")[-3], model),
             )
+
+
+def embedding_plan(
+    ids, embed, load_date, emotion="happy", model="m1", force=False, lake_root=""
+) -> EmbeddingPlan:
+    """A partition's plan of generated train images ``ids`` (each id's bytes as its PNG), embedded by
+    ``embed``;
+    ``lake_root`` before the lake-relative paths stands for an older, absolute filepath."""
+    return EmbeddingPlan(
+        emotion=emotion,
+        load_date=load_date,
+        model=model,
+        image_ids=ids,
+        filepaths=[f"{lake_root}raw/images/fer2013/train/{emotion}/{i}.png" for i in ids],
+        splits=["train"] * len(ids),
+        pngs=[i.encode() for i in ids],
+        embed=embed,
+        force=force,
+    )

@@ -13,7 +13,6 @@ from fer_platform.core import convergence
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.schema import ensure_schema, schema_present, vector_index_present
 from fer_platform.core.vectors import (
-    EmbeddingPlan,
     count_model,
     count_partition,
     foreign_rows,
@@ -21,7 +20,7 @@ from fer_platform.core.vectors import (
     read_partition,
     write_partition,
 )
-from fer_platform_tests.helpers import old_vectors_table
+from fer_platform_tests.helpers import embedding_plan, old_vectors_table
 
 DAY = dt.date(2026, 11, 20)
 CLASSIC = "INSERT INTO imagenes_fer (filepath, emotion, vector) VALUES (%s, %s, %s)"
@@ -41,16 +40,7 @@ def _embed(pngs):
 
 
 def _plan(ids, model="m1", emotion="happy"):
-    return EmbeddingPlan(
-        emotion=emotion,
-        load_date=DAY,
-        model=model,
-        image_ids=ids,
-        filepaths=[f"raw/images/fer2013/train/{emotion}/{i}.png" for i in ids],
-        splits=["train"] * len(ids),
-        pngs=[i.encode() for i in ids],
-        embed=_embed,
-    )
+    return embedding_plan(ids, _embed, DAY, emotion, model)
 
 
 def _all(conn):

@@ -25,6 +25,7 @@ from fer_platform.core.storage import Storage
 from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 from fer_platform.resources import PostgresResource
+from fer_platform_tests.helpers import embedding_plan
 
 DAY = dt.date(2026, 11, 21)
 BULK = BULK_MIN_ROWS + 200  # a first load of this many rows into an empty table is a bulk load
@@ -45,16 +46,7 @@ def _plan(emotion: str, n: int, seed: int, barrier: threading.Barrier | None = N
             if barrier is not None and start == 0:
                 barrier.wait(30)  # both loaders are inside their COPY at once
 
-    return EmbeddingPlan(
-        emotion=emotion,
-        load_date=DAY,
-        model="m1",
-        image_ids=ids,
-        filepaths=[f"raw/images/fer2013/train/{emotion}/{i}.png" for i in ids],
-        splits=["train"] * n,
-        pngs=[i.encode() for i in ids],
-        embed=embed,
-    )
+    return embedding_plan(ids, embed, DAY, emotion)
 
 
 def _index_present(dsn) -> bool:

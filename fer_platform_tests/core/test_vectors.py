@@ -8,7 +8,6 @@ import pytest
 
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import (
-    EmbeddingPlan,
     NonFiniteVectors,
     arrow_to_vectors,
     count_partition,
@@ -16,6 +15,7 @@ from fer_platform.core.vectors import (
     read_partition,
     write_partition,
 )
+from fer_platform_tests.helpers import embedding_plan
 
 DAY = dt.date(2026, 11, 20)
 
@@ -42,17 +42,7 @@ class FakeModel:
 
 def _plan(n, model, emotion="happy", force=False, offset=0):
     ids = [f"img{i:03d}" for i in range(offset, offset + n)]
-    return EmbeddingPlan(
-        emotion=emotion,
-        load_date=DAY,
-        model="m1",
-        image_ids=ids,
-        filepaths=[f"/lake/raw/images/fer2013/train/{emotion}/{i}.png" for i in ids],
-        splits=["train"] * n,
-        pngs=[i.encode() for i in ids],
-        embed=model,
-        force=force,
-    )
+    return embedding_plan(ids, model, DAY, emotion, force=force, lake_root="/lake/")
 
 
 def _rows(dsn):
