@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.package-lock.json
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint dev bench clean node chromium
+.PHONY: install demo test lint dev bench clean node chromium redis
 
 install: $(STAMP)
 
@@ -30,18 +30,28 @@ $(CHROMIUM):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y --no-install-recommends chromium
 
+# Debian's redis-server, the Celery broker the scale-out tests start on 127.0.0.1 (persistence off).
+# Installed once, when it is missing.
+REDIS := /usr/bin/redis-server
+redis: $(REDIS)
+
+$(REDIS):
+	@command -v apt-get >/dev/null || { echo "apt-get not found: install redis-server as $(REDIS)"; exit 1; }
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends redis-server
+
 # Exact versions come from constraints.txt (torch/torchvision pinned as a matching PyPI pair).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24" setuptools wheel
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,celery,kubernetes]'
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/fer-platform --home $(HOME_DIR) demo
 
 # The formatter and the linter first (seconds), then the suite.
-test: install node chromium lint
+test: install node chromium redis lint
 	$(BIN)/pytest
 
 lint: install

@@ -23,7 +23,7 @@ from fer_platform.automation.migrate import migrate_vectors_job
 from fer_platform.automation.reconcile import landing_reconciled, reconcile_job
 from fer_platform.automation.schedules import daily_refresh, weekly_reconcile
 from fer_platform.automation.sensors import landing_sensor, publish_automation
-from fer_platform.resources.environments import resources_for
+from fer_platform.resources.environments import executor_for, resources_for
 
 ASSETS = [
     raw_images,
@@ -57,9 +57,10 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         jobs=JOBS,
         sensors=SENSORS,
         schedules=SCHEDULES,
-        # Runs launched by automation, backfills and the UI execute their steps in one process:
-        # the steps of a partition are sequential anyway, and torch is imported once per run.
-        executor=dg.in_process_executor,
+        # FER_EXECUTOR: in one process by default (a partition's steps are sequential anyway, and torch
+        # is imported once per run); Celery or Kubernetes when the user scales out. Configured from the
+        # environment, so runs launched by automation, backfills and the UI need no run config.
+        executor=executor_for(),
         resources=resources if resources is not None else resources_for(),
     )
 

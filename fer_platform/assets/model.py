@@ -15,6 +15,7 @@ from fer_platform.core.report import markdown_table
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
+from fer_platform.resources.environments import gpu_step_tags
 
 DATA_VERSION_TAG = "dagster/data_version"  # where a materialization records its data version
 
@@ -46,6 +47,7 @@ def base_spec(config: EmotionModelConfig, embedder: EmbedderResource):
     deps=[bronze_images],
     io_manager_key="lake_io_manager",
     metadata={LAKE_PATH: MODELS, LAKE_FORMAT: "files"},
+    op_tags=gpu_step_tags(),  # the GPU workers' queue (Celery), a GPU node (Kubernetes)
     group_name="model",
     kinds={"pytorch"},
     description="ResNet18 fine-tuned for emotions on every bronze image of the train split (cosine "

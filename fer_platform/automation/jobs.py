@@ -36,8 +36,9 @@ RUN_CHECKS = [
 # (landing_reconciled): that one is the reconcile job's.
 INGEST_SELECTION = dg.AssetSelection.assets(*INGEST_ASSETS) - dg.AssetSelection.checks(landing_reconciled)
 
-# Every job runs its steps in one process (the Definitions' executor): the chain is sequential anyway, and
-# the embedding step then pays for importing torch once per run, not once per step.
+# Every job runs its steps with the Definitions' executor (FER_EXECUTOR): in one process by default (the
+# chain is sequential anyway, and the embedding step pays for importing torch once per run, not once per
+# step), on Celery workers or Kubernetes jobs to scale out (the embedding steps on the GPU queue).
 ingest_job = dg.define_asset_job(
     "ingest_images",
     selection=INGEST_SELECTION,

@@ -75,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--port", type=int, default=3000, help="where the UI listens, for the progress link")
     bl.add_argument("--wait", action="store_true", help="wait until every run of the backfill has finished")
 
+    wk = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="a Celery worker for FER_EXECUTOR=celery / FER_RUN_LAUNCHER=celery (dagster-celery)",
+    )
+    wk.add_argument(
+        "-q", "--queue", action="append", default=[], help="queue to take (repeatable; default: dagster)"
+    )
+    wk.add_argument("-c", "--concurrency", type=int, default=1, help="tasks at a time (default 1)")
+    wk.add_argument("-n", "--name", help="the worker's name (default: dagster-<id>@<host>)")
     lc = sub.add_parser(
         "load-csv",
         parents=[common],
@@ -146,6 +156,10 @@ def _dispatch(args, home: Home) -> int:
 
         os.environ["FER_HOME"] = str(home.root)
         return bulk.run(home, args.host, args.port, args.wait)
+    if args.command == "worker":
+        from fer_platform.cli import worker  # deferred: loads dagster
+
+        return worker.run(home, args.queue, args.concurrency, args.name)
     if args.command == "search":
         return _search(args, home)
     if args.command == "load-csv":

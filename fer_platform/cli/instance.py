@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
+import yaml
 from psycopg.conninfo import conninfo_to_dict
 
+from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.pg.connect import ensure_database, is_local_host
 from fer_platform.core.pg.schema import DAGSTER_DATABASE
@@ -26,11 +28,58 @@ WORKSPACE = f"""load_from:
 """
 
 
+LOCAL_LAUNCHER = """run_launcher:
+  module: fer_platform.automation.runs
+  class: MonitoredRunLauncher
+"""
+CELERY_RUN_QUEUE = "dagster"  # dagster-celery's default queue: the workers started without -q take it
+# The user's own instance settings, merged over what the CLI writes (the CLI never writes this file).
+USER_YAML = "dagster.local.yaml"
+
+
+def _env_ref(name: str) -> str:
+    return f"\n      env: {name}"
+
+
+def celery_launcher(broker_var: str, backend_var: str) -> str:
+    """dagster-celery's CeleryRunLauncher: each run a Celery task on a worker of the default queue; broker
+    and backend read from the environment where the launcher runs (never written here)."""
+    return f"""run_launcher:
+  module: dagster_celery.launcher
+  class: CeleryRunLauncher
+  config:
+    default_queue: {CELERY_RUN_QUEUE}
+    broker:{_env_ref(broker_var)}
+    backend:{_env_ref(backend_var)}
+"""
+
+
+def compute_logs_yaml(url: str | None, endpoint_var: str | None = None) -> str:
+    """Step stdout/stderr in S3 (FER_COMPUTE_LOGS=s3://bucket/prefix, dagster-aws's S3ComputeLogManager)
+    so that logs of steps run on other machines show in the UI; empty (Dagster's local files) without it."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("s3", "s3a") or not parts.netloc:
+        raise FerError(f"FER_COMPUTE_LOGS={url!r} is not s3://bucket/prefix")
+    endpoint = f"\n    endpoint_url:{_env_ref(endpoint_var)}" if endpoint_var else ""
+    return f"""compute_logs:
+  module: dagster_aws.s3.compute_log_manager
+  class: S3ComputeLogManager
+  config:
+    bucket: "{parts.netloc}"
+    prefix: "{parts.path.strip("/") or "dagster"}"{endpoint}
+    upload_interval: 5
+"""
+
+
 def dagster_yaml(
     storage_url: str | None,
     max_concurrent_runs: int = 2,
     bulk_concurrency: int = 1,
     monitor_seconds: int = 30,
+    launcher: str = LOCAL_LAUNCHER,
+    compute_logs: str = "",
 ) -> str:
     """dagster.yaml for the local instance: storage on PostgreSQL through dagster-postgres.
 
@@ -42,17 +91,15 @@ def dagster_yaml(
     time (two would race on its bronze and silver files); a failed run is retried once (loads
     are idempotent: the load log decides). Run monitoring asks fer-platform's launcher, every
     ``monitor_seconds``, whether each run's worker process is still alive: a killed run ends as failed
-    (and is retried), not STARTED for ever.
+    (and is retried), not STARTED for ever. ``launcher``: the run_launcher block (fer-platform's local
+    one, or ``celery_launcher``); ``compute_logs``: a compute_logs block (``compute_logs_yaml``) or none.
     """
     url = f'"{storage_url}"' if storage_url else "\n        env: FER_DAGSTER_PG_URL"
     return f"""# Written by fer-platform. Instance storage on PostgreSQL (dagster-postgres).
 storage:
   postgres:
     postgres_url: {url}
-run_launcher:
-  module: fer_platform.automation.runs
-  class: MonitoredRunLauncher
-run_coordinator:
+{launcher}{compute_logs}run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
@@ -83,9 +130,10 @@ def current_resources(home: Home, keys: tuple[str, ...]) -> dict:
     settings (endpoint, credentials) and every ``dg.EnvVar`` applied, the stores checked (one line if one
     cannot be reached). The one way every command reaches the data of its environment outside a run."""
     os.environ["FER_HOME"] = str(home.root)  # the local environment's folders, here and in child processes
-    from fer_platform.resources.environments import resolved_resources  # deferred: loads dagster
+    from fer_platform.resources import environments  # deferred: loads dagster
 
-    return resolved_resources(keys)
+    environments.check_execution()  # before any server starts: a distributed setup without its settings
+    return environments.resolved_resources(keys)
 
 
 def current_dsn(home: Home) -> str:
@@ -120,16 +168,54 @@ def prepare_dagster_home(home: Home, dsn: str) -> Path:
     A URL with a password never lands in the file: it goes to FER_DAGSTER_PG_URL in this
     process's environment (inherited by the processes it starts).
     """
+    from fer_platform.resources import environments as envs  # deferred: loads dagster
+
+    envs.check_execution()  # a distributed executor or launcher without its settings: one line, now
     home.create()
     url, secret = sqlalchemy_url(ensure_database(dsn, DAGSTER_DATABASE))
     if secret:
         os.environ["FER_DAGSTER_PG_URL"] = url
-    text = dagster_yaml(None if secret else url)
+    launcher = LOCAL_LAUNCHER
+    if envs.run_launcher_name() == "celery":
+        celery = envs.celery_settings("FER_RUN_LAUNCHER=celery")
+        launcher = celery_launcher(celery["broker"]["env"], celery["backend"]["env"])
+    endpoint = "FER_S3_ENDPOINT_URL" if os.environ.get("FER_S3_ENDPOINT_URL") else None
+    text = dagster_yaml(
+        None if secret else url,
+        launcher=launcher,
+        compute_logs=compute_logs_yaml(os.environ.get("FER_COMPUTE_LOGS", "").strip(), endpoint),
+    )
     target = home.dagster / "dagster.yaml"
+    text = merged_instance_yaml(text, target, home.dagster / USER_YAML)
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
     os.environ["DAGSTER_HOME"] = str(home.dagster)
     return home.dagster
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise FerError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise FerError(f"{path} is not a mapping of dagster.yaml settings")
+    return data
+
+
+def merged_instance_yaml(text: str, current: Path, user: Path) -> str:
+    """The dagster.yaml to write: the CLI's ``text`` owns only the top-level keys it writes; any other key
+    already in ``current`` (added by hand) is kept, and every key of ``user`` (dagster.local.yaml, the
+    user's own file) is laid over both. Unchanged when there is nothing to add."""
+    ours = yaml.safe_load(text)
+    kept = {k: v for k, v in _read_yaml(current).items() if k not in ours}
+    extra = {**kept, **_read_yaml(user)}
+    if not extra:
+        return text
+    note = f"# Written by fer-platform, with the user's keys (kept from this file and from {USER_YAML}).\n"
+    return note + yaml.safe_dump({**ours, **extra}, sort_keys=False)
 
 
 def write_workspace(home: Home) -> str:

@@ -219,6 +219,112 @@ def resources_for(env: str | None = None) -> dict:
     return RESOURCES_BY_ENV[env or environment()]()
 
 
+# ------------------------------------------------------------------ execution: where a run's steps run
+EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
+# Steps on other machines: each must reach the same PostgreSQL, never a private embedded one.
+DISTRIBUTED = ("celery", "k8s")
+RUN_LAUNCHERS = ("local", "celery")
+CELERY_QUEUE_TAG = "dagster-celery/queue"  # dagster-celery's step (and run) queue tag
+K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster-k8s's per-step pod settings
+# The Celery settings, read from the environment where a run executes (never written into run config).
+CELERY_BROKER, CELERY_BACKEND = "FER_CELERY_BROKER", "FER_CELERY_BACKEND"
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip().lower().replace("-", "_") or default
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)} (default {default})")
+    return value
+
+
+def executor_name() -> str:
+    """Where a run's steps execute (FER_EXECUTOR): in the run's process (default), one process per step,
+    on Celery workers (dagster-celery) or one Kubernetes job per step (dagster-k8s)."""
+    return _choice("FER_EXECUTOR", "in_process", EXECUTORS)
+
+
+def run_launcher_name() -> str:
+    """Where the instance the CLI writes launches runs (FER_RUN_LAUNCHER): a local process (default) or a
+    Celery task on a worker (dagster-celery's CeleryRunLauncher)."""
+    return _choice("FER_RUN_LAUNCHER", "local", RUN_LAUNCHERS)
+
+
+def gpu_queue() -> str:
+    """The Celery queue of the embedding and training steps (FER_GPU_QUEUE): the GPU workers' queue."""
+    return os.environ.get("FER_GPU_QUEUE", "").strip() or "gpu"
+
+
+def _node_selector(value: str) -> dict:
+    pairs = [p.strip() for p in value.split(",") if p.strip()]
+    if not pairs or not all("=" in p and p.split("=", 1)[0].strip() for p in pairs):
+        raise ConfigError(f"FER_GPU_NODE_SELECTOR={value!r} is not label=value[,label=value]")
+    return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def gpu_step_tags() -> dict:
+    """The tags of the steps that want a GPU (embedding, training): the Celery queue of the GPU workers,
+    and, when FER_GPU_NODE_SELECTOR is set (Kubernetes), a pod on a GPU node with FER_GPU_LIMIT GPUs."""
+    tags: dict = {CELERY_QUEUE_TAG: gpu_queue()}
+    selector = os.environ.get("FER_GPU_NODE_SELECTOR", "").strip()
+    if selector:
+        limit = env_int("FER_GPU_LIMIT", 1, minimum=1)
+        tags[K8S_CONFIG_TAG] = {
+            "container_config": {"resources": {"limits": {"nvidia.com/gpu": str(limit)}}},
+            "pod_spec_config": {"node_selector": _node_selector(selector)},
+        }
+    return tags
+
+
+def require_shared_postgres(what: str) -> None:
+    """A run whose steps (or runs) execute on other machines needs a PostgreSQL they all reach: locally
+    that is FER_PG_DSN; the embedded server would give each worker a private database nobody reads."""
+    if environment() == "local" and not cloud.is_set("FER_PG_DSN"):
+        raise ConfigError(
+            f"{what}: steps run on other machines, which cannot reach this machine's embedded PostgreSQL; "
+            "set FER_PG_DSN to a PostgreSQL + pgvector server every worker reaches"
+        )
+
+
+def celery_settings(what: str) -> dict:
+    """The Celery executor's (and run launcher's, and workers') config: broker and backend by environment
+    variable, resolved where the run executes, so a URL with a password never lands in run config or the
+    UI. The backend defaults to the broker (Redis holds both)."""
+    cloud.require(environment(), CELERY_BROKER, f"{what}: the Celery broker, redis://host:6379/0")
+    require_shared_postgres(what)
+    backend = CELERY_BACKEND if cloud.is_set(CELERY_BACKEND) else CELERY_BROKER
+    return {"broker": {"env": CELERY_BROKER}, "backend": {"env": backend}}
+
+
+def check_execution() -> None:
+    """The executor and run launcher settings checked at start (the CLI, a worker), one line on the first
+    wrong one: a distributed one needs its broker and a PostgreSQL every worker reaches."""
+    executor = executor_name()
+    if executor == "celery":
+        celery_settings("FER_EXECUTOR=celery")
+    elif executor in DISTRIBUTED:
+        require_shared_postgres(f"FER_EXECUTOR={executor}")
+    if run_launcher_name() == "celery":
+        celery_settings("FER_RUN_LAUNCHER=celery")
+
+
+def executor_for(name: str | None = None) -> dg.ExecutorDefinition:
+    """The executor of every job (FER_EXECUTOR), configured from the environment: runs started by sensors,
+    schedules, backfills and the UI need no run config."""
+    name = name or executor_name()
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "celery":
+        from dagster_celery import celery_executor  # deferred: the optional celery extra
+
+        return celery_executor.configured(celery_settings("FER_EXECUTOR=celery"), name="celery")
+    require_shared_postgres("FER_EXECUTOR=k8s")
+    from dagster_k8s import k8s_job_executor  # deferred: the optional kubernetes extra
+
+    return k8s_job_executor
+
+
 def resolved_resources(keys: tuple[str, ...], env: str | None = None) -> dict:
     """Some of the environment's resources with their ``dg.EnvVar`` settings resolved, for code that
     runs outside a Dagster run (the CLI). These resources hold no open handles to tear down."""
