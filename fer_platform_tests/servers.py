@@ -323,3 +323,32 @@ def start_cloud_postgres() -> CloudPostgres:
     server = CloudPostgres(root, port, password, system_user)
     _answering(port, server)
     return server
+
+
+# --------------------------------------------------------------------------- Redis
+REDIS_SERVER = "/usr/bin/redis-server"  # Debian's package (`make test` installs it when missing)
+
+
+@dataclass
+class Redis:
+    process: Process
+    port: int
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_redis() -> Redis:
+    """Redis on 127.0.0.1, persistence off (no RDB snapshot, no append-only file): the Celery broker."""
+    if not Path(REDIS_SERVER).exists():
+        raise ServerError(f"{REDIS_SERVER} not found: `make test` installs Debian's redis-server")
+    port = free_port()
+    cmd = [REDIS_SERVER, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd += ["--dir", "{workdir}"]
+    process, _ = _start("redis", cmd, r"Ready to accept connections")
+    server = Redis(process, port)
+    _answering(port, server)
+    return server

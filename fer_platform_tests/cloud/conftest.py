@@ -51,6 +51,13 @@ def pg_cloud():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis():
+    server = _server(servers.start_redis)
+    yield server
+    server.stop()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{os.getpid()}x{next(_names)}"
 
