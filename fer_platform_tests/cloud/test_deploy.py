@@ -2,7 +2,11 @@
 runs a job whose compute logs land in S3 on moto); the compose file and the Dockerfile hang together.
 Nothing here builds an image or starts a container: this machine has no Docker engine."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import dagster as dg
 import psycopg
 import pytest
 import yaml
+from dagster_k8s.job import get_user_defined_k8s_config
 
 from fer_platform_tests.cloud.conftest import unique
 from fer_platform_tests.servers import REPO
@@ -207,3 +212,74 @@ def test_dockerfile_copies_what_exists_and_serves_the_code_location():
     assert pyproject["project"]["requires-python"] == f">={python}"
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", "node_modules", ".fer"} <= set(ignored)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def test_helm_values_match_the_instance_templates_and_put_the_embedding_steps_on_gpu_nodes():
+    """deploy/kubernetes/values.yaml as Dagster's chart reads it: psycopg2, the run queue limits, retries and
+    monitoring of deploy/dagster/aws.yaml, dagster-k8s in the image, FER_EXECUTOR=k8s with the GPU settings
+    that the embedding and training steps turn into a dagster-k8s/config dagster-k8s itself accepts, and
+    every placeholder named in the header."""
+    text = (DEPLOY / "kubernetes" / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    aws = yaml.safe_load((DEPLOY / "dagster" / "aws.yaml").read_text())
+    assert values["postgresql"]["postgresqlScheme"] == aws["storage"]["postgres"]["postgres_db"]["scheme"]
+    queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    config = aws["run_coordinator"]["config"]
+    assert queue["maxConcurrentRuns"] == config["max_concurrent_runs"]
+    limits = [{_camel(k): v for k, v in limit.items()} for limit in config["tag_concurrency_limits"]]
+    for limit in limits:
+        if isinstance(limit.get("value"), dict):
+            limit["value"] = {_camel(k): v for k, v in limit["value"].items()}
+    assert queue["tagConcurrencyLimits"] == limits
+    retries = values["dagsterDaemon"]["runRetries"]
+    assert retries == {
+        "enabled": aws["run_retries"]["enabled"],
+        "maxRetries": aws["run_retries"]["max_retries"],
+    }
+    assert values["dagsterDaemon"]["runMonitoring"]["enabled"] == aws["run_monitoring"]["enabled"]
+
+    # dagster-k8s: the run launcher's and executor's library in the image and the pinned dependencies
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert '".[celery,kubernetes]"' in (DEPLOY / "Dockerfile").read_text()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["optional-dependencies"]["kubernetes"] == ["dagster-k8s"]
+    assert "dagster-k8s==0.29.27" in (REPO / "constraints.txt").read_text().split()
+
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    assert env["FER_EXECUTOR"] == "k8s"
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    body = "\n".join(line.split("#")[0] for line in text.splitlines())
+    placeholders = set(re.findall(r"<[^>]+>", body))
+    assert placeholders and all(f"#   {p}" in header for p in placeholders), placeholders
+
+    # the GPU settings as the code location reads them at load (a placeholder filled in): the step tags
+    settings = {k: v.replace("<gpu-node-label>", "agentpool=gpu") for k, v in env.items()}
+    settings["FER_PG_DSN"] = "postgresql://u@127.0.0.1:1/db"  # steps on other pods: a shared server
+    out = subprocess.run(
+        [sys.executable, "-c", STEP_TAGS], capture_output=True, text=True, env={**os.environ, **settings}
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    tagged = json.loads(out.stdout.splitlines()[-1])
+    for step in ("image_embeddings", "emotion_model"):
+        k8s = get_user_defined_k8s_config(tagged[step])
+        assert k8s.pod_spec_config == {"node_selector": {"agentpool": "gpu"}}
+        assert k8s.container_config == {"resources": {"limits": {"nvidia.com/gpu": "1"}}}
+        assert tagged[step]["dagster-celery/queue"] == "gpu"
+    assert "dagster-k8s/config" not in tagged["bronze_images"]
+
+
+STEP_TAGS = """
+import json
+from fer_platform.definitions import defs
+tags = {}
+for job in ("ingest_images", "train_emotion_model"):
+    for node in defs.resolve_job_def(job).graph.node_defs:
+        tags[node.name] = dict(node.tags)
+print(json.dumps(tags))
+"""
