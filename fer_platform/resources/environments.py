@@ -270,7 +270,11 @@ def gpu_step_tags() -> dict:
         limit = env_int("FER_GPU_LIMIT", 1, minimum=1)
         tags[K8S_CONFIG_TAG] = {
             "container_config": {"resources": {"limits": {"nvidia.com/gpu": str(limit)}}},
-            "pod_spec_config": {"node_selector": _node_selector(selector)},
+            "pod_spec_config": {
+                "node_selector": _node_selector(selector),
+                # GPU pools are usually tainted so that only GPU pods land there
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
         }
     return tags
 

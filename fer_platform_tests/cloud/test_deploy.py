@@ -268,7 +268,10 @@ def test_helm_values_match_the_instance_templates_and_put_the_embedding_steps_on
     tagged = json.loads(out.stdout.splitlines()[-1])
     for step in ("image_embeddings", "emotion_model"):
         k8s = get_user_defined_k8s_config(tagged[step])
-        assert k8s.pod_spec_config == {"node_selector": {"agentpool": "gpu"}}
+        assert k8s.pod_spec_config["node_selector"] == {"agentpool": "gpu"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+            k8s.pod_spec_config["tolerations"]
+        )
         assert k8s.container_config == {"resources": {"limits": {"nvidia.com/gpu": "1"}}}
         assert tagged[step]["dagster-celery/queue"] == "gpu"
     assert "dagster-k8s/config" not in tagged["bronze_images"]
