@@ -313,7 +313,10 @@ def check_execution() -> None:
 
 def executor_for(name: str | None = None) -> dg.ExecutorDefinition:
     """The executor of every job (FER_EXECUTOR), configured from the environment: runs started by sensors,
-    schedules, backfills and the UI need no run config."""
+    schedules, backfills and the UI need no run config. From the settings, the run launcher's are checked
+    too: the code location does not load (one line) where a run could not execute."""
+    if name is None:
+        check_execution()
     name = name or executor_name()
     if name == "in_process":
         return dg.in_process_executor

@@ -212,3 +212,54 @@ def test_every_setting_is_parsed_in_one_place_with_one_line_naming_it(var, value
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert last == f"fer_platform.core.errors.ConfigError: {var}={value!r} {accepts}", last
+
+
+@pytest.mark.parametrize(
+    "var, value, accepts",
+    [
+        ("FER_EXECUTOR", "dask", "is not one of in_process, multiprocess, celery, k8s (default in_process)"),
+        ("FER_RUN_LAUNCHER", "k8s", "is not one of local, celery (default local)"),
+        ("FER_GPU_NODE_SELECTOR", "gpu", "is not label=value[,label=value]"),
+    ],
+)
+def test_execution_settings_are_one_line_naming_them(var, value, accepts):
+    out = _python("import fer_platform.definitions", {var: value})
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"fer_platform.core.errors.ConfigError: {var}={value!r} {accepts}", last
+
+
+SECRET = "s3cr3t-broker-password"
+CELERY_JOB = f"""
+from dagster._serdes import serialize_value
+from fer_platform.definitions import defs
+job = defs.resolve_job_def("ingest_images")
+print(job.executor_def.name, {SECRET!r} in serialize_value(job.get_job_snapshot()))
+"""
+
+
+def test_the_celery_executor_is_a_setting_without_secrets_and_refuses_a_private_database():
+    """FER_EXECUTOR=celery: every job's executor with the broker and backend by variable name (not in the
+    job's snapshot, which the UI shows); locally without FER_PG_DSN, or without a broker, the code location,
+    the worker and the commands stop at start with one line."""
+    broker = {"FER_CELERY_BROKER": f"redis://:{SECRET}@127.0.0.1:1/0", "FER_EXECUTOR": "celery"}
+    shared = {**broker, "FER_PG_DSN": "postgresql://u@127.0.0.1:1/db"}
+    out = _python(CELERY_JOB, shared)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["celery", "False"]
+
+    private = "set FER_PG_DSN to a PostgreSQL + pgvector server every worker reaches"
+    out = _python("import fer_platform.definitions", broker)
+    assert out.returncode != 0 and private in out.stderr.strip().splitlines()[-1]
+    out = _python("import fer_platform.definitions", {"FER_EXECUTOR": "celery", "FER_PG_DSN": "x"})
+    assert "FER_ENV=local needs FER_CELERY_BROKER" in out.stderr.strip().splitlines()[-1]
+    cli = "import sys; from fer_platform.cli import main; sys.exit(main(sys.argv[1:]))"
+    for env, args in (
+        ({"FER_CELERY_BROKER": broker["FER_CELERY_BROKER"]}, ["worker"]),
+        ({**broker, "FER_RUN_LAUNCHER": "celery", "FER_EXECUTOR": "in_process"}, ["bulk-load"]),
+        (broker, ["dev"]),
+    ):
+        out = _python(cli, {**env, "FER_HOME": "/nonexistent/fer-home"}, *args)
+        assert out.returncode == 2, out.stderr[-2000:]
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith("error: ") and private in line and SECRET not in line, line
