@@ -5,6 +5,9 @@ Cloud settings are environment variables: their presence and shape are checked
 here at load time (a missing one fails with one line naming it), and the
 resources receive them as ``dg.EnvVar``, resolved at run time and shown in the
 UI by name only. Every variable is listed, per environment, in the README.
+
+The executor of every job (FER_EXECUTOR) and the run launcher the CLI writes (FER_RUN_LAUNCHER) are
+settings here too, with the Celery broker and backend by variable name and the GPU steps' tags.
 """
 
 import os
