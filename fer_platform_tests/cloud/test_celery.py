@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -35,6 +36,7 @@ from fer_platform.core.sample_data import write_sample_landing
 from fer_platform.definitions import build_definitions
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources.environments import resources_for
+from fer_platform_tests import servers
 from fer_platform_tests.cloud.conftest import unique
 from fer_platform_tests.helpers import face
 
@@ -136,8 +138,6 @@ def cluster(moto_s3, pg_cloud, redis, tmp_path_factory):
     pg_cloud.execute(f'CREATE DATABASE "{name}"')
     pg_cloud.execute("CREATE EXTENSION IF NOT EXISTS vector", dbname=name)
     dsn = pg_cloud.dsn(name, "postgres", pg_cloud.password)
-    from fer_platform_tests import servers
-
     settings = {
         "FER_ENV": "aws",
         "FER_LAKE_URL": f"s3://{bucket}/lake",
@@ -230,19 +230,17 @@ def _backfill_runs(env: dict, tag: dict) -> list:
         return [r.dagster_run for r in instance.get_run_records(dg.RunsFilter(tags=tag))]
 
 
-def _in_process(cluster, monkeypatch, tmp_path) -> list:
-    """The same landing loaded in this process, in-process executor, into another lake and database."""
+def _in_process(cluster, env: dict, tmp_path) -> list:
+    """The same landing loaded in this process, in-process executor, into another lake and database (the
+    resources read their settings from this process's environment, set here by the test's monkeypatch)."""
     name = unique("celeryref")
     pg = cluster["pg_cloud"]
     pg.execute(f'CREATE DATABASE "{name}"')
     pg.execute("CREATE EXTENSION IF NOT EXISTS vector", dbname=name)
     dsn = pg.dsn(name, "postgres", pg.password)
-    for k, v in cluster["settings"].items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("FER_EXECUTOR", "in_process")
-    monkeypatch.setenv("FER_LAKE_URL", f"s3://{cluster['bucket']}/reference")
-    monkeypatch.setenv("FER_PG_DSN", dsn)
-    monkeypatch.setenv("FER_EMBED_WEIGHTS", "random")
+    env.update(FER_EXECUTOR="in_process", FER_LAKE_URL=f"s3://{cluster['bucket']}/reference", FER_PG_DSN=dsn)
+    for k in (*cluster["settings"], "FER_EMBED_WEIGHTS"):
+        os.environ[k] = env[k]
     defs = build_definitions(resources_for("aws"))
     job = defs.resolve_job_def("bulk_load")
     with dg.DagsterInstance.ephemeral(tempdir=str(tmp_path)) as instance:
@@ -262,6 +260,11 @@ def test_a_backfill_on_two_celery_workers_equals_an_in_process_run(cluster, monk
         "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
         "  config:\n    max_concurrent_runs: 2\n"
     )
+    # the in-process reference run of the same landing, side by side with the backfill (it waits on workers)
+    for k in (*cluster["settings"], "FER_EMBED_WEIGHTS"):
+        monkeypatch.setenv(k, env[k])  # restored after the test; the reference run changes some
+    pool = ThreadPoolExecutor(1)
+    reference = pool.submit(_in_process, cluster, dict(env), tmp_path)
     daemon = _daemon(cluster, home, env)
     try:
         written = (home / "dagster" / "dagster.yaml").read_text()
@@ -298,7 +301,8 @@ def test_a_backfill_on_two_celery_workers_equals_an_in_process_run(cluster, monk
     # the steps' stdout/stderr went to S3 (FER_COMPUTE_LOGS), the launcher's machine holds none of them
     assert _S3(cluster).list_keys("compute-logs/")
 
-    assert _vectors(dsn) == _in_process(cluster, monkeypatch, tmp_path)
+    assert _vectors(dsn) == reference.result()
+    pool.shutdown()
 
 
 def test_the_celery_run_launcher_runs_a_backfill_run_on_a_worker(cluster, monkeypatch):
