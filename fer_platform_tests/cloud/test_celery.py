@@ -40,7 +40,8 @@ from fer_platform_tests import servers
 from fer_platform_tests.cloud.conftest import unique
 from fer_platform_tests.helpers import face
 
-pytestmark = pytest.mark.slow
+# a 7-run backfill on two workers: over the suite's 600 s per test on a busy 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 BIN = Path(sys.executable).parent
 PER_EMOTION = 10  # 8 train + 2 test images per emotion: 7 partitions x 10 images
