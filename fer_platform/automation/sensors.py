@@ -27,6 +27,7 @@ from fer_platform.automation.jobs import (
 from fer_platform.automation.runs import FAILED, TRIGGER, runs_state
 from fer_platform.core import challenge, ledger
 from fer_platform.core.convergence import audit_due, audited, layer_marks, restore_load_log
+from fer_platform.core.listing import list_landing
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.planner import LandingMemory, Watermark, plan_tick, run_key
 from fer_platform.partitions import partition_key, utc_today
@@ -103,7 +104,8 @@ def landing_sensor(
         with connect(dsn) as conn:
             oldest = ledger.oldest_version_us(conn, storage.uri())
     in_flight, attempts = runs_state(context.instance)
-    listing = storage.list_files()
+    # local folders: only the folders that changed are read again (core/listing.py)
+    listing, _ = list_landing(storage, settings.settle_seconds)
     memory = LandingMemory(dsn, storage)  # asks the load log only about versions it has not seen logged
     tick = plan_tick(
         storage,
