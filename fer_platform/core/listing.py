@@ -6,16 +6,20 @@ folder). So a tick stats every folder (a few dozen for FER's layout), re-lists t
 ctime, size) moved, and takes the files of the others from the previous tick: an idle tick costs one stat
 per folder, not one per file. What a folder's stat cannot tell is covered apart:
 
-* a file written in place (appended, truncated) changes its own mtime, not its folder's: files that were
-  still being written when seen (modified within ``settle_seconds``, the sensor's own rule for "not
-  settled") are stat'ed again at every tick until they have settled;
+* a file written in place (appended, truncated, overwritten by ``cp``) changes its own mtime, not its
+  folder's: files that were still being written when seen (modified within ``settle_seconds``, the
+  sensor's own rule for "not settled") are stat'ed again at every tick until they have settled, and every
+  other file once in ``restat_rotation`` ticks (a rotating share of each folder: an overwrite of a settled
+  file is seen within that many ticks, at 1/``restat_rotation`` of the cost of a stat per file);
 * a folder modified within ``racy_seconds`` of when it was read may change again within the same timestamp
   tick of the file system (coarse clocks): it is not trusted, and is read again next tick;
-* a rewrite in place of a file long settled is seen by the full listing every ``full_listing_seconds``
-  (the sensor's memory re-checks everything as often);
+* every ``full_listing_seconds`` the whole tree is read again (the sensor's memory re-checks everything
+  as often);
 * a forgotten memory (a new process, a different root) is a full listing.
 
-Cloud stores (S3, ADLS) have no folder modification time: they are listed in full at every tick.
+The listing comes in folder order (each folder's files by name), not sorted by key: the tick sorts only
+what is due. Cloud stores (S3, ADLS) have no folder modification time: they are listed in full at every
+tick.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import datetime as dt
 import os
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fer_platform.core.storage import FileEntry, Storage, special_kind
@@ -32,6 +35,7 @@ from fer_platform.core.storage import FileEntry, Storage, special_kind
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 FULL_LISTING_SECONDS = 3600.0
 RACY_SECONDS = 2.0
+RESTAT_ROTATION = 8  # ticks: every settled file of an unchanged folder is stat'ed once in this many
 
 
 @dataclass
@@ -49,13 +53,16 @@ class ListingMemory:
     settle_seconds: float = 5.0
     racy_seconds: float = RACY_SECONDS
     full_listing_seconds: float = FULL_LISTING_SECONDS
+    restat_rotation: int = RESTAT_ROTATION
+    ticks: int = 0
     folders: dict[str, _Folder] = field(default_factory=dict)  # keyed by the folder's key prefix
     listed_at: float = 0.0  # monotonic time of the last full listing
     root: str | None = None
     # this tick, for the logs and the tests
     read: int = 0  # folders read (scandir)
     reused: int = 0  # folders whose files came from the memory
-    restated: int = 0  # unsettled files stat'ed again
+    restated: int = 0  # files of reused folders stat'ed again (the unsettled ones, the rotating share)
+    changed: int = 0  # of which changed in place
     full: bool = False
 
     def list_files(self, storage: Storage) -> list[FileEntry]:
@@ -68,7 +75,9 @@ class ListingMemory:
         self.full = self.root != base or now - self.listed_at > self.full_listing_seconds
         if self.full:
             self.folders, self.root, self.listed_at = {}, base, now
-        self.read = self.reused = self.restated = 0
+        self.read = self.reused = self.restated = self.changed = 0
+        self.ticks += 1
+        phase = self.ticks % self.restat_rotation
         settle_us = int(self.settle_seconds * 1_000_000)
         racy_ns = int(self.racy_seconds * 1e9)
         wall_ns = time.time_ns()
@@ -86,7 +95,7 @@ class ListingMemory:
             if old is not None and old.trusted and old.stamp == stamp:
                 folder = old
                 self.reused += 1
-                folder.files = self._restat(path, folder.files, wall_ns // 1000 - settle_us)
+                folder.files = self._restat(path, folder.files, wall_ns // 1000 - settle_us, phase)
             else:
                 folder = self._read(path, prefix, stamp, trusted=wall_ns - st.st_mtime_ns > racy_ns)
                 if folder is None:
@@ -94,9 +103,8 @@ class ListingMemory:
                 self.read += 1
             seen[prefix] = folder
             out.extend(folder.files)
-            stack.extend((os.path.join(path, name), f"{prefix}{name}/") for name in folder.folders)
+            stack.extend((os.path.join(path, name), f"{prefix}{name}/") for name in reversed(folder.folders))
         self.folders = seen  # folders gone from the tree leave the memory
-        out.sort(key=lambda e: e.key)
         return out
 
     def _read(self, path: str, prefix: str, stamp, trusted: bool) -> _Folder | None:
@@ -114,21 +122,27 @@ class ListingMemory:
                     files.append(_entry(prefix + entry.name, entry.stat(follow_symlinks=False)))
                 except FileNotFoundError:  # removed while listing
                     continue
-        return _Folder(stamp, files, folders, trusted)
+        files.sort(key=lambda e: e.key)
+        return _Folder(stamp, files, sorted(folders), trusted)
 
-    def _restat(self, path: str, files: Sequence[FileEntry], settled_before_us: int) -> list[FileEntry]:
-        """The folder's files, those not settled when last seen stat'ed again (written in place)."""
-        if not any(e.modified_us > settled_before_us for e in files):
-            return list(files)
-        out = []
-        for e in files:
-            if e.modified_us > settled_before_us:
-                self.restated += 1
-                try:
-                    e = _entry(e.key, os.lstat(os.path.join(path, e.key.rsplit("/", 1)[-1])))
-                except FileNotFoundError:  # gone: its folder changed too, read next tick
-                    continue
-            out.append(e)
+    def _restat(
+        self, path: str, files: list[FileEntry], settled_before_us: int, phase: int
+    ) -> list[FileEntry]:
+        """The folder's files, stat'ed again: those not settled when last seen, and this tick's share."""
+        rotation = self.restat_rotation
+        out = files
+        for j, e in enumerate(files):
+            if j % rotation != phase and e.modified_us <= settled_before_us:
+                continue
+            self.restated += 1
+            try:
+                st = os.lstat(os.path.join(path, e.key.rsplit("/", 1)[-1]))
+            except FileNotFoundError:  # gone: its folder changed too, and is read next tick
+                continue
+            if st.st_size != e.size or st.st_mtime_ns // 1000 != e.modified_us:
+                self.changed += 1
+                out = list(out) if out is files else out
+                out[j] = _entry(e.key, st)
         return out
 
 

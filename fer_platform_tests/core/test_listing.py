@@ -29,7 +29,7 @@ def _age_folders(root):
 
 def _check(memory, storage):
     got = memory.list_files(storage)
-    assert got == storage.list_files(), "the incremental listing differs from the full one"
+    assert sorted(got, key=lambda e: e.key) == storage.list_files(), "differs from the full listing"
     return got
 
 
@@ -38,7 +38,8 @@ def test_an_unchanged_tree_is_listed_from_the_memory_with_one_stat_per_folder(tm
     storage, memory = Storage(str(tmp_path)), ListingMemory(settle_seconds=5)
     assert len(_check(memory, storage)) == 30 and memory.full and memory.read == 9
     _check(memory, storage)
-    assert (memory.full, memory.read, memory.reused, memory.restated) == (False, 0, 9, 0)
+    assert (memory.full, memory.read, memory.reused, memory.changed) == (False, 0, 9, 0)
+    assert memory.restated <= 9 * -(-5 // memory.restat_rotation)  # a rotating share, not every file
 
 
 def test_a_file_copied_in_with_an_old_mtime_a_deleted_file_and_a_new_folder_are_seen(tmp_path):
@@ -77,7 +78,25 @@ def test_a_file_written_in_place_after_it_was_seen_unsettled_is_stated_until_set
         f.write(b" and the rest")
     second = {e.key: e for e in _check(memory, storage)}
     assert second["train/happy/growing.png"].size == 17
-    assert memory.read == 0 and memory.restated == 1  # its folder reused, the unsettled file stat'ed
+    assert memory.read == 0 and memory.changed == 1  # its folder reused, the unsettled file stat'ed
+
+
+def test_a_settled_file_overwritten_in_place_is_seen_within_the_rotation(tmp_path):
+    _tree(tmp_path, per_folder=20)
+    storage, memory = Storage(str(tmp_path)), ListingMemory(settle_seconds=5)
+    _check(memory, storage)
+    target = tmp_path / "test/sad/7.png"
+    target.write_bytes(b"new content, longer")  # cp over it: opened, truncated, written; folder unchanged
+    os.utime(target, (OLD + 60, OLD + 60))  # and settled
+    for _tick in range(memory.restat_rotation):
+        got = {e.key: e for e in memory.list_files(storage)}
+        assert memory.read == 0
+        if got["test/sad/7.png"].size == 19:
+            break
+    else:
+        raise AssertionError(f"not seen in {memory.restat_rotation} ticks")
+    assert memory.changed == 1
+    _check(memory, storage)
 
 
 def test_a_folder_changed_just_before_it_was_read_is_read_again(tmp_path):
