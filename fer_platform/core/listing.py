@@ -64,6 +64,7 @@ class ListingMemory:
     restated: int = 0  # files of reused folders stat'ed again (the unsettled ones, the rotating share)
     changed: int = 0  # of which changed in place
     full: bool = False
+    generation: int = 0  # moves whenever the listing may differ from the previous tick's
 
     def list_files(self, storage: Storage) -> list[FileEntry]:
         """Every file of ``storage``, as ``Storage.list_files`` gives it (sorted by key)."""
@@ -104,6 +105,8 @@ class ListingMemory:
             seen[prefix] = folder
             out.extend(folder.files)
             stack.extend((os.path.join(path, name), f"{prefix}{name}/") for name in reversed(folder.folders))
+        if self.full or self.read or self.changed or seen.keys() != self.folders.keys():
+            self.generation += 1
         self.folders = seen  # folders gone from the tree leave the memory
         return out
 
@@ -138,6 +141,7 @@ class ListingMemory:
             try:
                 st = os.lstat(os.path.join(path, e.key.rsplit("/", 1)[-1]))
             except FileNotFoundError:  # gone: its folder changed too, and is read next tick
+                self.changed += 1
                 continue
             if st.st_size != e.size or st.st_mtime_ns // 1000 != e.modified_us:
                 self.changed += 1

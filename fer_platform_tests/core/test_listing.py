@@ -1,11 +1,14 @@
 """Issue 15: the landing sensor's listing of a local folder re-reads only the folders that changed, and
 loses nothing: every listing equals the full one (``Storage.list_files``)."""
 
+import datetime as dt
 import os
 import shutil
 import time
 
+from fer_platform.core import ledger, planner
 from fer_platform.core.listing import ListingMemory
+from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import Storage
 
 OLD = time.time() - 86_400  # a day ago: settled, and no folder is racy
@@ -119,3 +122,70 @@ def test_a_lost_memory_or_another_root_lists_everything(tmp_path):
     memory.full_listing_seconds = 0  # the hourly full listing
     _check(memory, Storage(str(tmp_path / "b")))
     assert memory.full and memory.read == 9
+
+
+def _log(dsn, storage, entries):
+    rows = [
+        ledger.LedgerRow(
+            source=storage.uri(e.key),
+            path=e.key,
+            size=e.size,
+            modified_at=e.modified,
+            sha256=f"{i}-{e.key}",
+            emotion=e.key.split("/")[1],
+            split=e.key.split("/")[0],
+            load_date=dt.date(2026, 12, 1),
+            status="loaded",
+            reason=None,
+            lake_path=None,
+            run_id="t",
+        )
+        for i, e in enumerate(entries)
+    ]
+    with connect(dsn) as conn:
+        ledger.insert(conn, rows)
+        conn.commit()
+
+
+def test_an_idle_tick_reuses_the_last_plan_until_something_it_read_changes(tmp_path, pg_dsn):
+    _tree(tmp_path / "landing")
+    storage = Storage(str(tmp_path / "landing"))
+    listed = ListingMemory(settle_seconds=5)
+    settings = planner.AutoLoaderSettings(settle_seconds=5)
+    cursor = planner.Watermark()
+
+    def tick():
+        nonlocal cursor
+        listing = listed.list_files(storage)
+        memory = planner.LandingMemory(pg_dsn, storage)
+        out = planner.plan_landing(
+            storage, listing, listed.generation, memory, cursor, settings, time.time_ns() // 1000
+        )
+        cursor = out.cursor
+        return out
+
+    _log(pg_dsn, storage, storage.list_files())
+    first = tick()
+    assert not first.reused and first.already_logged == 30 and not first.batches
+    again = tick()
+    assert again.reused and again.already_logged == 30 and again.cursor == first.cursor
+    # a file copied in with an old mtime: its folder changed, the plan is made again and takes it
+    old = tmp_path / "old.png"
+    old.write_bytes(b"an old file")
+    os.utime(old, (OLD - 3600, OLD - 3600))
+    shutil.copy2(old, tmp_path / "landing/train/sad/old.png")
+    taken = tick()
+    assert not taken.reused and [e.key for _, files, _ in taken.batches for e in files] == [
+        "train/sad/old.png"
+    ]
+    _log(pg_dsn, storage, [e for e in storage.list_files() if e.key == "train/sad/old.png"])  # its run
+    _age_folders(tmp_path / "landing")
+    assert not tick().reused  # the folder's stamp moved (aged), the file is found logged
+    assert tick().reused
+    with connect(pg_dsn) as conn:  # load-log rows deleted: the memory is forgotten, the plan made again
+        conn.execute("DELETE FROM load_log WHERE path = 'test/happy/0.png'")
+        conn.commit()
+    again = tick()
+    assert not again.reused and [e.key for _, files, _ in again.batches for e in files] == [
+        "test/happy/0.png"
+    ]
