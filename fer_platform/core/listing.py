@@ -44,6 +44,7 @@ class _Folder:
     files: list[FileEntry]
     folders: list[str]  # names of its sub-folders
     trusted: bool  # read long enough after its last change (not racy)
+    unsettled: list[int] = field(default_factory=list)  # positions of files still being written when seen
 
 
 @dataclass
@@ -96,12 +97,14 @@ class ListingMemory:
             if old is not None and old.trusted and old.stamp == stamp:
                 folder = old
                 self.reused += 1
-                folder.files = self._restat(path, folder.files, wall_ns // 1000 - settle_us, phase)
+                self._restat(path, folder, wall_ns // 1000 - settle_us, phase)
             else:
                 folder = self._read(path, prefix, stamp, trusted=wall_ns - st.st_mtime_ns > racy_ns)
                 if folder is None:
                     continue
                 self.read += 1
+                settled_before = wall_ns // 1000 - settle_us
+                folder.unsettled = [j for j, e in enumerate(folder.files) if e.modified_us > settled_before]
             seen[prefix] = folder
             out.extend(folder.files)
             stack.extend((os.path.join(path, name), f"{prefix}{name}/") for name in reversed(folder.folders))
@@ -128,15 +131,13 @@ class ListingMemory:
         files.sort(key=lambda e: e.key)
         return _Folder(stamp, files, sorted(folders), trusted)
 
-    def _restat(
-        self, path: str, files: list[FileEntry], settled_before_us: int, phase: int
-    ) -> list[FileEntry]:
-        """The folder's files, stat'ed again: those not settled when last seen, and this tick's share."""
-        rotation = self.restat_rotation
-        out = files
-        for j, e in enumerate(files):
-            if j % rotation != phase and e.modified_us <= settled_before_us:
-                continue
+    def _restat(self, path: str, folder: _Folder, settled_before_us: int, phase: int) -> None:
+        """Stat again the folder's files not settled when last seen, and this tick's rotating share."""
+        files = folder.files
+        picks = sorted({*folder.unsettled, *range(phase, len(files), self.restat_rotation)})
+        unsettled = []
+        for j in picks:
+            e = files[j]
             self.restated += 1
             try:
                 st = os.lstat(os.path.join(path, e.key.rsplit("/", 1)[-1]))
@@ -145,9 +146,12 @@ class ListingMemory:
                 continue
             if st.st_size != e.size or st.st_mtime_ns // 1000 != e.modified_us:
                 self.changed += 1
-                out = list(out) if out is files else out
-                out[j] = _entry(e.key, st)
-        return out
+                if files is folder.files:
+                    files = folder.files = list(files)  # the previous tick's listing is not changed
+                e = files[j] = _entry(e.key, st)
+            if e.modified_us > settled_before_us:
+                unsettled.append(j)
+        folder.unsettled = unsettled
 
 
 def _entry(key: str, st: os.stat_result) -> FileEntry:
