@@ -68,7 +68,7 @@ class ListingMemory:
     generation: int = 0  # moves whenever the listing may differ from the previous tick's
 
     def list_files(self, storage: Storage) -> list[FileEntry]:
-        """Every file of ``storage``, as ``Storage.list_files`` gives it (sorted by key)."""
+        """Every file of ``storage``, as ``Storage.list_files`` finds it, in folder order (not sorted)."""
         if not storage.local:
             self.full = True
             return storage.list_files()
