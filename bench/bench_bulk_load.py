@@ -2,6 +2,7 @@
 
     FER_EMBED_PROFILE=native FER_EMBED_WEIGHTS=random \\
         .venv/bin/python bench/bench_bulk_load.py [--images 35887] [--write-rows 35887] [--table-rows 108000]
+        .venv/bin/python bench/bench_bulk_load.py --images 35887 --demo-shape
 
 On the tuned embedded server (``embedded_start``), in one run:
   * model only: the embedder's stream (decode, transforms, model) over the same images in the same
@@ -11,6 +12,8 @@ On the tuned embedded server (``embedded_start``), in one run:
     HNSW index deferred (the rule) and maintained row by row (forced), images/s and ratio to model-only
   * the write alone (precomputed vectors): ``--write-rows`` rows COPYed with the index maintained vs
     deferred + built, into an empty table and into one holding ``--table-rows`` rows
+  * ``--demo-shape``: the partitions one after another (the demo, a bulk load's queued runs), each judged
+    alone vs declared as one load (``DeclaredLoad``), the model alone interleaved partition by partition
 """
 
 import argparse
@@ -30,7 +33,7 @@ from fer_platform.core.embedding import Embedder, EmbedderSpec, preprocess
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.embedded import embedded_start, embedded_stop
-from fer_platform.core.pg.schema import ensure_schema
+from fer_platform.core.pg.schema import DeclaredLoad, ensure_schema
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 
 DAY = dt.date(2026, 12, 1)
@@ -129,6 +132,54 @@ def step(admin, pngs, model, defer: bool | None, label: str, model_only: float) 
         assert conn.execute("SELECT to_regclass('imagenes_fer_vector_hnsw') IS NOT NULL").fetchone()[0]
 
 
+def demo_shape(admin, pngs, model) -> None:
+    """The demo's and bulk-load's shape: one run per emotion partition, ONE AFTER ANOTHER, into one table.
+    Interleaved partition by partition, so the machine's drift hits all three alike: the model alone on the
+    partition's images, its load with each partition judged alone (``is_bulk`` per partition: the code
+    before the declared load), and its load inside one ``DeclaredLoad`` of the whole load's rows."""
+    alone, declared = reset(admin, "bench_alone"), reset(admin, "bench_declared")
+    seconds = {"model only": 0.0, "per partition": 0.0, "declared": 0.0}
+    lines = []
+    with DeclaredLoad(declared) as load:
+        assert load.begin(len(pngs))
+        for emotion, (a, b) in partitions(len(pngs)).items():
+            part = pngs[a:b]
+            with Timer() as t:
+                sum(1 for _ in model.stream(part))
+            seconds["model only"] += t.seconds
+            line = [f"{emotion} {b - a}: model {t.seconds:.1f} s"]
+            for label, dsn in (("per partition", alone), ("declared", declared)):
+                ids = [f"{label[0]}{i:06d}" for i in range(a, b)]
+                with Timer() as t, connect(dsn) as conn:
+                    stats = write_partition(conn, plan(emotion, ids, part, model.model_id, model.stream))
+                seconds[label] += t.seconds
+                line.append(
+                    f"{label} {t.seconds:.1f} s ({'deferred' if stats['index_deferred'] else 'LIVE index'}, "
+                    f"index {stats['index']} {stats['index_seconds']:.1f} s)"
+                )
+            lines.append("; ".join(line))
+        with Timer() as t:
+            load.end()
+        seconds["declared"] += t.seconds
+        lines.append(f"declared load's one index build at the end: {t.seconds:.1f} s ({load.index})")
+    for line in lines:
+        print("   ", line)
+    model_rate = len(pngs) / seconds["model only"]
+    row("model only, partition by partition (no database)", model_rate, "images/s")
+    for label in ("per partition", "declared"):
+        rate = len(pngs) / seconds[label]
+        row(
+            f"image_embeddings, 7 partitions one after another, {label}",
+            rate,
+            "images/s",
+            f"{rate / model_rate:.1%} of model-only",
+        )
+    for dsn in (alone, declared):
+        with connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM imagenes_fer").fetchone()[0] == len(pngs)
+            assert conn.execute("SELECT to_regclass('imagenes_fer_vector_hnsw') IS NOT NULL").fetchone()[0]
+
+
 def write_only(admin: str, rows: int, table_rows: int) -> None:
     """COPY of precomputed vectors: index maintained vs deferred + built, into a table of ``table_rows``."""
     vectors = np.random.default_rng(1).standard_normal((rows + table_rows, 512)).astype(np.float32)
@@ -165,6 +216,7 @@ def main() -> None:
     ap.add_argument("--table-rows", type=int, default=108000)
     ap.add_argument("--skip-step", action="store_true")
     ap.add_argument("--skip-write", action="store_true")
+    ap.add_argument("--demo-shape", action="store_true", help="only the partitions one after another")
     args = ap.parse_args()
 
     import torch  # deferred: heavy
@@ -198,6 +250,9 @@ def main() -> None:
                         th.join()
                 return len(pngs) / t.seconds
 
+            if args.demo_shape:
+                demo_shape(admin, pngs, model)
+                return
             before = model_only_rate()
             row(f"model only ({profile}, 7 parallel streams as the loaders, no database)", before, "images/s")
             step(admin, pngs, model, None, "deferred", before)

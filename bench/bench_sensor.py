@@ -6,7 +6,8 @@ one run (ratios; the machine is shared and noisy).
 Builds `files` landing files (empty: they are listed, not read), their load-log rows, every layer in
 agreement with them (raw manifests, bronze and silver ids, the vectors, the index's id mapping) over 7
 emotions x 5 days, then times the whole landing_sensor evaluation (dg.build_sensor_context, as the daemon
-evaluates it) once without the sensor's memory and then idle, the listing alone, and the audit's per-tick
+evaluates it) once without the sensor's memory and then idle, the listing alone (in full, as before, and
+through the folder memory, core/listing.py, as the sensor lists now), and the audit's per-tick
 cost (the marks a tick reads; a full audit for comparison). Then the load log grows 10x (rows of another
 landing root) and the idle tick is timed again: its cost beyond the listing must not grow.
 """
@@ -25,8 +26,9 @@ import pyarrow.parquet as pq
 from common import Timer, row, workspace
 
 from fer_platform.automation.sensors import landing_sensor
-from fer_platform.core import convergence, ledger, planner
+from fer_platform.core import convergence, ledger, listing, planner
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.listing import ListingMemory
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.schema import PLATFORM_WRITER, VECTOR_INDEX, VECTOR_INDEX_DDL
 from fer_platform.core.storage import Storage
@@ -135,9 +137,18 @@ def main(n: int) -> None:
         def median(fn) -> float:
             return statistics.median(fn() for _ in range(REPEATS))
 
-        def listing() -> float:
+        def full_listing() -> float:
             with Timer() as t:
                 landing.list_files()
+            return t.seconds
+
+        memory = ListingMemory(settle_seconds=5)
+
+        def incremental() -> float:
+            """The sensor's listing now: folders unchanged since the last tick come from its memory."""
+            with Timer() as t:
+                files = memory.list_files(landing)
+            assert len(files) == n and not memory.full and memory.read == 0, (memory.read, len(files))
             return t.seconds
 
         def marks() -> float:
@@ -172,13 +183,24 @@ def main(n: int) -> None:
             before = ledger.LOOKUPS["sources"]
             tick = median(sensor_tick)
             asked = ledger.LOOKUPS["sources"] - before
-            out = {"tick": tick, "list": median(listing), "marks": median(marks), "audit": median(full_audit)}
+            out = {"tick": tick, "full list": median(full_listing), "marks": median(marks)}
+
+            def afresh() -> float:
+                planner._idle.clear()  # the plan made again over every file (the listing still incremental)
+                return sensor_tick()
+
+            out["afresh"] = median(afresh)
+            memory.list_files(landing)  # its first listing reads everything
+            out["list"], out["audit"] = median(incremental), median(full_audit)
             out["plan"], out["old"] = median(lambda: plan(True)), median(lambda: plan(False))
             print(
                 f"-- {label}: {asked} landing file(s) asked about in the load log over {REPEATS} idle ticks"
             )
             row(f"idle sensor tick ({label})", out["tick"], "s")
-            row(f"  listing alone ({label})", out["list"], "s")
+            row(f"  idle tick, the plan made again (no reuse) ({label})", out["afresh"], "s")
+            row(f"  full listing, as before ({label})", out["full list"], "s")
+            row(f"  listing alone, folders from the memory ({label})", out["list"], "s")
+            row(f"  full listing / incremental ({label})", out["full list"] / out["list"], "x")
             row(
                 f"  tick beyond the listing ({label})",
                 (out["tick"] - out["list"]) / out["list"],
@@ -206,7 +228,9 @@ def main(n: int) -> None:
             ledger.insert(conn, extra)
             conn.commit()
             conn.execute("ANALYZE")
-        planner._memory.clear()  # a restarted sensor process: the memory is read back from PostgreSQL
+        planner._memory.clear()  # a restarted sensor process: the memory is read back from PostgreSQL,
+        planner._idle.clear()  # no idle plan to reuse,
+        listing._memories.clear()  # and the landing is listed in full
         with Timer() as restart:
             sensor_tick()
         row("first idle tick of a new process (memory read back), 10x", restart.seconds, "s")

@@ -27,8 +27,9 @@ from fer_platform.automation.jobs import (
 from fer_platform.automation.runs import FAILED, TRIGGER, runs_state
 from fer_platform.core import challenge, ledger
 from fer_platform.core.convergence import audit_due, audited, layer_marks, restore_load_log
+from fer_platform.core.listing import list_landing
 from fer_platform.core.pg.connect import connect
-from fer_platform.core.planner import LandingMemory, Watermark, plan_tick, run_key
+from fer_platform.core.planner import LandingMemory, Watermark, plan_landing, run_key
 from fer_platform.partitions import partition_key, utc_today
 from fer_platform.resources import (
     AutoLoaderResource,
@@ -103,12 +104,14 @@ def landing_sensor(
         with connect(dsn) as conn:
             oldest = ledger.oldest_version_us(conn, storage.uri())
     in_flight, attempts = runs_state(context.instance)
-    listing = storage.list_files()
+    # local folders: only the folders that changed are read again (core/listing.py)
+    listing, listed = list_landing(storage, settings.settle_seconds)
     memory = LandingMemory(dsn, storage)  # asks the load log only about versions it has not seen logged
-    tick = plan_tick(
+    tick = plan_landing(  # an idle tick again when nothing it read changed (core/planner.py)
         storage,
         listing,
-        memory.known(listing),
+        listed.generation if storage.local else None,
+        memory,
         cursor,
         settings,
         now_us=time.time_ns() // 1000,

@@ -32,6 +32,7 @@ from fer_platform.core.errors import FerError
 from fer_platform.core.home import Home
 from fer_platform.core.ingest import pending_files
 from fer_platform.core.layout import route
+from fer_platform.core.pg.schema import DeclaredLoad
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
 
@@ -124,6 +125,17 @@ def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> 
     if not keys:
         print("nothing to load: every landing file is in the load log")
         return 0
+    with DeclaredLoad(dsn) as load:
+        # waiting, the command declares the whole load (pg.schema.DeclaredLoad): its runs COPY without the
+        # vector index and it is built once, at the end; without --wait each run decides for itself
+        if wait:
+            load.begin(files)
+        return _launch_and_wait(home, dsn, keys, files, host, port, wait, timeout)
+
+
+def _launch_and_wait(
+    home: Home, dsn: str, keys: list[str], files: int, host: str, port: int, wait: bool, timeout: float
+) -> int:
     backfill = launch(home, dsn, keys)
     print(
         f"bulk load of {files} pending files: backfill {backfill} over {len(keys)} partitions "

@@ -28,6 +28,7 @@ from fer_platform.core.errors import ConfigError, DatabaseUnavailable, FerError
 from fer_platform.core.home import Home
 from fer_platform.core.layout import route
 from fer_platform.core.pg.connect import connect, describe
+from fer_platform.core.pg.schema import DeclaredLoad
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
 from fer_platform.core.report import format_distances
 from fer_platform.core.sample_data import write_sample_landing
@@ -191,7 +192,8 @@ def _run_demo(
     storage = res["landing"].storage()
     runs: list[dict] = []
     tags = {WORKER_TAG: liveness.this_worker(), "fer/trigger": "demo"}
-    with dg.DagsterInstance.get() as instance:
+    # one load of many runs: the vector index is dropped once and built once (pg.schema.DeclaredLoad)
+    with dg.DagsterInstance.get() as instance, DeclaredLoad(dsn) as load:
         dead = fail_dead_runs(instance)  # runs of a killed demo (or worker) end as failed, not STARTED
         with connect(dsn) as conn:
             restored = convergence.restore_load_log(conn, lake)
@@ -233,6 +235,7 @@ def _run_demo(
         # before the first model, the new files go as far as bronze (what training reads): the vectors are
         # made once, below, by the model that will serve them
         ingest_assets = ["raw_images", "bronze_images"] if first_model else None
+        load.begin(0 if first_model else new_images(tick))
         for emotion, entries, _attempt in tick.batches:
             keys = [e.key for e in entries]
             if emotion is None:  # files no emotion partition can take: quarantined with the reason
@@ -258,6 +261,8 @@ def _run_demo(
         # or a new model: its vectors are missing everywhere)
         with connect(dsn) as conn:
             audit = audit_layers(instance, conn, lake, model)
+        if switched:  # every loaded image gets a vector of the new model
+            load.begin(loaded_images(dsn))
         repaired, reembedded = [], []
         for emotion, day in audit.partitions:
             if not image_partitions.has_partition_key(partition_key(emotion, day)):
@@ -274,6 +279,7 @@ def _run_demo(
                 {REPAIR_TAG: "true"},
             )
             repaired.append((emotion, day))
+        load.end()  # the vector index built once, before gold and the search index are published
         ingested = any(r["job"] in ("ingest_images", REEMBED_JOB) for r in runs)
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)
@@ -296,6 +302,7 @@ def _run_demo(
         restored_load_log_rows=restored,
         challenge_csv=[r.summary() for r in challenge_csvs],
         failed_dead_runs=dead,
+        declared_load=load.summary(),
         disagreements=final.lines(),
         seconds=round(time.monotonic() - started, 1),
     )
@@ -303,6 +310,17 @@ def _run_demo(
     if failed:
         summary["failed_runs"] = failed
     return summary
+
+
+def new_images(tick) -> int:
+    """The images the tick's ingest runs are about to add (an upper bound: duplicates and bad files among
+    them add none)."""
+    return sum(len(entries) for emotion, entries, _attempt in tick.batches if emotion is not None)
+
+
+def loaded_images(dsn: str) -> int:
+    with connect(dsn) as conn:
+        return int(ledger.status_counts(conn).get("loaded", 0))
 
 
 class TrainingStep:

@@ -102,6 +102,7 @@ class Tick:
     given_up: list[str] = field(default_factory=list)  # runs failed on them max_attempts times
     already_logged: int = 0
     ignored: int = 0
+    reused: bool = False  # the previous idle tick's plan, nothing it read having changed (plan_landing)
 
     @property
     def files(self) -> int:
@@ -225,6 +226,16 @@ class LandingMemory:
     remembered: int = 0  # this tick: settled files the memory answered for
     asked: int = 0  # settled files asked about in the load log
     full: bool = False  # whether this tick checked everything against the load log
+    token: str | None = None  # the memory's token after this tick
+
+    def trusted_token(self) -> str | None:
+        """The memory's token when it is there and not due for its full check, else None (one query)."""
+        with connect(self.dsn) as conn:
+            state = ledger.seen_token(conn, self.landing.uri())
+        if state is None:
+            return None
+        age = (dt.datetime.now(dt.timezone.utc) - state[1]).total_seconds()
+        return None if age > self.full_check_seconds else state[0]
 
     def known(self, listing: Sequence[FileEntry]) -> Callable[[list[FileEntry]], set[Version]]:
         """``plan_tick``'s ``known`` for a tick whose whole listing is ``listing``."""
@@ -265,10 +276,75 @@ class LandingMemory:
                 seen.update((k, (n, us)) for k, n, us in found)
                 with _memory_lock:
                     _memory[(self.dsn, root)] = (token, seen)
+                self.token = token
             elif state is not None:
                 with _memory_lock:
                     _memory[(self.dsn, root)] = (state[0], seen)
+                self.token = state[0]
         return known
+
+
+# --------------------------------------------------------------------------- an idle tick, again
+# (landing root) -> what the last idle tick read: the listing's generation (core/listing.py), the memory's
+# token, the settings, the cursor it left; and its counts
+_idle: dict[tuple[str, str], tuple[int, str, AutoLoaderSettings, Watermark, int, int]] = {}
+
+
+def plan_landing(
+    landing: Storage,
+    listing: Sequence[FileEntry],
+    generation: int | None,
+    memory: LandingMemory,
+    cursor: Watermark,
+    settings: AutoLoaderSettings,
+    now_us: int,
+    in_flight: set[str] | frozenset[str] = frozenset(),
+    attempts: dict[str, Attempts] | None = None,
+    oldest_logged_us: int | None = None,
+) -> Tick:
+    """The sensor's tick: ``plan_tick`` with the memory's ``known``, or, when the previous tick of this
+    process was idle and nothing it read has changed, its result again without a pass over the files.
+
+    Idle: every listed file was ignored or already in the load log (so runs in flight, failed attempts
+    and the watermark concern none of them), nothing was being written, nothing was due. Unchanged: the
+    listing's ``generation`` (``listing.ListingMemory``: no folder re-read, no file changed, none gone), the
+    memory's token (a file logged, a load-log row deleted, or its hourly full check due, each changes or
+    clears it), the settings and the cursor that tick left. ``generation`` None (a store listed in full)
+    never reuses."""
+    key = (memory.dsn, landing.uri())
+    last = _idle.get(key)
+    if (
+        last is not None
+        and generation is not None
+        and (last[0], last[2], last[3]) == (generation, settings, cursor)
+    ):
+        token = memory.trusted_token()
+        if token is not None and token == last[1]:
+            memory.remembered, memory.asked, memory.token = last[4], 0, token
+            return Tick([], cursor, already_logged=last[4], ignored=last[5], reused=True)
+    _idle.pop(key, None)
+    tick = plan_tick(
+        landing,
+        listing,
+        memory.known(listing),
+        cursor,
+        settings,
+        now_us,
+        in_flight=in_flight,
+        attempts=attempts,
+        oldest_logged_us=oldest_logged_us,
+    )
+    idle = not tick.batches and not (tick.deferred or tick.in_flight or tick.waiting_retry or tick.capped)
+    if (
+        idle
+        and not tick.given_up
+        and generation is not None
+        and memory.token is not None
+        and tick.cursor.started
+        and tick.already_logged + tick.ignored == len(listing)
+    ):
+        _idle[key] = (generation, memory.token, settings, tick.cursor, tick.already_logged, tick.ignored)
+    return tick
 
 
 def run_key(files: Sequence[FileEntry], attempt: int = 1) -> str:

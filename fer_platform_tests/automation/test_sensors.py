@@ -16,6 +16,7 @@ from fer_platform.automation.jobs import INGEST_ASSETS, expand_csv_job
 from fer_platform.automation.sensors import landing_sensor
 from fer_platform.core import convergence, ledger, planner
 from fer_platform.core.ingest import ingest
+from fer_platform.core.listing import RESTAT_ROTATION
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import partition_key, utc_today
@@ -275,16 +276,26 @@ def test_existing_files_can_be_left_out_at_the_first_tick(landing, lake, pg_dsn)
     assert [files_of(r) for r in requests] == [["train/happy/later.png"]]
 
 
+def tick_until_requested(landing, pg_dsn, cursor):
+    """A file written in place (its folder unchanged) is stat'ed again within RESTAT_ROTATION ticks
+    (core/listing.py): the ticks until one requests a run, at most that many."""
+    for _ in range(RESTAT_ROTATION):
+        requests, cursor, _skip = tick(landing, pg_dsn, cursor=cursor)
+        if requests:
+            break
+    return requests, cursor
+
+
 def test_an_overwritten_file_is_a_new_version_and_the_same_content_a_duplicate(landing, lake, pg_dsn):
     land(landing, "train/sad/x.png", face("sad", 1), T0)
     requests, cursor, _ = tick(landing, pg_dsn)
     load(landing, lake, pg_dsn, requests)
-    land(landing, "train/sad/x.png", face("sad", 2), T0 + 50)  # new content under the same name
-    requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor)
+    land(landing, "train/sad/x.png", face("sad", 2), T0 + 50)  # new content under the same name, in place
+    requests, cursor = tick_until_requested(landing, pg_dsn, cursor)
     assert [files_of(r) for r in requests] == [["train/sad/x.png"]]
     load(landing, lake, pg_dsn, requests)
     land(landing, "train/sad/x.png", face("sad", 2), T0 + 80)  # the same content again, touched
-    requests, cursor, _ = tick(landing, pg_dsn, cursor=cursor)
+    requests, cursor = tick_until_requested(landing, pg_dsn, cursor)
     assert len(requests) == 1
     load(landing, lake, pg_dsn, requests)
     with connect(pg_dsn) as conn:

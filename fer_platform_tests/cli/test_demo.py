@@ -40,7 +40,8 @@ def home(tmp_path):
 
 def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     landing = tmp_path / "landing"
-    write_sample_landing(landing, per_class=3, test_per_class=1, seed=3, defects=True)
+    # 77 faces: more than BULK_MIN_ROWS, so the demo's load is declared a bulk load (pg.schema.DeclaredLoad)
+    write_sample_landing(landing, per_class=10, test_per_class=1, seed=3, defects=True)
     n_files = sum(1 for p in landing.rglob("*") if p.is_file())
 
     first = _demo(home, landing)
@@ -55,7 +56,7 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     )
     assert first["conflicts"] == 0
     assert first["not_logged"] == 0
-    assert first["loaded"] == 7 * 4  # every generated face
+    assert first["loaded"] == 7 * 11  # every generated face
     assert first["duplicates"] == 1  # the copied face
     reasons = {q["path"]: q["reason"] for q in first["quarantined"]}
     assert "unknown emotion folder 'contempt'" in reasons["train/contempt/x.png"]
@@ -71,6 +72,9 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     )
     assert example["query"]["image_id"] not in {h["image_id"] for h in example["hits"]}
     assert [r["job"] for r in first["runs"]].count("publish_gold_and_index") == 1
+    # every partition was COPYed without the vector index, which was built once, after the last run
+    routed = n_files - first["ignored"] - 1  # the contempt file goes to triage
+    assert first["declared_load"] == {"rows": routed, "index_deferred": True, "index": "built"}
 
     second = _demo(home, landing)
     for key in (
@@ -88,6 +92,7 @@ def test_demo_counts_reconcile_and_a_second_run_adds_nothing(home, tmp_path):
     ):
         assert second[key] == first[key], key
     assert second["new_files"] == 0 and second["runs"] == []
+    assert second["declared_load"] == {"rows": 0, "index_deferred": False, "index": None}
 
     # the runs are on the PostgreSQL-backed instance, for the UI to show
     code = (

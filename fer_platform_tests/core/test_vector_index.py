@@ -19,7 +19,7 @@ import pytest
 from fer_platform.core import convergence, faults
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.embedded import embedded_start, embedded_stop, server_settings
-from fer_platform.core.pg.schema import BULK_MIN_ROWS, VECTOR_INDEX, ensure_schema
+from fer_platform.core.pg.schema import BULK_MIN_ROWS, VECTOR_INDEX, DeclaredLoad, ensure_schema, is_bulk
 from fer_platform.core.search.pgvector import pgvector_search
 from fer_platform.core.storage import Storage
 from fer_platform.core.vecmath import normalise
@@ -218,3 +218,74 @@ def test_the_embedded_server_is_tuned_and_a_users_server_is_not(pg_dsn):
             ).fetchone()[0]
             == 0
         )
+
+
+# the demo's shape: one run per emotion partition, one after another, FER2013's class shares
+_DEMO_SHAPE = (("angry", 300), ("disgust", 30), ("fear", 300), ("happy", 500), ("neutral", 350), ("sad", 350))
+
+
+def test_a_declared_load_of_many_partitions_copies_each_without_the_index_and_builds_it_once(pg_dsn):
+    with connect(pg_dsn) as conn:  # what was there before: searched throughout
+        write_partition(conn, _plan("surprise", 250, seed=9))
+    total = sum(n for _, n in _DEMO_SHAPE)
+    # judged alone, later partitions are no bulk load (a small one into a grown table)
+    assert not is_bulk(30, 550) and not is_bulk(350, 1730)
+    with DeclaredLoad(pg_dsn) as load:
+        assert load.begin(total) and not _index_present(pg_dsn)
+        for seed, (emotion, n) in enumerate(_DEMO_SHAPE):
+            with connect(pg_dsn) as conn:
+                stats = write_partition(conn, _plan(emotion, n, seed=seed))
+            assert stats["index_deferred"] and stats["index"] == "loading", (emotion, stats)
+            assert not _index_present(pg_dsn), f"the index was built after {emotion}"
+            ensure_schema(pg_dsn)  # what the next run does first: it does not build the index either
+            assert not _index_present(pg_dsn)
+            with connect(pg_dsn) as conn:  # searches answer meanwhile (exact scan)
+                assert len(pgvector_search(conn, _vectors(3, 1)[0], "m1", k=10)) == 10
+    assert load.index == "built" and load.summary()["index_deferred"]
+    with connect(pg_dsn) as conn:
+        assert conn.execute(HNSW_INDEXES).fetchone()[0] == 1
+    assert _count(pg_dsn) == 250 + total
+
+
+def test_a_small_declared_load_keeps_the_index_live(pg_dsn):
+    with connect(pg_dsn) as conn:
+        write_partition(conn, _plan("sad", 1200, seed=1))
+    with DeclaredLoad(pg_dsn) as load:
+        assert not load.begin(40)  # a sensor-sized load: the runs insert into the live index
+        assert _index_present(pg_dsn)
+    assert load.index is None and _index_present(pg_dsn)
+
+
+_DECLARER = textwrap.dedent(
+    """
+    import sys, time
+    from fer_platform.core.pg.schema import DeclaredLoad
+    load = DeclaredLoad({dsn!r})
+    assert load.begin(10_000)
+    print("declared", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_declarer_killed_mid_load_is_repaired_by_the_next_run(pg_dsn):
+    with connect(pg_dsn) as conn:
+        write_partition(conn, _plan("sad", 300, seed=1))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DECLARER.format(dsn=pg_dsn)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "declared"
+        assert not _index_present(pg_dsn)
+        ensure_schema(pg_dsn)  # a run meanwhile: the load is under way, no build
+        assert not _index_present(pg_dsn)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    deadline = time.monotonic() + 30
+    while True:  # the server notices the lost session (and drops its lock) at once or nearly
+        ensure_schema(pg_dsn)
+        if _index_present(pg_dsn) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert _index_present(pg_dsn)

@@ -6,6 +6,7 @@ Created idempotently by ``ensure_schema`` at the first use of a server (the ``po
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import psycopg
@@ -365,6 +366,66 @@ def end_bulk_load(conn: psycopg.Connection) -> str:
     conn.execute("SELECT pg_advisory_unlock_shared(%s)", (BULK_LOAD_LOCK,))
     conn.commit()
     return ensure_vector_index(conn)
+
+
+class DeclaredLoad:
+    """A load made of many runs, declared up front by whoever launches them (``fer-platform demo``: one
+    ingest run per emotion partition, one after another; ``bulk-load --wait``: its backfill's runs). Each
+    partition alone is judged by ``is_bulk`` against a table that grows as the load goes on, so after the
+    first partitions the later ones fell below the rule and inserted into a live index row by row, and the
+    index was rebuilt after several of them. Declared: ``begin(rows)`` applies the rule once to the whole
+    load's rows; when they are a bulk load it drops the index now and holds BULK_LOAD_LOCK shared (a
+    session lock on its own connection) until ``end``: every run of the load finds the index absent, COPYs
+    without it, and does not build it (``end_bulk_load`` gets ``loading``: a loader is still there); ``end``
+    builds it once. A declarer killed in between loses its session and its lock: the next
+    ``ensure_vector_index`` (every run's and tick's ``ensure_schema``, the convergence audit) builds it.
+    Searches go on throughout (exact scan). A load below the rule declares nothing: its runs decide each
+    for itself, as a sensor's small loads do."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.conn: psycopg.Connection | None = None
+        self.deferred = False
+        self.rows = 0  # the rows declared (the larger of its begin() calls)
+        self.declared = False  # whether any begin() deferred the index
+        self.index: str | None = None  # what end() found or did: present, built, loading, busy
+
+    def __enter__(self) -> DeclaredLoad:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+
+    def begin(self, rows_to_add: int) -> bool:
+        """Declare the load's rows (the images it is about to add across all its partitions); True when
+        its runs are to COPY without the index."""
+        if self.deferred or rows_to_add <= 0:
+            return self.deferred
+        self.rows = max(self.rows, rows_to_add)
+        self.conn = connect(self.dsn)
+        self.deferred = begin_bulk_load(self.conn, rows_to_add)
+        self.declared = self.declared or self.deferred
+        if not self.deferred:
+            self.conn.close()
+            self.conn = None
+        return self.deferred
+
+    def end(self) -> str | None:
+        """Leave the load and build the index once (unless another loader is still writing: it builds)."""
+        if self.conn is None:
+            return self.index
+        conn, self.conn, self.deferred = self.conn, None, False
+        try:
+            self.index = end_bulk_load(conn)
+        except psycopg.Error:  # a lost server: the next run, tick or audit builds the index
+            self.index = None
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        return self.index
+
+    def summary(self) -> dict:
+        return {"rows": self.rows, "index_deferred": self.declared, "index": self.index}
 
 
 class _LiveIndex(Exception):

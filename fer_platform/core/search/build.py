@@ -9,6 +9,7 @@ always measured against exact search (``vecmath.exact_search``), never against F
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -59,8 +60,10 @@ def build_index(
     # one reordering of the vectors (by image_id, the tuning sample last): one copy of the matrix
     table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors[order]
     del sv, silver  # the unordered matrix is freed here unless the caller still holds it
+    started = time.perf_counter()
     if len(vectors):
         index.add(vectors[: len(vectors) - held])
+    seconds = {"add": time.perf_counter() - started}
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
     meta = {
         "kind": kind,
@@ -76,10 +79,13 @@ def build_index(
     if kind == "hnsw":
         base, queries = vectors[: len(vectors) - held], vectors[len(vectors) - held :]
         meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held)
+        started = time.perf_counter()
         meta["ef_search"], meta["tuned_recall"] = tune_ef(out, base, queries, target_recall)
+        seconds["tune"] = time.perf_counter() - started
         out.set_ef(meta["ef_search"])
         index.add(queries)
         meta["size"] = int(index.ntotal)
+    out.seconds = {k: round(v, 3) for k, v in seconds.items()}  # where the build's time went (benchmarks)
     return out
 
 

@@ -56,6 +56,7 @@ class SearchIndex:
     index: Any  # faiss.Index
     mapping: pa.Table
     meta: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)  # a build's phases (build.build_index), for benchmarks
 
     @property
     def size(self) -> int:
