@@ -5,6 +5,7 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
+from fer_platform.catalog import table_metadata
 from fer_platform.core import vectors
 from fer_platform.core.pg.schema import VECTORS_TABLE
 from fer_platform.core.report import markdown_table
@@ -23,6 +24,7 @@ class EmbeddingsConfig(dg.Config):
     deps=[embedding_model],  # the served model: a new one makes every partition's vectors unsynced
     # only reads them back, for silver: this asset writes its rows itself
     io_manager_key="pgvector_io_manager",
+    metadata=table_metadata("image_embeddings"),  # imagenes_fer's columns
     group_name="embeddings",
     kinds={"pytorch", "postgres"},
     description="One 512-d ResNet18 vector per bronze image and model in the imagenes_fer table "
@@ -68,12 +70,15 @@ def image_embeddings(
                 f"embedded {done}/{todo} new images of {len(plan)}"
             ),
         )
+        model_rows = vectors.count_model(conn, model)
     seconds = stats["seconds"]
     return dg.MaterializeResult(
         metadata={
             "table": VECTORS_TABLE,
             "model": model,
-            "dagster/row_count": stats["rows"],
+            # the table's rows of the served model (the UI's row count); the partition's beside it
+            "dagster/row_count": model_rows,
+            "partition_row_count": stats["rows"],
             "embedded": stats["embedded"],
             "reused": stats["reused"],
             "removed": stats["removed"],

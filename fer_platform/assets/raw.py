@@ -6,6 +6,7 @@ from typing import Optional
 import dagster as dg
 import pyarrow as pa
 
+from fer_platform.catalog import table_metadata
 from fer_platform.core import ledger
 from fer_platform.core.bronze import manifest_table
 from fer_platform.core.convergence import restore_load_log
@@ -15,6 +16,18 @@ from fer_platform.core.report import human_bytes, markdown_table
 from fer_platform.io_managers.parquet import LAKE_PATH
 from fer_platform.partitions import image_partitions, partition_of, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
+
+# Where the data starts: the landing zone (a folder, S3 or Azure), outside Dagster's control. The landing
+# sensor observes it every tick it changes, with its backlog (core/backlog.py).
+landing_zone = dg.AssetSpec(
+    "landing_zone",
+    group_name="ingest",
+    kinds={"files"},
+    description="The landing zone (`FER_LANDING`: a folder, `s3://...` or `abfs://...`), laid out as "
+    "Kaggle's FER2013: `{split}/{emotion}/{name}.png`. Not materialised by the platform: the landing "
+    "sensor observes it, with Auto Loader's backlog figures: `files_waiting` and `bytes_waiting` (not in "
+    "the load log yet), `oldest_waiting_age_seconds`, `files_total`.",
+)
 
 
 class RawImagesConfig(dg.Config):
@@ -45,14 +58,15 @@ def ingest_run_config(
 
 @dg.asset(
     partitions_def=image_partitions,
+    deps=[landing_zone],
     io_manager_key="lake_io_manager",
-    metadata={LAKE_PATH: RAW_MANIFEST},
+    metadata={LAKE_PATH: RAW_MANIFEST, **table_metadata("raw_images")},
     group_name="ingest",
     kinds={"python", "parquet"},
     description="Landing files of one emotion and load date, validated and copied to "
-    "raw/images/fer2013/<split>/<emotion>/<name>; bad files to quarantine/ with a reason; "
+    "`raw/images/fer2013/{split}/{emotion}/{name}`; bad files to `quarantine/` with a reason; "
     "every file in the load log (loaded, duplicate, conflict or quarantined). The output is the partition's "
-    "manifest of loaded images.",
+    "manifest of loaded images (`raw/manifest/emotion={emotion}/load_date={day}/part-0.parquet`).",
 )
 def raw_images(
     context: dg.AssetExecutionContext,

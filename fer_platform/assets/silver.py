@@ -4,6 +4,7 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
+from fer_platform.catalog import table_metadata
 from fer_platform.core import convergence, ledger, vectors
 from fer_platform.core.layout import SILVER_EMBEDDINGS
 from fer_platform.core.report import markdown_table
@@ -17,11 +18,11 @@ from fer_platform.resources import EmbedderResource, PostgresResource
     partitions_def=image_partitions,
     deps=[embedding_model],  # Dagster's staleness is not transitive: the model is a direct dependency
     io_manager_key="lake_io_manager",
-    metadata={LAKE_PATH: SILVER_EMBEDDINGS},
+    metadata={LAKE_PATH: SILVER_EMBEDDINGS, **table_metadata("silver_embeddings")},
     group_name="embeddings",
     kinds={"python", "parquet"},
-    description="Deduplicated, validated (512 dims, finite, norm 1) vectors as fixed_size_list<float32, "
-    "512>, filepath rewritten to the lake path; Hive folders emotion=/load_date=.",
+    description="Deduplicated, validated (512 dims, finite, norm 1) vectors as `fixed_size_list<float32, "
+    "512>`, filepath rewritten to the lake path; Hive folders `emotion={emotion}/load_date={day}`.",
 )
 def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Table) -> pa.Table:
     try:
