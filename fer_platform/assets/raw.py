@@ -9,7 +9,7 @@ import pyarrow as pa
 from fer_platform.catalog import table_metadata
 from fer_platform.core import ledger
 from fer_platform.core.bronze import manifest_table
-from fer_platform.core.convergence import restore_load_log
+from fer_platform.core.convergence import content_version, restore_load_log
 from fer_platform.core.ingest import ingest, select_files
 from fer_platform.core.layout import RAW_MANIFEST
 from fer_platform.core.report import human_bytes, markdown_table
@@ -74,7 +74,7 @@ def raw_images(
     landing: LandingResource,
     lake: LakeResource,
     postgres: PostgresResource,
-) -> pa.Table:
+) -> dg.Output[pa.Table]:
     emotion, load_date = partition_of(context)
     dsn = postgres.get_dsn()
     with postgres.connect() as conn:  # a lost checkpoint is put back before anything is decided
@@ -116,9 +116,15 @@ def raw_images(
         context.log.warning(f"partitions that lost an image to a duplicate rule: {', '.join(demoted)}")
     with postgres.connect() as conn:
         manifest = manifest_table(ledger.partition_rows(conn, emotion, load_date))
+        logged = ledger.status_counts(conn, emotion, load_date)
     counts = report.counts
-    context.add_output_metadata(
-        {
+    # the data version: the loaded images and the partition's load-log counts (gold_daily_loads and
+    # gold_duplicates count duplicates too); a run that saw nothing new leaves it as it was
+    version = content_version(manifest["image_id"].to_pylist(), *(f"{s}{logged[s]}" for s in sorted(logged)))
+    return dg.Output(
+        manifest,
+        data_version=dg.DataVersion(version),
+        metadata={
             "files_seen": len(files),
             "loaded": counts["loaded"],
             "duplicates": counts["duplicate"],
@@ -137,6 +143,5 @@ def raw_images(
             "preview": dg.MetadataValue.md(
                 markdown_table(manifest.slice(0, 10).to_pylist(), ["filepath", "split", "size", "image_id"])
             ),
-        }
+        },
     )
-    return manifest

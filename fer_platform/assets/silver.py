@@ -24,14 +24,19 @@ from fer_platform.resources import EmbedderResource, PostgresResource
     description="Deduplicated, validated (512 dims, finite, norm 1) vectors as `fixed_size_list<float32, "
     "512>`, filepath rewritten to the lake path; Hive folders `emotion={emotion}/load_date={day}`.",
 )
-def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Table) -> pa.Table:
+def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Table) -> dg.Output[pa.Table]:
     try:
         table = build_silver(image_embeddings)
     except InvalidVectors as exc:
         raise dg.Failure(description=f"silver_embeddings: {exc}") from None
     models = sorted(set(table["model"].to_pylist()))
-    context.add_output_metadata(
-        {
+    # the data version is the partition's images and model: a run that adds nothing (duplicates only) leaves
+    # it as it was, and gold and the index (which follow data versions) are not rebuilt
+    version = convergence.content_version(table["image_id"].to_pylist(), *models)
+    return dg.Output(
+        table,
+        data_version=dg.DataVersion(version),
+        metadata={
             "rows": table.num_rows,
             "duplicates_dropped": image_embeddings.num_rows - table.num_rows,
             "model": ", ".join(models),
@@ -41,9 +46,8 @@ def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Ta
                     ["id", "filepath", "split", "image_id"],
                 )
             ),
-        }
+        },
     )
-    return table
 
 
 @dg.asset_check(
