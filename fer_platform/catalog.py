@@ -2,9 +2,14 @@
 as Dagster's ``dagster/column_schema`` metadata, so the UI's Columns section shows them before anything
 is materialised."""
 
+import warnings
+
 import dagster as dg
 
 from fer_platform.core import catalog
+
+# raw and silver give their outputs a data version (what automation follows): a beta parameter of Output
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*data_version.*")
 
 COLUMN_SCHEMA = "dagster/column_schema"
 ROW_COUNT = "dagster/row_count"
