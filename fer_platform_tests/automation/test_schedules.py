@@ -44,7 +44,7 @@ def test_daily_refresh_skips_partitions_that_are_up_to_date_and_repairs_any_day(
             return daily_refresh(context)
 
     # 02:00 UTC today (a tick just after midnight in another zone is judged in UTC): yesterday's two
-    # partitions hold exactly the load log's images in every layer: re-deriving them would change nothing, no run
+    # partitions hold exactly the load log's images in every layer: re-deriving them changes nothing
     at = dt.datetime.combine(today, dt.time(3, 0), tzinfo=dt.timezone(dt.timedelta(hours=1)))
     skipped = tick(at)
     assert isinstance(skipped, dg.SkipReason), skipped
