@@ -28,3 +28,27 @@ def column_schema(asset: str) -> dg.TableSchema:
 def table_metadata(asset: str) -> dict:
     """Definition metadata of a table asset: its column schema."""
     return {COLUMN_SCHEMA: column_schema(asset)}
+
+
+EMBEDDING_MODEL = dg.AssetKey("embedding_model")
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+def record_served_model(context: dg.AssetExecutionContext, model: str, weights: str) -> bool:
+    """The first load records the served model as a materialisation of ``embedding_model`` (which only
+    a training run materialises otherwise), from the step that embeds with it: the vector layers' upstream is
+    then never "not materialized", and a manual Materialize of them opens no dialog. Only when the latest
+    recorded model is not ``model``; returns whether it recorded."""
+    event = context.instance.get_latest_materialization_event(EMBEDDING_MODEL)
+    latest = event.asset_materialization if event else None
+    if latest is not None and (latest.tags or {}).get(DATA_VERSION_TAG) == model:
+        return False
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=EMBEDDING_MODEL,
+            description="the served model, recorded by the load that first embedded with it",
+            metadata={"model": model, "weights": weights},
+            tags={DATA_VERSION_TAG: model},
+        )
+    )
+    return True

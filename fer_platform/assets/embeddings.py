@@ -5,7 +5,7 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
-from fer_platform.catalog import table_metadata
+from fer_platform.catalog import record_served_model, table_metadata
 from fer_platform.core import vectors
 from fer_platform.core.pg.schema import VECTORS_TABLE
 from fer_platform.core.report import markdown_table
@@ -44,6 +44,8 @@ def image_embeddings(
     rows back as the input of silver_embeddings."""
     emotion, load_date = partition_of(context)
     model = embedder.served_model()
+    if record_served_model(context, model, embedder.weights):  # before the vectors: their provenance names it
+        context.log.info(f"recorded the served model {model} (embedding_model)")
     note = embedder.weights_note()
     if note:
         context.log.warning(note)

@@ -10,7 +10,7 @@ from fer_platform.assets.embeddings import (
     imagenes_fer_foreign_rows,
 )
 from fer_platform.assets.gold import GOLD_ASSETS, gold_duplicates_clean, gold_summary_counts_silver
-from fer_platform.assets.model import MODEL_ASSETS, embedding_model, emotion_model_beats_untuned
+from fer_platform.assets.model import MODEL_ASSETS, emotion_model_beats_untuned
 from fer_platform.assets.raw import ingest_run_config, raw_images
 from fer_platform.assets.search import search_index, search_index_recall
 from fer_platform.assets.silver import silver_embeddings, silver_matches_postgres
@@ -35,16 +35,12 @@ RUN_CHECKS = [
 # The layers of a partition with the checks that guard them, but not the full re-listing of the landing zone
 # (landing_reconciled): that one is the reconcile job's.
 INGEST_SELECTION = dg.AssetSelection.assets(*INGEST_ASSETS) - dg.AssetSelection.checks(landing_reconciled)
-# The sensor's and the demo's runs also record the served model (embedding_model: it materialises only when
-# its id changes, so after the first load it is a no-op step): the vector layers' upstream is then never
-# "not materialized", and a manual Materialize of them opens no dialog.
-INGEST_JOB_SELECTION = INGEST_SELECTION | dg.AssetSelection.assets(embedding_model).without_checks()
 
 # Every job runs its steps in one process (the Definitions' executor): the chain is sequential anyway, and
 # the embedding step then pays for importing torch once per run, not once per step.
 ingest_job = dg.define_asset_job(
     "ingest_images",
-    selection=INGEST_JOB_SELECTION,
+    selection=INGEST_SELECTION,
     partitions_def=image_partitions,
     description="One partition (emotion x load date) from the landing zone to searchable vectors: "
     "raw -> bronze -> embeddings (pgvector) -> silver.",
