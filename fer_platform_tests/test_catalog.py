@@ -55,7 +55,7 @@ def test_every_table_asset_publishes_its_columns_before_it_is_materialised():
     silver = {
         c.name: c.type for c in GRAPH.get(dg.AssetKey("silver_embeddings")).metadata[COLUMN_SCHEMA].columns
     }
-    assert silver["vector"] == "fixed_size_list<item: float>[512]" and silver["load_date"] == "date32[day]"
+    assert silver["vector"] == "fixed_size_list<float>[512]" and silver["load_date"] == "date32[day]"
     raw = [c.name for c in GRAPH.get(dg.AssetKey("raw_images")).metadata[COLUMN_SCHEMA].columns]
     assert raw[-2:] == ["emotion", "load_date"]  # the Hive folders, read back as columns
 

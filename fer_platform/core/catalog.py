@@ -69,6 +69,18 @@ DESCRIPTIONS = {
 }
 
 
+def type_name(kind: pa.DataType) -> str:
+    """An Arrow type as the catalog shows it: lists without the name of their item field (which Parquet
+    writers and readers name differently: ``item``, ``element``)."""
+    if pa.types.is_fixed_size_list(kind):
+        return f"fixed_size_list<{type_name(kind.value_type)}>[{kind.list_size}]"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return f"list<{type_name(kind.value_type)}>"
+    if pa.types.is_struct(kind):
+        return "struct<" + ", ".join(f"{f.name}: {type_name(f.type)}" for f in kind) + ">"
+    return str(kind)
+
+
 def with_partition_columns(schema: pa.Schema) -> pa.Schema:
     """``schema`` plus the Hive folder columns it does not hold already."""
     return pa.schema(list(schema) + [f for f in PARTITION_FIELDS if f.name not in schema.names])
@@ -97,6 +109,7 @@ def columns(asset: str) -> list[tuple[str, str, str | None]]:
     schema = schemas()[asset]
     if asset.startswith("gold_centroid"):
         return [
-            (f.name, str(f.type), None if f.name == "emotion" else f"cosine with {f.name}") for f in schema
+            (f.name, type_name(f.type), None if f.name == "emotion" else f"cosine with {f.name}")
+            for f in schema
         ]
-    return [(f.name, str(f.type), DESCRIPTIONS.get(f.name)) for f in schema]
+    return [(f.name, type_name(f.type), DESCRIPTIONS.get(f.name)) for f in schema]
