@@ -35,7 +35,7 @@ from fer_platform.core.search.query import BACKENDS, find_similar
 from fer_platform.core.storage import Storage
 from fer_platform.definitions import build_definitions
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform_tests.helpers import encoded, face, folder_resources, put
+from fer_platform_tests.helpers import encoded, face, folder_resources, materialization, put
 
 MODEL = "resnet18-random-s0-fidelity"
 EVERYTHING = [*INGEST_ASSETS, *PUBLISH_ASSETS, *RUN_CHECKS]
@@ -191,11 +191,7 @@ def test_the_column_schemas_are_what_is_written_and_the_row_counts_the_tables(lo
     meta = loaded["ingested"].asset_materializations_for_node("bronze_images")[0].metadata
     assert meta["partition_row_count"].value == 3 and meta["dagster/row_count"].value == 21
     # (the step also recorded the served model, as embedding_model: each dg.materialize is a new instance)
-    (meta,) = [
-        m.metadata
-        for m in loaded["ingested"].asset_materializations_for_node("image_embeddings")
-        if m.asset_key == dg.AssetKey("image_embeddings")
-    ]
+    meta = materialization(loaded["ingested"], "image_embeddings").metadata
     assert meta["partition_row_count"].value == 3 and meta["dagster/row_count"].value == 21
 
 
