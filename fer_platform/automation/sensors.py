@@ -161,7 +161,7 @@ def landing_sensor(
             f"{tick.capped} left for the next tick (max_files_per_tick {settings.max_files_per_tick}); "
             f"{state}"
         )
-    waiting = backlog.measure(storage.uri(), listing, known, now_us, settings.settle_seconds)
+    waiting = backlog.measure(storage.uri(), listing, known, now_us, settings.settle_seconds, tick)
     return dg.SensorResult(
         run_requests=requests,
         cursor=tick.cursor.to_json(),

@@ -8,11 +8,12 @@ so measuring the backlog asks the load log nothing more).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fer_platform.core.layout import route
 from fer_platform.core.ledger import Version
+from fer_platform.core.planner import Tick
 from fer_platform.core.storage import FileEntry
 
 
@@ -54,23 +55,31 @@ class Backlog:
 
 def measure(
     base_uri: str,
-    listing: Iterable[FileEntry],
+    listing: Sequence[FileEntry],
     recorder: Recorder,
     now_us: int,
     settle_seconds: float,
+    tick: Tick,
 ) -> Backlog:
     """The backlog of one tick: files the tick asked the load log about and that it does not hold, plus the
-    files too fresh to ask about (still being written)."""
-    entries = [e for e in listing if not route(e.key).ignored]
+    files too fresh to ask about (still being written). What the tick counted saves the scans: an idle tick
+    (the load log holds every file asked about, none still being written) looks at no file again."""
     settle_after = now_us - int(settle_seconds * 1_000_000)
     base = base_uri + "/"
-    fresh = [e for e in entries if e.modified_us > settle_after]
-    waiting: Sequence[FileEntry] = [
-        e for e in recorder.asked if (base + e.key, e.size, e.modified_us) not in recorder.logged
-    ] + fresh
+    fresh = (
+        [e for e in listing if e.modified_us > settle_after and not route(e.key).ignored]
+        if tick.deferred
+        else []
+    )
+    settled = (
+        []
+        if tick.already_logged >= len(recorder.asked)
+        else [e for e in recorder.asked if (base + e.key, e.size, e.modified_us) not in recorder.logged]
+    )
+    waiting: Sequence[FileEntry] = settled + fresh
     oldest = min((e.modified_us for e in waiting), default=now_us)
     return Backlog(
-        files_total=len(entries),
+        files_total=len(listing) - tick.ignored,
         files_waiting=len(waiting),
         bytes_waiting=sum(e.size for e in waiting),
         oldest_waiting_age_seconds=max(0.0, (now_us - oldest) / 1e6),
