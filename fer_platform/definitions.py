@@ -6,7 +6,7 @@ from fer_platform.assets.bronze import bronze_images
 from fer_platform.assets.embeddings import image_embeddings
 from fer_platform.assets.gold import GOLD_ASSETS
 from fer_platform.assets.model import MODEL_ASSETS
-from fer_platform.assets.raw import raw_images
+from fer_platform.assets.raw import landing_zone, raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.jobs import (
@@ -26,6 +26,7 @@ from fer_platform.automation.sensors import landing_sensor, publish_automation
 from fer_platform.resources.environments import executor_for, resources_for
 
 ASSETS = [
+    landing_zone,
     raw_images,
     bronze_images,
     image_embeddings,

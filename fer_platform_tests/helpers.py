@@ -96,3 +96,10 @@ def embedding_plan(
         embed=embed,
         force=force,
     )
+
+
+def materialization(result, asset: str):
+    """The materialisation of ``asset`` in a run's result (its step may also record others: the first load
+    records the served model, embedding_model, from the image_embeddings step)."""
+    (found,) = [m for m in result.asset_materializations_for_node(asset) if m.asset_key.path == [asset]]
+    return found

@@ -4,6 +4,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fer_platform.catalog import table_metadata
 from fer_platform.core import ledger
 from fer_platform.core.bronze import bronze_table
 from fer_platform.core.checks import bronze_problems
@@ -17,12 +18,13 @@ from fer_platform.resources import LakeResource, PostgresResource
 @dg.asset(
     partitions_def=image_partitions,
     io_manager_key="lake_io_manager",
-    metadata={LAKE_PATH: BRONZE_IMAGES},
+    metadata={LAKE_PATH: BRONZE_IMAGES, **table_metadata("bronze_images")},
     group_name="ingest",
     kinds={"python", "parquet"},
     description="One row per loaded image: image_id (sha256), lake filepath, split, usage (Training, "
     "PublicTest, PrivateTest: from the file name, e.g. a challenge CSV row's), width, height, "
-    "mode, bytes, the PNG bytes, source, ingested_at, run id. Hive folders emotion=/load_date=.",
+    "mode, bytes, the PNG bytes, source, ingested_at, run id. Hive folders "
+    "`emotion={emotion}/load_date={day}`.",
 )
 def bronze_images(context: dg.AssetExecutionContext, raw_images: pa.Table, lake: LakeResource) -> pa.Table:
     table = bronze_table(raw_images, lake.storage(), context.run.run_id)

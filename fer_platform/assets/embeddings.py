@@ -5,6 +5,7 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
+from fer_platform.catalog import record_served_model, table_metadata
 from fer_platform.core import vectors
 from fer_platform.core.pg.schema import VECTORS_TABLE
 from fer_platform.core.report import markdown_table
@@ -24,6 +25,7 @@ class EmbeddingsConfig(dg.Config):
     deps=[embedding_model],  # the served model: a new one makes every partition's vectors unsynced
     # only reads them back, for silver: this asset writes its rows itself
     io_manager_key="pgvector_io_manager",
+    metadata=table_metadata("image_embeddings"),  # imagenes_fer's columns
     group_name="embeddings",
     kinds={"pytorch", "postgres"},
     op_tags=gpu_step_tags(),  # the GPU workers' queue (Celery), a GPU node (Kubernetes)
@@ -44,6 +46,8 @@ def image_embeddings(
     rows back as the input of silver_embeddings."""
     emotion, load_date = partition_of(context)
     model = embedder.served_model()
+    if record_served_model(context, model, embedder.weights):  # before the vectors: their provenance names it
+        context.log.info(f"recorded the served model {model} (embedding_model)")
     note = embedder.weights_note()
     if note:
         context.log.warning(note)
@@ -70,12 +74,15 @@ def image_embeddings(
                 f"embedded {done}/{todo} new images of {len(plan)}"
             ),
         )
+        model_rows = vectors.count_model(conn, model)
     seconds = stats["seconds"]
     return dg.MaterializeResult(
         metadata={
             "table": VECTORS_TABLE,
             "model": model,
-            "dagster/row_count": stats["rows"],
+            # the table's rows of the served model (the UI's row count); the partition's beside it
+            "dagster/row_count": model_rows,
+            "partition_row_count": stats["rows"],
             "embedded": stats["embedded"],
             "reused": stats["reused"],
             "removed": stats["removed"],

@@ -8,7 +8,8 @@ import pyarrow as pa
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.automation.conditions import FOLLOW_UPSTREAM
+from fer_platform.automation.conditions import FOLLOW_UPSTREAM, PUBLISH_FRESHNESS
+from fer_platform.catalog import table_metadata
 from fer_platform.core import gold, ledger, plots
 from fer_platform.core.gold_plots import draw
 from fer_platform.core.layout import GOLD
@@ -23,6 +24,7 @@ GOLD_KW = dict(
     group_name="gold",
     kinds={"python", "parquet"},
     automation_condition=FOLLOW_UPSTREAM,
+    freshness_policy=PUBLISH_FRESHNESS,
 )
 
 
@@ -32,7 +34,7 @@ def _preview(table: pa.Table, columns: list[str] | None = None) -> dg.MetadataVa
 
 @dg.asset(
     deps=[silver_embeddings, embedding_model],
-    metadata={LAKE_PATH: f"{GOLD}/emotion_summary"},
+    metadata={LAKE_PATH: f"{GOLD}/emotion_summary", **table_metadata("gold_emotion_summary")},
     description="Per emotion and split: images, share of total, mean intra-class cosine, and the nearest "
     "other emotion by centroid. Reads every silver partition of the current model.",
     **GOLD_KW,
@@ -57,7 +59,7 @@ def gold_emotion_summary(
 
 @dg.asset(
     deps=[raw_images],
-    metadata={LAKE_PATH: f"{GOLD}/daily_loads"},
+    metadata={LAKE_PATH: f"{GOLD}/daily_loads", **table_metadata("gold_daily_loads")},
     description="Per load date, from the load log: files seen, loaded, duplicates, label conflicts, "
     "quarantined (by reason), bytes.",
     **GOLD_KW,
@@ -96,7 +98,7 @@ def gold_daily_loads(context: dg.AssetExecutionContext, postgres: PostgresResour
 
 @dg.asset(
     deps=[silver_embeddings, embedding_model],
-    metadata={LAKE_PATH: f"{GOLD}/centroid_similarity"},
+    metadata={LAKE_PATH: f"{GOLD}/centroid_similarity", **table_metadata("gold_centroid_similarity")},
     description="The 7x7 cosine matrix of the emotion centroids of the current model's vectors.",
     **GOLD_KW,
 )
@@ -109,7 +111,8 @@ def gold_centroid_similarity(
         {
             "model": embedder.model_id(),
             "heatmap": dg.MetadataValue.md(plots.markdown_image(png, "centroid similarity")),
-            "preview": _preview(table),
+            # the decimals at which the off-diagonal cosines read apart (they all start 0.99 on real vectors)
+            "preview": dg.MetadataValue.md(markdown_table(gold.similarity_rows(table), table.column_names)),
         }
     )
     return table
@@ -117,7 +120,7 @@ def gold_centroid_similarity(
 
 @dg.asset(
     deps=[silver_embeddings, embedding_model],
-    metadata={LAKE_PATH: f"{GOLD}/neighbour_agreement"},
+    metadata={LAKE_PATH: f"{GOLD}/neighbour_agreement", **table_metadata("gold_neighbour_agreement")},
     description="For each emotion, the share of each image's 10 nearest neighbours (exact cosine over every "
     "image) that carry the same emotion, beside the chance level: how well the embedding separates emotions. "
     f"Estimated from a seeded sample of {gold.SAMPLE_PER_EMOTION} images per emotion (queries), with the "
@@ -161,7 +164,7 @@ def gold_neighbour_agreement(
 
 @dg.asset(
     deps=[raw_images],
-    metadata={LAKE_PATH: f"{GOLD}/duplicates"},
+    metadata={LAKE_PATH: f"{GOLD}/duplicates", **table_metadata("gold_duplicates")},
     description="FER2013's own duplicates, from the load log: one row per content held more than once, "
     "kind label_conflict (filed under several emotions: no copy loaded), train_test_leakage (in train and "
     "test: the test copy kept) or duplicate; emotions, splits, the kept copy, every path.",

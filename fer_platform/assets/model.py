@@ -52,7 +52,7 @@ def base_spec(config: EmotionModelConfig, embedder: EmbedderResource):
     kinds={"pytorch"},
     description="ResNet18 fine-tuned for emotions on every bronze image of the train split (cosine "
     "classifier on the 512-d layer, native 48x48 input), measured on the test split beside the untuned "
-    "weights. Files in models/<model id>/: weights.pt, config.json, snapshot.parquet (the bronze rows it "
+    "weights. Files in `models/{model id}/`: weights.pt, config.json, snapshot.parquet (the bronze rows it "
     "saw), metrics.json.",
 )
 def emotion_model(
@@ -196,7 +196,7 @@ MODEL_ASSETS = [emotion_model, embedding_model]
     description=f"Re-measures the stored model from its lake files alone (weights digest, the bronze rows of "
     f"its snapshot): on the test split it must beat the untuned base weights (same input size) by "
     f"{training.APPROVAL_MARGIN} in 10-NN emotion agreement and in nearest-centroid accuracy, with finite "
-    "vectors. When it passes, the model is approved in the lake (models/<id>/APPROVAL.json, then the "
+    "vectors. When it passes, the model is approved in the lake (`models/{id}/APPROVAL.json`, then the "
     "models/APPROVED pointer) and becomes what embedder weights 'tuned' serve.",
 )
 def emotion_model_beats_untuned(

@@ -6,15 +6,28 @@ from typing import Optional
 import dagster as dg
 import pyarrow as pa
 
+from fer_platform.catalog import table_metadata
 from fer_platform.core import ledger
 from fer_platform.core.bronze import manifest_table
-from fer_platform.core.convergence import restore_load_log
+from fer_platform.core.convergence import content_version, restore_load_log
 from fer_platform.core.ingest import ingest, select_files
 from fer_platform.core.layout import RAW_MANIFEST
 from fer_platform.core.report import human_bytes, markdown_table
 from fer_platform.io_managers.parquet import LAKE_PATH
 from fer_platform.partitions import image_partitions, partition_of, utc_today
 from fer_platform.resources import LakeResource, LandingResource, PostgresResource
+
+# Where the data starts: the landing zone (a folder, S3 or Azure), outside Dagster's control. The landing
+# sensor observes it every tick it changes, with its backlog (core/backlog.py).
+landing_zone = dg.AssetSpec(
+    "landing_zone",
+    group_name="ingest",
+    kinds={"files"},
+    description="The landing zone (`FER_LANDING`: a folder, `s3://...` or `abfs://...`), laid out as "
+    "Kaggle's FER2013: `{split}/{emotion}/{name}.png`. Not materialised by the platform: the landing "
+    "sensor observes it, with Auto Loader's backlog figures: `files_waiting` and `bytes_waiting` (not in "
+    "the load log yet), `oldest_waiting_age_seconds`, `files_total`.",
+)
 
 
 class RawImagesConfig(dg.Config):
@@ -45,14 +58,15 @@ def ingest_run_config(
 
 @dg.asset(
     partitions_def=image_partitions,
+    deps=[landing_zone],
     io_manager_key="lake_io_manager",
-    metadata={LAKE_PATH: RAW_MANIFEST},
+    metadata={LAKE_PATH: RAW_MANIFEST, **table_metadata("raw_images")},
     group_name="ingest",
     kinds={"python", "parquet"},
     description="Landing files of one emotion and load date, validated and copied to "
-    "raw/images/fer2013/<split>/<emotion>/<name>; bad files to quarantine/ with a reason; "
+    "`raw/images/fer2013/{split}/{emotion}/{name}`; bad files to `quarantine/` with a reason; "
     "every file in the load log (loaded, duplicate, conflict or quarantined). The output is the partition's "
-    "manifest of loaded images.",
+    "manifest of loaded images (`raw/manifest/emotion={emotion}/load_date={day}/part-0.parquet`).",
 )
 def raw_images(
     context: dg.AssetExecutionContext,
@@ -60,7 +74,7 @@ def raw_images(
     landing: LandingResource,
     lake: LakeResource,
     postgres: PostgresResource,
-) -> pa.Table:
+) -> dg.Output[pa.Table]:
     emotion, load_date = partition_of(context)
     dsn = postgres.get_dsn()
     with postgres.connect() as conn:  # a lost checkpoint is put back before anything is decided
@@ -102,9 +116,15 @@ def raw_images(
         context.log.warning(f"partitions that lost an image to a duplicate rule: {', '.join(demoted)}")
     with postgres.connect() as conn:
         manifest = manifest_table(ledger.partition_rows(conn, emotion, load_date))
+        logged = ledger.status_counts(conn, emotion, load_date)
     counts = report.counts
-    context.add_output_metadata(
-        {
+    # the data version: the loaded images and the partition's load-log counts (gold_daily_loads and
+    # gold_duplicates count duplicates too); a run that saw nothing new leaves it as it was
+    version = content_version(manifest["image_id"].to_pylist(), *(f"{s}{logged[s]}" for s in sorted(logged)))
+    return dg.Output(
+        manifest,
+        data_version=dg.DataVersion(version),
+        metadata={
             "files_seen": len(files),
             "loaded": counts["loaded"],
             "duplicates": counts["duplicate"],
@@ -123,6 +143,5 @@ def raw_images(
             "preview": dg.MetadataValue.md(
                 markdown_table(manifest.slice(0, 10).to_pylist(), ["filepath", "split", "size", "image_id"])
             ),
-        }
+        },
     )
-    return manifest

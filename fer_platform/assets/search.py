@@ -4,7 +4,8 @@ import dagster as dg
 
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.automation.conditions import FOLLOW_UPSTREAM
+from fer_platform.automation.conditions import FOLLOW_UPSTREAM, PUBLISH_FRESHNESS
+from fer_platform.catalog import table_metadata
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
 from fer_platform.core.search import build
@@ -32,12 +33,14 @@ class SearchIndexConfig(dg.Config):
         embedding_model,
     ],  # the model directly: silver has too many partitions for staleness
     io_manager_key="lake_io_manager",
-    metadata={LAKE_PATH: INDEX, LAKE_FORMAT: "files"},
+    metadata={LAKE_PATH: INDEX, LAKE_FORMAT: "files", **table_metadata("search_index")},
     group_name="search",
     kinds={"faiss"},
     automation_condition=FOLLOW_UPSTREAM,
+    freshness_policy=PUBLISH_FRESHNESS,
     description="FAISS index of every silver vector of the current model (exact below a size threshold, HNSW "
-    "above), with the id mapping as Parquet: index/<model>/{index.faiss, ids.parquet, meta.json}.",
+    "above), with the id mapping as Parquet: `index/{model}/` holds `index.faiss`, `ids.parquet` (the "
+    "columns below: row i of the index is row i there) and `meta.json`.",
 )
 def search_index(
     context: dg.AssetExecutionContext,
@@ -61,16 +64,17 @@ def search_index(
         target_recall=config.target_recall,
     )
     files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/: search.index.index_dir
-    context.add_output_metadata(
-        {
-            "vectors": index.size,
-            "kind": index.kind,
-            "model": index.model,
-            "ef_search": index.meta.get("ef_search") or 0,
-            "tuned_recall_at_10": index.meta.get("tuned_recall") or 1.0,
-            "size": dg.MetadataValue.text(human_bytes(files.bytes)),
-        }
-    )
+    meta = {
+        "vectors": index.size,
+        "dagster/row_count": index.size,
+        "kind": index.kind,
+        "model": index.model,
+        "size": dg.MetadataValue.text(human_bytes(files.bytes)),
+    }
+    if index.kind == "hnsw":  # a flat index is exact: no ef_search, recall 1
+        meta["ef_search"] = int(index.meta["ef_search"])
+        meta["tuned_recall_at_10"] = round(float(index.meta["tuned_recall"]), 4)
+    context.add_output_metadata(meta)
     return files
 
 

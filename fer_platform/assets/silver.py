@@ -4,6 +4,7 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
+from fer_platform.catalog import table_metadata
 from fer_platform.core import convergence, ledger, vectors
 from fer_platform.core.layout import SILVER_EMBEDDINGS
 from fer_platform.core.report import markdown_table
@@ -17,20 +18,25 @@ from fer_platform.resources import EmbedderResource, PostgresResource
     partitions_def=image_partitions,
     deps=[embedding_model],  # Dagster's staleness is not transitive: the model is a direct dependency
     io_manager_key="lake_io_manager",
-    metadata={LAKE_PATH: SILVER_EMBEDDINGS},
+    metadata={LAKE_PATH: SILVER_EMBEDDINGS, **table_metadata("silver_embeddings")},
     group_name="embeddings",
     kinds={"python", "parquet"},
-    description="Deduplicated, validated (512 dims, finite, norm 1) vectors as fixed_size_list<float32, "
-    "512>, filepath rewritten to the lake path; Hive folders emotion=/load_date=.",
+    description="Deduplicated, validated (512 dims, finite, norm 1) vectors as `fixed_size_list<float32, "
+    "512>`, filepath rewritten to the lake path; Hive folders `emotion={emotion}/load_date={day}`.",
 )
-def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Table) -> pa.Table:
+def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Table) -> dg.Output[pa.Table]:
     try:
         table = build_silver(image_embeddings)
     except InvalidVectors as exc:
         raise dg.Failure(description=f"silver_embeddings: {exc}") from None
     models = sorted(set(table["model"].to_pylist()))
-    context.add_output_metadata(
-        {
+    # the data version is the partition's images and model: a run that adds nothing (duplicates only) leaves
+    # it as it was, and gold and the index (which follow data versions) are not rebuilt
+    version = convergence.content_version(table["image_id"].to_pylist(), *models)
+    return dg.Output(
+        table,
+        data_version=dg.DataVersion(version),
+        metadata={
             "rows": table.num_rows,
             "duplicates_dropped": image_embeddings.num_rows - table.num_rows,
             "model": ", ".join(models),
@@ -40,9 +46,8 @@ def silver_embeddings(context: dg.AssetExecutionContext, image_embeddings: pa.Ta
                     ["id", "filepath", "split", "image_id"],
                 )
             ),
-        }
+        },
     )
-    return table
 
 
 @dg.asset_check(

@@ -1,6 +1,14 @@
-"""Declarative automation conditions of the unpartitioned layers."""
+"""Declarative automation conditions and the freshness policy of the unpartitioned layers."""
+
+import datetime as dt
 
 import dagster as dg
+
+# Gold and the index are rebuilt minutes after silver changes (publish_automation below); the policy the UI
+# shows (asset page, health) fails when one was not rebuilt for a day and two hours: the daily refresh (02:00
+# UTC) plus the time a rebuild takes. A landing zone that gets nothing for a day fails it too: that is what
+# it says (no new data in a day), not a fault of the platform.
+PUBLISH_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=26))
 
 # Gold and the index follow silver: when any silver partition (or, for the daily loads, raw) has
 # updated since they last ran, once nothing upstream is in progress and they are not running
@@ -8,9 +16,20 @@ import dagster as dg
 # "no dependency missing" part is left out. A switch of the served model (embedding_model) marks
 # them unsynced but does not trigger them: silver of the new model is still empty then; the
 # re-embedding backfill's silver updates do, once it is no longer in progress.
-FOLLOW_UPSTREAM = (
-    dg.AutomationCondition.eager()
-    .without(~dg.AutomationCondition.any_deps_missing())
+#
+# "Updated" means a new data version, not a new materialisation: silver's and raw's data versions are the
+# images they hold (core/convergence.py content_version), so a run that loaded only duplicates (silver as it
+# was) rebuilds neither the silver-fed gold tables nor the index; the load-log tables (daily loads,
+# duplicates), whose counts it did change, follow raw's new version.
+DEPS_CHANGED = (
+    dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.data_version_changed() | dg.AutomationCondition.will_be_requested()
+    )
     .ignore(dg.AssetSelection.assets("embedding_model"))
-    .with_label("eager_allow_missing")
+    .with_label("any_deps_data_version_changed")
 )
+FOLLOW_UPSTREAM = (
+    (dg.AutomationCondition.newly_missing() | DEPS_CHANGED).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("follow_upstream_changes")

@@ -4,13 +4,11 @@ import datetime as dt
 
 import dagster as dg
 
-from fer_platform.assets.raw import ingest_run_config
 from fer_platform.automation.convergence import audit_layers, repair_requests
 from fer_platform.automation.jobs import ingest_job
 from fer_platform.automation.reconcile import reconcile_job
 from fer_platform.automation.sensors import default_status
 from fer_platform.core import convergence
-from fer_platform.partitions import partition_key
 from fer_platform.resources import AutoLoaderResource, EmbedderResource, LakeResource, PostgresResource
 
 
@@ -24,9 +22,10 @@ def _status() -> dg.DefaultScheduleStatus:
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
     default_status=_status(),
-    description="02:00 UTC: re-derives from the load log the previous day's partitions that hold images (one "
-    "run per emotion; nothing is re-embedded or loaded twice), and every partition of any day whose layers "
-    "disagree with the load log (and the index, when it does not hold exactly silver).",
+    description="02:00 UTC: re-derives from the load log every partition, of the previous day or any other, "
+    "whose layers disagree with the load log (one run per partition; nothing is re-embedded or loaded "
+    "twice). Partitions whose layers all hold the load log's images get no run: a day with nothing new is "
+    "skipped, with the reason.",
 )
 def daily_refresh(
     context: dg.ScheduleEvaluationContext,
@@ -60,21 +59,12 @@ def daily_refresh(
         context.log.warning(f"layers disagree: {line}")
     if given_up:
         context.log.warning(f"repairs failed too often, left to a person: {', '.join(given_up)}")
-    repaired = {r.partition_key for r in requests}
-    for emotion, _day in sorted(p for p in loaded if p[1] == day):
-        key = partition_key(emotion, day)
-        if key not in repaired:
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"daily_refresh|{key}",
-                    job_name=ingest_job.name,
-                    partition_key=key,
-                    tags={"fer/trigger": "daily_refresh"},
-                    run_config=ingest_run_config(files=[]),
-                )
-            )
+    # the previous day's partitions whose every layer already holds the load log's images would be re-derived
+    # into what they are: no run (the audit above requested the ones that disagree)
+    current = sorted(e for e, d in loaded if d == day)
     if not requests:
-        return dg.SkipReason(f"nothing loaded on {day.isoformat()} and every layer agrees with the load log")
+        held = f"its {len(current)} partition(s) are up to date" if current else "nothing was loaded"
+        return dg.SkipReason(f"{day.isoformat()}: {held}, and every layer agrees with the load log")
     return requests
 
 

@@ -13,7 +13,7 @@ import warnings
 
 import dagster as dg
 
-from fer_platform.assets.raw import ingest_run_config
+from fer_platform.assets.raw import ingest_run_config, landing_zone
 from fer_platform.automation.convergence import audit_layers, busy_partitions, repair_requests
 from fer_platform.automation.jobs import (
     PUBLISH_ASSETS,
@@ -25,7 +25,7 @@ from fer_platform.automation.jobs import (
     triage_run_config,
 )
 from fer_platform.automation.runs import FAILED, TRIGGER, runs_state
-from fer_platform.core import challenge, ledger
+from fer_platform.core import backlog, challenge, ledger
 from fer_platform.core.convergence import audit_due, audited, layer_marks, restore_load_log
 from fer_platform.core.listing import list_landing
 from fer_platform.core.pg.connect import connect
@@ -107,6 +107,8 @@ def landing_sensor(
     # local folders: only the folders that changed are read again (core/listing.py)
     listing, listed = list_landing(storage, settings.settle_seconds)
     memory = LandingMemory(dsn, storage)  # asks the load log only about versions it has not seen logged
+    known = backlog.Recorder()  # keeps the load log's answer: the backlog asks nothing more
+    now_us = time.time_ns() // 1000
     tick = plan_landing(  # an idle tick again when nothing it read changed (core/planner.py)
         storage,
         listing,
@@ -114,10 +116,11 @@ def landing_sensor(
         memory,
         cursor,
         settings,
-        now_us=time.time_ns() // 1000,
+        now_us=now_us,
         in_flight=in_flight,
         attempts=attempts,
         oldest_logged_us=oldest,
+        wrap_known=known.around,
     )
     today = utc_today()
     requests = []
@@ -162,11 +165,33 @@ def landing_sensor(
             f"{tick.capped} left for the next tick (max_files_per_tick {settings.max_files_per_tick}); "
             f"{state}"
         )
+    waiting = backlog.measure(storage.uri(), listing, known, now_us, settings.settle_seconds, tick)
     return dg.SensorResult(
         run_requests=requests,
         cursor=tick.cursor.to_json(),
         skip_reason=None if requests else f"no new files ({state})",
+        asset_events=_landing_observation(context, storage.uri(), waiting),
     )
+
+
+def _landing_observation(context, uri: str, waiting: backlog.Backlog) -> list[dg.AssetObservation]:
+    """The landing zone's backlog as an observation of the landing_zone asset: when files wait, or when the
+    figures differ from the last observation's (an idle landing zone adds no event per tick)."""
+    if not waiting.files_waiting:
+        latest = context.instance.fetch_observations(landing_zone.key, limit=1).records
+        meta = latest[0].asset_observation.metadata if latest and latest[0].asset_observation else {}
+        last = tuple(
+            meta[k].value if k in meta else None for k in ("files_waiting", "bytes_waiting", "files_total")
+        )
+        if last == waiting.figures():
+            return []
+    return [
+        dg.AssetObservation(
+            asset_key=landing_zone.key,
+            description=f"{waiting.files_waiting} file(s) waiting in {uri}",
+            metadata={**waiting.metadata(), "landing": dg.MetadataValue.path(uri)},
+        )
+    ]
 
 
 def _csv_expansions(context, storage, dsn, listing, settings) -> list[dg.RunRequest]:

@@ -67,6 +67,14 @@ def state_of(image_ids: Iterable[str]) -> LayerState:
     return LayerState(len(ids), sum(id_hash(i) for i in ids) % _MOD)
 
 
+def content_version(image_ids: Iterable[str], *facts: object) -> str:
+    """A layer partition's data version: which images it holds (and ``facts`` that also change what the
+    layers after it compute). A re-run that changes nothing (a load of duplicates only) gives the same
+    version, so the automation that follows data versions rebuilds nothing downstream."""
+    state = state_of(image_ids)
+    return "-".join([str(state.rows), format(state.digest, "x"), *(str(f) for f in facts)])
+
+
 # --------------------------------------------------------------------------- each layer, as it is
 def ledger_state(conn: psycopg.Connection) -> dict[Partition, LayerState]:
     """The truth: the load log's loaded files per partition."""

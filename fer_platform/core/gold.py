@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.report import distance_decimals
 from fer_platform.core.silver_scan import as_silver_vectors
 from fer_platform.core.vecmath import exact_search, leave_one_out, mean_pairwise_cosine
 
@@ -96,7 +97,9 @@ def centroid_similarity(silver) -> pa.Table:
     cols: dict[str, list] = {"emotion": list(EMOTIONS)}
     for other in EMOTIONS:
         cols[other] = [
-            rounded(cents[e] @ cents[other]) if e in cents and other in cents else None for e in EMOTIONS
+            # 6 places: centroids of untuned vectors lie close together (cosines 0.99...)
+            rounded(cents[e] @ cents[other], 6) if e in cents and other in cents else None
+            for e in EMOTIONS
         ]
     return pa.table(
         {"emotion": pa.array(cols["emotion"])} | {e: pa.array(cols[e], pa.float64()) for e in EMOTIONS}
@@ -106,6 +109,15 @@ def centroid_similarity(silver) -> pa.Table:
 def similarity_matrix(table: pa.Table) -> np.ndarray:
     """The matrix of a ``centroid_similarity`` table (NaN where null)."""
     return np.array([[np.nan if v is None else v for v in table[e].to_pylist()] for e in EMOTIONS]).T
+
+
+def similarity_rows(table: pa.Table) -> list[dict]:
+    """The rows of a ``centroid_similarity`` table for people: every cosine at the decimals (3 to 6) at
+    which the off-diagonal ones read apart."""
+    rows = table.to_pylist()
+    off = [r[e] for r in rows for e in EMOTIONS if e != r["emotion"] and r[e] is not None]
+    decimals = distance_decimals(off, minimum=3, maximum=6) if off else 3
+    return [{k: f"{v:.{decimals}f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 SAMPLE_PER_EMOTION = 500  # queries per emotion for the agreement estimate (all of an emotion if fewer)

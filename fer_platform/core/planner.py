@@ -20,6 +20,9 @@ from fer_platform.core.ledger import Seen, Version
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.storage import FileEntry, Storage
 
+# what the load log holds of some files (``plan_tick``'s ``known``)
+KnownFn = Callable[[list[FileEntry]], set[Version]]
+
 
 def versions(landing: Storage, entries: Sequence[FileEntry]) -> list[Version]:
     return [(landing.uri(e.key), e.size, e.modified_us) for e in entries]
@@ -301,8 +304,10 @@ def plan_landing(
     in_flight: set[str] | frozenset[str] = frozenset(),
     attempts: dict[str, Attempts] | None = None,
     oldest_logged_us: int | None = None,
+    wrap_known: Callable[[KnownFn], KnownFn] | None = None,
 ) -> Tick:
-    """The sensor's tick: ``plan_tick`` with the memory's ``known``, or, when the previous tick of this
+    """The sensor's tick: ``plan_tick`` with the memory's ``known`` (through ``wrap_known`` when given: the
+    backlog's recorder), or, when the previous tick of this
     process was idle and nothing it read has changed, its result again without a pass over the files.
 
     Idle: every listed file was ignored or already in the load log (so runs in flight, failed attempts
@@ -323,10 +328,11 @@ def plan_landing(
             memory.remembered, memory.asked, memory.token = last[4], 0, token
             return Tick([], cursor, already_logged=last[4], ignored=last[5], reused=True)
     _idle.pop(key, None)
+    known = memory.known(listing)
     tick = plan_tick(
         landing,
         listing,
-        memory.known(listing),
+        wrap_known(known) if wrap_known else known,
         cursor,
         settings,
         now_us,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fer_platform.core.layout import EMOTIONS
+from fer_platform.core.report import distance_decimals
 
 COLOURS = {
     "angry": "#d62728",
@@ -62,17 +63,35 @@ def class_balance(counts: dict[str, dict[str, int]]) -> bytes:
     return _png(plt, fig)
 
 
+def heatmap_scale(matrix: np.ndarray) -> tuple[float, float, int]:
+    """(vmin, vmax, decimals) of a similarity heatmap: the colours spread over the off-diagonal values (the
+    diagonal is 1 by construction), and the labels carry the decimals at which those values read apart
+    (real embeddings' centroids all have cosines near 1: two decimals print every cell 1.00)."""
+    off = matrix[~np.eye(*matrix.shape, dtype=bool) & np.isfinite(matrix)] if matrix.size else matrix
+    if off.size == 0:
+        return 0.0, 1.0, 2
+    low, high = float(off.min()), float(off.max())
+    if high - low < 1e-9:
+        low, high = low - 1e-3, high + 1e-3
+    return low, high, distance_decimals(off.tolist(), minimum=2, maximum=6)
+
+
 def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
-    plt, fig = _figure(5.6, 4.8)
+    plt, fig = _figure(6.4, 5.2)
     ax = fig.add_subplot(111)
-    im = ax.imshow(matrix, cmap="viridis")
+    low, high, decimals = heatmap_scale(matrix)
+    im = ax.imshow(np.clip(matrix, low, high), cmap="viridis", vmin=low, vmax=high)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
+    middle = (low + high) / 2
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             if np.isfinite(matrix[i, j]):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+                colour = "black" if min(matrix[i, j], high) > middle else "white"  # viridis: light at the top
+                text = f"{matrix[i, j]:.{decimals}f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6 if decimals > 3 else 7, color=colour)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("cosine (colours: the off-diagonal range; the diagonal is 1)")
     ax.set_title(title)
     return _png(plt, fig)
 

@@ -17,8 +17,17 @@ def markdown_table(rows: Iterable[Mapping], columns: Sequence[str], limit: int =
     return "\n".join(out)
 
 
+def figure(value: float) -> str:
+    """A float for people: 3 significant digits (0.178, not 0.17799999999999996; 0.000123), whole numbers
+    from 1000 up (12346, never 1.23e+04)."""
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def _cell(value) -> str:
-    text = "" if value is None else str(value)
+    text = "" if value is None else figure(value) if isinstance(value, float) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
 
 

@@ -105,9 +105,30 @@ class HiveParquetIOManager(dg.UPathIOManager):
         table = _as_table(obj)
         table = table.drop_columns([c for c in self._hive_values(path) if c in table.column_names])
         self.write_table(table, path)
-        context.add_output_metadata(
-            {"dagster/row_count": table.num_rows, "lake_uri": dg.MetadataValue.path(str(path))}
-        )
+        meta = {"dagster/row_count": table.num_rows, "lake_uri": dg.MetadataValue.path(str(path))}
+        if context.has_asset_partitions:  # the UI's row count is the table's; the partition's beside it
+            meta["partition_row_count"] = table.num_rows
+            meta["dagster/row_count"] = self.layer_rows(
+                self._base_path / self.get_asset_relative_path(context)
+            )
+        context.add_output_metadata(meta)
+
+    @staticmethod
+    def layer_rows(root: UPath) -> int:
+        """Rows of every partition file of a layer, from the Parquet footers alone (one small read per
+        partition, no column read)."""
+        total = 0
+        for part in root.glob(f"*=*/*=*/{PART_FILE}.parquet"):
+            with part.open("rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
+
+    def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict:
+        """A folder of files lands in ``<lake/path>/<folder>/``, not at the ``<lake/path>.parquet`` that
+        Dagster's ``path`` metadata would name: that one names the folder."""
+        if isinstance(obj, LakeFiles):
+            return {"path": dg.MetadataValue.path(str(self._get_path(context).with_suffix("") / obj.folder))}
+        return {}
 
     def write_table(self, table: pa.Table, path: UPath) -> None:
         # Write beside the target and rename, so a reader never sees half a file (local);

@@ -14,7 +14,7 @@ from fer_platform.automation.jobs import INGEST_ASSETS, RUN_CHECKS
 from fer_platform.core.pg.connect import connect
 from fer_platform.core.vectors import arrow_to_vectors
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform_tests.helpers import encoded, face, put
+from fer_platform_tests.helpers import encoded, face, materialization, put
 
 MODEL = "resnet18-random-s0-fidelity"
 
@@ -56,16 +56,16 @@ def test_two_partitions_then_a_rerun_changes_nothing(resources, two_partitions, 
     assert len(rows) == 8 and {r[5] for r in rows} == {MODEL}
     assert {r[2] for r in rows} == {"happy", "sad"}
     assert all(r[4].startswith("raw/images/fer2013/") for r in rows), "lake-relative in every environment"
-    meta = first.asset_materializations_for_node("image_embeddings")[0].metadata
+    meta = materialization(first, "image_embeddings").metadata
     assert meta["embedded"].value == 5 and meta["model"].value == MODEL
 
     again = _run(resources, "happy")
     assert _pg(pg_dsn) == rows, "no duplicates, unchanged ids"
-    meta = again.asset_materializations_for_node("image_embeddings")[0].metadata
+    meta = materialization(again, "image_embeddings").metadata
     assert meta["embedded"].value == 0 and meta["reused"].value == 5
 
     forced = _run(resources, "happy", force=True)
-    assert forced.asset_materializations_for_node("image_embeddings")[0].metadata["embedded"].value == 5
+    assert materialization(forced, "image_embeddings").metadata["embedded"].value == 5
     assert [r[:2] for r in _pg(pg_dsn)] == [r[:2] for r in rows]
 
 
@@ -74,7 +74,7 @@ def test_new_file_adds_one_vector(resources, two_partitions, pg_dsn):
     before = dict((r[0], r[1]) for r in _pg(pg_dsn))
     put(two_partitions, "train/sad/s_new.png", face("sad", 99))
     result = _run(resources, "sad")
-    assert result.asset_materializations_for_node("image_embeddings")[0].metadata["embedded"].value == 1
+    assert materialization(result, "image_embeddings").metadata["embedded"].value == 1
     after = dict((r[0], r[1]) for r in _pg(pg_dsn))
     assert len(after) == 4 and all(after[k] == v for k, v in before.items())
 
@@ -204,7 +204,7 @@ def test_foreign_rows_survive_ingest_runs_and_are_counted_not_compared(resources
 
     for force in (False, True):
         result = _run(resources, "happy", force=force)  # every check passes (asserted in _run)
-        meta = result.asset_materializations_for_node("image_embeddings")[0].metadata
+        meta = materialization(result, "image_embeddings").metadata
         assert meta["removed"].value == 0 and meta["dagster/row_count"].value == 5
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         assert checks["silver_matches_postgres"].metadata["postgres_rows"].value == 5

@@ -15,6 +15,8 @@ import dagster as dg
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -22,6 +24,8 @@ from PIL import Image
 from fer_platform import cli
 from fer_platform.assets.search import search_index_recall
 from fer_platform.automation.jobs import INGEST_ASSETS, PUBLISH_ASSETS, RUN_CHECKS
+from fer_platform.catalog import COLUMN_SCHEMA
+from fer_platform.core.catalog import type_name
 from fer_platform.core.layout import EMOTIONS
 from fer_platform.core.pg.connect import connect, ensure_database
 from fer_platform.core.pg.schema import ensure_schema
@@ -29,8 +33,9 @@ from fer_platform.core.search import sheet
 from fer_platform.core.search.index import load_index
 from fer_platform.core.search.query import BACKENDS, find_similar
 from fer_platform.core.storage import Storage
+from fer_platform.definitions import build_definitions
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform_tests.helpers import encoded, face, folder_resources, put
+from fer_platform_tests.helpers import encoded, face, folder_resources, materialization, put
 
 MODEL = "resnet18-random-s0-fidelity"
 EVERYTHING = [*INGEST_ASSETS, *PUBLISH_ASSETS, *RUN_CHECKS]
@@ -63,14 +68,23 @@ def loaded(pg_server, tmp_path_factory):
     ensure_schema(dsn)
     res = make_resources(dsn, lake, landing)
     for e in EMOTIONS:
-        assert dg.materialize(
+        ingested = dg.materialize(
             EVERYTHING,
             partition_key=partition_key(e, utc_today()),
             resources=res,
             selection=dg.AssetSelection.assets(*INGEST_ASSETS),
-        ).success
+        )
+        assert ingested.success
     result = publish(res)
-    yield {"dsn": dsn, "lake": lake, "landing": landing, "root": root, "resources": res, "result": result}
+    yield {
+        "dsn": dsn,
+        "lake": lake,
+        "landing": landing,
+        "root": root,
+        "resources": res,
+        "result": result,
+        "ingested": ingested,  # the last partition's run (surprise)
+    }
     with connect(pg_server, autocommit=True) as conn:
         conn.execute('DROP DATABASE IF EXISTS "goldsearch" WITH (FORCE)')
 
@@ -129,6 +143,66 @@ def test_gold_metadata_carries_plots_and_previews(loaded):
         and dup["copies"] == 2
         and dup["kept"] == "raw/images/fer2013/train/angry/angry0.png"
     )
+
+
+def test_the_column_schemas_are_what_is_written_and_the_row_counts_the_tables(loaded):
+    """The catalog's columns (definition metadata, core/catalog.py) are the columns and types of the files
+    and the PostgreSQL table; a partitioned asset's row count is its whole table, the partition's beside
+    it."""
+    lake = loaded["lake"]
+    today = utc_today().isoformat()
+    written = {}
+    for name, layer in (("raw_images", "raw/manifest"), ("bronze_images", "bronze/images")):
+        schema = pq.read_schema(lake / layer / "emotion=sad" / f"load_date={today}" / "part-0.parquet")
+        written[name] = [(f.name, type_name(f.type)) for f in schema] + [
+            ("emotion", "string"),
+            ("load_date", "date32[day]"),
+        ]
+    silver = ds.dataset(lake / "silver/embeddings", format="parquet", partitioning="hive").to_table()
+    silver = silver.set_column(
+        silver.schema.get_field_index("load_date"), "load_date", pc.cast(silver["load_date"], pa.date32())
+    )
+    written["silver_embeddings"] = sorted((f.name, type_name(f.type)) for f in silver.schema)
+    for name in (
+        "emotion_summary",
+        "daily_loads",
+        "centroid_similarity",
+        "neighbour_agreement",
+        "duplicates",
+    ):
+        written[f"gold_{name}"] = [
+            (f.name, type_name(f.type)) for f in pq.read_schema(lake / f"gold/{name}.parquet")
+        ]
+    ids = pq.read_schema(lake / "index" / MODEL / "ids.parquet")
+    written["search_index"] = [(f.name, type_name(f.type)) for f in ids]
+    with connect(loaded["dsn"]) as conn:
+        written["image_embeddings"] = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'imagenes_fer'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+        ).fetchall()
+    graph = build_definitions(loaded["resources"]).resolve_asset_graph()
+    for name, columns in written.items():
+        declared = [(c.name, c.type) for c in graph.get(dg.AssetKey(name)).metadata[COLUMN_SCHEMA].columns]
+        assert (sorted(declared) if name == "silver_embeddings" else declared) == columns, name
+
+    # the last ingest run (surprise): the row count is every partition's, the partition's beside it
+    meta = loaded["ingested"].asset_materializations_for_node("silver_embeddings")[0].metadata
+    assert meta["partition_row_count"].value == 3 and meta["dagster/row_count"].value == silver.num_rows == 21
+    meta = loaded["ingested"].asset_materializations_for_node("bronze_images")[0].metadata
+    assert meta["partition_row_count"].value == 3 and meta["dagster/row_count"].value == 21
+    # (the step also recorded the served model, as embedding_model: each dg.materialize is a new instance)
+    meta = materialization(loaded["ingested"], "image_embeddings").metadata
+    assert meta["partition_row_count"].value == 3 and meta["dagster/row_count"].value == 21
+
+
+def test_the_index_metadata_names_files_that_exist_and_no_ef_search_for_a_flat_index(loaded):
+    meta = loaded["result"].asset_materializations_for_node("search_index")[0].metadata
+    assert meta["kind"].value == "flat" and "ef_search" not in meta and "tuned_recall_at_10" not in meta
+    assert Path(meta["path"].value) == loaded["lake"] / "index" / MODEL and Path(meta["path"].value).is_dir()
+    assert meta["dagster/row_count"].value == 21
+    for name in ("emotion_summary", "centroid_similarity"):
+        meta = loaded["result"].asset_materializations_for_node(f"gold_{name}")[0].metadata
+        assert Path(meta["path"].value).is_file()
 
 
 def test_the_index_lands_in_the_lake_with_its_id_mapping(loaded):

@@ -28,7 +28,7 @@ def _load(resources, landing, emotion, day, n):
     ).success
 
 
-def test_daily_refresh_rederives_yesterdays_loaded_partitions_and_repairs_any_day(resources, landing, lake):
+def test_daily_refresh_skips_partitions_that_are_up_to_date_and_repairs_any_day(resources, landing, lake):
     today = utc_today()
     yesterday = today - dt.timedelta(days=1)
     _load(resources, landing, "happy", yesterday, 2)
@@ -43,23 +43,24 @@ def test_daily_refresh_rederives_yesterdays_loaded_partitions_and_repairs_any_da
         ):
             return daily_refresh(context)
 
-    # 02:00 UTC today (a tick just after midnight in another zone is judged in UTC): only the emotions loaded
+    # 02:00 UTC today (a tick just after midnight in another zone is judged in UTC): yesterday's two
+    # partitions hold exactly the load log's images in every layer: re-deriving them changes nothing
     at = dt.datetime.combine(today, dt.time(3, 0), tzinfo=dt.timezone(dt.timedelta(hours=1)))
-    requests = tick(at)
-    assert [r.partition_key for r in requests] == [
-        partition_key("happy", yesterday),
-        partition_key("sad", yesterday),
-    ]
-    assert all(r.run_config["ops"]["raw_images"]["config"]["files"] == [] for r in requests)
-    assert len({r.run_key for r in requests}) == 2 and not any("fer/repair" in r.tags for r in requests)
-    # a day with nothing loaded and every layer in agreement: no run at all
+    skipped = tick(at)
+    assert isinstance(skipped, dg.SkipReason), skipped
+    assert skipped.skip_message == (
+        f"{yesterday}: its 2 partition(s) are up to date, and every layer agrees with the load log"
+    )
+    # a day with nothing loaded and every layer in agreement: no run at all, and says so
     skipped = tick(at - dt.timedelta(days=1))
-    assert isinstance(skipped, dg.SkipReason) and "every layer agrees" in skipped.skip_message
-    # a deleted silver partition of any day is repaired by the next tick, even a day with nothing new
+    assert isinstance(skipped, dg.SkipReason) and "nothing was loaded" in skipped.skip_message
+    # a deleted silver partition of any day is repaired by the next tick, and only that partition
     for f in (lake / f"silver/embeddings/emotion=sad/load_date={yesterday}").iterdir():
         f.unlink()
-    (repair,) = tick(at - dt.timedelta(days=1))
-    assert repair.partition_key == partition_key("sad", yesterday) and repair.tags["fer/repair"] == "true"
+    for when in (at, at - dt.timedelta(days=1)):
+        (repair,) = tick(when)
+        assert repair.partition_key == partition_key("sad", yesterday) and repair.tags["fer/repair"] == "true"
+        assert repair.job_name == "ingest_images"
     assert daily_refresh.cron_schedule == "0 2 * * *" and daily_refresh.execution_timezone == "UTC"
     assert weekly_reconcile.cron_schedule == "0 3 * * 0" and weekly_reconcile.job_name == "reconcile"
 

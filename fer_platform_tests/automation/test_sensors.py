@@ -480,3 +480,63 @@ def test_a_lost_checkpoint_is_put_back_on_the_next_tick_even_when_the_audit_is_n
                 "SELECT count(*) FROM load_log WHERE path = ANY(%s) AND status = 'loaded'", (files,)
             ).fetchone()[0]
         assert back == 2
+
+
+def _observation(landing, pg_dsn, instance, cursor=None):
+    """A tick's observation of the landing zone (None when it reports none), recorded as the daemon does."""
+    lake_res = LakeResource(url=str(landing.parent / "lake"))
+    with dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={
+            "landing": LandingResource(url=str(landing)),
+            "postgres": PostgresResource(dsn=pg_dsn),
+            "auto_loader": AutoLoaderResource(settle_seconds=5),
+            "lake": lake_res,
+            "embedder": EmbedderResource(weights="random", lake=lake_res),
+        },
+    ) as context:
+        result = landing_sensor(context)
+    events = result.asset_events or []
+    for event in events:
+        instance.report_runless_asset_event(event)
+    assert len(events) <= 1 and all(e.asset_key == dg.AssetKey("landing_zone") for e in events)
+    return ({k: v.value for k, v in events[0].metadata.items()} if events else None), result
+
+
+def test_the_landing_zone_is_observed_with_its_backlog(landing, lake, pg_dsn):
+    """Auto Loader's backlog figures, measured on a real landing folder: files and bytes not in the load log
+    (the ones still being written too), the age of the oldest, the files in the landing zone."""
+    instance = dg.DagsterInstance.ephemeral()
+    old, new, writing = face("angry", 1), face("angry", 2), face("angry", 3)
+    land(landing, "train/angry/old.png", old, T0)
+    land(landing, "train/angry/new.png", new, T0 + 600)
+    land(landing, "train/angry/writing.png", writing, time.time())  # modified just now: still being written
+    land(landing, ".DS_Store", b"junk", T0 - 600)  # not part of the data set
+    before = time.time()
+    meta, result = _observation(landing, pg_dsn, instance)
+    assert meta["files_waiting"] == 3 and meta["files_total"] == 3 and meta["still_being_written"] == 1
+    assert meta["bytes_waiting"] == len(old) + len(new) + len(writing)
+    assert before - T0 - 1 <= meta["oldest_waiting_age_seconds"] <= time.time() - T0 + 1
+    assert meta["landing"] == str(landing)
+    # the first two load: what waits is the file still being written
+    load(landing, lake, pg_dsn, result.run_requests)
+    meta, _ = _observation(landing, pg_dsn, instance, result.cursor)
+    assert (meta["files_waiting"], meta["bytes_waiting"], meta["files_total"]) == (1, len(writing), 3)
+    assert meta["oldest_waiting_age_seconds"] < 60
+    # it settles and loads: nothing waits, told once; an idle landing zone adds no event per tick
+    os.utime(landing / "train/angry/writing.png", (T0 + 900, T0 + 900))
+    meta, result = _observation(landing, pg_dsn, instance, result.cursor)
+    load(landing, lake, pg_dsn, result.run_requests)
+    meta, result = _observation(landing, pg_dsn, instance, result.cursor)
+    assert meta == {
+        "files_waiting": 0,
+        "bytes_waiting": 0,
+        "oldest_waiting_age_seconds": 0.0,
+        "files_total": 3,
+        "still_being_written": 0,
+        "landing": str(landing),
+    }
+    assert _observation(landing, pg_dsn, instance, result.cursor)[0] is None
+    land(landing, "test/angry/another.png", face("angry", 4), T0 + 1000)  # a new file is told at once
+    assert _observation(landing, pg_dsn, instance, result.cursor)[0]["files_waiting"] == 1
