@@ -23,6 +23,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 RECALL_TARGET = 0.99
 TUNE_QUERIES = 500
+ADD_BATCH = 8192  # vectors added to the index at a time (16 MiB of 512-d float32)
 EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
@@ -56,12 +57,13 @@ def build_index(
     else:
         index = faiss.IndexFlatIP(dim)
         kind = "flat"
-    # one reordering of the vectors (by image_id, the tuning sample last): one copy of the matrix
-    table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors[order]
-    del sv, silver  # the unordered matrix is freed here unless the caller still holds it
-    if len(vectors):
-        index.add(vectors[: len(vectors) - held])
+    # the vectors go in by image_id, the tuning sample last, a batch at a time: the index holds its own
+    # copy, so a reordered copy of the whole matrix would be a third one
+    table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors
+    for at in range(0, n - held, ADD_BATCH):
+        index.add(vectors[order[at : min(at + ADD_BATCH, n - held)]])
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
+    del table
     meta = {
         "kind": kind,
         "model": model,
@@ -74,9 +76,11 @@ def build_index(
     }
     out = SearchIndex(index, mapping, meta)
     if kind == "hnsw":
-        base, queries = vectors[: len(vectors) - held], vectors[len(vectors) - held :]
+        queries = vectors[order[n - held :]]
         meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held)
-        meta["ef_search"], meta["tuned_recall"] = tune_ef(out, base, queries, target_recall)
+        meta["ef_search"], meta["tuned_recall"] = tune_ef(
+            out, vectors, queries, target_recall, rows=order[: n - held]
+        )
         out.set_ef(meta["ef_search"])
         index.add(queries)
         meta["size"] = int(index.ntotal)
@@ -93,11 +97,19 @@ def _column(table: pa.Table, name: str) -> pa.Array:
     return col
 
 
-def tune_ef(index: SearchIndex, base: np.ndarray, queries: np.ndarray, target: float, k: int = 10):
+def tune_ef(
+    index: SearchIndex,
+    base: np.ndarray,
+    queries: np.ndarray,
+    target: float,
+    k: int = 10,
+    rows: np.ndarray | None = None,
+):
     """The smallest ``ef_search`` whose recall@k of ``queries`` (vectors the index does not hold)
-    against exact search over ``base`` (what it holds) reaches ``target`` plus a small margin."""
-    kk = min(k, len(base))
-    _, truth = exact_search(base, queries, kk, block=256)  # 256 x 4096 scores at a time
+    against exact search over ``base`` (what it holds; ``base[rows]`` in the index's order when ``rows`` is
+    given) reaches ``target`` plus a small margin."""
+    kk = min(k, len(base) if rows is None else len(rows))
+    _, truth = exact_search(base, queries, kk, block=256, rows=rows)  # 256 x 4096 scores at a time
     recall = 0.0
     for ef in EF_CANDIDATES:
         index.set_ef(ef)
