@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fer_platform.core.pg.schema import EMBEDDING_DIM
 from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
 from fer_platform.core.silver_scan import SilverVectors, as_silver_vectors
 from fer_platform.core.vecmath import exact_search, recall_of
@@ -136,13 +137,56 @@ def index_recall(
     picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
     kk = min(k, len(vectors) - 1)
     _, truth = exact_search(vectors, vectors[picks], kk + 1, block=256)
+    return _recall_of_ids(index, ids, picks, vectors[picks], truth, kk, len(vectors))
+
+
+def streamed_recall(index: SearchIndex, scan, k: int = 10, sample: int = 200, seed: int = 1) -> dict:
+    """``index_recall`` over silver read twice as a stream, never whole: ``scan()`` yields (unit vectors,
+    batch with ``image_id``) in the same order each time (``silver_scan.iter_silver_vectors``). The first
+    pass keeps the ids and the sampled queries' vectors (the same sample as ``index_recall``'s), the second
+    searches them exactly, batch by batch."""
+    ids: list[str] = []
+    for _vectors, batch in scan():
+        ids.extend(batch.column("image_id").to_pylist())
+    n = len(ids)
+    if n < 2:
+        recall = 1.0 if index.size == n else 0.0
+        return {"recall": recall, "queries": 0, "k": k, "silver": n, "indexed": index.size}
+    picks = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
+    kk = min(k, n - 1)
+    by_value = np.argsort(picks)
+    wanted = picks[by_value]
+    queries = np.empty((len(picks), EMBEDDING_DIM), np.float32)
+    best_s = np.full((len(picks), kk + 1), -np.inf, np.float32)
+    best_i = np.full((len(picks), kk + 1), -1, np.int64)
+    at = 0
+    for vectors, _batch in scan():
+        inside = wanted[(wanted >= at) & (wanted < at + len(vectors))]
+        queries[by_value[np.searchsorted(wanted, inside)]] = vectors[inside - at]
+        at += len(vectors)
+    at = 0
+    for vectors, _batch in scan():
+        s, i = exact_search(vectors, queries, kk + 1, block=256)
+        cand_s, cand_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + at], 1)
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, : kk + 1]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+        at += len(vectors)
+    return _recall_of_ids(index, np.asarray(ids, dtype=object), picks, queries, best_i, kk, n)
+
+
+def _recall_of_ids(index, ids, picks, queries, truth, kk: int, n: int) -> dict:
     truth_ids = [[i for i in ids[row] if i != ids[own]][:kk] for row, own in zip(truth, picks, strict=True)]
-    _, got = index.raw_search(vectors[picks], kk + 1)
+    _, got = index.raw_search(queries, kk + 1)
     index_ids = index.ids
     got_ids = [
         [i for i in index_ids[row[row >= 0]] if i != ids[own]][:kk]
         for row, own in zip(got, picks, strict=True)
     ]
     hits = sum(len(set(g) & set(t)) for g, t in zip(got_ids, truth_ids, strict=True))
-    recall = hits / (len(picks) * kk)
-    return {"recall": recall, "queries": len(picks), "k": kk, "silver": len(vectors), "indexed": index.size}
+    return {
+        "recall": hits / (len(picks) * kk),
+        "queries": len(picks),
+        "k": kk,
+        "silver": n,
+        "indexed": index.size,
+    }
