@@ -9,9 +9,9 @@ from fer_platform.catalog import table_metadata
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
 from fer_platform.core.search import build
-from fer_platform.core.search.build import RECALL_TARGET, index_recall
+from fer_platform.core.search.build import RECALL_TARGET, streamed_recall
 from fer_platform.core.search.index import MAPPING_COLUMNS, IndexUnavailable, SearchIndex
-from fer_platform.core.silver_scan import read_silver_vectors
+from fer_platform.core.silver_scan import iter_silver_vectors, read_silver_vectors
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
@@ -87,17 +87,23 @@ def search_index(
 def search_index_recall(
     search_index: LakeFiles, lake: LakeResource, embedder: EmbedderResource
 ) -> dg.AssetCheckResult:
+    # the files' bytes are let go once deserialised: the index and silver are held beside each other, not
+    # a third copy (the index's bytes) with them
+    files, search_index.files = search_index.files, {}
     try:
-        index = SearchIndex.from_files(search_index.files)
+        index = SearchIndex.from_files(files)
     except IndexUnavailable as exc:
         return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
-    silver = read_silver_vectors(lake.storage(), embedder.model_id(), ("image_id",))
-    measured = index_recall(index, silver)
+    finally:
+        del files
+    storage, model = lake.storage(), embedder.model_id()
+    # silver streamed beside the index, never whole (issue 15: one copy of the vectors in memory)
+    measured = streamed_recall(index, lambda: iter_silver_vectors(storage, model, ("image_id",)))
     problems = []
     if measured["recall"] < RECALL_TARGET:
         problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {RECALL_TARGET}")
-    if index.size != silver.num_rows:
-        problems.append(f"the index holds {index.size} vectors, silver {silver.num_rows}")
+    if index.size != measured["silver"]:
+        problems.append(f"the index holds {index.size} vectors, silver {measured['silver']}")
     if index.model != embedder.model_id():
         problems.append(f"the index is of model {index.model}, the embedder makes {embedder.model_id()}")
     return dg.AssetCheckResult(

@@ -15,18 +15,22 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 import traceback
 from collections import Counter
+from pathlib import Path
 from typing import Any, Optional
 
-from fer_platform.cli.instance import current_resources, prepare_dagster_home
+from fer_platform.cli.instance import LOCATION, current_resources, prepare_dagster_home
 from fer_platform.core import challenge, convergence, gold, ledger, liveness, models, training
 from fer_platform.core.bronze import read_bronze
+from fer_platform.core.embedding import Embedder
 from fer_platform.core.errors import ConfigError, DatabaseUnavailable, FerError
 from fer_platform.core.home import Home
 from fer_platform.core.layout import route
+from fer_platform.core.memory import limit_arenas, release_memory
 from fer_platform.core.pg.connect import connect, describe
 from fer_platform.core.pg.schema import DeclaredLoad
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
@@ -131,6 +135,7 @@ def run_demo(
     """``train``: False skips training the emotion model; None asks FER_DEMO_TRAIN (default: train)."""
     started = time.monotonic()
     trains = demo_trains(train)
+    limit_arenas()  # before the runs start their threads: what they free is not scattered over arenas
     home.create()
     with home_lock(home):
         return _run_demo(home, landing, per_class, test_per_class, seed, started, trains)
@@ -178,12 +183,17 @@ def _run_demo(
     from fer_platform.assets.raw import ingest_run_config  # deferred: loads dagster
     from fer_platform.automation.convergence import REPAIR_TAG, audit_layers  # deferred: loads dagster
     from fer_platform.automation.jobs import triage_run_config  # deferred: loads dagster
+    from fer_platform.automation.location_runs import (  # deferred: loads dagster
+        LocationOrigin,
+        execute_as_location_run,
+    )
     from fer_platform.automation.runs import WORKER_TAG, fail_dead_runs, files_of  # deferred: loads dagster
     from fer_platform.definitions import build_definitions  # deferred: loads dagster and every asset module
     from fer_platform.partitions import image_partitions, partition_key, utc_today  # deferred: loads dagster
     from fer_platform.resources.environments import resources_for  # deferred: loads dagster
 
     defs = build_definitions(resources_for())
+    origin = LocationOrigin(LOCATION, str(home.root))  # as `fer-platform dev` serves it (from the home)
     lake, embedder = res["lake"].storage(), res["embedder"]
     # the emotion model is trained when the served weights follow the approved model (auto, tuned): the
     # first time before anything is embedded, so that the images are embedded once, by the model that serves
@@ -213,24 +223,29 @@ def _run_demo(
             job: str, partition, config: dg.RunConfig | None, extra: dict | None = None, assets=None
         ) -> bool:
             run_config = {**(config.to_config_dict() if config else {}), **QUIET_LOGS}
-            result = defs.resolve_job_def(job).execute_in_process(
-                partition_key=partition,
-                run_config=run_config,
-                instance=instance,
-                raise_on_error=False,
+            # recorded as the UI records a run of the code location (its origin, the job's snapshot), executed
+            # here in process
+            result = execute_as_location_run(
+                instance,
+                defs.resolve_job_def(job),
+                origin,
+                run_config,
+                partition_key=str(partition) if partition else None,
                 tags={**tags, **(extra or {})},
-                asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+                assets=[dg.AssetKey(a) for a in assets] if assets else None,
             )
+            success = result.status == dg.DagsterRunStatus.SUCCESS
+            release_memory()  # what the run freed goes back to the system before the next one
             runs.append(
                 {
                     "job": job,
                     "partition": str(partition) if partition else None,
                     "run_id": result.run_id,
-                    "success": result.success,
+                    "success": success,
                     "files": len(files_of(run_config)),
                 }
             )
-            return result.success
+            return success
 
         # before the first model, the new files go as far as bronze (what training reads): the vectors are
         # made once, below, by the model that will serve them
@@ -281,14 +296,19 @@ def _run_demo(
             repaired.append((emotion, day))
         load.end()  # the vector index built once, before gold and the search index are published
         ingested = any(r["job"] in ("ingest_images", REEMBED_JOB) for r in runs)
+        Embedder.release_all()  # nothing is embedded from here on (a search by id reads the index)
+        release_memory()
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)
         with connect(dsn) as conn:  # what still disagrees is told, not hidden behind exit 0
             final = audit_layers(instance, conn, lake, model)
 
+    release_memory()
     summary = summarise(storage, listing, dsn)
     summary.update(layer_counts(lake, dsn, model))
     summary.update(search_example(lake, embedder.spec(), model))
+    release_memory()  # the index read for the example, before silver is read for the agreement
+    agreement = search_agreement(lake, model)
     summary.update(
         home=str(home.root),
         landing=landing_url,
@@ -296,7 +316,7 @@ def _run_demo(
         new_files=tick.files,
         runs=runs,
         training=model_step.summary(lake, model),
-        agreement=search_agreement(lake, model),
+        agreement=agreement,
         reembedded=[f"{e}|{d.isoformat()}" for e, d in reembedded],
         repaired=[f"{e}|{d.isoformat()}" for e, d in repaired],
         restored_load_log_rows=restored,
@@ -450,7 +470,7 @@ def search_example(lake: Storage, spec, model: str) -> dict[str, Any]:
     )
     if not tests:
         return {"index_size": index.size, "search_example": None}
-    result = find_similar(lake, spec, image_id=tests[0]["image_id"], k=10)
+    result = find_similar(lake, spec, image_id=tests[0]["image_id"], k=10, index=index)  # read once
     return {"index_size": index.size, "search_example": result}
 
 
@@ -515,7 +535,15 @@ def print_human(summary: dict[str, Any], out=sys.stdout) -> None:
             f"  repaired       {len(summary['repaired'])} partition(s) whose layers disagreed: "
             f"{', '.join(summary['repaired'])}\n"
         )
-    w("  see them in the UI: make dev  (or fer-platform dev)\n")
+    w(f"  see them in the UI: {ui_command(summary)}\n")
+
+
+def ui_command(summary: dict[str, Any]) -> str:
+    """The command that opens the UI on this demo's home (and its landing zone, when not the home's)."""
+    cmd = ["fer-platform", "--home", summary["home"], "dev"]
+    if summary["landing"] != str(Home(Path(summary["home"])).landing):
+        cmd += ["--landing", summary["landing"]]
+    return shlex.join(cmd)
 
 
 def print_training(info: Optional[dict], w) -> None:

@@ -264,6 +264,13 @@ class Embedder:
                 cls._cache[key] = cls(spec, weights)
             return cls._cache[key]
 
+    @classmethod
+    def release_all(cls) -> None:
+        """Forget the models this process loaded (a long process done embedding frees their memory; the
+        next ``get`` loads again)."""
+        with cls._lock:
+            cls._cache.clear()
+
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Vectors (N, 512) float32 of a preprocessed batch."""
         import torch  # deferred: heavy

@@ -9,6 +9,7 @@ columns (short strings, dates) as Arrow.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,43 @@ def as_silver_vectors(silver: pa.Table | SilverVectors) -> SilverVectors:
     return silver if isinstance(silver, SilverVectors) else SilverVectors.from_table(silver)
 
 
+def _dataset(lake, model: str | None):
+    """(silver's dataset, the filter of ``model``), or None when silver has no file."""
+    root = lake.path(SILVER_EMBEDDINGS)
+    if not lake.fs.exists(root):
+        return None
+    dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs)
+    if not dataset.files:
+        return None
+    return dataset, (ds.field("model") == model if model else None)
+
+
+def count_silver_vectors(lake, model: str | None) -> int:
+    found = _dataset(lake, model)
+    return found[0].count_rows(filter=found[1]) if found else 0
+
+
+def iter_silver_vectors(
+    lake, model: str | None, columns: tuple[str, ...] = ("emotion", "split"), batch_rows: int = BATCH_ROWS
+) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    """Silver rows of ``model`` a batch at a time: (unit-length float32 vectors, the batch's ``columns``), in
+    the same order on every scan of the same files; one batch in memory at a time."""
+    found = _dataset(lake, model)
+    if not found:
+        return
+    dataset, flt = found
+    scan = dataset.to_batches(
+        columns=[*columns, "vector"],
+        filter=flt,
+        batch_size=batch_rows,
+        batch_readahead=2,  # the default (16 batches of every file read ahead) holds ~300 MB at FER size
+        fragment_readahead=1,
+    )
+    for batch in scan:
+        if batch.num_rows:
+            yield normalise(arrow_to_vectors(batch.column("vector"))), batch.drop_columns(["vector"])
+
+
 def read_silver_vectors(
     lake, model: str | None, columns: tuple[str, ...] = ("emotion", "split"), batch_rows: int = BATCH_ROWS
 ) -> SilverVectors:
@@ -60,31 +98,15 @@ def read_silver_vectors(
         np.empty((0, EMBEDDING_DIM), np.float32),
         pa.table({c: pa.array([], pa.date32() if c == "load_date" else pa.string()) for c in columns}),
     )
-    root = lake.path(SILVER_EMBEDDINGS)
-    if not lake.fs.exists(root):
-        return empty
-    dataset = ds.dataset(root, format="parquet", partitioning="hive", filesystem=lake.fs)
-    if not dataset.files:
-        return empty
-    flt = ds.field("model") == model if model else None
-    vectors = np.empty((dataset.count_rows(filter=flt), EMBEDDING_DIM), np.float32)
+    vectors = np.empty((count_silver_vectors(lake, model), EMBEDDING_DIM), np.float32)
     parts: list[pa.RecordBatch] = []
     at = 0
-    scan = dataset.to_batches(
-        columns=[*columns, "vector"],
-        filter=flt,
-        batch_size=batch_rows,
-        batch_readahead=2,  # the default (16 batches of every file read ahead) holds ~300 MB at FER size
-        fragment_readahead=1,
-    )
-    for batch in scan:
-        m = batch.num_rows
-        if not m:
-            continue
+    for batch_vectors, batch in iter_silver_vectors(lake, model, columns, batch_rows):
+        m = len(batch_vectors)
         if at + m > len(vectors):  # a partition grew between the count and the scan
             vectors = np.concatenate([vectors, np.empty((at + m - len(vectors), EMBEDDING_DIM), np.float32)])
-        vectors[at : at + m] = normalise(arrow_to_vectors(batch.column("vector")))
-        parts.append(batch.drop_columns(["vector"]))
+        vectors[at : at + m] = batch_vectors
+        parts.append(batch)
         at += m
     pa.default_memory_pool().release_unused()  # the batches' buffers, back to the system now
     if not parts:

@@ -39,16 +39,20 @@ def mean_pairwise_cosine(vectors: np.ndarray) -> float | None:
 
 
 def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 4096
+    vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 4096, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` inner product with numpy (independent of FAISS): (similarities, positions)."""
+    """Exact top-``k`` inner product with numpy (independent of FAISS): (similarities, positions).
+    ``rows``: search ``vectors[rows]`` (positions into ``rows``), gathered a chunk at a time, not copied
+    whole."""
     vectors = np.asarray(vectors, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
-    k = min(k, len(vectors))
+    n = len(vectors) if rows is None else len(rows)
+    k = min(k, n)
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
-    for start in range(0, len(vectors), block * 16):
-        chunk = vectors[start : start + block * 16]
+    for start in range(0, n, block * 16):
+        stop = start + block * 16
+        chunk = vectors[start:stop] if rows is None else vectors[rows[start:stop]]
         for q0 in range(0, len(queries), block):
             s = queries[q0 : q0 + block] @ chunk.T
             kk = min(k, s.shape[1])

@@ -14,7 +14,7 @@ from fer_platform.core.layout import EMOTIONS, SILVER_EMBEDDINGS
 from fer_platform.core.report import format_distances
 from fer_platform.core.search import index as search_index_module
 from fer_platform.core.search import sheet
-from fer_platform.core.search.build import RECALL_TARGET, build_index, index_recall
+from fer_platform.core.search.build import RECALL_TARGET, build_index, index_recall, streamed_recall
 from fer_platform.core.search.index import (
     IDS_FILE,
     INDEX_FILE,
@@ -95,6 +95,24 @@ def test_a_broken_index_fails_the_recall_measure():
     )
     assert index_recall(index, silver)["recall"] == 1.0
     assert index_recall(broken, silver)["recall"] < 0.5
+
+
+def test_the_streamed_recall_check_measures_what_the_whole_silver_one_does():
+    """search_index_recall reads silver as a stream, twice, never whole: the same sample, the same figure,
+    a broken index caught; streamed in batches that split the sample across them."""
+    silver = clustered(n_per=40, spread=1.5)
+    vectors, ids = arrow_to_vectors(silver["vector"]), silver.select(["image_id"])
+
+    def scan():
+        for at in range(0, silver.num_rows, 37):
+            yield vectors[at : at + 37], ids.slice(at, 37).to_batches()[0]
+
+    index = build_index(silver, "m1", hnsw_threshold=100, m=8, ef_construction=40)
+    streamed, whole = streamed_recall(index, scan), index_recall(index, silver)
+    assert streamed == whole and streamed["silver"] == silver.num_rows == index.size
+    shuffled = pa.array(list(np.random.default_rng(0).permutation(index.mapping["image_id"].to_pylist())))
+    broken = SearchIndex(index.index, index.mapping.set_column(0, "image_id", shuffled), index.meta)
+    assert streamed_recall(broken, scan)["recall"] < 0.5
 
 
 @pytest.mark.parametrize("kind_threshold", [10_000, 50])  # flat, then HNSW

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fer_platform.core.pg.schema import EMBEDDING_DIM
 from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
 from fer_platform.core.silver_scan import SilverVectors, as_silver_vectors
 from fer_platform.core.vecmath import exact_search, recall_of
@@ -24,6 +25,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 RECALL_TARGET = 0.99
 TUNE_QUERIES = 500
+ADD_BATCH = 8192  # vectors added to the index at a time (16 MiB of 512-d float32)
 EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
@@ -57,14 +59,15 @@ def build_index(
     else:
         index = faiss.IndexFlatIP(dim)
         kind = "flat"
-    # one reordering of the vectors (by image_id, the tuning sample last): one copy of the matrix
-    table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors[order]
-    del sv, silver  # the unordered matrix is freed here unless the caller still holds it
+    # the vectors go in by image_id, the tuning sample last, a batch at a time: the index holds its own
+    # copy, so a reordered copy of the whole matrix would be a third one
+    table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors
     started = time.perf_counter()
-    if len(vectors):
-        index.add(vectors[: len(vectors) - held])
+    for at in range(0, n - held, ADD_BATCH):
+        index.add(vectors[order[at : min(at + ADD_BATCH, n - held)]])
     seconds = {"add": time.perf_counter() - started}
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
+    del table
     meta = {
         "kind": kind,
         "model": model,
@@ -77,10 +80,12 @@ def build_index(
     }
     out = SearchIndex(index, mapping, meta)
     if kind == "hnsw":
-        base, queries = vectors[: len(vectors) - held], vectors[len(vectors) - held :]
+        queries = vectors[order[n - held :]]
         meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held)
         started = time.perf_counter()
-        meta["ef_search"], meta["tuned_recall"] = tune_ef(out, base, queries, target_recall)
+        meta["ef_search"], meta["tuned_recall"] = tune_ef(
+            out, vectors, queries, target_recall, rows=order[: n - held]
+        )
         seconds["tune"] = time.perf_counter() - started
         out.set_ef(meta["ef_search"])
         index.add(queries)
@@ -99,11 +104,19 @@ def _column(table: pa.Table, name: str) -> pa.Array:
     return col
 
 
-def tune_ef(index: SearchIndex, base: np.ndarray, queries: np.ndarray, target: float, k: int = 10):
+def tune_ef(
+    index: SearchIndex,
+    base: np.ndarray,
+    queries: np.ndarray,
+    target: float,
+    k: int = 10,
+    rows: np.ndarray | None = None,
+):
     """The smallest ``ef_search`` whose recall@k of ``queries`` (vectors the index does not hold)
-    against exact search over ``base`` (what it holds) reaches ``target`` plus a small margin."""
-    kk = min(k, len(base))
-    _, truth = exact_search(base, queries, kk, block=256)  # 256 x 4096 scores at a time
+    against exact search over ``base`` (what it holds; ``base[rows]`` in the index's order when ``rows`` is
+    given) reaches ``target`` plus a small margin."""
+    kk = min(k, len(base) if rows is None else len(rows))
+    _, truth = exact_search(base, queries, kk, block=256, rows=rows)  # 256 x 4096 scores at a time
     recall = 0.0
     for ef in EF_CANDIDATES:
         index.set_ef(ef)
@@ -130,13 +143,56 @@ def index_recall(
     picks = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
     kk = min(k, len(vectors) - 1)
     _, truth = exact_search(vectors, vectors[picks], kk + 1, block=256)
+    return _recall_of_ids(index, ids, picks, vectors[picks], truth, kk, len(vectors))
+
+
+def streamed_recall(index: SearchIndex, scan, k: int = 10, sample: int = 200, seed: int = 1) -> dict:
+    """``index_recall`` over silver read twice as a stream, never whole: ``scan()`` yields (unit vectors,
+    batch with ``image_id``) in the same order each time (``silver_scan.iter_silver_vectors``). The first
+    pass keeps the ids and the sampled queries' vectors (the same sample as ``index_recall``'s), the second
+    searches them exactly, batch by batch."""
+    ids: list[str] = []
+    for _vectors, batch in scan():
+        ids.extend(batch.column("image_id").to_pylist())
+    n = len(ids)
+    if n < 2:
+        recall = 1.0 if index.size == n else 0.0
+        return {"recall": recall, "queries": 0, "k": k, "silver": n, "indexed": index.size}
+    picks = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
+    kk = min(k, n - 1)
+    by_value = np.argsort(picks)
+    wanted = picks[by_value]
+    queries = np.empty((len(picks), EMBEDDING_DIM), np.float32)
+    best_s = np.full((len(picks), kk + 1), -np.inf, np.float32)
+    best_i = np.full((len(picks), kk + 1), -1, np.int64)
+    at = 0
+    for vectors, _batch in scan():
+        inside = wanted[(wanted >= at) & (wanted < at + len(vectors))]
+        queries[by_value[np.searchsorted(wanted, inside)]] = vectors[inside - at]
+        at += len(vectors)
+    at = 0
+    for vectors, _batch in scan():
+        s, i = exact_search(vectors, queries, kk + 1, block=256)
+        cand_s, cand_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + at], 1)
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, : kk + 1]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+        at += len(vectors)
+    return _recall_of_ids(index, np.asarray(ids, dtype=object), picks, queries, best_i, kk, n)
+
+
+def _recall_of_ids(index, ids, picks, queries, truth, kk: int, n: int) -> dict:
     truth_ids = [[i for i in ids[row] if i != ids[own]][:kk] for row, own in zip(truth, picks, strict=True)]
-    _, got = index.raw_search(vectors[picks], kk + 1)
+    _, got = index.raw_search(queries, kk + 1)
     index_ids = index.ids
     got_ids = [
         [i for i in index_ids[row[row >= 0]] if i != ids[own]][:kk]
         for row, own in zip(got, picks, strict=True)
     ]
     hits = sum(len(set(g) & set(t)) for g, t in zip(got_ids, truth_ids, strict=True))
-    recall = hits / (len(picks) * kk)
-    return {"recall": recall, "queries": len(picks), "k": kk, "silver": len(vectors), "indexed": index.size}
+    return {
+        "recall": hits / (len(picks) * kk),
+        "queries": len(picks),
+        "k": kk,
+        "silver": n,
+        "indexed": index.size,
+    }

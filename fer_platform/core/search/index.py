@@ -46,6 +46,18 @@ class IndexChanging(IndexUnavailable):
     """The index's files were read while a rebuild replaced them."""
 
 
+def _serialized(index) -> bytes:
+    """The FAISS index's bytes, written straight into one buffer (``serialize_index`` makes a numpy copy,
+    and its ``tobytes`` another: three copies of the index in memory at once, not two)."""
+    import faiss  # deferred: heavy
+
+    buf = io.BytesIO()
+    writer = faiss.PyCallbackIOWriter(buf.write)
+    faiss.write_index(index, writer)
+    del writer  # flushes
+    return buf.getvalue()
+
+
 def index_dir(model: str) -> str:
     """Lake folder of the index of ``model``."""
     return f"{INDEX}/{model}"
@@ -72,11 +84,10 @@ class SearchIndex:
 
     # ---- files
     def to_files(self) -> dict[str, bytes]:
-        import faiss  # deferred: heavy
 
         buf = io.BytesIO()
         pq.write_table(self.mapping, buf, compression="zstd")
-        files = {INDEX_FILE: faiss.serialize_index(self.index).tobytes(), IDS_FILE: buf.getvalue()}
+        files = {INDEX_FILE: _serialized(self.index), IDS_FILE: buf.getvalue()}
         # the digests of the other two, so a reader never pairs files of two builds (a rebuild
         # replaces them one by one; object stores have no multi-file rename)
         meta = {**self.meta, "digests": {name: sha256(data) for name, data in files.items()}}
