@@ -29,7 +29,7 @@ PAGE = 500
 
 def publish_window_minutes() -> float:
     """Minutes within which gold and the index must follow an upstream change (FER_PUBLISH_WITHIN)."""
-    return env_float("FER_PUBLISH_WITHIN", DEFAULT_WINDOW_MINUTES, minimum=1.0)
+    return env_float("FER_PUBLISH_WITHIN", DEFAULT_WINDOW_MINUTES, minimum=0.0)
 
 
 def _version(record) -> str | None:
