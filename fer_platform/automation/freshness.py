@@ -23,6 +23,7 @@ from fer_platform.resources.environments import env_float
 SILVER = dg.AssetKey("silver_embeddings")
 RAW = dg.AssetKey("raw_images")
 DATA_VERSION_TAG = "dagster/data_version"
+LAYERS = {SILVER: "silver", RAW: "raw"}
 CHECK_EVERY = "*/15 * * * *"
 PAGE = 500
 
@@ -77,7 +78,7 @@ def publish_freshness(
     changed = first_change(
         _after(instance, upstream, built_at), lambda p: _version_before(instance, upstream, p, built_at)
     )
-    return freshness(built_at, changed, now, window_minutes, upstream.path[-1])
+    return freshness(built_at, changed, now, window_minutes, LAYERS[upstream])
 
 
 def upstream_of(asset: dg.AssetsDefinition) -> dg.AssetKey:
@@ -88,7 +89,7 @@ def upstream_of(asset: dg.AssetsDefinition) -> dg.AssetKey:
 
 def _rebuilt_after(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     upstream = upstream_of(asset)
-    layer = "silver" if upstream == SILVER else "raw"
+    layer = LAYERS[upstream]
 
     @dg.asset_check(
         asset=asset,
