@@ -9,6 +9,7 @@ from fer_platform.assets.model import MODEL_ASSETS
 from fer_platform.assets.raw import landing_zone, raw_images
 from fer_platform.assets.search import search_index
 from fer_platform.assets.silver import silver_embeddings
+from fer_platform.automation.freshness import FRESHNESS_CHECKS
 from fer_platform.automation.jobs import (
     RUN_CHECKS,
     bulk_load_job,
@@ -46,7 +47,7 @@ JOBS = [
     reembed_job,
     expand_csv_job,
 ]
-CHECKS = [*RUN_CHECKS, landing_reconciled]
+CHECKS = [*RUN_CHECKS, *FRESHNESS_CHECKS, landing_reconciled]
 SENSORS = [landing_sensor, publish_automation]
 SCHEDULES = [daily_refresh, weekly_reconcile]
 

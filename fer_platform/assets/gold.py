@@ -8,7 +8,7 @@ import pyarrow as pa
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.raw import raw_images
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.automation.conditions import FOLLOW_UPSTREAM, PUBLISH_FRESHNESS
+from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.catalog import table_metadata
 from fer_platform.core import gold, ledger, plots
 from fer_platform.core.gold_plots import draw
@@ -24,7 +24,6 @@ GOLD_KW = dict(
     group_name="gold",
     kinds={"python", "parquet"},
     automation_condition=FOLLOW_UPSTREAM,
-    freshness_policy=PUBLISH_FRESHNESS,
 )
 
 

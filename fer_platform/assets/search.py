@@ -4,7 +4,7 @@ import dagster as dg
 
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.silver import silver_embeddings
-from fer_platform.automation.conditions import FOLLOW_UPSTREAM, PUBLISH_FRESHNESS
+from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.catalog import table_metadata
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
@@ -37,7 +37,6 @@ class SearchIndexConfig(dg.Config):
     group_name="search",
     kinds={"faiss"},
     automation_condition=FOLLOW_UPSTREAM,
-    freshness_policy=PUBLISH_FRESHNESS,
     description="FAISS index of every silver vector of the current model (exact below a size threshold, HNSW "
     "above), with the id mapping as Parquet: `index/{model}/` holds `index.faiss`, `ids.parquet` (the "
     "columns below: row i of the index is row i there) and `meta.json`.",

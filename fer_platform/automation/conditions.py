@@ -1,14 +1,10 @@
-"""Declarative automation conditions and the freshness policy of the unpartitioned layers."""
+"""Declarative automation conditions of the unpartitioned layers.
 
-import datetime as dt
+Their freshness is the rebuilt_after_silver check (automation/freshness.py), not a time-window freshness
+policy: that one counts materialisations only, so a day without new data (gold rightly not rebuilt) would
+fail it, a false alarm."""
 
 import dagster as dg
-
-# Gold and the index are rebuilt minutes after silver changes (publish_automation below); the policy the UI
-# shows (asset page, health) fails when one was not rebuilt for a day and two hours: the daily refresh (02:00
-# UTC) plus the time a rebuild takes. A landing zone that gets nothing for a day fails it too: that is what
-# it says (no new data in a day), not a fault of the platform.
-PUBLISH_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=26))
 
 # Gold and the index follow silver: when any silver partition (or, for the daily loads, raw) has
 # updated since they last ran, once nothing upstream is in progress and they are not running
