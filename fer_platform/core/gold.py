@@ -20,6 +20,8 @@ from fer_platform.core.vecmath import exact_search, leave_one_out, mean_pairwise
 
 NEIGHBOURS = 10
 DECIMALS = 4  # gold tables are read by people: 0.178, not 0.17799999999999996
+# centroid cosines: centroids of untuned vectors lie close together (0.99...), 4 places would hide them
+CENTROID_DECIMALS = 6
 
 
 def rounded(value: float | None, decimals: int = DECIMALS) -> float | None:
@@ -97,8 +99,7 @@ def centroid_similarity(silver) -> pa.Table:
     cols: dict[str, list] = {"emotion": list(EMOTIONS)}
     for other in EMOTIONS:
         cols[other] = [
-            # 6 places: centroids of untuned vectors lie close together (cosines 0.99...)
-            rounded(cents[e] @ cents[other], 6) if e in cents and other in cents else None
+            rounded(cents[e] @ cents[other], CENTROID_DECIMALS) if e in cents and other in cents else None
             for e in EMOTIONS
         ]
     return pa.table(
