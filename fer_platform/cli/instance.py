@@ -73,6 +73,21 @@ def compute_logs_yaml(url: str | None, endpoint_var: str | None = None) -> str:
 """
 
 
+# the top-level keys of dagster.yaml that the CLI writes (``dagster_yaml``), some only under a setting
+CLI_KEYS = frozenset(
+    {
+        "storage",
+        "run_launcher",
+        "compute_logs",
+        "run_coordinator",
+        "run_retries",
+        "run_monitoring",
+        "telemetry",
+        "nux",
+    }
+)
+
+
 def dagster_yaml(
     storage_url: str | None,
     max_concurrent_runs: int = 2,
@@ -210,7 +225,8 @@ def merged_instance_yaml(text: str, current: Path, user: Path) -> str:
     already in ``current`` (added by hand) is kept, and every key of ``user`` (dagster.local.yaml, the
     user's own file) is laid over both. Unchanged when there is nothing to add."""
     ours = yaml.safe_load(text)
-    kept = {k: v for k, v in _read_yaml(current).items() if k not in ours}
+    # a key the CLI owns but did not write this time (compute_logs once FER_COMPUTE_LOGS is unset) goes
+    kept = {k: v for k, v in _read_yaml(current).items() if k not in ours and k not in CLI_KEYS}
     extra = {**kept, **_read_yaml(user)}
     if not extra:
         return text

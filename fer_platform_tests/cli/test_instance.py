@@ -33,18 +33,22 @@ def test_the_user_s_instance_settings_survive_the_cli_rewriting_dagster_yaml(
     monkeypatch.setenv("FER_PG_DSN", pg_server)  # the distributed launcher needs a shared server
     monkeypatch.setenv("FER_RUN_LAUNCHER", "celery")
     monkeypatch.setenv("FER_CELERY_BROKER", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("FER_COMPUTE_LOGS", "s3://logs/dagster")
     prepare_dagster_home(home, pg_server)
     target = home.dagster / "dagster.yaml"
     written = yaml.safe_load(target.read_text())
     assert written["run_launcher"]["class"] == "CeleryRunLauncher"
+    assert written["compute_logs"]["class"] == "S3ComputeLogManager"
     assert written["run_launcher"]["config"]["broker"] == {"env": "FER_CELERY_BROKER"}
 
     edited = dict(written, sensors={"use_threads": True, "num_workers": 2})  # the user's own key
     target.write_text(yaml.safe_dump(edited))
     (home.dagster / USER_YAML).write_text("run_retries:\n  enabled: false\n")
     monkeypatch.delenv("FER_RUN_LAUNCHER")
+    monkeypatch.delenv("FER_COMPUTE_LOGS")
     prepare_dagster_home(home, pg_server)  # as the next `fer-platform dev` does
     again = yaml.safe_load(target.read_text())
+    assert "compute_logs" not in again  # a key the CLI owns, no longer set: gone, not kept as the user's
     assert again["run_launcher"]["class"] == "MonitoredRunLauncher"  # the CLI's key follows the setting
     assert again["sensors"] == {"use_threads": True, "num_workers": 2}
     assert again["run_retries"] == {"enabled": False}
