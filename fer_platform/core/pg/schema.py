@@ -402,12 +402,15 @@ class DeclaredLoad:
         if self.deferred or rows_to_add <= 0:
             return self.deferred
         self.rows = max(self.rows, rows_to_add)
-        self.conn = connect(self.dsn)
-        self.deferred = begin_bulk_load(self.conn, rows_to_add)
+        conn = connect(self.dsn)
+        try:
+            self.deferred = begin_bulk_load(conn, rows_to_add)
+        finally:
+            if not self.deferred:  # not a bulk load, or it failed: no lock held, nothing for end()
+                conn.close()
+        if self.deferred:
+            self.conn = conn  # holds BULK_LOAD_LOCK until end()
         self.declared = self.declared or self.deferred
-        if not self.deferred:
-            self.conn.close()
-            self.conn = None
         return self.deferred
 
     def end(self) -> str | None:
