@@ -241,8 +241,7 @@ def _save(conn, source: str, consumed: int, rows: int, sha: str, version: tuple[
 def landing_csvs(entries: list[FileEntry]) -> list[FileEntry]:
     """The landing entries that are CSVs to expand (a link or other special file named .csv too: its
     expansion quarantines it, never opening it)."""
-    # the suffix first: a tick passes every landing file through here
-    return [e for e in entries if e.key.rstrip("/")[-4:].lower() == ".csv" and is_csv_source(e.key)]
+    return [e for e in entries if is_csv_source(e.key)]
 
 
 def unexpanded(landing: Storage, dsn: str, entries: list[FileEntry]) -> list[FileEntry]:

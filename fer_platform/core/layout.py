@@ -93,6 +93,8 @@ def route(key: str) -> Route:
 
 def is_csv_source(key: str) -> bool:
     """Whether a landing key is a CSV to expand: ``*.csv`` anywhere but hidden, in the archive or staging."""
+    if key.rstrip("/")[-4:].lower() != ".csv":  # the suffix first: every landing file of a tick comes here
+        return False
     parts = [p for p in key.strip("/").split("/") if p]
     return (
         bool(parts)
