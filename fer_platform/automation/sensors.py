@@ -170,7 +170,8 @@ def landing_sensor(
         run_requests=requests,
         cursor=tick.cursor.to_json(),
         skip_reason=None if requests else f"no new files ({state})",
-        asset_events=_landing_observation(context, storage.uri(), waiting),
+        # a reused idle plan: nothing the tick read changed since the tick that observed (or chose not to)
+        asset_events=[] if tick.reused else _landing_observation(context, storage.uri(), waiting),
     )
 
 
