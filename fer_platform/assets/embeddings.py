@@ -5,7 +5,7 @@ import dagster as dg
 import pyarrow as pa
 
 from fer_platform.assets.model import embedding_model
-from fer_platform.catalog import record_served_model, table_metadata
+from fer_platform.catalog import PARTITION_ROW_COUNT, ROW_COUNT, record_served_model, table_metadata
 from fer_platform.core import vectors
 from fer_platform.core.pg.schema import VECTORS_TABLE
 from fer_platform.core.report import markdown_table
@@ -81,8 +81,8 @@ def image_embeddings(
             "table": VECTORS_TABLE,
             "model": model,
             # the table's rows of the served model (the UI's row count); the partition's beside it
-            "dagster/row_count": model_rows,
-            "partition_row_count": stats["rows"],
+            ROW_COUNT: model_rows,
+            PARTITION_ROW_COUNT: stats["rows"],
             "embedded": stats["embedded"],
             "reused": stats["reused"],
             "removed": stats["removed"],

@@ -7,6 +7,7 @@ from typing import Optional
 import dagster as dg
 
 from fer_platform.assets.bronze import bronze_images
+from fer_platform.catalog import DATA_VERSION_TAG
 from fer_platform.core import ledger, models, plots, training
 from fer_platform.core.bronze import read_labelled
 from fer_platform.core.errors import FerError
@@ -16,8 +17,6 @@ from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource, PostgresResource
 from fer_platform.resources.environments import gpu_step_tags
-
-DATA_VERSION_TAG = "dagster/data_version"  # where a materialization records its data version
 
 
 class EmotionModelConfig(dg.Config):

@@ -5,7 +5,7 @@ import dagster as dg
 from fer_platform.assets.model import embedding_model
 from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
-from fer_platform.catalog import table_metadata
+from fer_platform.catalog import ROW_COUNT, table_metadata
 from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
 from fer_platform.core.search import build
@@ -65,7 +65,7 @@ def search_index(
     files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/: search.index.index_dir
     meta = {
         "vectors": index.size,
-        "dagster/row_count": index.size,
+        ROW_COUNT: index.size,
         "kind": index.kind,
         "model": index.model,
         "size": dg.MetadataValue.text(human_bytes(files.bytes)),

@@ -11,6 +11,7 @@ import dagster as dg
 
 from fer_platform.assets.gold import GOLD_ASSETS
 from fer_platform.assets.search import search_index
+from fer_platform.catalog import DATA_VERSION_TAG
 from fer_platform.core.freshness import (
     DEFAULT_WINDOW_MINUTES,
     Freshness,
@@ -22,7 +23,6 @@ from fer_platform.resources.environments import env_float
 
 SILVER = dg.AssetKey("silver_embeddings")
 RAW = dg.AssetKey("raw_images")
-DATA_VERSION_TAG = "dagster/data_version"
 LAYERS = {SILVER: "silver", RAW: "raw"}
 CHECK_EVERY = "*/15 * * * *"
 PAGE = 500

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
+from fer_platform.catalog import PARTITION_ROW_COUNT, ROW_COUNT
 from fer_platform.core import faults
 from fer_platform.core.storage import LakeFiles, Storage, remove_stale_temps, temp_path
 from fer_platform.resources.lake import ObjectStore, merged_options
@@ -105,12 +106,10 @@ class HiveParquetIOManager(dg.UPathIOManager):
         table = _as_table(obj)
         table = table.drop_columns([c for c in self._hive_values(path) if c in table.column_names])
         self.write_table(table, path)
-        meta = {"dagster/row_count": table.num_rows, "lake_uri": dg.MetadataValue.path(str(path))}
+        meta = {ROW_COUNT: table.num_rows, "lake_uri": dg.MetadataValue.path(str(path))}
         if context.has_asset_partitions:  # the UI's row count is the table's; the partition's beside it
-            meta["partition_row_count"] = table.num_rows
-            meta["dagster/row_count"] = self.layer_rows(
-                self._base_path / self.get_asset_relative_path(context)
-            )
+            meta[PARTITION_ROW_COUNT] = table.num_rows
+            meta[ROW_COUNT] = self.layer_rows(self._base_path / self.get_asset_relative_path(context))
         context.add_output_metadata(meta)
 
     @staticmethod
