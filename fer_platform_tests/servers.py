@@ -12,6 +12,7 @@ and is waited for until it answers; ``stop()`` ends its whole process group.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def graphql(url: str, query: str) -> dict:
+    """One query to the Dagster webserver at ``url`` (``http://127.0.0.1:<port>``): its JSON answer."""
+    req = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
 
 
 # --------------------------------------------------------------------------- Azurite

@@ -3,41 +3,23 @@
 layers opens no "upstream not materialized" dialog, and a partition materialised through the UI's dialog
 (Materialize -> emotion and load date -> Launch) runs to success (polled through GraphQL)."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from fer_platform.partitions import utc_today
+from fer_platform_tests.servers import free_port, graphql
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(url: str, query: str) -> dict:
-    req = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def _runs(url: str, partition: str) -> dict[str, str]:
     """run id -> status of the runs of ``partition``."""
-    data = _graphql(
+    data = graphql(
         url,
         '{ runsOrError(filter: {tags: [{key: "dagster/partition", value: "%s"}]}) '
         "{ ... on Runs { results { runId status } } } }" % partition,
@@ -58,7 +40,7 @@ def dagster_ui(tmp_path_factory):
         timeout=900,
     )
     assert demo.returncode == 0, demo.stderr[-2000:]
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [*cli, "dev", "--port", str(port)],
@@ -70,7 +52,7 @@ def dagster_ui(tmp_path_factory):
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                nodes = _graphql(url, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
+                nodes = graphql(url, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
                 if nodes:
                     break
             except OSError:

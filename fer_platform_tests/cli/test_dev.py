@@ -1,35 +1,18 @@
 """`fer-platform dev`: the UI and daemon on the PostgreSQL instance, stopped cleanly by SIGTERM; opened
 as `demo`'s closing line says, it shows the demo's runs as runs of its code location."""
 
-import json
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import psutil
 import pytest
 
+from fer_platform_tests.servers import free_port, graphql
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(port: int, query: str) -> dict:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
 
 
 RUNS = """{ runsOrError { ... on Runs { results { runId pipelineName pipelineSnapshotId
@@ -61,7 +44,7 @@ def _demo_hint(home) -> list[str]:
 def test_dev_serves_the_code_location_and_stops_without_orphans(tmp_path):
     """Opened as the demo's closing line says: the demo's runs carry the code location's origin (the UI's
     timeline lists them) and the snapshot of the job it serves (re-executing one warns of no version)."""
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     command = _demo_hint(home)
     proc = subprocess.Popen(
         [*command, "--port", str(port)],
@@ -76,7 +59,7 @@ def test_dev_serves_the_code_location_and_stops_without_orphans(tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
             try:
-                data = _graphql(port, "{ assetNodes { assetKey { path } } }")
+                data = graphql(f"http://127.0.0.1:{port}", "{ assetNodes { assetKey { path } } }")
                 nodes = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
                 if nodes:
                     break
@@ -89,7 +72,7 @@ def test_dev_serves_the_code_location_and_stops_without_orphans(tmp_path):
         family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
         names = " ".join(" ".join(psutil.Process(p).cmdline()) for p in family if psutil.pid_exists(p))
         assert "dagster-daemon" in names or "daemon" in names
-        data = _graphql(port, RUNS)["data"]
+        data = graphql(f"http://127.0.0.1:{port}", RUNS)["data"]
         repos = data["repositoriesOrError"]["nodes"]
         served = {
             (r["location"]["name"], r["name"]): {p["pipelineSnapshotId"] for p in r["pipelines"]}
