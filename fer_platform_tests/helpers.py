@@ -103,3 +103,18 @@ def materialization(result, asset: str):
     records the served model, embedding_model, from the image_embeddings step)."""
     (found,) = [m for m in result.asset_materializations_for_node(asset) if m.asset_key.path == [asset]]
     return found
+
+
+def ingester(defs, instance, key):
+    """``ingest(keys)``: an ``ingest_images`` run of partition ``key`` over those landing keys, in process on
+    ``instance``, asserted to succeed; its result."""
+    from fer_platform.assets.raw import ingest_run_config  # deferred: loads dagster (most helpers need none)
+
+    def ingest(keys):
+        result = defs.resolve_job_def("ingest_images").execute_in_process(
+            partition_key=key, instance=instance, run_config=ingest_run_config(keys)
+        )
+        assert result.success
+        return result
+
+    return ingest

@@ -7,13 +7,12 @@ import time
 
 import dagster as dg
 
-from fer_platform.assets.raw import ingest_run_config
 from fer_platform.automation.freshness import RAW, SILVER, publish_freshness
 from fer_platform.automation.sensors import publish_automation
 from fer_platform.core.freshness import UpstreamVersion, first_change, freshness
 from fer_platform.definitions import build_definitions
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform_tests.helpers import face, put
+from fer_platform_tests.helpers import face, ingester, put
 
 WINDOW = 30
 SILVER_FED = ["gold_emotion_summary", "gold_centroid_similarity", "gold_neighbour_agreement", "search_index"]
@@ -37,12 +36,7 @@ def test_stale_only_when_silver_data_changed_longer_ago_than_the_window(resource
     instance = dg.DagsterInstance.ephemeral()
     key = partition_key("happy", utc_today())
 
-    def ingest(keys):
-        result = defs.resolve_job_def("ingest_images").execute_in_process(
-            partition_key=key, instance=instance, run_config=ingest_run_config(keys)
-        )
-        assert result.success
-        return result
+    ingest = ingester(defs, instance, key)
 
     def verdicts(now: float, names=SILVER_FED, upstream=SILVER):
         return {n: publish_freshness(instance, dg.AssetKey(n), now, WINDOW, upstream) for n in names}

@@ -4,10 +4,9 @@ layers' upstream is never "not materialized" (no dialog on a manual Materialize)
 
 import dagster as dg
 
-from fer_platform.assets.raw import ingest_run_config
 from fer_platform.definitions import build_definitions
 from fer_platform.partitions import partition_key, utc_today
-from fer_platform_tests.helpers import face, put
+from fer_platform_tests.helpers import face, ingester, put
 
 SILVER_FED = {"gold_emotion_summary", "gold_centroid_similarity", "gold_neighbour_agreement", "search_index"}
 LOAD_LOG_FED = {"gold_daily_loads", "gold_duplicates"}
@@ -18,12 +17,7 @@ def test_a_duplicates_only_load_rebuilds_nothing_that_silver_feeds(resources, la
     instance = dg.DagsterInstance.ephemeral()
     key = partition_key("happy", utc_today())
 
-    def ingest(keys):
-        result = defs.resolve_job_def("ingest_images").execute_in_process(
-            partition_key=key, instance=instance, run_config=ingest_run_config(keys)
-        )
-        assert result.success
-        return result
+    ingest = ingester(defs, instance, key)
 
     cursor = None
 
