@@ -30,7 +30,7 @@ from fer_platform.core.embedding import Embedder
 from fer_platform.core.errors import ConfigError, DatabaseUnavailable, FerError
 from fer_platform.core.home import Home
 from fer_platform.core.layout import route
-from fer_platform.core.memory import limit_arenas, release_memory
+from fer_platform.core.memory import limit_arenas, release_memory, unpool_large_allocations
 from fer_platform.core.pg.connect import connect, describe
 from fer_platform.core.pg.schema import DeclaredLoad
 from fer_platform.core.planner import AutoLoaderSettings, Watermark, plan_tick, versions
@@ -297,6 +297,7 @@ def _run_demo(
         load.end()  # the vector index built once, before gold and the search index are published
         ingested = any(r["job"] in ("ingest_images", REEMBED_JOB) for r in runs)
         Embedder.release_all()  # nothing is embedded from here on (a search by id reads the index)
+        unpool_large_allocations()  # the index's and silver's temporaries go back when freed
         release_memory()
         if ingested or audit.index_stale or not lake.exists(f"{index_dir(model)}/meta.json"):
             execute("publish_gold_and_index", None, None)

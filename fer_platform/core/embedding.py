@@ -1,4 +1,5 @@
-"""The embedding model: torchvision ResNet18 without its classifier, 512-d vectors.
+"""The embedding model: ResNet18 (torchvision's, built by ``core.resnet``) without its classifier, 512-d
+vectors.
 
 Profiles:
   fidelity (default)  the classic loader's preprocessing: Grayscale(3) -> Resize(256) ->
@@ -17,7 +18,7 @@ profile it serves with). ``tuned`` (the latest approved emotion model) is resolv
 folder by the embedder resource, which knows the lake. The model id
 ``resnet18-<weights>-<profile>`` is stored with every vector.
 
-torch and torchvision are imported only when a model is built.
+torch is imported only when a model is built; torchvision never (``core.resnet``).
 """
 
 from __future__ import annotations
@@ -338,10 +339,11 @@ def build_backbone(weights: Weights, seed: int = 0, state: dict | None = None):
     """ResNet18 with the classifier replaced by identity (512-d output), from ``weights`` (or a
     state dict in memory); random weights are drawn from ``seed``."""
     import torch  # deferred: heavy
-    import torchvision  # deferred: heavy
+
+    from fer_platform.core.resnet import resnet18
 
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None)
+    model = resnet18()  # torchvision's network, without torchvision's ~164 MiB import
     if state is None and weights.path is not None:
         state = torch.load(weights.path, map_location="cpu", weights_only=True)
     if state is not None:

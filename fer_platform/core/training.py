@@ -13,7 +13,7 @@ excluded; exact cosine) and the accuracy of a nearest-centroid classifier (centr
 the train vectors, the only use of train images there), for the tuned and the untuned
 weights side by side, with the confusion matrix of the tuned model.
 
-torch and torchvision are imported inside the functions that need them.
+torch is imported inside the functions that need them (torchvision never: `core.resnet`).
 """
 
 from __future__ import annotations

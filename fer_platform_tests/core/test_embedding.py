@@ -86,6 +86,43 @@ def test_random_weights_are_deterministic_and_seeded():
     assert _cos(a, c).max() < 0.9999
 
 
+def test_our_resnet18_is_torchvisions_without_importing_it():
+    """core.resnet builds torchvision's ResNet18 from torch.nn: the same state-dict keys and shapes, the
+    same random weights for a seed (so existing random-weight model ids keep their vectors), the same
+    outputs for the same weights; and building a model leaves torchvision unimported."""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    from fer_platform.core.resnet import resnet18
+
+    torch.manual_seed(7)
+    ours = resnet18().eval()
+    torch.manual_seed(7)
+    theirs = torchvision.models.resnet18(weights=None).eval()
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    x = torch.randn(3, 3, 48, 48)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(ours(x).numpy(), theirs(x).numpy())
+    # the ImageNet weights' keys: a torchvision state dict loads strictly
+    torch.manual_seed(8)
+    other = torchvision.models.resnet18(weights=None).eval()
+    ours.load_state_dict(other.state_dict(), strict=True)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(ours(x).numpy(), other(x).numpy())
+    probe = (
+        "import sys; from fer_platform.core.embedding import Embedder, EmbedderSpec; "
+        "Embedder.get(EmbedderSpec(weights='random', profile='native')).embed([]); "
+        "print('torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_state_dict_file_weights(tmp_path):
     spec = EmbedderSpec(weights="random", seed=5)
     ref = Embedder(spec, resolve_weights(spec))
