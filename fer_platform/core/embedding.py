@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from fer_platform.core.errors import ConfigError
+from fer_platform.core.resnet import resnet18
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,6 @@ def build_backbone(weights: Weights, seed: int = 0, state: dict | None = None):
     """ResNet18 with the classifier replaced by identity (512-d output), from ``weights`` (or a
     state dict in memory); random weights are drawn from ``seed``."""
     import torch  # deferred: heavy
-
-    from fer_platform.core.resnet import resnet18
 
     torch.manual_seed(seed)
     model = resnet18()  # torchvision's network, without torchvision's ~164 MiB import

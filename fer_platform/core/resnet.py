@@ -23,7 +23,7 @@ from __future__ import annotations
 def resnet18(num_classes: int = 1000):
     """torchvision's ``resnet18(weights=None)``: BasicBlock, layers [2, 2, 2, 2]."""
     import torch  # deferred: heavy
-    from torch import nn
+    from torch import nn  # deferred: heavy
 
     class BasicBlock(nn.Module):
         def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None):
