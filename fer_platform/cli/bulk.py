@@ -149,11 +149,11 @@ def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> 
     if wait:  # the command declares the whole load itself (pg.schema.DeclaredLoad) and waits for its runs
         with DeclaredLoad(dsn) as load:
             load.begin(files)
-            _launch(home, dsn, keys, files, host, port, load_id)
+            _launch(home, dsn, keys, files, host, port, load_id, declared=True)
             return wait_for(load_id, len(keys), timeout)
-    declarer = start_declarer(home, dsn, files, load_id, len(keys)) if daemon_alive() else None
+    declarer = start_declarer(home, files, load_id, len(keys)) if daemon_alive() else None
     try:
-        _launch(home, dsn, keys, files, host, port, load_id)
+        _launch(home, dsn, keys, files, host, port, load_id, declared=declarer is not None)
     except BaseException:
         if declarer is not None:  # no runs will come: the declarer ends the declaration (builds the index)
             declarer.terminate()
@@ -161,7 +161,9 @@ def run(home: Home, host: str, port: int, wait: bool, timeout: float = 3600) -> 
     return 0
 
 
-def _launch(home: Home, dsn: str, keys: list[str], files: int, host: str, port: int, load_id: str) -> str:
+def _launch(
+    home: Home, dsn: str, keys: list[str], files: int, host: str, port: int, load_id: str, declared: bool
+) -> None:
     backfill = launch(home, dsn, keys, load_id)
     print(
         f"bulk load of {files} pending files: backfill {backfill} over {len(keys)} partitions "
@@ -171,14 +173,14 @@ def _launch(home: Home, dsn: str, keys: list[str], files: int, host: str, port: 
     if not daemon_alive():
         print(
             "no dagster-daemon is running on this instance: the runs wait in the queue until "
-            "`fer-platform dev` starts one; each run then decides about the vector index itself",
+            "`fer-platform dev` starts one"
+            + ("" if declared else "; each run then decides about the vector index itself"),
             file=sys.stderr,
             flush=True,
         )
-    return backfill
 
 
-def start_declarer(home: Home, dsn: str, files: int, load_id: str, runs: int) -> subprocess.Popen | None:
+def start_declarer(home: Home, files: int, load_id: str, runs: int) -> subprocess.Popen | None:
     """The detached process that declares the load and ends the declaration once its runs have finished;
     returned once it has declared (the index dropped when the load is a bulk one), before any run can
     start. None (with one line) when it did not get ready: the runs then decide for themselves."""
