@@ -370,11 +370,11 @@ def end_bulk_load(conn: psycopg.Connection) -> str:
 
 class DeclaredLoad:
     """A load made of many runs, declared up front by whoever launches them (``fer-platform demo``: one
-    ingest run per emotion partition, one after another; ``bulk-load``: its backfill's runs, declared by the command with ``--wait``, else by a detached
-    declarer of its own). Each
-    partition alone is judged by ``is_bulk`` against a table that grows as the load goes on, so after the
-    first partitions the later ones fell below the rule and inserted into a live index row by row, and the
-    index was rebuilt after several of them. Declared: ``begin(rows)`` applies the rule once to the whole
+    ingest run per emotion partition, one after another; ``bulk-load``: its backfill's runs, declared by
+    the command with ``--wait``, else by a detached declarer of its own). Each partition alone is judged
+    by ``is_bulk`` against a table that grows as the load goes on, so after the first partitions the later
+    ones fell below the rule and inserted into a live index row by row, and the index was rebuilt after
+    several of them. Declared: ``begin(rows)`` applies the rule once to the whole
     load's rows; when they are a bulk load it drops the index now and holds BULK_LOAD_LOCK shared (a
     session lock on its own connection) until ``end``: every run of the load finds the index absent, COPYs
     without it, and does not build it (``end_bulk_load`` gets ``loading``: a loader is still there); ``end``
