@@ -134,3 +134,4 @@ def test_bulk_load_without_wait_drops_the_index_once_and_builds_it_once_after_th
                 dev.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(dev.pid, signal.SIGKILL)
+        subprocess.run([*cli, "db", "stop"], env=env, check=False, capture_output=True)  # dev leaves it up
