@@ -126,6 +126,28 @@ def graphql(url: str, query: str) -> dict:
         return json.loads(r.read())
 
 
+def wait_until(what: str, predicate, timeout: float, proc: subprocess.Popen):
+    """``predicate()``'s first truthy value, asked every second; fails when ``proc`` (the server under test,
+    e.g. `fer-platform dev`) exits first, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{' '.join(map(str, proc.args))} exited"
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def serves_code_location(port: int) -> bool:
+    """The Dagster webserver on ``port`` answers and has loaded the code location (errors while it loads:
+    not yet)."""
+    try:
+        return bool(graphql(f"http://127.0.0.1:{port}", "{ assetNodes { id } }")["data"]["assetNodes"])
+    except (OSError, AssertionError, KeyError, TypeError):
+        return False
+
+
 # --------------------------------------------------------------------------- Azurite
 @dataclass
 class Azurite:

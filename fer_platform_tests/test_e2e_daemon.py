@@ -28,6 +28,7 @@ from fer_platform.core.pg.embedded import embedded_status
 from fer_platform.core.storage import Storage
 from fer_platform.partitions import utc_today
 from fer_platform_tests.helpers import encoded, face, put
+from fer_platform_tests.servers import serves_code_location, wait_until
 
 pytestmark = pytest.mark.slow
 MODEL = "resnet18-random-s0-fidelity"
@@ -58,17 +59,6 @@ RUNS = """query($statuses: [RunStatus!]) { runsOrError(filter: {statuses: $statu
 
 def _runs(port, statuses=None):
     return _graphql(port, RUNS, {"statuses": statuses})["runsOrError"]["results"]
-
-
-def _wait(what, predicate, timeout, proc):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "fer-platform dev exited"
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _max_overlap(runs):
@@ -112,7 +102,7 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
     )
     family: set[int] = set()
     try:
-        _wait("the webserver and the code location", lambda: _ready(port), 180, proc)
+        wait_until("the webserver and the code location", lambda: serves_code_location(port), 180, proc)
         bulk = subprocess.run(
             [*cli, "bulk-load", "--port", str(port), "--wait"],
             env=env,
@@ -126,13 +116,13 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         # burst 1; burst 2 while one of its runs is in progress; burst 3 once everything is quiet
         for e in ("happy", "sad"):
             drop(f"train/{e}/b1.png", face(e, 201))
-        _wait("a run in progress", lambda: _runs(port, ["STARTED"]), 120, proc)
+        wait_until("a run in progress", lambda: _runs(port, ["STARTED"]), 120, proc)
         drop("test/happy/b2.png", face("happy", 202))
         drop("test/fear/b2.png", face("fear", 202))
         drop("train/angry/b2 copy.png", face("angry", 100))  # the same content as an initial file
         drop("train/neutral/b2.png", face("neutral", 203))  # a partition that only this burst brings
         drop("train/surprise/b2-broken.png", encoded("RGB"))
-        _wait(
+        wait_until(
             "a quiet instance",
             lambda: not _runs(port, IN_FLIGHT) and _ledger_rows(home) == len(written),
             300,
@@ -148,7 +138,7 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
             meta = home / "lake/index" / MODEL / "meta.json"
             return meta.exists() and json.loads(meta.read_text())["size"] == _loaded(home)
 
-        _wait("every file loaded and the index rebuilt", settled, 300, proc)
+        wait_until("every file loaded and the index rebuilt", settled, 300, proc)
         family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
 
         dsn = embedded_status(home / "postgres")["dsn"]
@@ -173,18 +163,18 @@ def test_bulk_load_then_bursts_load_every_file_exactly_once(tmp_path):
         for i in range(4):
             drop(f"train/angry/b4_{i}.png", face("angry", 300 + i))
         versions += 4
-        killed_run, pid = _wait(
+        killed_run, pid = wait_until(
             "the burst's run worker", lambda: _worker_of_started_run(home, port), 120, proc
         )
         os.kill(pid, signal.SIGKILL)
-        _wait(
+        wait_until(
             "the killed run marked failed by run monitoring",
             lambda: _run_status(port, killed_run) == "FAILURE",
             180,
             proc,
         )
-        _wait("every layer converged after the kill", settled, 300, proc)
-        _wait("the layers agree", lambda: _layers_agree(home), 120, proc)
+        wait_until("every layer converged after the kill", settled, 300, proc)
+        wait_until("the layers agree", lambda: _layers_agree(home), 120, proc)
         family |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
         with connect(dsn) as conn:
             after = conn.execute(
@@ -248,14 +238,6 @@ def _layers_agree(home) -> bool:
     dsn = embedded_status(home / "postgres")["dsn"]
     with connect(dsn) as conn:
         return convergence.audit(conn, Storage(str(home / "lake")), MODEL).ok
-
-
-def _ready(port) -> bool:
-    """The webserver answers and has loaded the code location (errors while it loads: not yet)."""
-    try:
-        return bool(_graphql(port, "{ assetNodes { id } }")["assetNodes"])
-    except (OSError, AssertionError, KeyError, TypeError):
-        return False
 
 
 def _ledger_rows(home) -> int:

@@ -19,30 +19,12 @@ from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.embedded import embedded_status
 from fer_platform.core.pg.schema import vector_index_present
 from fer_platform_tests.helpers import face, put
-from fer_platform_tests.servers import free_port, graphql
+from fer_platform_tests.servers import free_port, serves_code_location, wait_until
 
 pytestmark = pytest.mark.slow
 
 EMOTIONS = ("angry", "happy", "sad")
 PER_EMOTION = 24  # 72 images: over the bulk rule's floor (64 rows), so the load is a bulk one
-
-
-def _wait(what, predicate, timeout, proc):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "fer-platform dev exited"
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _served(port) -> bool:
-    try:
-        return bool(graphql(f"http://127.0.0.1:{port}", "{ assetNodes { id } }")["data"]["assetNodes"])
-    except (OSError, AssertionError, KeyError, TypeError):
-        return False
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -83,8 +65,8 @@ def test_bulk_load_without_wait_drops_the_index_once_and_builds_it_once_after_th
     )
     declarer = None
     try:
-        _wait("the webserver and the code location", lambda: _served(port), 180, dev)
-        _wait("the daemon's heartbeat", lambda: _daemon_beating(home), 120, dev)
+        wait_until("the webserver and the code location", lambda: serves_code_location(port), 180, dev)
+        wait_until("the daemon's heartbeat", lambda: _daemon_beating(home), 120, dev)
         dsn = embedded_status(home / "postgres")["dsn"]
         with connect(dsn) as conn:
             assert vector_index_present(conn)  # the schema's index, on the empty table
@@ -100,7 +82,7 @@ def test_bulk_load_without_wait_drops_the_index_once_and_builds_it_once_after_th
             assert not vector_index_present(conn)
         assert _alive(declarer)  # the command returned; its declarer holds the load
 
-        _wait("the declarer to end with the load", lambda: not _alive(declarer), 600, dev)
+        wait_until("the declarer to end with the load", lambda: not _alive(declarer), 600, dev)
         text = log.read_text()
         assert f"{len(EMOTIONS)}/{len(EMOTIONS)} runs succeeded" in text, text
         assert "vector index: built" in text, text
