@@ -12,6 +12,7 @@ and is waited for until it answers; ``stop()`` ends its whole process group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -146,6 +147,32 @@ def serves_code_location(port: int) -> bool:
         return bool(graphql(f"http://127.0.0.1:{port}", "{ assetNodes { id } }")["data"]["assetNodes"])
     except (OSError, AssertionError, KeyError, TypeError):
         return False
+
+
+@contextlib.contextmanager
+def dev_server(cli: list[str], port: int, env: dict | None = None, timeout: float = 180):
+    """`fer-platform dev` (``cli``: the command up to the subcommand, with its ``--home``) on ``port``, in its
+    own session; yields its process once the webserver serves the code location. Stopped by SIGTERM to its
+    process group (SIGKILL after 60 s), then the home's embedded PostgreSQL, which `dev` leaves up."""
+    proc = subprocess.Popen(
+        [*cli, "dev", "--port", str(port)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until("the webserver and the code location", lambda: serves_code_location(port), timeout, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        subprocess.run([*cli, "db", "stop"], env=env, check=False, capture_output=True)
 
 
 # --------------------------------------------------------------------------- Azurite

@@ -3,8 +3,6 @@
 layers opens no "upstream not materialized" dialog, and a partition materialised through the UI's dialog
 (Materialize -> emotion and load date -> Launch) runs to success (polled through GraphQL)."""
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +10,7 @@ import time
 import pytest
 
 from fer_platform.partitions import utc_today
-from fer_platform_tests.servers import free_port, graphql
+from fer_platform_tests.servers import dev_server, free_port, graphql
 
 pytestmark = pytest.mark.slow
 
@@ -42,28 +40,8 @@ def dagster_ui(tmp_path_factory):
     assert demo.returncode == 0, demo.stderr[-2000:]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [*cli, "dev", "--port", str(port)],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                nodes = graphql(url, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
-                if nodes:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-        assert proc.poll() is None, "fer-platform dev exited"
+    with dev_server(cli, port, timeout=240):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(90)
-        subprocess.run([*cli, "db", "stop"], check=False, capture_output=True)
 
 
 def test_the_ui_is_a_catalog_and_a_partition_materialises_through_its_dialog(dagster_ui, page):
