@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from playwright.sync_api import expect
 
 from fer_platform.partitions import utc_today
 from fer_platform_tests.servers import dev_server, free_port, graphql
@@ -52,7 +53,9 @@ def test_the_ui_is_a_catalog_and_a_partition_materialises_through_its_dialog(dag
     # an asset page shows its columns before anything else, with their types
     page.goto(f"{url}/assets/silver_embeddings")
     page.get_by_text("fixed_size_list<float>[512]").wait_for()
-    assert page.get_by_text("L2-normalised in silver").count() == 1  # the column's description
+    # the column's description can be drawn after its type (CI once counted 0 right after the type
+    # appeared): waited for, then exactly one
+    expect(page.get_by_text("L2-normalised in silver")).to_have_count(1, timeout=30_000)
 
     # the served model was recorded by the demo's first load: Materialize asks nothing about it
     page.goto(f"{url}/assets/image_embeddings")
