@@ -10,7 +10,7 @@ from fer_platform.core.layout import INDEX
 from fer_platform.core.report import human_bytes
 from fer_platform.core.search import build
 from fer_platform.core.search.build import RECALL_TARGET, streamed_recall
-from fer_platform.core.search.index import MAPPING_COLUMNS, IndexUnavailable, SearchIndex
+from fer_platform.core.search.index import MAPPING_COLUMNS, IndexUnavailable, load_index
 from fer_platform.core.silver_scan import iter_silver_vectors, read_silver_vectors
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
@@ -83,20 +83,14 @@ def search_index(
     description=f"recall@10 of the index against exact search over silver, on a sample of queries, is at "
     f"least {RECALL_TARGET}; the index holds exactly the current model's silver vectors.",
 )
-def search_index_recall(
-    search_index: LakeFiles, lake: LakeResource, embedder: EmbedderResource
-) -> dg.AssetCheckResult:
-    # the files' bytes are let go once deserialised: the index and silver are held beside each other, not
-    # a third copy (the index's bytes) with them
-    files, search_index.files = search_index.files, {}
+def search_index_recall(lake: LakeResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
+    storage, model = lake.storage(), embedder.model_id()
+    # the index as search reads it, its file streamed (never its bytes beside it), and silver streamed
+    # beside it, never whole (issue 15: one copy of the vectors in memory)
     try:
-        index = SearchIndex.from_files(files)
+        index = load_index(storage, model)
     except IndexUnavailable as exc:
         return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
-    finally:
-        del files
-    storage, model = lake.storage(), embedder.model_id()
-    # silver streamed beside the index, never whole (issue 15: one copy of the vectors in memory)
     measured = streamed_recall(index, lambda: iter_silver_vectors(storage, model, ("image_id",)))
     problems = []
     if measured["recall"] < RECALL_TARGET:

@@ -419,6 +419,9 @@ class ReadOnlyStorage:
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         return self._storage.read_bytes(key, max_bytes)
 
+    def open_read(self, key: str, block_size: int = 1 << 20):
+        return self._storage.open_read(key, block_size)
+
     def exists(self, key: str) -> bool:
         return self._storage.exists(key)
 

@@ -1,7 +1,9 @@
 """The FAISS index (flat and HNSW), its files, recall, filtered search, and contact sheets."""
 
 import datetime as dt
+import hashlib
 import io
+import json
 import time
 
 import numpy as np
@@ -302,6 +304,10 @@ class CountingLake(Storage):
         self.reads.append(key.rsplit("/", 1)[-1])
         return super().read_bytes(key, max_bytes)
 
+    def open_read(self, key, block_size=1 << 20):
+        self.reads.append(key.rsplit("/", 1)[-1])
+        return super().open_read(key, block_size)
+
 
 def test_a_warm_query_reads_meta_json_alone_and_a_rebuilt_index_is_picked_up(tmp_path):
     lake = CountingLake(str(tmp_path))
@@ -325,8 +331,16 @@ def test_an_index_version_is_hashed_once_and_a_new_version_again(tmp_path, monke
     old = build_index(clustered(n_per=4), "m1").to_files()
     new = build_index(clustered(n_per=3, seed=9), "m1").to_files()
     hashed: list[int] = []  # sizes of what was hashed
-    real = search_index_module.sha256
+    real, streamed = search_index_module.sha256, search_index_module._read_streamed
     monkeypatch.setattr(search_index_module, "sha256", lambda data: hashed.append(len(data)) or real(data))
+
+    def spied(stream, hashing=True):  # the index file is hashed as it streams in, when it is
+        index, digest, size = streamed(stream, hashing)
+        if hashing:
+            hashed.append(size)
+        return index, digest, size
+
+    monkeypatch.setattr(search_index_module, "_read_streamed", spied)
     _publish(lake, old)
     big = len(old[INDEX_FILE])
     assert load_index(lake, "m1", stamps=stamps).size == 28 and big in hashed  # first read: checked
@@ -363,3 +377,28 @@ def test_silver_streamed_is_silver_read_whole(tmp_path):
     a, b = build_index(streamed, "m1"), build_index(whole, "m1")  # the same index either way
     assert a.mapping.equals(b.mapping)
     np.testing.assert_allclose(a.vectors_at(np.arange(a.size)), b.vectors_at(np.arange(b.size)), atol=1e-6)
+
+
+class NoWholeIndexLake(Storage):
+    """The real local storage, refusing to read the FAISS file whole (search and the check stream it)."""
+
+    def read_bytes(self, key, max_bytes=None):
+        assert not key.endswith(INDEX_FILE), "the index file was read whole"
+        return super().read_bytes(key, max_bytes)
+
+
+def test_the_index_file_is_streamed_and_a_cut_or_foreign_file_is_one_clear_error(tmp_path):
+    lake = NoWholeIndexLake(str(tmp_path))
+    files = build_index(clustered(n_per=4), "m1").to_files()
+    _publish(lake, files)
+    loaded = load_index(lake, "m1")
+    assert loaded.size == 28 and (loaded.ids == SearchIndex.from_files(files).ids).all()
+    cut = files[INDEX_FILE][: len(files[INDEX_FILE]) // 2]  # a copy cut short: its digest differs
+    _publish(lake, {**files, INDEX_FILE: cut})
+    with pytest.raises(IndexChanging, match="index.faiss changed"):
+        load_index(lake, "m1", tries=1)
+    meta = json.loads(files[META_FILE])  # bytes FAISS cannot read, their digest recorded as if built
+    meta["digests"][INDEX_FILE] = hashlib.sha256(b"not an index").hexdigest()
+    _publish(lake, {**files, INDEX_FILE: b"not an index", META_FILE: json.dumps(meta).encode()})
+    with pytest.raises(IndexUnavailable, match="cannot be read by FAISS"):
+        load_index(lake, "m1", tries=1)

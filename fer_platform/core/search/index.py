@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -21,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +57,41 @@ def _serialized(index) -> bytes:
     faiss.write_index(index, writer)
     del writer  # flushes
     return buf.getvalue()
+
+
+def _check_digests(meta: dict, found: dict[str, str]) -> None:
+    """IndexChanging unless each file's sha256 in ``found`` is the one meta.json names."""
+    mixed = [n for n, d in (meta.get("digests") or {}).items() if found.get(n) != d]
+    if mixed:
+        raise IndexChanging(
+            f"the index files do not belong together ({', '.join(mixed)} changed): it is being rebuilt; "
+            "try again in a moment"
+        )
+
+
+def _read_streamed(stream: BinaryIO, hashing: bool = True) -> tuple[Any, str | None, int]:
+    """(the FAISS index read from ``stream`` piece by piece, or None if FAISS cannot read it; the sha256 of
+    the file's bytes, None unless ``hashing``; their size). The file's bytes are never whole in memory
+    beside the index made of them: at FER size that copy was 80 MiB more at the index check's peak."""
+    import faiss  # deferred: heavy
+
+    digest, size = (hashlib.sha256() if hashing else None), 0
+
+    def read(n: int) -> bytes:
+        nonlocal size
+        data = stream.read(n)
+        if digest is not None:
+            digest.update(data)
+        size += len(data)
+        return data
+
+    try:
+        index = faiss.read_index(faiss.PyCallbackIOReader(read))
+    except RuntimeError:  # not a FAISS index, or cut short: its digest tells which (see load_index)
+        index = None
+    while read(1 << 20):  # the rest, if any, belongs to the digest and the size
+        pass
+    return index, (digest.hexdigest() if digest is not None else None), size
 
 
 def index_dir(model: str) -> str:
@@ -104,17 +140,16 @@ class SearchIndex:
         if missing:
             raise IndexUnavailable(f"index files missing: {', '.join(missing)}")
         meta = json.loads(files[META_FILE])
-        digests = {} if verified else (meta.get("digests") or {})
-        mixed = [n for n, d in digests.items() if sha256(files.get(n, b"")) != d]
-        if mixed:
-            raise IndexChanging(
-                f"the index files do not belong together ({', '.join(mixed)} changed): it is being rebuilt; "
-                "try again in a moment"
-            )
+        if not verified:
+            _check_digests(meta, {n: sha256(files.get(n, b"")) for n in meta.get("digests") or {}})
         index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
+        return cls._of(index, files[IDS_FILE], meta)
+
+    @classmethod
+    def _of(cls, index, ids: bytes, meta: dict) -> "SearchIndex":
         # one thread: arrow pool threads started after FAISS loads can abort the process at exit
         # (apache/arrow#34314); the mapping is small
-        mapping = pq.read_table(io.BytesIO(files[IDS_FILE]), use_threads=False)
+        mapping = pq.read_table(io.BytesIO(ids), use_threads=False)
         if mapping.num_rows != index.ntotal:
             raise IndexUnavailable(
                 f"index holds {index.ntotal} vectors but its id mapping {mapping.num_rows} rows"
@@ -308,33 +343,46 @@ def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> 
     times, and meta.json's bytes, unchanged before and after the read); a later read of the same version
     skips the hashing. A rebuild changes them, so it is checked again."""
     folder = index_dir(model)
-    for attempt in range(tries):
+    stamp = _stamp_path(stamps, lake.uri(folder)) if stamps is not None else None
+    must_hash = stamps is None
+    for attempt in range(tries + 1):  # one more when a version stamped before the read was not after it
         before = _versions(lake, folder) if stamps is not None else None
-        files = {}
-        for name in (META_FILE, INDEX_FILE, IDS_FILE):
-            try:
-                files[name] = lake.read_bytes(f"{folder}/{name}")
-            except FileNotFoundError:
-                raise IndexUnavailable(
-                    f"no search index for model {model} at {lake.uri(folder)}: materialise search_index "
-                    "(fer-platform demo, or the UI)"
-                ) from None
+        known = _read_stamp(stamp) if stamp is not None else None
+        hashing = must_hash or known is None or known.get("files") != before
+        try:
+            meta_bytes = lake.read_bytes(f"{folder}/{META_FILE}")
+            with lake.open_read(f"{folder}/{INDEX_FILE}") as stream:  # streamed: see _read_streamed
+                index, index_digest, index_size = _read_streamed(stream, hashing)
+            ids = lake.read_bytes(f"{folder}/{IDS_FILE}")
+        except FileNotFoundError:
+            raise IndexUnavailable(
+                f"no search index for model {model} at {lake.uri(folder)}: materialise search_index "
+                "(fer-platform demo, or the UI)"
+            ) from None
+        sizes = {META_FILE: len(meta_bytes), INDEX_FILE: index_size, IDS_FILE: len(ids)}
         record = None
         if before is not None and before == _versions(lake, folder):
-            sizes_match = all(len(files[n]) == before[n][0] for n in files)
-            record = {"meta": sha256(files[META_FILE]), "files": before} if sizes_match else None
-        stamp = _stamp_path(stamps, lake.uri(folder)) if stamps is not None else None
-        verified = record is not None and _read_stamp(stamp) == record
+            sizes_match = all(sizes[n] == before[n][0] for n in sizes)
+            record = {"meta": sha256(meta_bytes), "files": before} if sizes_match else None
+        verified = record is not None and known == record
+        if not verified and not hashing:  # the stamped version changed under the read: read it again, hashed
+            must_hash = True
+            continue
+        meta = json.loads(meta_bytes)
         try:
-            index = SearchIndex.from_files(files, verified=verified)
+            if not verified:
+                _check_digests(meta, {INDEX_FILE: index_digest, IDS_FILE: sha256(ids)})
+            if index is None:
+                raise IndexUnavailable(f"the index at {lake.uri(folder)} cannot be read by FAISS")
+            out = SearchIndex._of(index, ids, meta)
         except IndexChanging:
-            if attempt == tries - 1:
+            if attempt >= tries - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
             continue
         if record is not None and not verified:
             _write_stamp(stamp, record)
-        return index
+        return out
     raise AssertionError("unreachable")
 
 
