@@ -16,13 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from fer_platform.core.layout import SILVER_EMBEDDINGS
 from fer_platform.core.pg.schema import EMBEDDING_DIM
 from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import arrow_to_vectors
 
-BATCH_ROWS = 8192  # 16 MiB of 512-d float32 vectors per batch
+BATCH_ROWS = 2048  # 4 MiB of 512-d float32 vectors per batch
 
 
 @dataclass
@@ -72,21 +73,47 @@ def iter_silver_vectors(
     lake, model: str | None, columns: tuple[str, ...] = ("emotion", "split"), batch_rows: int = BATCH_ROWS
 ) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
     """Silver rows of ``model`` a batch at a time: (unit-length float32 vectors, the batch's ``columns``), in
-    the same order on every scan of the same files; one batch in memory at a time."""
+    the same order on every scan of the same files; one batch in memory at a time.
+
+    File by file, each read in pieces of ``batch_rows`` rows by one thread without pre-buffering its column
+    chunks. Arrow's dataset scanner (even with one batch read ahead and one thread) held ~300 MiB above the
+    process through three scans of silver's 70 MiB of vectors at FER size, and this ~110 MiB, in 0.64x the
+    time (BENCHMARKS.md, issue 15)."""
     found = _dataset(lake, model)
     if not found:
         return
-    dataset, flt = found
-    scan = dataset.to_batches(
-        columns=[*columns, "vector"],
-        filter=flt,
-        batch_size=batch_rows,
-        batch_readahead=2,  # the default (16 batches of every file read ahead) holds ~300 MB at FER size
-        fragment_readahead=1,
-    )
-    for batch in scan:
-        if batch.num_rows:
-            yield normalise(arrow_to_vectors(batch.column("vector"))), batch.drop_columns(["vector"])
+    dataset = found[0]
+    for fragment in dataset.get_fragments():
+        keys = ds.get_partition_keys(fragment.partition_expression)  # emotion, load_date: in the folders
+        with fragment.filesystem.open_input_file(fragment.path) as f:
+            reader = pq.ParquetFile(f, pre_buffer=False)
+            in_file = reader.schema_arrow.names
+            if model and "model" not in in_file:  # no row says it is of the model
+                continue
+            wanted = [c for c in (*columns, "vector", "model") if c in in_file and c not in keys]
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
+                if model:
+                    batch = batch.filter(pc.equal(batch.column("model"), model))
+                if batch.num_rows:
+                    yield (
+                        normalise(arrow_to_vectors(batch.column("vector"))),
+                        _columns(batch, columns, keys, dataset),
+                    )
+
+
+def _columns(batch: pa.RecordBatch, columns: tuple[str, ...], keys: dict, dataset) -> pa.RecordBatch:
+    """``columns`` of ``batch``: from the file, from the folder names (hive keys), or null where neither has
+    one (as the dataset scanner gave a file without the column)."""
+    out = {}
+    for c in columns:
+        kind = dataset.schema.field(c).type if c in dataset.schema.names else pa.string()
+        if c in keys:
+            out[c] = pa.array([keys[c]] * batch.num_rows, kind)
+        elif c in batch.schema.names:
+            out[c] = batch.column(c)
+        else:
+            out[c] = pa.nulls(batch.num_rows, kind)
+    return pa.RecordBatch.from_pydict(out)
 
 
 def read_silver_vectors(
