@@ -13,6 +13,7 @@ BENCHES = [
     ["bench_bulk_load.py", "--images", "6000", "--write-rows", "6000", "--table-rows", "18000"],
     ["bench_search.py"],
     ["bench_gold.py"],
+    ["bench_reads_memory.py"],
     ["bench_serve.py"],
     ["bench_model.py"],
     ["bench_convergence.py"],

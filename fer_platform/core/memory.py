@@ -13,7 +13,8 @@ BENCHMARKS.md):
 * ``limit_arenas`` also makes Arrow allocate with the system allocator (malloc, so the arenas above):
   mimalloc keeps what a thread freed in that thread's heap, and Arrow's dataset scanner allocates on its
   own I/O and CPU threads, which ``release_unused`` (the calling thread's heap) never reaches: reading
-  silver's 70 MiB of vectors peaked ~300 MiB above the process with mimalloc, ~230 MiB with malloc.
+  silver's 70 MiB of vectors with that scanner peaked ~300 MiB above the process with mimalloc, ~230 MiB
+  with malloc (silver is now read file by file on one thread: ``silver_scan.iter_silver_vectors``).
 * ``unpool_large_allocations`` (once nothing is embedded any more) serves every allocation of 1 MiB or
   more by its own mmap, returned to the system when freed. glibc's default raises that threshold to the
   size of the largest block freed (up to 32 MiB), so the index build's and silver's temporaries of a few
