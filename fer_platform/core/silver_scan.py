@@ -76,9 +76,9 @@ def iter_silver_vectors(
     the same order on every scan of the same files; one batch in memory at a time.
 
     File by file, each read in pieces of ``batch_rows`` rows by one thread without pre-buffering its column
-    chunks. Arrow's dataset scanner (even with one batch read ahead and one thread) held ~300 MiB above the
-    process through three scans of silver's 70 MiB of vectors at FER size, and this ~110 MiB, in 0.64x the
-    time (BENCHMARKS.md, issue 15)."""
+    chunks, its columns cast to the dataset's types. Arrow's dataset scanner (one batch read ahead, one file)
+    held 251 MiB above the process through three scans of silver's 70 MiB of vectors at FER size, and this
+    111 MiB, in 0.83x the time (bench/bench_reads_memory.py)."""
     found = _dataset(lake, model)
     if not found:
         return
@@ -88,11 +88,13 @@ def iter_silver_vectors(
         with fragment.filesystem.open_input_file(fragment.path) as f:
             reader = pq.ParquetFile(f, pre_buffer=False)
             in_file = reader.schema_arrow.names
-            if model and "model" not in in_file:  # no row says it is of the model
+            if model and "model" in keys and keys["model"] != model:  # a folder of another model
+                continue
+            if model and "model" not in in_file and "model" not in keys:  # no row says it is of the model
                 continue
             wanted = [c for c in (*columns, "vector", "model") if c in in_file and c not in keys]
             for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
-                if model:
+                if model and "model" not in keys:
                     batch = batch.filter(pc.equal(batch.column("model"), model))
                 if batch.num_rows:
                     yield (
@@ -109,8 +111,9 @@ def _columns(batch: pa.RecordBatch, columns: tuple[str, ...], keys: dict, datase
         kind = dataset.schema.field(c).type if c in dataset.schema.names else pa.string()
         if c in keys:
             out[c] = pa.array([keys[c]] * batch.num_rows, kind)
-        elif c in batch.schema.names:
-            out[c] = batch.column(c)
+        elif c in batch.schema.names:  # as the scanner gave it: every file in the dataset's type
+            col = batch.column(c)
+            out[c] = col if col.type == kind else col.cast(kind)
         else:
             out[c] = pa.nulls(batch.num_rows, kind)
     return pa.RecordBatch.from_pydict(out)

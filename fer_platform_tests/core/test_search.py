@@ -402,3 +402,43 @@ def test_the_index_file_is_streamed_and_a_cut_or_foreign_file_is_one_clear_error
     _publish(lake, {**files, INDEX_FILE: b"not an index", META_FILE: json.dumps(meta).encode()})
     with pytest.raises(IndexUnavailable, match="cannot be read by FAISS"):
         load_index(lake, "m1", tries=1)
+
+
+def test_a_stamped_version_replaced_during_the_read_is_read_again_and_hashed(tmp_path, monkeypatch):
+    lake, stamps = Storage(str(tmp_path / "lake")), tmp_path / "stamps"
+    old = build_index(clustered(n_per=4), "m1").to_files()
+    new = build_index(clustered(n_per=3, seed=9), "m1").to_files()
+    _publish(lake, old)
+    assert load_index(lake, "m1", stamps=stamps).size == 28  # checked and stamped
+    real, reads = search_index_module._read_streamed, []
+
+    def rebuilt_meanwhile(stream, hashing=True):  # the stamped version is read unhashed, and replaced
+        reads.append(hashing)
+        got = real(stream, hashing)
+        if len(reads) == 1:
+            time.sleep(0.01)
+            _publish(lake, new)
+        return got
+
+    monkeypatch.setattr(search_index_module, "_read_streamed", rebuilt_meanwhile)
+    assert load_index(lake, "m1", stamps=stamps).size == 21  # the new build, not the old one unhashed
+    assert reads == [False, True]
+
+
+def test_silver_files_written_with_other_arrow_types_read_as_the_dataset_types(tmp_path):
+    lake = Storage(str(tmp_path))
+    rows = clustered(n_per=4).append_column("model", pa.array(["m1"] * 28))
+    root = lake.path(SILVER_EMBEDDINGS)
+    first, second = rows.slice(0, 14), rows.slice(14)
+    big = second.set_column(  # an older writer's large strings
+        second.schema.get_field_index("image_id"), "image_id", second["image_id"].cast(pa.large_string())
+    )
+    for i, part in enumerate((first, big)):
+        pq.write_to_dataset(
+            part.drop_columns(["emotion", "load_date"]),
+            f"{root}/emotion=angry/load_date={DAY.isoformat()}",
+            basename_template=f"part-{i}-{{i}}.parquet",
+        )
+    got = read_silver_vectors(lake, "m1", MAPPING_COLUMNS)
+    assert got.num_rows == 28 and got.columns.schema.field("image_id").type == pa.string()
+    assert sorted(got.strings("image_id")) == sorted(rows["image_id"].to_pylist())

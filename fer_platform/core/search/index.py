@@ -87,8 +87,8 @@ def _read_streamed(stream: BinaryIO, hashing: bool = True) -> tuple[Any, str | N
 
     try:
         index = faiss.read_index(faiss.PyCallbackIOReader(read))
-    except RuntimeError:  # not a FAISS index, or cut short: its digest tells which (see load_index)
-        index = None
+    except (RuntimeError, MemoryError):  # not a FAISS index, cut short, or two builds' bytes (a length
+        index = None  # field of one read as the other's: a huge allocation refused); the digest tells which
     while read(1 << 20):  # the rest, if any, belongs to the digest and the size
         pass
     return index, (digest.hexdigest() if digest is not None else None), size
@@ -344,8 +344,8 @@ def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> 
     skips the hashing. A rebuild changes them, so it is checked again."""
     folder = index_dir(model)
     stamp = _stamp_path(stamps, lake.uri(folder)) if stamps is not None else None
-    must_hash = stamps is None
-    for attempt in range(tries + 1):  # one more when a version stamped before the read was not after it
+    must_hash, changing = stamps is None, 0
+    while True:  # each pass returns, raises, or counts a rebuild seen (at most tries); one more if unhashed
         before = _versions(lake, folder) if stamps is not None else None
         known = _read_stamp(stamp) if stamp is not None else None
         hashing = must_hash or known is None or known.get("files") != before
@@ -367,6 +367,7 @@ def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> 
         verified = record is not None and known == record
         if not verified and not hashing:  # the stamped version changed under the read: read it again, hashed
             must_hash = True
+            time.sleep(0.5)  # a rebuild is replacing the files
             continue
         meta = json.loads(meta_bytes)
         try:
@@ -376,14 +377,14 @@ def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> 
                 raise IndexUnavailable(f"the index at {lake.uri(folder)} cannot be read by FAISS")
             out = SearchIndex._of(index, ids, meta)
         except IndexChanging:
-            if attempt >= tries - 1:
+            changing += 1
+            if changing >= tries:
                 raise
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.5 * changing)
             continue
         if record is not None and not verified:
             _write_stamp(stamp, record)
         return out
-    raise AssertionError("unreachable")
 
 
 def _versions(lake, folder: str) -> dict[str, list[int]] | None:

@@ -3,8 +3,8 @@ new build without a restart and without failing a query.
 
 Queries take ``current()``, the build in memory. At most every ``check_seconds`` a query also has the lake
 looked at, in a background thread, so no query waits on the lake: only ``meta.json`` is read (a few hundred
-bytes) and the digests it names compared with the build in memory. A new build is read whole and verified
-(every file against the digests its ``meta.json`` names, ``SearchIndex.from_files``) before it replaces
+bytes) and the digests it names compared with the build in memory. A new build is read and verified
+(every file against the digests its ``meta.json`` names, ``load_index``) before it replaces
 the old one in one assignment; until then, and whenever reading it fails (a rebuild still replacing its
 files, a store out of reach, the index deleted), the old build keeps answering.
 """
