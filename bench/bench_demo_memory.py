@@ -4,8 +4,8 @@
 
 Imports (numpy and pyarrow, dagster, the code location's definitions, torch), the served model at
 ``native``, then on HOME's silver (the model the index was built for): silver streamed into one matrix, the
-index built from it, its files serialised, the files read back and deserialised (the recall check, the
-demo's search example), silver read again (the agreement), each with the RSS growth and what
+index built from it, its files serialised, the home's index loaded as ``load_index`` reads it (the recall
+check, the demo's search example), silver read again (the agreement), each with the RSS growth and what
 ``release_memory`` (gc, Arrow's pool, ``malloc_trim``) gives back. Arrow's allocator and its bytes held are
 printed too. Not part of ``make bench`` (it needs a loaded home).
 """
@@ -57,7 +57,7 @@ def main(home: Path) -> None:
     from fer_platform.core.embedding import Embedder
     from fer_platform.core.memory import release_memory
     from fer_platform.core.search import build
-    from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
+    from fer_platform.core.search.index import MAPPING_COLUMNS, load_index
     from fer_platform.core.silver_scan import read_silver_vectors
     from fer_platform.core.storage import Storage
     from fer_platform.resources.environments import embedder_from_env
@@ -80,14 +80,14 @@ def main(home: Path) -> None:
     mark("silver dropped, released")
     files = index.to_files()
     mark(f"index files serialised ({sum(len(b) for b in files.values()) / 2**20:.0f} MiB)")
-    del index
+    del index, files
     release_memory()
-    mark("built index dropped (the asset returns its files)")
-    back = SearchIndex.from_files(files)
-    mark("index deserialised from its files (recall check, search example)")
+    mark("built index and its files dropped (the asset's files are written)")
+    back = load_index(lake, model)
+    mark("the home's index loaded, its file streamed (recall check, search example)")
     silver = read_silver_vectors(lake, model, ("image_id",))
     mark("silver read again beside it (recall check)")
-    del back, files, silver
+    del back, silver
     release_memory()
     mark("all dropped, released")
     pool = pa.default_memory_pool()

@@ -85,11 +85,11 @@ def iter_silver_vectors(
     dataset = found[0]
     for fragment in dataset.get_fragments():
         keys = ds.get_partition_keys(fragment.partition_expression)  # emotion, load_date: in the folders
+        if model and "model" in keys and keys["model"] != model:  # a folder of another model: not opened
+            continue
         with fragment.filesystem.open_input_file(fragment.path) as f:
             reader = pq.ParquetFile(f, pre_buffer=False)
             in_file = reader.schema_arrow.names
-            if model and "model" in keys and keys["model"] != model:  # a folder of another model
-                continue
             if model and "model" not in in_file and "model" not in keys:  # no row says it is of the model
                 continue
             wanted = [c for c in (*columns, "vector", "model") if c in in_file and c not in keys]

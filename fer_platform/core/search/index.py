@@ -131,17 +131,16 @@ class SearchIndex:
         return files
 
     @classmethod
-    def from_files(cls, files: dict[str, bytes], verified: bool = False) -> "SearchIndex":
-        """The index of its three files, checked against the digests meta.json names unless ``verified``
-        (these very files were checked before: see ``load_index``'s stamps)."""
+    def from_files(cls, files: dict[str, bytes]) -> "SearchIndex":
+        """The index of its three files in memory, checked against the digests meta.json names (a lake's
+        index is read by ``load_index``, its FAISS file streamed)."""
         import faiss  # deferred: heavy
 
         missing = [f for f in (INDEX_FILE, IDS_FILE, META_FILE) if f not in files]
         if missing:
             raise IndexUnavailable(f"index files missing: {', '.join(missing)}")
         meta = json.loads(files[META_FILE])
-        if not verified:
-            _check_digests(meta, {n: sha256(files.get(n, b"")) for n in meta.get("digests") or {}})
+        _check_digests(meta, {n: sha256(files.get(n, b"")) for n in meta.get("digests") or {}})
         index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
         return cls._of(index, files[IDS_FILE], meta)
 
