@@ -62,7 +62,7 @@ def image_embeddings(
         image_ids=bronze_images["image_id"].to_pylist(),
         filepaths=bronze_images["filepath"].to_pylist(),  # lake-relative in every environment
         splits=bronze_images["split"].to_pylist(),
-        pngs=bronze_images["png"].to_pylist(),
+        pngs=vectors.BinaryRows(bronze_images["png"]),  # bytes made a batch at a time, as the model reads
         embed=embed,
         force=config.force,
     )

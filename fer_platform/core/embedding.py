@@ -305,7 +305,7 @@ class Embedder:
         """Vectors batch by batch, in order. Decoding and transforms run in background threads
         (PIL releases the GIL), ``prefetch`` batches ahead of the model, so it never waits on PIL."""
         bs = self.spec.batch_size
-        chunks = iter([pngs[i : i + bs] for i in range(0, len(pngs), bs)])
+        chunks = (pngs[i : i + bs] for i in range(0, len(pngs), bs))  # sliced when read (``BinaryRows``)
         workers = self.preprocess_workers()
         ahead = prefetch + workers - 1
         with ThreadPoolExecutor(workers, thread_name_prefix="fer-preprocess") as pool:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from fer_platform.core.layout import RAW_IMAGES, SILVER_EMBEDDINGS
 from fer_platform.core.pg.schema import EMBEDDING_DIM
-from fer_platform.core.vecmath import ZeroVectors, normalise
+from fer_platform.core.vecmath import ZeroVectors, all_finite, normalise, unit_norm_errors
 from fer_platform.core.vectors import arrow_to_vectors, vectors_to_arrow
 
 NORM_TOLERANCE = 1e-5
@@ -43,17 +42,17 @@ def lake_relative(uri: str) -> str:
 
 def build_silver(embeddings: pa.Table) -> pa.Table:
     """Silver rows from a partition's pgvector rows (see module docstring)."""
-    table = embeddings.sort_by([("id", "ascending")])
-    # keep the first row of each image_id
-    ids = table["image_id"].to_pylist()
-    first = {}
-    for i, image_id in enumerate(ids):
-        first.setdefault(image_id, i)
-    table = table.take(pa.array(sorted(first.values()), pa.int64()))
+    # rows come from PostgreSQL in id order, once per image: then neither the sort nor the dedup copies them
+    table = embeddings if _ascending(embeddings["id"]) else embeddings.sort_by([("id", "ascending")])
+    if len(pc.unique(table["image_id"])) != table.num_rows:  # keep the first row of each image_id
+        first = {}
+        for i, image_id in enumerate(table["image_id"].to_pylist()):
+            first.setdefault(image_id, i)
+        table = table.take(pa.array(sorted(first.values()), pa.int64()))
     vectors = arrow_to_vectors(table["vector"])
     if vectors.shape[1:] != (EMBEDDING_DIM,):
         raise InvalidVectors(f"vectors have {vectors.shape[1:]} dims, expected {EMBEDDING_DIM}")
-    if not np.isfinite(vectors).all():
+    if not all_finite(vectors):
         raise InvalidVectors("vectors contain NaN or inf")
     try:
         unit = normalise(vectors, strict=True)  # a zero vector has no direction to search by
@@ -77,6 +76,12 @@ def build_silver(embeddings: pa.Table) -> pa.Table:
     return out
 
 
+def _ascending(ids: pa.ChunkedArray) -> bool:
+    """Strictly ascending ids (no copy of the table to find out)."""
+    ids = ids.combine_chunks()
+    return len(ids) < 2 or bool(pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py())
+
+
 def silver_problems(table: pa.Table) -> list[str]:
     problems = []
     if table.num_rows == 0:
@@ -87,9 +92,9 @@ def silver_problems(table: pa.Table) -> list[str]:
         )
         return problems
     v = arrow_to_vectors(table["vector"])
-    if not np.isfinite(v).all():
+    if not all_finite(v):
         problems.append("non-finite values")
-    off = np.abs(np.linalg.norm(v.astype(np.float64), axis=1) - 1.0)
+    off = unit_norm_errors(v)
     if (off > NORM_TOLERANCE).any():
         problems.append(f"{int((off > NORM_TOLERANCE).sum())} vector(s) not of norm 1 +- {NORM_TOLERANCE}")
     dupes = table.num_rows - len(pc.unique(table["image_id"]))
