@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_scale import generate  # noqa: E402
+from bench_scale import cli, demo_env, generate  # noqa: E402
 
 HOOK = ROOT / "bench" / "peak_hook"
 
@@ -50,22 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     home = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ferpeaks-"))
     home.mkdir(parents=True, exist_ok=bool(not args.keep))
-    env = {k: v for k, v in os.environ.items() if k not in ("FER_LANDING", "FER_HOME", "FER_LAKE_URL")}
-    env.update(
-        PYTHONPATH=f"{HOOK}{os.pathsep}{ROOT}",
-        FER_EMBED_PROFILE="native",
-        FER_EMBED_WEIGHTS="random",
-        FER_DEMO_TRAIN="0",
-    )
-    cli = [sys.executable, "-m", "fer_platform.cli", "--home", str(home)]
+    env = demo_env(HOOK)  # as bench_scale runs the demo, the hook first on the path
     trace = home / "peaks.json"
     try:
         gen = generate(home / "landing", args.n)
         print(f"N = {args.n:,}: generated in {gen['seconds']} s; python {sys.executable}")
-        subprocess.run([*cli, "db", "start"], env=env, cwd=ROOT, check=True, capture_output=True)
+        cli(home, "db", "start", env=env, check=True, capture_output=True)
         with open(home / "demo.json", "w") as out, open(home / "demo.err", "w") as err:
             proc = subprocess.Popen(
-                [*cli, "demo", "--json"],
+                [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--json"],
                 env={**env, "FER_PEAK_TRACE": str(trace)},
                 stdout=out,
                 stderr=err,
@@ -97,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                     last = t - t0
             print("\nRSS (MiB) over the demo: " + " ".join(row))
     finally:
-        subprocess.run([*cli, "db", "stop"], env=env, cwd=ROOT, capture_output=True)
+        cli(home, "db", "stop", env=env, capture_output=True)
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)
 

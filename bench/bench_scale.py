@@ -422,6 +422,19 @@ class Sampler(threading.Thread):
             self.stop.wait(SAMPLE_SECONDS)
 
 
+def demo_env(*pythonpath: Path) -> dict:
+    """The environment the demo runs in: ``native``, random weights, no training, this checkout's code
+    (after ``pythonpath``), no home or landing of the caller's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FER_LANDING", "FER_HOME", "FER_LAKE_URL")}
+    env.update(
+        PYTHONPATH=os.pathsep.join(str(p) for p in (*pythonpath, ROOT)),
+        FER_EMBED_PROFILE="native",
+        FER_EMBED_WEIGHTS="random",
+        FER_DEMO_TRAIN="0",
+    )
+    return env
+
+
 def cli(home: Path, *args: str, env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fer_platform.cli", "--home", str(home), *args], env=env, cwd=ROOT, **kw
@@ -590,13 +603,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes = parse_sizes(args.n or ["2000"])
     except ValueError as exc:
         ap.error(str(exc))
-    env = {k: v for k, v in os.environ.items() if k not in ("FER_LANDING", "FER_HOME", "FER_LAKE_URL")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        FER_EMBED_PROFILE="native",
-        FER_EMBED_WEIGHTS="random",
-        FER_DEMO_TRAIN="0",
-    )
+    env = demo_env()
     os.environ.update(FER_EMBED_PROFILE="native", FER_EMBED_WEIGHTS="random")  # the model-only rate's model
     keep = Path(args.home).resolve() if args.home else None
     if keep:
