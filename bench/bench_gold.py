@@ -172,7 +172,7 @@ def _queries(lake: Storage, n_queries: int) -> dict:
             else faiss.SearchParameters(sel=sel)
         )
         with index_module.single_thread():
-            _, pos = index.index.search(np.ascontiguousarray(v[None, :]), 10, params=params)
+            _, pos = index.parts[0].search(np.ascontiguousarray(v[None, :]), 10, params=params)
         old = [index.ids[q] for q in pos[0] if q >= 0]
         filtered.append(time.perf_counter() - t0)
         same += got == old

@@ -1,13 +1,16 @@
 """search_index's build at growing N (issue 15): where its time goes, per image, and what bounds it.
 
     .venv/bin/python bench/bench_index_build.py [--sizes 20000,40000,80000] [--ef-construction 200,80]
+        [--segment-size 50000,0]
 
 Clustered 512-d vectors like silver's (``bench_gold.generate``'s model: emotions, sub-clusters, noise), in
 memory; for each N and each efConstruction, ``build.build_index`` (as the asset calls it: HNSW at or
 above ``HNSW_THRESHOLD``), its phases timed inside (graph add, ef_search tuning), the serialisation
 (``to_files``), and the blocking check's recall measurement (``index_recall``, 200 queries against exact
-search): ms per image of each, the tuned ef_search and recall, and the check's recall. The sizes run one
-after another, so the machine's drift is in the ratios; the per-image growth between sizes is the point.
+search): ms per image of each, the tuned ef_search and recall, and the check's recall; and the warm query a
+user makes (one image by id, itself excluded, 200 of them one at a time): its median ms. ``--segment-size``
+compares segment sizes side by side (0: one graph, as before segments). The sizes run one after another, so
+the machine's drift is in the ratios; the per-image growth between sizes is the point.
 """
 
 import argparse
@@ -54,16 +57,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="20000,40000,80000")
     ap.add_argument("--ef-construction", default=str(build.HNSW_EF_CONSTRUCTION))
+    ap.add_argument("--segment-size", default=str(build.SEGMENT_SIZE), help="0: one graph")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     efcs = [int(s) for s in args.ef_construction.split(",")]
+    segs = [int(s) for s in args.segment_size.split(",")]
     results = {}
     for n in sizes:
         table = silver(n)
-        for efc in efcs:
+        for efc, seg in ((e, g) for e in efcs for g in segs):
             t0 = time.perf_counter()
             index = build_index(
-                table, "bench", hnsw_threshold=min(n, build.HNSW_THRESHOLD), ef_construction=efc
+                table,
+                "bench",
+                hnsw_threshold=min(n, build.HNSW_THRESHOLD),
+                ef_construction=efc,
+                segment_size=seg or n,
             )
             total = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -74,9 +83,15 @@ def main() -> None:
             checked = time.perf_counter() - t2
             per = {k: 1000 * v / n for k, v in index.seconds.items()}
             per.update(build=1000 * total / n, serialise=1000 * serialise / n, check=1000 * checked / n)
-            results[(n, efc)] = per
+            per["query_ms"] = query_p50(index)
+            results[(n, efc, seg)] = per
             row(
-                f"N={n} efConstruction={efc}: build (add + tune + rest)",
+                f"N={n} efConstruction={efc} segments {index.meta.get('segments')}: warm query by id (p50)",
+                per["query_ms"],
+                "ms",
+            )
+            row(
+                f"N={n} efConstruction={efc} segment_size={seg or 'one graph'}: build (add + tune + rest)",
                 per["build"],
                 "ms/image",
                 f"add {per['add']:.3f}, tune {per.get('tune', 0):.3f}; "
@@ -85,15 +100,27 @@ def main() -> None:
                 f"({check['queries']} queries) {per['check']:.3f} ms/image; serialise {per['serialise']:.3f} "
                 f"ms/image, {sum(len(b) for b in files.values()) >> 20} MiB",
             )
-    for efc in efcs:
+    for efc, seg in ((e, g) for e in efcs for g in segs):
         for a, b in zip(sizes, sizes[1:], strict=False):
-            for phase in ("build", "add", "tune", "check"):
-                if phase in results[(a, efc)] and results[(a, efc)][phase]:
+            for phase in ("build", "add", "tune", "check", "query_ms"):
+                if phase in results[(a, efc, seg)] and results[(a, efc, seg)][phase]:
                     row(
-                        f"efConstruction={efc}: {phase} per image, N={b} / N={a}",
-                        results[(b, efc)].get(phase, 0) / results[(a, efc)][phase],
+                        f"efConstruction={efc} segment_size={seg or 'one graph'}: "
+                        f"{'warm query' if phase == 'query_ms' else phase + ' per image'}, N={b} / N={a}",
+                        results[(b, efc, seg)].get(phase, 0) / results[(a, efc, seg)][phase],
                         "x",
                     )
+
+
+def query_p50(index, queries: int = 200, seed: int = 2) -> float:
+    """Median ms of one warm query by id (the image's own vector, itself excluded, 10 neighbours)."""
+    picks = np.random.default_rng(seed).choice(index.size, size=min(queries, index.size), replace=False)
+    vectors, took = index.vectors_at(picks), []
+    for p, v in zip(picks, vectors, strict=True):
+        t = time.perf_counter()
+        index.search(v, 10, exclude=index.ids[p])
+        took.append(time.perf_counter() - t)
+    return float(np.median(took) * 1000)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def in_process(index, vectors: np.ndarray, picks: np.ndarray) -> None:
             sel=faiss.IDSelectorBatch(allowed.astype(np.int64)), efSearch=max(index.meta["ef_search"], 44)
         )
         with single_thread():
-            index.index.search(vectors[p][None, :], 10, params=params)
+            index.parts[0].search(vectors[p][None, :], 10, params=params)
 
     floor = timed(lambda p: index.search(vectors[p], 10))
     new = timed(lambda p: index.search(vectors[p], 10, exclude=index.ids[p]))

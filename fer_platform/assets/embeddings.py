@@ -70,9 +70,7 @@ def image_embeddings(
         stats = write_partition(
             conn,
             plan,
-            on_batch=lambda done, todo: context.log.debug(
-                f"embedded {done}/{todo} new images of {len(plan)}"
-            ),
+            on_batch=vectors.progress_every(context.log.info),
         )
         model_rows = vectors.count_model(conn, model)
     seconds = stats["seconds"]

@@ -25,6 +25,9 @@ class SearchIndexConfig(dg.Config):
     target_recall: float = build.RECALL_TARGET
     """HNSW: ef_search is raised until recall@10 on a sample reaches this (checked again by the asset
     check)."""
+    segment_size: int = build.SEGMENT_SIZE
+    """HNSW: the index is built in segments (graphs) of at most this many vectors, each searched and the
+    answers merged: inserting into a graph costs more the bigger it is, a segment's cost stays flat."""
 
 
 @dg.asset(
@@ -38,7 +41,8 @@ class SearchIndexConfig(dg.Config):
     kinds={"faiss"},
     automation_condition=FOLLOW_UPSTREAM,
     description="FAISS index of every silver vector of the current model (exact below a size threshold, HNSW "
-    "above), with the id mapping as Parquet: `index/{model}/` holds `index.faiss`, `ids.parquet` (the "
+    f"above, in segments of at most {build.SEGMENT_SIZE:,} vectors), with the id mapping as Parquet: "
+    "`index/{model}/` holds `index.faiss`, `ids.parquet` (the "
     "columns below: row i of the index is row i there) and `meta.json`.",
 )
 def search_index(
@@ -61,6 +65,7 @@ def search_index(
         m=config.hnsw_m,
         ef_construction=config.ef_construction,
         target_recall=config.target_recall,
+        segment_size=config.segment_size,
     )
     files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/: search.index.index_dir
     meta = {
@@ -73,6 +78,7 @@ def search_index(
     if index.kind == "hnsw":  # a flat index is exact: no ef_search, recall 1
         meta["ef_search"] = int(index.meta["ef_search"])
         meta["tuned_recall_at_10"] = round(float(index.meta["tuned_recall"]), 4)
+        meta["segments"] = len(index.parts)
     context.add_output_metadata(meta)
     return files
 

@@ -12,6 +12,7 @@ from fer_platform.core.vectors import (
     arrow_to_vectors,
     count_partition,
     partition_check,
+    progress_every,
     read_partition,
     write_partition,
 )
@@ -137,3 +138,22 @@ def test_partitions_and_models_are_separate(pg_dsn):
         assert count_partition(conn, "happy", DAY, "m2") == 4
         facts = partition_check(conn, "happy", DAY, "m1", ["img000", "img001", "img002", "img999"])
     assert facts["missing"] == ["img999"] and facts["extra"] == ["img003"]
+
+
+def test_a_load_logs_its_progress_at_most_every_interval_and_at_the_end():
+    """One log line per batch was one event-log write per 64 images (~7 % of image_embeddings at FER size):
+    progress is logged at most every interval, and always when the last batch is in."""
+    lines: list[str] = []
+    quiet = progress_every(lines.append, seconds=3600)
+    for done in range(64, 5000, 64):
+        quiet(done, 5000)
+    quiet(5000, 5000)
+    assert len(lines) == 1 and lines[0].startswith("embedded 5,000/5,000 new images (")
+    chatty = progress_every(lines.append, seconds=0)
+    for done in (64, 128, 192):
+        chatty(done, 192)
+    assert [line.split(" new")[0] for line in lines[1:]] == [
+        "embedded 64/192",
+        "embedded 128/192",
+        "embedded 192/192",
+    ]

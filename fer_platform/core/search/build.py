@@ -4,11 +4,20 @@ Exact (flat inner product) below ``HNSW_THRESHOLD`` vectors, where a query is fa
 anyway and recall is 1; HNSW at or above it, with ``ef_search`` tuned at build time on queries
 the graph does not hold, to the smallest value that reaches ``RECALL_TARGET``. Recall is
 always measured against exact search (``vecmath.exact_search``), never against FAISS itself.
+
+An HNSW index is built in segments of at most ``SEGMENT_SIZE`` vectors (consecutive image_ids, as
+even as the count allows), each its own graph; a query searches each and merges the answers
+(``index.SearchIndex``). Inserting into one graph costs more the bigger it is (log N, and a graph
+that outgrows the caches: +24 % per image per doubling measured by ``bench/bench_index_build.py``,
+1.61x per image from 35,887 to 250,000 vectors in ``bench/bench_scale.py``): a segment's does not grow.
+A query pays one graph walk per segment, but each walk is in a smaller graph, where the recall target
+needs a lower ``ef_search``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 
 import numpy as np
@@ -25,6 +34,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 RECALL_TARGET = 0.99
 TUNE_QUERIES = 500
+SEGMENT_SIZE = 50_000  # vectors per HNSW segment at most: FER2013 (35,887) is one, 7x FER five of 50,000
 ADD_BATCH = 8192  # vectors added to the index at a time (16 MiB of 512-d float32)
 EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
@@ -38,9 +48,11 @@ def build_index(
     ef_construction: int = HNSW_EF_CONSTRUCTION,
     target_recall: float = RECALL_TARGET,
     seed: int = 0,
+    segment_size: int = SEGMENT_SIZE,
 ) -> SearchIndex:
-    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above):
-    a silver table, or silver streamed (``silver_scan.read_silver_vectors`` with ``MAPPING_COLUMNS``)."""
+    """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above, in
+    segments of at most ``segment_size``): a silver table, or silver streamed
+    (``silver_scan.read_silver_vectors`` with ``MAPPING_COLUMNS``)."""
     import faiss  # deferred: heavy
 
     sv = as_silver_vectors(silver)
@@ -48,48 +60,56 @@ def build_index(
     n, dim = sv.vectors.shape
     held = 0
     if n >= hnsw_threshold:
-        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
         kind = "hnsw"
         # ef_search is tuned on queries the graph does not hold yet (a stored vector finds its own
-        # neighbourhood too easily): a sample is moved to the end, added after the tuning
+        # neighbourhood too easily): a sample is moved to the end, added (to the last segment) after the
+        # tuning
         held = min(TUNE_QUERIES, max(1, n // 20))
         picks = np.random.default_rng(seed).choice(n, size=held, replace=False)
         order = order[np.concatenate([np.setdiff1d(np.arange(n), picks), np.sort(picks)])]
+        count = max(1, math.ceil(n / max(1, segment_size)))
+        parts = [faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT) for _ in range(count)]
+        for part in parts:
+            part.hnsw.efConstruction = ef_construction
     else:
-        index = faiss.IndexFlatIP(dim)
+        parts = [faiss.IndexFlatIP(dim)]
         kind = "flat"
+    # segment s holds positions bounds[s]..bounds[s+1]-1, n / segments each, the last one the tuning
+    # sample too (after the tuning): none above segment_size
+    bounds = [min(round(n * s / len(parts)), n - held) for s in range(len(parts))] + [n - held]
     # the vectors go in by image_id, the tuning sample last, a batch at a time: the index holds its own
     # copy, so a reordered copy of the whole matrix would be a third one
     table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors
     started = time.perf_counter()
-    for at in range(0, n - held, ADD_BATCH):
-        index.add(vectors[order[at : min(at + ADD_BATCH, n - held)]])
+    for part, start, end in zip(parts, bounds, bounds[1:], strict=False):
+        for at in range(start, end, ADD_BATCH):
+            part.add(vectors[order[at : min(at + ADD_BATCH, end)]])
     seconds = {"add": time.perf_counter() - started}
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
     del table
     meta = {
         "kind": kind,
         "model": model,
-        "size": int(index.ntotal),
+        "size": n - held,
         "dim": dim,
         "metric": "cosine (inner product of L2-normalised vectors)",
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "embedder": embedder or {},
         "faiss": faiss.__version__,
     }
-    out = SearchIndex(index, mapping, meta)
+    out = SearchIndex(parts, mapping, meta)
     if kind == "hnsw":
         queries = vectors[order[n - held :]]
-        meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held)
+        meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held, segment_size=segment_size)
         started = time.perf_counter()
         meta["ef_search"], meta["tuned_recall"] = tune_ef(
             out, vectors, queries, target_recall, rows=order[: n - held]
         )
         seconds["tune"] = time.perf_counter() - started
         out.set_ef(meta["ef_search"])
-        index.add(queries)
-        meta["size"] = int(index.ntotal)
+        parts[-1].add(queries)
+    meta["size"] = out.size
+    meta["segments"] = [int(p.ntotal) for p in parts]
     out.seconds = {k: round(v, 3) for k, v in seconds.items()}  # where the build's time went (benchmarks)
     return out
 

@@ -3,11 +3,14 @@ them), and answering queries with FAISS.
 
 The index is exact (flat inner product) below a size threshold and HNSW above it (see
 ``build``); vectors are L2-normalised, so inner product is cosine similarity and the distance
-reported is the cosine distance ``1 - cos``. An index is three files under
-``index/<model>/``: ``index.faiss`` (the FAISS index), ``ids.parquet`` (row i of the
-index is row i of this table: image_id, id, filepath, emotion, split, load_date) and
-``meta.json`` (kind, model, size, the embedder settings that made the vectors, the
-HNSW ``ef_search`` tuned at build time to reach the recall target, the digests of the other two).
+reported is the cosine distance ``1 - cos``. An HNSW index is made of segments, graphs of at most
+``build.SEGMENT_SIZE`` vectors over consecutive positions, each searched and the answers merged: a
+graph's insert cost grows with the graph, a segment's does not (issue 15). An index is three files
+under ``index/<model>/``: ``index.faiss`` (the FAISS index of each segment, one after another),
+``ids.parquet`` (row i of the index is row i of this table: image_id, id, filepath, emotion, split,
+load_date) and ``meta.json`` (kind, model, size, the segments' sizes, the embedder settings that made
+the vectors, the HNSW ``ef_search`` tuned at build time to reach the recall target, the digests of the
+other two).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import io
 import itertools
 import json
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -47,16 +52,23 @@ class IndexChanging(IndexUnavailable):
     """The index's files were read while a rebuild replaced them."""
 
 
-def _serialized(index) -> bytes:
-    """The FAISS index's bytes, written straight into one buffer (``serialize_index`` makes a numpy copy,
-    and its ``tobytes`` another: three copies of the index in memory at once, not two)."""
+def _serialized(parts: list) -> bytes:
+    """The bytes of the FAISS index of each segment, one after another, written straight into one buffer
+    (``serialize_index`` makes a numpy copy, and its ``tobytes`` another: three copies of the index in
+    memory at once, not two)."""
     import faiss  # deferred: heavy
 
     buf = io.BytesIO()
     writer = faiss.PyCallbackIOWriter(buf.write)
-    faiss.write_index(index, writer)
+    for part in parts:
+        faiss.write_index(part, writer)
     del writer  # flushes
     return buf.getvalue()
+
+
+def segment_count(meta: dict) -> int:
+    """How many FAISS indexes the index file holds (files written before segments: one)."""
+    return max(1, len(meta.get("segments") or [0]))
 
 
 def _check_digests(meta: dict, found: dict[str, str]) -> None:
@@ -69,10 +81,13 @@ def _check_digests(meta: dict, found: dict[str, str]) -> None:
         )
 
 
-def _read_streamed(stream: BinaryIO, hashing: bool = True) -> tuple[Any, str | None, int]:
-    """(the FAISS index read from ``stream`` piece by piece, or None if FAISS cannot read it; the sha256 of
-    the file's bytes, None unless ``hashing``; their size). The file's bytes are never whole in memory
-    beside the index made of them: at FER size that copy was 80 MiB more at the index check's peak."""
+def _read_streamed(
+    stream: BinaryIO, hashing: bool = True, count: int = 1
+) -> tuple[list | None, str | None, int]:
+    """(the ``count`` FAISS indexes read from ``stream`` piece by piece, one after another, or None if FAISS
+    cannot read them; the sha256 of the file's bytes, None unless ``hashing``; their size). The file's bytes
+    are never whole in memory beside the index made of them: at FER size that copy was 80 MiB more at the
+    index check's peak."""
     import faiss  # deferred: heavy
 
     digest, size = (hashlib.sha256() if hashing else None), 0
@@ -85,13 +100,14 @@ def _read_streamed(stream: BinaryIO, hashing: bool = True) -> tuple[Any, str | N
         size += len(data)
         return data
 
+    reader = faiss.PyCallbackIOReader(read)  # FAISS reads exactly an index's bytes: the next one follows
     try:
-        index = faiss.read_index(faiss.PyCallbackIOReader(read))
+        parts = [faiss.read_index(reader) for _ in range(count)]
     except (RuntimeError, MemoryError):  # not a FAISS index, cut short, or two builds' bytes (a length
-        index = None  # field of one read as the other's: a huge allocation refused); the digest tells which
+        parts = None  # field of one read as the other's: a huge allocation refused); the digest tells which
     while read(1 << 20):  # the rest, if any, belongs to the digest and the size
         pass
-    return index, (digest.hexdigest() if digest is not None else None), size
+    return parts, (digest.hexdigest() if digest is not None else None), size
 
 
 def index_dir(model: str) -> str:
@@ -101,14 +117,19 @@ def index_dir(model: str) -> str:
 
 @dataclass
 class SearchIndex:
-    index: Any  # faiss.Index
+    parts: list  # one faiss.Index per segment, over consecutive positions
     mapping: pa.Table
     meta: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)  # a build's phases (build.build_index), for benchmarks
 
     @property
     def size(self) -> int:
-        return int(self.index.ntotal)
+        return sum(int(p.ntotal) for p in self.parts)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The first position of each segment, and the size last."""
+        return np.cumsum([0] + [int(p.ntotal) for p in self.parts])
 
     @property
     def model(self) -> str:
@@ -123,7 +144,7 @@ class SearchIndex:
 
         buf = io.BytesIO()
         pq.write_table(self.mapping, buf, compression="zstd")
-        files = {INDEX_FILE: _serialized(self.index), IDS_FILE: buf.getvalue()}
+        files = {INDEX_FILE: _serialized(self.parts), IDS_FILE: buf.getvalue()}
         # the digests of the other two, so a reader never pairs files of two builds (a rebuild
         # replaces them one by one; object stores have no multi-file rename)
         meta = {**self.meta, "digests": {name: sha256(data) for name, data in files.items()}}
@@ -134,37 +155,85 @@ class SearchIndex:
     def from_files(cls, files: dict[str, bytes]) -> "SearchIndex":
         """The index of its three files in memory, checked against the digests meta.json names (a lake's
         index is read by ``load_index``, its FAISS file streamed)."""
-        import faiss  # deferred: heavy
-
         missing = [f for f in (INDEX_FILE, IDS_FILE, META_FILE) if f not in files]
         if missing:
             raise IndexUnavailable(f"index files missing: {', '.join(missing)}")
         meta = json.loads(files[META_FILE])
         _check_digests(meta, {n: sha256(files.get(n, b"")) for n in meta.get("digests") or {}})
-        index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
-        return cls._of(index, files[IDS_FILE], meta)
+        parts, _, _ = _read_streamed(io.BytesIO(files[INDEX_FILE]), False, segment_count(meta))
+        if parts is None:
+            raise IndexUnavailable("the index file cannot be read by FAISS")
+        return cls._of(parts, files[IDS_FILE], meta)
 
     @classmethod
-    def _of(cls, index, ids: bytes, meta: dict) -> "SearchIndex":
+    def _of(cls, parts: list, ids: bytes, meta: dict) -> "SearchIndex":
         # one thread: arrow pool threads started after FAISS loads can abort the process at exit
         # (apache/arrow#34314); the mapping is small
         mapping = pq.read_table(io.BytesIO(ids), use_threads=False)
-        if mapping.num_rows != index.ntotal:
+        sizes = [int(p.ntotal) for p in parts]
+        if meta.get("segments") and list(meta["segments"]) != sizes:
             raise IndexUnavailable(
-                f"index holds {index.ntotal} vectors but its id mapping {mapping.num_rows} rows"
+                f"index segments hold {sizes} vectors, its meta.json says {meta['segments']}"
             )
-        out = cls(index, mapping, meta)
+        if mapping.num_rows != sum(sizes):
+            raise IndexUnavailable(
+                f"index holds {sum(sizes)} vectors but its id mapping {mapping.num_rows} rows"
+            )
+        out = cls(parts, mapping, meta)
         out.set_ef(meta.get("ef_search"))
         return out
 
     # ---- queries
     def set_ef(self, ef: int | None) -> None:
         if ef and self.kind == "hnsw":
-            self.index.hnsw.efSearch = int(ef)
+            for part in self.parts:
+                part.hnsw.efSearch = int(ef)
 
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
         """The stored vectors at ``positions`` (no copy of the whole index)."""
-        return self.index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(self.parts) == 1:
+            return self.parts[0].reconstruct_batch(positions)
+        starts = self.starts
+        out = np.empty((len(positions), self.parts[0].d), np.float32)
+        segment = np.searchsorted(starts, positions, side="right") - 1
+        for s in np.unique(segment):
+            at = segment == s
+            out[at] = self.parts[s].reconstruct_batch(positions[at] - starts[s])
+        return out
+
+    def _search(
+        self, queries: np.ndarray, k: int, params: Callable[[int], Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, positions) of the ``k`` nearest stored vectors of each query, over every segment
+        (``params(s)``: segment s's search parameters; None skips the segment); -1 where fewer are found.
+        One query searches the segments side by side (FAISS releases the GIL); a batch, each segment on
+        every thread in turn."""
+        starts = self.starts
+        jobs = [(s, part, params(s) if params is not None else None) for s, part in enumerate(self.parts)]
+        jobs = [j for j in jobs if params is None or j[2] is not None]  # None: the segment holds none
+
+        def one(job) -> tuple[np.ndarray, np.ndarray]:
+            s, part, p = job
+            d, i = part.search(queries, min(k, int(part.ntotal)) or 1, **({"params": p} if p else {}))
+            return d, np.where(i >= 0, i + starts[s], -1)
+
+        side_by_side = len(queries) == 1 and len(jobs) > 1
+        answers = list(_segment_pool().map(one, jobs) if side_by_side else map(one, jobs))
+        sims, found = [a[0] for a in answers], [a[1] for a in answers]
+        if len(found) == 1 and found[0].shape[1] == k:
+            return sims[0], found[0]
+        if not found:
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        d, i = np.concatenate(sims, 1), np.concatenate(found, 1)
+        d = np.where(i >= 0, d, -np.inf).astype(np.float32)
+        order = np.argsort(-d, axis=1, kind="stable")[:, :k]  # segments in position order: ties keep it
+        d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+        if d.shape[1] < k:  # fewer stored (or selectable) than k
+            pad = k - d.shape[1]
+            d = np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf)
+            i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+        return d, i
 
     @functools.cached_property
     def ids(self) -> np.ndarray:
@@ -188,16 +257,21 @@ class SearchIndex:
         return {emotion: np.asarray(pos, np.int64) for emotion, pos in found.items()}
 
     @functools.cached_property
-    def _selectors(self) -> dict[str, Any]:
+    def _selectors(self) -> dict[str, list]:
         return {}
 
-    def _selector(self, emotion: str):
-        """A FAISS selector of the images of ``emotion`` (made once per emotion, read by every query)."""
+    def _selector(self, emotion: str, segment: int):
+        """A FAISS selector of the images of ``emotion`` in ``segment``, by their positions there (made once
+        per emotion, read by every query); None when the segment holds none."""
         import faiss  # deferred: heavy
 
         if emotion not in self._selectors:
-            self._selectors[emotion] = faiss.IDSelectorBatch(self.positions_of(emotion))
-        return self._selectors[emotion]
+            starts, pos = self.starts, self.positions_of(emotion)
+            self._selectors[emotion] = [
+                faiss.IDSelectorBatch(local) if len(local := pos[(pos >= a) & (pos < b)] - a) else None
+                for a, b in zip(starts[:-1], starts[1:], strict=True)
+            ]
+        return self._selectors[emotion][segment]
 
     @property
     def digest(self) -> str:
@@ -235,9 +309,9 @@ class SearchIndex:
         """(similarities, positions) of the ``k`` nearest stored vectors of each query."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if len(queries) > 1:
-            return self.index.search(queries, min(k, self.size))
+            return self._search(queries, min(k, self.size))
         with single_thread():  # one query: threads only add synchronisation (measured by bench/)
-            return self.index.search(queries, min(k, self.size))
+            return self._search(queries, min(k, self.size))
 
     def search(
         self, query: np.ndarray, k: int = 10, emotion: str | None = None, exclude: str | None = None
@@ -265,14 +339,19 @@ class SearchIndex:
             sims, pos = self.raw_search(q, want)
         else:
             # the filter (emotion) is the selector; the query itself is one more answer, dropped below
-            kw = {"sel": self._selector(emotion)} if emotion else {}
-            if self.kind == "hnsw":  # the same walk whether the query itself is among the answers or not
-                kw["efSearch"] = max(int(self.meta.get("ef_search") or 64), 4 * ask)
-                params = faiss.SearchParametersHNSW(**kw)
-            else:
-                params = faiss.SearchParameters(**kw)
+            def params(segment: int):
+                kw = {}
+                if emotion:
+                    kw["sel"] = self._selector(emotion, segment)
+                    if kw["sel"] is None:
+                        return None  # the segment holds none of the emotion
+                if self.kind == "hnsw":  # the same walk whether the query itself is among the answers or not
+                    kw["efSearch"] = max(int(self.meta.get("ef_search") or 64), 4 * ask)
+                    return faiss.SearchParametersHNSW(**kw)
+                return faiss.SearchParameters(**kw)
+
             with single_thread():
-                sims, pos = self.index.search(q, ask, params=params)
+                sims, pos = self._search(q, ask, params)
             sims, pos = _drop(sims, pos, skip, want)
             # the filtered graph walk came up short: exact search over the subset answers
             if int((pos[0] >= 0).sum()) < want:
@@ -296,6 +375,21 @@ class SearchIndex:
             )
             for i, (r, s) in enumerate(zip(rows, found, strict=True))
         ]
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _segment_pool() -> ThreadPoolExecutor:
+    """Threads that search one query's segments side by side (one per core, at most 8); made again in a
+    forked child, where the parent's threads do not exist."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = max(1, min(8, os.cpu_count() or 1))
+            _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="fer-index-segments"))
+        return _POOL[1]
 
 
 def _drop(sims: np.ndarray, pos: np.ndarray, skip: int | None, want: int) -> tuple[np.ndarray, np.ndarray]:
@@ -350,8 +444,9 @@ def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> 
         hashing = must_hash or known is None or known.get("files") != before
         try:
             meta_bytes = lake.read_bytes(f"{folder}/{META_FILE}")
+            count = segment_count(json.loads(meta_bytes))
             with lake.open_read(f"{folder}/{INDEX_FILE}") as stream:  # streamed: see _read_streamed
-                index, index_digest, index_size = _read_streamed(stream, hashing)
+                index, index_digest, index_size = _read_streamed(stream, hashing, count)
             ids = lake.read_bytes(f"{folder}/{IDS_FILE}")
         except FileNotFoundError:
             raise IndexUnavailable(
