@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import row
+from common import filter_every_other, row
 
 from fer_platform.core import gold
 from fer_platform.core.layout import EMOTIONS, SILVER_EMBEDDINGS
@@ -134,7 +134,6 @@ def step(name: str, lake_dir: str, queries: int) -> dict:
 
 
 def _queries(lake: Storage, n_queries: int) -> dict:
-    import faiss  # deferred: heavy
 
     stamps = Path(tempfile.mkdtemp(prefix="ferbench-stamps-"))
     timed = {}
@@ -165,15 +164,8 @@ def _queries(lake: Storage, n_queries: int) -> dict:
         got = [h.image_id for h in index.search(v, 10, exclude=own)]
         excluded.append(time.perf_counter() - t0)
         t0 = time.perf_counter()  # before: a selector of every other position, built per query
-        sel = faiss.IDSelectorBatch(np.delete(np.arange(index.size, dtype=np.int64), p))
-        params = (
-            faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, 40))
-            if index.kind == "hnsw"
-            else faiss.SearchParameters(sel=sel)
-        )
-        with index_module.single_thread():
-            _, pos = index.parts[0].search(np.ascontiguousarray(v[None, :]), 10, params=params)
-        old = [index.ids[q] for q in pos[0] if q >= 0]
+        pos = filter_every_other(index, v, int(p), 10, max(ef, 40))
+        old = [index.ids[q] for q in pos if q >= 0]
         filtered.append(time.perf_counter() - t0)
         same += got == old
     for label, samples in (("plain", plain), ("excluded", excluded), ("filtered", filtered)):

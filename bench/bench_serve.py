@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from bench_search import percentiles, synthetic
-from common import Timer, row, workspace
+from common import Timer, filter_every_other, row, workspace
 from pgvector.psycopg import register_vector
 
 from fer_platform.core.embedding import EmbedderSpec, model_id
@@ -40,7 +40,7 @@ from fer_platform.core.pg.connect import connect
 from fer_platform.core.pg.schema import PLATFORM_WRITER, VECTOR_INDEX, VECTOR_INDEX_DDL, VECTORS_TABLE
 from fer_platform.core.sample_data import render_face
 from fer_platform.core.search.build import build_index
-from fer_platform.core.search.index import index_dir, single_thread
+from fer_platform.core.search.index import index_dir
 from fer_platform.core.storage import Storage
 from fer_platform.core.vectors import vectors_to_arrow
 
@@ -94,7 +94,6 @@ def load_postgres(dsn: str, silver: pa.Table, vectors: np.ndarray) -> None:
 
 def in_process(index, vectors: np.ndarray, picks: np.ndarray) -> None:
     """A query by id: unfiltered, the product's (k+1, drop itself), and the old filter over every other id."""
-    import faiss  # deferred: heavy
 
     def timed(fn) -> tuple[float, float]:
         for p in picks[:5]:
@@ -106,16 +105,8 @@ def in_process(index, vectors: np.ndarray, picks: np.ndarray) -> None:
             lat.append(time.perf_counter() - t0)
         return percentiles(lat)
 
-    everyone = np.arange(index.size)
-
     def old_way(p):
-        own = index.ids[p]
-        allowed = everyone[index.ids[everyone] != own]
-        params = faiss.SearchParametersHNSW(
-            sel=faiss.IDSelectorBatch(allowed.astype(np.int64)), efSearch=max(index.meta["ef_search"], 44)
-        )
-        with single_thread():
-            index.parts[0].search(vectors[p][None, :], 10, params=params)
+        filter_every_other(index, vectors[p], int(p), 10, max(index.meta["ef_search"], 44))
 
     floor = timed(lambda p: index.search(vectors[p], 10))
     new = timed(lambda p: index.search(vectors[p], 10, exclude=index.ids[p]))

@@ -65,3 +65,27 @@ class Timer:
 def row(label: str, value: float, unit: str, note: str = "") -> None:
     shown = f"{value:>10.4f}" if abs(value) < 10 else f"{value:>10.1f}"
     print(f"{label:<58} {shown} {unit:<10} {note}", flush=True)
+
+
+def filter_every_other(index, vector, skip: int, k: int = 10, ef: int = 40):
+    """Positions answering a query by id the way it was answered before issue 15: a FAISS filter over every
+    position but ``skip`` (a selector made per query, one per segment of the index), ``k`` of them."""
+    import faiss  # deferred: heavy
+    import numpy as np
+
+    from fer_platform.core.search.index import single_thread
+
+    starts, held = index.starts, []  # the selectors stay alive while FAISS reads them
+
+    def params(s: int):
+        local = np.arange(starts[s + 1] - starts[s], dtype=np.int64)
+        if starts[s] <= skip < starts[s + 1]:
+            local = np.delete(local, skip - starts[s])
+        held.append(faiss.IDSelectorBatch(local))
+        if index.kind == "hnsw":
+            return faiss.SearchParametersHNSW(sel=held[-1], efSearch=ef)
+        return faiss.SearchParameters(sel=held[-1])
+
+    with single_thread():
+        _, pos = index._search(np.ascontiguousarray(vector[None, :], dtype=np.float32), k, params)
+    return pos[0]

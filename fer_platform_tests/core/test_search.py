@@ -217,6 +217,8 @@ def test_an_hnsw_index_of_segments_answers_as_exact_search_does(tmp_path):
         assert [h.image_id for h in other.search(vectors[4], k=10)] == [
             h.image_id for h in index.search(vectors[4], k=10)
         ]
+    tiny = build_index(silver, "m1", hnsw_threshold=100, m=8, ef_construction=40, segment_size=10)
+    assert tiny.size == 420 and min(tiny.meta["segments"]) >= 2 * 21  # never empty: 2x the tuning sample
     meta = json.loads(files[META_FILE])  # a meta.json naming other segments than its file holds
     meta["segments"] = [200, 220]
     _publish(lake, {**files, META_FILE: json.dumps(meta).encode()})

@@ -67,7 +67,9 @@ def build_index(
         held = min(TUNE_QUERIES, max(1, n // 20))
         picks = np.random.default_rng(seed).choice(n, size=held, replace=False)
         order = order[np.concatenate([np.setdiff1d(np.arange(n), picks), np.sort(picks)])]
-        count = max(1, math.ceil(n / max(1, segment_size)))
+        # a segment holds at least twice the tuning sample (only a segment_size below that makes segments
+        # bigger than it: never empty ones)
+        count = max(1, min(math.ceil(n / max(1, segment_size)), n // (2 * held)))
         parts = [faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT) for _ in range(count)]
         for part in parts:
             part.hnsw.efConstruction = ef_construction
