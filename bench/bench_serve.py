@@ -106,7 +106,7 @@ def in_process(index, vectors: np.ndarray, picks: np.ndarray) -> None:
         return percentiles(lat)
 
     def old_way(p):
-        filter_every_other(index, vectors[p], int(p), 10, max(index.meta["ef_search"], 44))
+        filter_every_other(index, vectors[p], int(p), 10, max(int(index.meta.get("ef_search") or 0), 44))
 
     floor = timed(lambda p: index.search(vectors[p], 10))
     new = timed(lambda p: index.search(vectors[p], 10, exclude=index.ids[p]))
