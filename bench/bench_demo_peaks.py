@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_scale import cli, demo_env, generate  # noqa: E402
+from bench_scale import cli, cli_argv, demo_env, generate  # noqa: E402
 
 HOOK = ROOT / "bench" / "peak_hook"
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         cli(home, "db", "start", env=env, check=True, capture_output=True)
         with open(home / "demo.json", "w") as out, open(home / "demo.err", "w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--json"],
+                cli_argv(home, "demo", "--json"),
                 env={**env, "FER_PEAK_TRACE": str(trace)},
                 stdout=out,
                 stderr=err,

@@ -14,6 +14,7 @@ the machine's drift is in the ratios; the per-image growth between sizes is the 
 """
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -65,7 +66,7 @@ def main() -> None:
     results = {}
     for n in sizes:
         table = silver(n)
-        for efc, seg in ((e, g) for e in efcs for g in segs):
+        for efc, seg in itertools.product(efcs, segs):
             t0 = time.perf_counter()
             index = build_index(
                 table,
@@ -100,7 +101,7 @@ def main() -> None:
                 f"({check['queries']} queries) {per['check']:.3f} ms/image; serialise {per['serialise']:.3f} "
                 f"ms/image, {sum(len(b) for b in files.values()) >> 20} MiB",
             )
-    for efc, seg in ((e, g) for e in efcs for g in segs):
+    for efc, seg in itertools.product(efcs, segs):
         for a, b in zip(sizes, sizes[1:], strict=False):
             for phase in ("build", "add", "tune", "check", "query_ms"):
                 if phase in results[(a, efc, seg)] and results[(a, efc, seg)][phase]:

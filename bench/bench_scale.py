@@ -435,10 +435,13 @@ def demo_env(*pythonpath: Path) -> dict:
     return env
 
 
+def cli_argv(home: Path, *args: str) -> list[str]:
+    """The command line of ``fer-platform --home HOME ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "fer_platform.cli", "--home", str(home), *args]
+
+
 def cli(home: Path, *args: str, env: dict, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fer_platform.cli", "--home", str(home), *args], env=env, cwd=ROOT, **kw
-    )
+    return subprocess.run(cli_argv(home, *args), env=env, cwd=ROOT, **kw)
 
 
 def postmaster_pid(home: Path) -> int | None:
@@ -491,7 +494,7 @@ def measure(n: int, home: Path, env: dict, workers: int, seed: int, model_images
     with open(out_path, "w") as out, open(err_path, "w") as err:
         demo_start = time.time()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fer_platform.cli", "--home", str(home), "demo", "--json"],
+            cli_argv(home, "demo", "--json"),
             stdout=out,
             stderr=err,
             env=env,

@@ -105,7 +105,7 @@ def progress_every(
 ) -> Callable[[int, int], None]:
     """An ``on_batch`` for ``write_partition`` that logs "embedded done/todo" at most every ``seconds`` and
     when the last batch is in. Each Dagster log line is a write to the run's event log (a connection and an
-    INSERT: ~15 ms measured); one per batch of 64 images was ~7 % of image_embeddings at FER size."""
+    INSERT); one per batch of 64 images, ~560 at FER size, and the step took 107 s there instead of 87."""
     started = last = time.monotonic()
 
     def on_batch(done: int, todo: int) -> None:

@@ -92,7 +92,6 @@ def build_index(
     meta = {
         "kind": kind,
         "model": model,
-        "size": n - held,
         "dim": dim,
         "metric": "cosine (inner product of L2-normalised vectors)",
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

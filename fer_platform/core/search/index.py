@@ -444,9 +444,9 @@ def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> 
         hashing = must_hash or known is None or known.get("files") != before
         try:
             meta_bytes = lake.read_bytes(f"{folder}/{META_FILE}")
-            count = segment_count(json.loads(meta_bytes))
+            meta = json.loads(meta_bytes)
             with lake.open_read(f"{folder}/{INDEX_FILE}") as stream:  # streamed: see _read_streamed
-                index, index_digest, index_size = _read_streamed(stream, hashing, count)
+                index, index_digest, index_size = _read_streamed(stream, hashing, segment_count(meta))
             ids = lake.read_bytes(f"{folder}/{IDS_FILE}")
         except FileNotFoundError:
             raise IndexUnavailable(
@@ -463,7 +463,6 @@ def load_index(lake, model: str, tries: int = 3, stamps: Path | None = None) -> 
             must_hash = True
             time.sleep(0.5)  # a rebuild is replacing the files
             continue
-        meta = json.loads(meta_bytes)
         try:
             if not verified:
                 _check_digests(meta, {INDEX_FILE: index_digest, IDS_FILE: sha256(ids)})
