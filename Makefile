@@ -40,10 +40,28 @@ $(REDIS):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y --no-install-recommends redis-server
 
-# Exact versions come from constraints.txt (torch/torchvision pinned as a matching PyPI pair).
+# torch's build. On a host without an NVIDIA GPU, PyTorch's CPU build from its own index: a ~200 MB download
+# instead of PyPI's CUDA build with its ~3 GB of nvidia-* wheels, and ~290 MiB less resident in every
+# process that imports it (BENCHMARKS.md, "the torch build"). Where that index cannot be reached, PyPI's
+# build, with one line saying so. A GPU host takes PyPI's (CUDA) build; `make TORCH_INDEX=` always does.
+HAS_GPU := $(shell { [ -e /dev/nvidiactl ] || command -v nvidia-smi; } >/dev/null 2>&1 && echo 1)
+TORCH_INDEX ?= $(if $(HAS_GPU),,https://download.pytorch.org/whl/cpu)
+TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' constraints.txt)
+TORCH_IS_CPU = import importlib.metadata as m, sys; sys.exit('+cpu' not in m.version('torch'))
+
+# Exact versions come from constraints.txt (torch/torchvision pinned as a matching pair).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24" setuptools wheel
+	@if [ -n "$(TORCH_INDEX)" ] && ! $(BIN)/python -c "$(TORCH_IS_CPU)" 2>/dev/null; then \
+	  $(BIN)/pip install --quiet --timeout 30 --retries 1 --no-deps --force-reinstall \
+	    --index-url $(TORCH_INDEX) $(TORCH_PINS) 2>$(VENV)/torch-index.log; \
+	  if $(BIN)/python -c "$(TORCH_IS_CPU)" 2>/dev/null; then \
+	    echo "torch: the CPU build, from $(TORCH_INDEX) (no NVIDIA GPU here)"; \
+	  else \
+	    echo "torch: no CPU build came from $(TORCH_INDEX) (why: $(VENV)/torch-index.log): PyPI's build"; \
+	  fi; \
+	fi
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,celery,kubernetes]'
 	touch $(STAMP)
 

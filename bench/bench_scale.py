@@ -384,14 +384,27 @@ def cost_ratios(first: dict, later: dict, flag: float = FLAG_RATIO) -> list[dict
 # --- running it ---
 
 
+def rss_split(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident bytes of a process (/proc/PID/status: RssAnon, RssFile + RssShmem):
+    the file-backed part is mostly shared libraries' pages, which the kernel may drop and read again."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                name, kib, _unit = line.split()
+                fields[name] = int(kib) * 1024
+    return fields.get("RssAnon:", 0), fields.get("RssFile:", 0) + fields.get("RssShmem:", 0)
+
+
 class Sampler(threading.Thread):
     """Every SAMPLE_SECONDS: (time, RSS of the demo's process tree, PSS of the PostgreSQL server's
-    processes), in bytes."""
+    processes), in bytes; and in ``split`` the demo tree's (anonymous, file-backed) RSS of each sample."""
 
     def __init__(self, demo_pid: int, pg_pid: int | None):
         super().__init__(daemon=True)
         self.demo_pid, self.pg_pid = demo_pid, pg_pid
         self.samples: list[tuple[float, float, float]] = []
+        self.split: list[tuple[float, float]] = []
         self.stop = threading.Event()
 
     @staticmethod
@@ -407,11 +420,13 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             t = time.time()
-            demo = pg = 0.0
+            demo = pg = anon = file = 0.0
             for p in self._tree(self.demo_pid):
                 try:
                     demo += p.memory_info().rss
-                except psutil.Error:
+                    a, f = rss_split(p.pid)
+                    anon, file = anon + a, file + f
+                except (psutil.Error, OSError):
                     pass
             for p in self._tree(self.pg_pid):
                 try:
@@ -419,7 +434,16 @@ class Sampler(threading.Thread):
                 except psutil.Error:
                     pass
             self.samples.append((t, demo, pg))
+            self.split.append((anon, file))
             self.stop.wait(SAMPLE_SECONDS)
+
+
+def peak_split(sampler: Sampler) -> list[float]:
+    """[anonymous, file-backed] MiB of the demo's process tree at its highest sampled RSS."""
+    if not sampler.samples:
+        return [0.0, 0.0]
+    i = max(range(len(sampler.samples)), key=lambda j: sampler.samples[j][1])
+    return [round(x / 2**20, 1) for x in sampler.split[i]]
 
 
 def demo_env(*pythonpath: Path) -> dict:
@@ -452,20 +476,35 @@ def postmaster_pid(home: Path) -> int | None:
 
 
 def model_only_rate(pngs: list[bytes]) -> dict:
-    """The model alone at the environment's profile (native here): preprocessed batches in memory, warm."""
+    """The model alone at the environment's profile (native here): preprocessed batches in memory, warm,
+    run as ``image_embeddings`` runs the model (``Embedder.forward_all``: its lanes on the CPU); and, for
+    reference, one forward at a time on all of torch's threads (how it ran before the lanes)."""
     from fer_platform.core.embedding import Embedder, preprocess  # deferred: torch
     from fer_platform.resources.environments import embedder_from_env  # deferred: dagster
 
     spec = embedder_from_env().spec()
     model = Embedder.get(spec)
     batches = [preprocess(pngs[i : i + spec.batch_size], spec) for i in range(0, len(pngs), spec.batch_size)]
+    warm = [batches[0], batches[-1]] * max(2, model.lanes()[0])  # oneDNN primitives, both batch shapes
+    for _ in model.forward_all(warm):
+        pass
     for b in (batches[0], batches[-1]):
-        model.forward(b)  # warm-up, both batch shapes
+        model.forward(b)
+    started = time.perf_counter()
+    for _ in model.forward_all(batches):
+        pass
+    seconds = time.perf_counter() - started
     started = time.perf_counter()
     for b in batches:
         model.forward(b)
-    seconds = time.perf_counter() - started
-    return {"images_per_s": round(len(pngs) / seconds, 1), "images": len(pngs), "batch_size": spec.batch_size}
+    one_forward = time.perf_counter() - started
+    return {
+        "images_per_s": round(len(pngs) / seconds, 1),
+        "one_forward_images_per_s": round(len(pngs) / one_forward, 1),
+        "lanes": model.lanes()[0],
+        "images": len(pngs),
+        "batch_size": spec.batch_size,
+    }
 
 
 def sample_pngs(landing: Path, count: int) -> list[bytes]:
@@ -537,6 +576,9 @@ def measure(n: int, home: Path, env: dict, workers: int, seed: int, model_images
             "peak_demo_rss_mib_sampled": round(max((s[1] for s in sampler.samples), default=0) / 2**20, 1),
             "peak_postgres_pss_mib": round(max((s[2] for s in sampler.samples), default=0) / 2**20, 1),
             "peak_total_mib": round(max((s[1] + s[2] for s in sampler.samples), default=0) / 2**20, 1),
+            # the demo's anonymous memory at its highest, and the split at the sampled RSS peak
+            "peak_demo_anon_mib": round(max((a for a, _f in sampler.split), default=0) / 2**20, 1),
+            "demo_anon_file_mib_at_peak": peak_split(sampler),
             "samples": len(sampler.samples),
         },
         "model_only": {"before": before, "after": after, "images_per_s": round(model_only, 1)},
@@ -560,6 +602,12 @@ def print_result(r: dict) -> None:
         f"{d['peak_total_mib']:.0f} MiB (sampled); load average {r['load_average_before'][0]} -> "
         f"{r['load_average_after'][0]}"
     )
+    if "demo_anon_file_mib_at_peak" in d:
+        anon, file = d["demo_anon_file_mib_at_peak"]
+        print(
+            f"demo process at its sampled peak: {anon:.0f} MiB anonymous + {file:.0f} MiB file-backed "
+            f"(shared libraries' pages); anonymous at its highest {d['peak_demo_anon_mib']:.0f} MiB"
+        )
     header = f"{'stage':<46} {'n':>4} {'sum s':>8} {'busy s':>8} {'ms/img':>8} {'img/s':>9} "
     header += f"{'demo MiB':>9} {'pg MiB':>7}"
     print(header)
@@ -576,7 +624,10 @@ def print_result(r: dict) -> None:
     print(
         f"model only at native: {m['before']['images_per_s']:.0f} / {m['after']['images_per_s']:.0f} "
         "images/s "
-        f"before / after the demo ({m['before']['images']} images, batch {m['before']['batch_size']}); "
+        f"before / after the demo ({m['before']['images']} images, batch {m['before']['batch_size']}, "
+        f"{m['before'].get('lanes', 1)} lane(s); one forward at a time on all threads: "
+        f"{m['before'].get('one_forward_images_per_s', 0):.0f} / "
+        f"{m['after'].get('one_forward_images_per_s', 0):.0f}); "
         f"image_embeddings = {'-' if ratio is None else f'{ratio:.1%}'} of their mean"
     )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     ["bench_embeddings.py"],
+    ["bench_lanes.py"],
     ["bench_bulk_load.py", "--images", "6000", "--write-rows", "6000", "--table-rows", "18000"],
     ["bench_search.py"],
     ["bench_gold.py"],

@@ -1,6 +1,8 @@
 """The embedding model: classic preprocessing, batched == single, weights and model ids."""
 
 import io
+import threading
+import time
 import urllib.error
 
 import numpy as np
@@ -179,3 +181,49 @@ def test_bad_settings_are_one_line_errors():
         EmbedderSpec(profile="turbo")
     with pytest.raises(WeightsUnavailable, match="not 'auto'"):
         resolve_weights(EmbedderSpec(weights="/nope/w.pt"))
+
+
+@pytest.fixture
+def two_torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_lanes_embed_in_order_one_thread_each_and_leave_the_thread_counts_as_they_were(two_torch_threads):
+    # how many lanes: the caller's threads, bounded by the pixels the lanes' batches may hold together
+    native = Embedder.get(EmbedderSpec(weights="random", profile="native", batch_size=8))
+    assert native.lanes() == (2, 1)
+    assert Embedder.get(EmbedderSpec(weights="random", batch_size=64)).lanes() == (1, 2)  # fidelity's 64
+    assert Embedder.get(EmbedderSpec(weights="random", batch_size=16)).lanes() == (2, 1)
+
+    # results in order, each lane on one thread, whatever order the lanes finish in
+    def work(i):
+        embedding._pin_threads(1)
+        time.sleep(0.02 * ((7 * i) % 3))
+        return i, torch.get_num_threads(), threading.current_thread().name
+
+    done = list(embedding._in_lanes(work, iter(range(9)), lanes=2, prefetch=2))
+    assert [i for i, _, _ in done] == list(range(9))
+    assert {n for _, n, _ in done} == {1} and len({t for _, _, t in done}) == 2
+    assert torch.get_num_threads() == 2  # the caller's count, and the one threads made later start with
+    fresh = []
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start(), t.join()
+    assert fresh == [2]
+
+    # the vectors: 37 faces in batches of 8 (the last one short) equal one forward per batch, in order
+    pngs = [face(e, i) for i in range(13) for e in ("happy", "sad", "angry")][:37]
+    ref = np.concatenate([native.forward(preprocess(pngs[i : i + 8], native.spec)) for i in range(0, 37, 8)])
+    got = native.embed(pngs)
+    assert got.shape == (37, 512) and _cos(got, ref).min() > 0.99999
+    batches = [preprocess(pngs[i : i + 8], native.spec) for i in range(0, 37, 8)]
+    assert _cos(np.concatenate(list(native.forward_all(batches))), ref).min() > 0.99999
+    assert torch.get_num_threads() == 2
+
+    # a face that cannot be decoded, in the third batch: its error reaches the caller, no lane is left behind
+    threads_before = threading.active_count()
+    with pytest.raises(Exception, match="cannot identify image"):
+        native.embed(pngs[:20] + [b"not an image"] + pngs[20:])
+    assert torch.get_num_threads() == 2 and threading.active_count() == threads_before
