@@ -44,19 +44,23 @@ $(REDIS):
 # instead of PyPI's CUDA build with its ~3 GB of nvidia-* wheels, and ~290 MiB less resident in every
 # process that imports it (BENCHMARKS.md, "the torch build"). Where that index cannot be reached, PyPI's
 # build, with one line saying so. A GPU host takes PyPI's (CUDA) build; `make TORCH_INDEX=` always does.
+# Linux x86_64 only: elsewhere PyPI's build is the CPU one already.
 HAS_GPU := $(shell { [ -e /dev/nvidiactl ] || command -v nvidia-smi; } >/dev/null 2>&1 && echo 1)
-TORCH_INDEX ?= $(if $(HAS_GPU),,https://download.pytorch.org/whl/cpu)
+LINUX_X86 := $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m))
+TORCH_INDEX ?= $(if $(HAS_GPU),,$(if $(LINUX_X86),https://download.pytorch.org/whl/cpu))
 TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' constraints.txt)
-TORCH_IS_CPU = import importlib.metadata as m, sys; sys.exit('+cpu' not in m.version('torch'))
+# true when the venv holds exactly the pinned torch and torchvision, CPU builds (`2.14.1+cpu`)
+TORCH_IS_CPU = import importlib.metadata as m, sys; pins = [p.split("==") for p in sys.argv[1:]]; \
+  sys.exit(any(m.version(name) != version + "+cpu" for name, version in pins))
 
 # Exact versions come from constraints.txt (torch/torchvision pinned as a matching pair).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24" setuptools wheel
-	@if [ -n "$(TORCH_INDEX)" ] && ! $(BIN)/python -c "$(TORCH_IS_CPU)" 2>/dev/null; then \
+	@if [ -n "$(TORCH_INDEX)" ] && ! $(BIN)/python -c '$(TORCH_IS_CPU)' $(TORCH_PINS) 2>/dev/null; then \
 	  $(BIN)/pip install --quiet --timeout 30 --retries 1 --no-deps --force-reinstall \
 	    --index-url $(TORCH_INDEX) $(TORCH_PINS) 2>$(VENV)/torch-index.log; \
-	  if $(BIN)/python -c "$(TORCH_IS_CPU)" 2>/dev/null; then \
+	  if $(BIN)/python -c '$(TORCH_IS_CPU)' $(TORCH_PINS) 2>/dev/null; then \
 	    echo "torch: the CPU build, from $(TORCH_INDEX) (no NVIDIA GPU here)"; \
 	  else \
 	    echo "torch: no CPU build came from $(TORCH_INDEX) (why: $(VENV)/torch-index.log): PyPI's build"; \

@@ -49,14 +49,12 @@ def measure(profile: str, images: list[bytes], repeat: int) -> None:
     spec = EmbedderSpec(weights="random", profile=profile)
     model = Embedder.get(spec)
     one_lane = Embedder(spec, resolve_weights(spec))  # another instance of the same model: one lane
-    lanes, per_lane = model.lanes()
+    lanes, threads = model.lanes()
     bs = model.spec.batch_size
     batches = [preprocess(images[i : i + bs], model.spec) for i in range(0, len(images), bs)]
     modes = {
         "model alone, one forward on all threads": lambda: [model.forward(b) for b in batches],
-        f"model alone, {lanes} lane(s) of {per_lane or 'all'} thread(s)": lambda: list(
-            model.forward_all(batches)
-        ),
+        f"model alone, {lanes} lane(s) sharing {threads} thread(s)": lambda: list(model.forward_all(batches)),
         "decoding + model, one decoding thread + one forward": lambda: list(
             _one_lane_stream(one_lane, images)
         ),
@@ -79,7 +77,7 @@ def measure(profile: str, images: list[bytes], repeat: int) -> None:
 def _one_lane_stream(model: Embedder, pngs):
     """``stream`` as it ran before the lanes: one decoding thread ahead of one forward on all threads (the
     path a GPU and one thread still take), on an instance of its own."""
-    model.lanes = lambda: (1, 0)
+    model.lanes = lambda batches=None: (1, 0)
     return model.stream(pngs)
 
 

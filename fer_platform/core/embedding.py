@@ -50,6 +50,7 @@ TRAIN_PROFILE = "native"  # emotion models are trained at it, and serve at it (t
 NATIVE_SIZE = 48  # FER2013 images are 48x48
 MAX_LANES = 4  # lanes of ``Embedder.stream`` on the CPU (measured on 2 cores: 2 lanes)
 LANE_PIXELS = 64 * 224 * 224  # input pixels the lanes' batches may hold together: one fidelity batch of 64
+PIN_TIMEOUT = 60.0  # seconds the lanes' threads may take to start and set their thread counts
 MODEL_CONFIG = "config.json"  # a model folder: config.json + weights.pt
 MODEL_WEIGHTS = "weights.pt"
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -309,23 +310,24 @@ class Embedder:
         cannot keep busy (bench_gpu.py)."""
         return max(1, min(8, (os.cpu_count() or 2) - 1))
 
-    def lanes(self) -> tuple[int, int]:
-        """(lanes, torch threads per lane) of ``stream`` on the CPU: the caller's torch threads split into
-        lanes, each decoding and embedding whole batches of its own on its own threads. On 2 cores two
-        one-thread lanes run the model 15 % faster than one forward on two threads at ``native`` (5 % at
-        ``fast``), and decoding costs its own CPU time only, where a decoding thread beside a two-thread
-        forward stalled the OpenMP team at every barrier: decoding + model 20 % faster at ``native``
-        (bench/bench_lanes.py). Each lane holds a batch's activations,
-        so the lanes' batches together stay within ``LANE_PIXELS`` (the default batch at ``fidelity``: it
-        keeps one lane, as much memory as before). One thread (the tests, ``serve``) or a GPU: one lane."""
+    def lanes(self, batches: int | None = None) -> tuple[int, int]:
+        """(lanes, the torch threads they share) of ``stream`` on the CPU for ``batches`` batches: the
+        caller's torch threads split into lanes, each decoding and embedding whole batches of its own on
+        its own threads. On 2 cores two one-thread lanes run the model 15-18 % faster than one forward on
+        two threads at ``native`` (5-16 % at ``fast``), and decoding costs its own CPU time only, where a
+        decoding thread beside a two-thread forward stalled the OpenMP team at every barrier: decoding +
+        model 17-23 % faster at ``native`` (bench/bench_lanes.py, three runs). Each lane holds a batch's
+        activations, so the lanes' batches together stay within ``LANE_PIXELS`` (the default batch at
+        ``fidelity``: one lane, as much memory as before); never more lanes than batches (one query image:
+        all threads on it). One thread (the tests, ``serve``) or a GPU: one lane."""
         if self.device.type != "cpu":
             return 1, 0
         import torch  # deferred: heavy
 
         threads = torch.get_num_threads()
         fits = LANE_PIXELS // (self.spec.batch_size * self.spec.input_size**2)
-        lanes = max(1, min(MAX_LANES, threads, fits))
-        return lanes, max(1, threads // lanes)
+        lanes = max(1, min(MAX_LANES, threads, fits, batches if batches is not None else MAX_LANES))
+        return lanes, threads
 
     def stream(self, pngs: Sequence[bytes], prefetch: int = 2) -> Iterator[np.ndarray]:
         """Vectors batch by batch, in order. On the CPU each lane (``lanes``) decodes and embeds batches of
@@ -334,14 +336,11 @@ class Embedder:
         ahead of the model."""
         bs = self.spec.batch_size
         chunks = (pngs[i : i + bs] for i in range(0, len(pngs), bs))  # sliced when read (``BinaryRows``)
-        lanes, threads = self.lanes()
+        lanes, threads = self.lanes(-(-len(pngs) // bs))
         if lanes > 1:
-
-            def embed(chunk) -> np.ndarray:
-                _pin_threads(threads)
-                return self.forward(preprocess(chunk, self.spec))
-
-            yield from _in_lanes(embed, chunks, lanes, prefetch)
+            yield from _in_lanes(
+                lambda chunk: self.forward(preprocess(chunk, self.spec)), chunks, lanes, threads, prefetch
+            )
             return
         workers = 1 if self.device.type == "cpu" else self.preprocess_workers()  # one lane on the CPU: one
         ahead = prefetch + workers - 1
@@ -368,22 +367,17 @@ class Embedder:
     def forward_all(self, batches: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """Vectors of preprocessed batches, in order, in the lanes ``stream`` uses: the model alone, as
         the pipeline runs it (the benchmarks' reference)."""
-        lanes, threads = self.lanes()
+        lanes, threads = self.lanes(len(batches))
         if lanes == 1:
             yield from (self.forward(b) for b in batches)
             return
-
-        def embed(batch: np.ndarray) -> np.ndarray:
-            _pin_threads(threads)
-            return self.forward(batch)
-
-        yield from _in_lanes(embed, iter(batches), lanes, 2)
+        yield from _in_lanes(self.forward, iter(batches), lanes, threads, 2)
 
 
 def _pin_threads(n: int) -> None:
     """Run this thread's torch operations on ``n`` threads. torch (OpenMP) keeps the count per thread once
-    the thread has set itself up, so the lane's count does not change the caller's; ``set_num_threads``
-    also sets the count threads set up later start with, which ``_in_lanes`` puts back when it ends."""
+    the thread has set itself up, so a lane's count does not change the caller's; ``set_num_threads``
+    also sets the count threads set up later start with, which ``_in_lanes`` puts back before any work."""
     import torch  # deferred: heavy
 
     # the first get_num_threads also sets this thread up (torch's once per thread), so nothing undoes the set
@@ -391,14 +385,32 @@ def _pin_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _in_lanes(fn, items: Iterator, lanes: int, prefetch: int) -> Iterator:
-    """``fn`` over ``items`` on ``lanes`` threads, results in order, ``prefetch`` items per lane queued.
-    Leaves torch's thread count for new threads as the caller had it."""
+def _in_lanes(fn, items: Iterator, lanes: int, threads: int, prefetch: int) -> Iterator:
+    """``fn`` over ``items`` on ``lanes`` threads sharing ``threads`` torch threads (the first
+    ``threads % lanes`` lanes one more), results in order, ``prefetch`` items per lane queued. Every lane
+    is pinned before any work, and the count threads started later take is put back right after: a
+    thread that starts using torch during the stream (another stream's caller) gets the caller's count."""
     import torch  # deferred: heavy
 
     before = torch.get_num_threads()
+    counts = iter([threads // lanes + (i < threads % lanes) for i in range(lanes)])
+    lock, pinned = threading.Lock(), threading.Barrier(lanes + 1)
+
+    def pin() -> None:
+        with lock:
+            n = next(counts)
+        _pin_threads(n)
+        pinned.wait(PIN_TIMEOUT)
+
     pending: deque = deque()
-    with ThreadPoolExecutor(lanes, thread_name_prefix="fer-embed") as pool:
+    with ThreadPoolExecutor(lanes, thread_name_prefix="fer-embed", initializer=pin) as pool:
+        try:
+            for _ in range(lanes):  # each submit starts a thread: none is idle until all are pinned
+                pending.append(pool.submit(int))
+            pinned.wait(PIN_TIMEOUT)
+        finally:
+            torch.set_num_threads(before)  # the count for threads set up later, as the caller had it
+        pending.clear()
 
         def fill() -> None:
             while len(pending) < lanes * prefetch:
@@ -416,7 +428,6 @@ def _in_lanes(fn, items: Iterator, lanes: int, prefetch: int) -> Iterator:
         finally:
             for f in pending:
                 f.cancel()
-            torch.set_num_threads(before)
 
 
 def resolve_device(device: str):

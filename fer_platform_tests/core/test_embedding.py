@@ -191,39 +191,60 @@ def two_torch_threads():
     torch.set_num_threads(before)
 
 
-def test_cpu_lanes_embed_in_order_one_thread_each_and_leave_the_thread_counts_as_they_were(two_torch_threads):
-    # how many lanes: the caller's threads, bounded by the pixels the lanes' batches may hold together
-    native = Embedder.get(EmbedderSpec(weights="random", profile="native", batch_size=8))
-    assert native.lanes() == (2, 1)
-    assert Embedder.get(EmbedderSpec(weights="random", batch_size=64)).lanes() == (1, 2)  # fidelity's 64
-    assert Embedder.get(EmbedderSpec(weights="random", batch_size=16)).lanes() == (2, 1)
-
-    # results in order, each lane on one thread, whatever order the lanes finish in
-    def work(i):
-        embedding._pin_threads(1)
-        time.sleep(0.02 * ((7 * i) % 3))
-        return i, torch.get_num_threads(), threading.current_thread().name
-
-    done = list(embedding._in_lanes(work, iter(range(9)), lanes=2, prefetch=2))
-    assert [i for i, _, _ in done] == list(range(9))
-    assert {n for _, n, _ in done} == {1} and len({t for _, _, t in done}) == 2
-    assert torch.get_num_threads() == 2  # the caller's count, and the one threads made later start with
-    fresh = []
-    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+def _fresh_thread_count() -> int:
+    """The torch thread count a thread set up now starts with."""
+    got = []
+    t = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
     t.start(), t.join()
-    assert fresh == [2]
+    return got[0]
 
-    # the vectors: 37 faces in batches of 8 (the last one short) equal one forward per batch, in order
+
+def _lane_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("fer-embed")]
+
+
+def test_cpu_lanes_embed_in_order_one_thread_each_and_leave_the_thread_counts_as_they_were(two_torch_threads):
+    cpu = {"weights": "random", "device": "cpu"}
+    native = Embedder.get(EmbedderSpec(**cpu, profile="native", batch_size=8))
+    # how many lanes: the caller's threads, never more than the batches, within the pixels' bound
+    assert native.lanes() == (2, 2) and native.lanes(1) == (1, 2)
+    assert Embedder.get(EmbedderSpec(**cpu, batch_size=64)).lanes() == (1, 2)  # fidelity's default batch
+    assert Embedder.get(EmbedderSpec(**cpu, batch_size=16)).lanes() == (2, 2)
+
+    # results in order whatever order the lanes finish in; each lane pinned before any work (3 threads:
+    # 2 + 1), and a thread set up meanwhile starts with the caller's count
+    def work(i):
+        time.sleep(0.02 * ((7 * i) % 3))
+        return i, torch.get_num_threads(), threading.current_thread().name, _fresh_thread_count()
+
+    done = list(embedding._in_lanes(work, iter(range(9)), lanes=2, threads=3, prefetch=2))
+    assert [i for i, *_ in done] == list(range(9))
+    by_lane = {name: n for _, n, name, _ in done}
+    assert sorted(by_lane.values()) == [1, 2] and {f for *_, f in done} == {2}
+    assert torch.get_num_threads() == 2 and _fresh_thread_count() == 2 and not _lane_threads()
+
+    # the vectors: 37 faces in batches of 8 (the last one short) equal one forward per batch, in order, the
+    # forwards run in two lanes of one thread each
     pngs = [face(e, i) for i in range(13) for e in ("happy", "sad", "angry")][:37]
     ref = np.concatenate([native.forward(preprocess(pngs[i : i + 8], native.spec)) for i in range(0, 37, 8)])
-    got = native.embed(pngs)
+    seen = []
+    lane_forward = Embedder(native.spec, native.weights)
+    lane_forward.model = native.model
+
+    def forward(batch):
+        seen.append((threading.current_thread().name, torch.get_num_threads(), _fresh_thread_count()))
+        return Embedder.forward(lane_forward, batch)
+
+    lane_forward.forward = forward
+    got = lane_forward.embed(pngs)
     assert got.shape == (37, 512) and _cos(got, ref).min() > 0.99999
+    assert len(seen) == 5 and len({name for name, _, _ in seen}) == 2
+    assert {n for _, n, _ in seen} == {1} and {f for *_, f in seen} == {2}
     batches = [preprocess(pngs[i : i + 8], native.spec) for i in range(0, 37, 8)]
     assert _cos(np.concatenate(list(native.forward_all(batches))), ref).min() > 0.99999
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and not _lane_threads()
 
     # a face that cannot be decoded, in the third batch: its error reaches the caller, no lane is left behind
-    threads_before = threading.active_count()
     with pytest.raises(Exception, match="cannot identify image"):
         native.embed(pngs[:20] + [b"not an image"] + pngs[20:])
-    assert torch.get_num_threads() == 2 and threading.active_count() == threads_before
+    assert torch.get_num_threads() == 2 and _fresh_thread_count() == 2 and not _lane_threads()
