@@ -23,6 +23,8 @@ torch is imported only when a model is built; torchvision never (``core.resnet``
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -343,26 +345,13 @@ class Embedder:
             )
             return
         workers = 1 if self.device.type == "cpu" else self.preprocess_workers()  # one lane on the CPU: one
-        ahead = prefetch + workers - 1
-        with ThreadPoolExecutor(workers, thread_name_prefix="fer-preprocess") as pool:
-            pending: deque = deque()
-
-            def fill() -> None:
-                while len(pending) < ahead:
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        return
-                    pending.append(pool.submit(preprocess, chunk, self.spec))
-
-            try:
-                fill()
-                while pending:
-                    batch = pending.popleft().result()
-                    fill()
-                    yield self.forward(batch)
-            finally:
-                for f in pending:
-                    f.cancel()
+        decode = functools.partial(preprocess, spec=self.spec)
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="fer-preprocess") as pool,
+            contextlib.closing(_ordered(pool, decode, chunks, prefetch + workers - 1)) as decoded,
+        ):  # closed first: what is queued is cancelled before the pool waits for its threads
+            for batch in decoded:
+                yield self.forward(batch)
 
     def forward_all(self, batches: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """Vectors of preprocessed batches, in order, in the lanes ``stream`` uses: the model alone, as
@@ -402,32 +391,37 @@ def _in_lanes(fn, items: Iterator, lanes: int, threads: int, prefetch: int) -> I
         _pin_threads(n)
         pinned.wait(PIN_TIMEOUT)
 
-    pending: deque = deque()
     with ThreadPoolExecutor(lanes, thread_name_prefix="fer-embed", initializer=pin) as pool:
         try:
             for _ in range(lanes):  # each submit starts a thread: none is idle until all are pinned
-                pending.append(pool.submit(int))
+                pool.submit(int)
             pinned.wait(PIN_TIMEOUT)
         finally:
             torch.set_num_threads(before)  # the count for threads set up later, as the caller had it
-        pending.clear()
+        yield from _ordered(pool, fn, items, lanes * prefetch)
 
-        def fill() -> None:
-            while len(pending) < lanes * prefetch:
-                item = next(items, None)
-                if item is None:
-                    return
-                pending.append(pool.submit(fn, item))
 
-        try:
+def _ordered(pool: ThreadPoolExecutor, fn, items: Iterator, ahead: int) -> Iterator:
+    """``fn`` over ``items`` on ``pool``, results in order, ``ahead`` items submitted ahead of the one
+    waited for; what is still queued is cancelled when the caller stops early."""
+    pending: deque = deque()
+
+    def fill() -> None:
+        while len(pending) < ahead:
+            item = next(items, None)
+            if item is None:
+                return
+            pending.append(pool.submit(fn, item))
+
+    try:
+        fill()
+        while pending:
+            out = pending.popleft().result()
             fill()
-            while pending:
-                out = pending.popleft().result()
-                fill()
-                yield out
-        finally:
-            for f in pending:
-                f.cancel()
+            yield out
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 def resolve_device(device: str):
