@@ -167,6 +167,7 @@ class Storage:
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/")
         self.local = is_local(self.url)
+        self._real_root: str | None = None  # the root's real path, once a confined read needs it
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
@@ -264,10 +265,24 @@ class Storage:
 
     def _inside(self, key: str) -> bool:
         """Whether the folders of ``key`` are real folders under the root (no symbolic link on the way)."""
-        parent = os.path.dirname(self.path(key))
-        return os.path.realpath(parent) == os.path.join(
-            os.path.realpath(self.root), os.path.dirname(key.strip("/"))
-        ).rstrip("/")
+        real = os.path.realpath(os.path.dirname(self.path(key)))
+        return real == self._real_folder(key) or real == self._real_folder(key, again=True)
+
+    def _real_folder(self, key: str, again: bool = False) -> str:
+        """Where the folder of ``key`` is when no link is on the way: under the root's real path (resolved
+        once per Storage, ``again`` after a mismatch: a root that is itself a link may be re-pointed)."""
+        if again or self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        return os.path.join(self._real_root, os.path.dirname(key.strip("/"))).rstrip("/")
+
+    def _folder_is_real(self, dir_fd: int, key: str) -> bool:
+        """Whether the folder opened as ``dir_fd`` is the real folder of ``key`` (no link on the way): what
+        the kernel says was opened (``/proc/self/fd``), else, without /proc, the path resolved now."""
+        try:
+            opened = os.readlink(f"/proc/self/fd/{dir_fd}")
+        except OSError:
+            return self._inside(key)
+        return opened == self._real_folder(key) or opened == self._real_folder(key, again=True)
 
     # ---- bytes
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
@@ -308,26 +323,28 @@ class Storage:
             yield f
 
     def _open_local(self, key: str) -> BinaryIO:
-        """A regular file inside the root, opened without following a symbolic link."""
-        if not self._inside(key):
-            raise NotARegularFile("path through a symbolic link")
+        """A regular file inside the root, opened without following a symbolic link: its folder is opened
+        and must be the key's real folder under the root, then the file is opened by name inside that open
+        folder, never through a link (a folder swapped for a link after the check is not the one opened)."""
+        path = self.path(key)
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(self.path(key), flags)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symbolic link
-                raise NotARegularFile("symbolic link") from None
-            raise
+        if os.open not in os.supports_dir_fd:  # (Windows) the folders checked, then the file by its path
+            if not self._inside(key):
+                raise NotARegularFile("path through a symbolic link")
+            fd = _open_file(path, flags)
+        else:
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                if not self._folder_is_real(dir_fd, key):
+                    raise NotARegularFile("path through a symbolic link")
+                fd = _open_file(os.path.basename(path), flags, dir_fd)
+            finally:
+                os.close(dir_fd)
         f = os.fdopen(fd, "rb")
         try:
             kind = special_kind(os.fstat(fd).st_mode)
             if kind != "file":
                 raise NotARegularFile(kind)
-            opened = f"/proc/self/fd/{fd}"  # what was opened, whatever a folder on the path became meanwhile
-            if os.path.exists(opened) and not os.path.realpath(opened).startswith(
-                os.path.realpath(self.root) + os.sep
-            ):
-                raise NotARegularFile("path through a symbolic link")
         except BaseException:
             f.close()
             raise
@@ -427,6 +444,16 @@ class ReadOnlyStorage:
 
     def stat_many(self, keys: Iterable[str]) -> tuple[list[FileEntry], list[str]]:
         return self._storage.stat_many(keys)
+
+
+def _open_file(path: str, flags: int, dir_fd: int | None = None) -> int:
+    """``os.open`` with O_NOFOLLOW's refusal of a symbolic link as NotARegularFile."""
+    try:
+        return os.open(path, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symbolic link
+            raise NotARegularFile("symbolic link") from None
+        raise
 
 
 def _remove_quietly(path: str) -> None:

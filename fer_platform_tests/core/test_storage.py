@@ -1,7 +1,9 @@
 import os
 import time
 
-from fer_platform.core.storage import Storage
+import pytest
+
+from fer_platform.core.storage import NotARegularFile, Storage
 
 
 def test_local_listing_reading_writing(tmp_path):
@@ -39,3 +41,44 @@ def test_move_and_delete(tmp_path):
 
 def test_listing_a_missing_folder_is_empty(tmp_path):
     assert Storage(str(tmp_path / "nope")).list_files() == []
+
+
+def test_confined_read_follows_a_linked_root_to_its_new_target_and_never_a_linked_folder(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, data in ((one, b"one"), (two, b"two")):
+        (folder / "train/happy").mkdir(parents=True)
+        (folder / "train/happy/a.png").write_bytes(data)
+    root = tmp_path / "landing"
+    root.symlink_to(one)  # the landing zone itself may be a link (e.g. onto a bigger disk)
+    store = Storage(str(root), confined=True)
+    assert store.read_bytes("train/happy/a.png") == b"one"
+    root.unlink()
+    root.symlink_to(two)  # re-pointed while the store lives: its real path is resolved again
+    assert store.read_bytes("train/happy/a.png") == b"two"
+    (two / "train/sad").symlink_to(two / "train/happy")  # a link inside the root, to a folder inside it
+    with pytest.raises(NotARegularFile, match="path through a symbolic link"):
+        store.read_bytes("train/sad/a.png")
+    (two / "train/happy/b.png").symlink_to(two / "train/happy/a.png")
+    with pytest.raises(NotARegularFile, match="symbolic link"):
+        store.read_bytes("train/happy/b.png")
+
+
+def test_a_folder_swapped_for_a_link_after_its_check_is_not_what_is_read(tmp_path, monkeypatch):
+    """The file is opened by name inside the folder that was checked (its descriptor), so a folder replaced
+    by a link to the outside between the check and the open never lets the outside file be read."""
+    root, outside = tmp_path / "landing", tmp_path / "outside"
+    (root / "train/happy").mkdir(parents=True)
+    (root / "train/happy/a.png").write_bytes(b"inside")
+    outside.mkdir()
+    (outside / "a.png").write_bytes(b"secret")
+    store = Storage(str(root), confined=True)
+    checked = Storage._folder_is_real
+
+    def swap_after_check(self, dir_fd, key):
+        ok = checked(self, dir_fd, key)
+        os.rename(root / "train/happy", root / "train/moved")
+        (root / "train/happy").symlink_to(outside)  # the path now leads outside
+        return ok
+
+    monkeypatch.setattr(Storage, "_folder_is_real", swap_after_check)
+    assert store.read_bytes("train/happy/a.png") == b"inside"
