@@ -11,7 +11,7 @@ from fer_platform.core.report import human_bytes
 from fer_platform.core.search import build
 from fer_platform.core.search.build import RECALL_TARGET, streamed_recall
 from fer_platform.core.search.index import MAPPING_COLUMNS, IndexUnavailable, load_index
-from fer_platform.core.silver_scan import iter_silver_vectors, read_silver_vectors
+from fer_platform.core.silver_scan import SilverScan, iter_silver_vectors
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
@@ -53,7 +53,7 @@ def search_index(
 ) -> LakeFiles:
     spec = embedder.spec()
     index = build.build_index(
-        read_silver_vectors(lake.storage(), embedder.model_id(), MAPPING_COLUMNS),  # streamed, held once
+        SilverScan(lake.storage(), embedder.model_id(), MAPPING_COLUMNS),  # read twice, never whole
         embedder.model_id(),
         embedder={
             "weights": spec.weights,

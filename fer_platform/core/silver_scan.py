@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,19 @@ from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import arrow_to_vectors
 
 BATCH_ROWS = 2048  # 4 MiB of 512-d float32 vectors per batch
+# the lake's Parquet files are written in row groups of about this much data: a reader that streams a file
+# (``iter_silver_vectors``: gold, the search index and its check) holds one row group's pages at a time.
+# pyarrow's default (1 Mi rows) made each partition one row group. One scan of silver at FER size (its
+# largest partition 19 MiB) rose +66 MiB above the process that way, +62 with groups of 4,096 rows, +41 with
+# groups of at most a batch (2,048 rows of 2.2 KiB: ~1,900 here), and a 7x partition (63,000 rows, 130 MiB)
+# would be one group too
+ROW_GROUP_BYTES = 4 << 20
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group for writing ``table``: ``ROW_GROUP_BYTES`` of its data, at least 1,024 rows."""
+    per_row = table.nbytes / max(1, table.num_rows)
+    return max(1024, int(ROW_GROUP_BYTES // max(1.0, per_row)))
 
 
 @dataclass
@@ -42,6 +56,10 @@ class SilverVectors:
         """A column as a numpy object array (what label comparisons use)."""
         return np.asarray(self.columns[name].to_pylist(), dtype=object)
 
+    def batches(self, vectors: bool = True) -> Iterator[tuple[np.ndarray | None, pa.Table]]:
+        """The rows as one batch, as ``SilverScan`` gives them (``vectors=False``: None for the vectors)."""
+        yield (self.vectors if vectors else None), self.columns
+
     @classmethod
     def from_table(cls, table: pa.Table) -> "SilverVectors":
         """From silver rows already in memory (tests, small tables)."""
@@ -51,6 +69,21 @@ class SilverVectors:
 
 def as_silver_vectors(silver: pa.Table | SilverVectors) -> SilverVectors:
     return silver if isinstance(silver, SilverVectors) else SilverVectors.from_table(silver)
+
+
+@dataclass(frozen=True)
+class SilverScan:
+    """Silver rows of ``model`` read from the lake afresh on every ``batches()``, in the same order each
+    time, never held whole (``iter_silver_vectors``): what reads silver twice, the columns first and the
+    vectors then (``search.build.build_index``), holds one batch of it at a time."""
+
+    lake: Any
+    model: str | None
+    columns: tuple[str, ...] = ("emotion", "split")
+    batch_rows: int = BATCH_ROWS
+
+    def batches(self, vectors: bool = True) -> Iterator[tuple[np.ndarray | None, pa.RecordBatch]]:
+        return iter_silver_vectors(self.lake, self.model, self.columns, self.batch_rows, vectors=vectors)
 
 
 def _dataset(lake, model: str | None):
@@ -70,10 +103,15 @@ def count_silver_vectors(lake, model: str | None) -> int:
 
 
 def iter_silver_vectors(
-    lake, model: str | None, columns: tuple[str, ...] = ("emotion", "split"), batch_rows: int = BATCH_ROWS
-) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    lake,
+    model: str | None,
+    columns: tuple[str, ...] = ("emotion", "split"),
+    batch_rows: int = BATCH_ROWS,
+    vectors: bool = True,
+) -> Iterator[tuple[np.ndarray | None, pa.RecordBatch]]:
     """Silver rows of ``model`` a batch at a time: (unit-length float32 vectors, the batch's ``columns``), in
-    the same order on every scan of the same files; one batch in memory at a time.
+    the same order on every scan of the same files; one batch in memory at a time. ``vectors=False``: the
+    columns alone (the vector column is not read; None in its place).
 
     File by file, each read in pieces of ``batch_rows`` rows by one thread without pre-buffering its column
     chunks, its columns cast to the dataset's types. Arrow's dataset scanner (one batch read ahead, one file)
@@ -92,13 +130,14 @@ def iter_silver_vectors(
             in_file = reader.schema_arrow.names
             if model and "model" not in in_file and "model" not in keys:  # no row says it is of the model
                 continue
-            wanted = [c for c in (*columns, "vector", "model") if c in in_file and c not in keys]
+            read = (*columns, "vector", "model") if vectors else (*columns, "model")
+            wanted = [c for c in read if c in in_file and c not in keys]
             for batch in reader.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
                 if model and "model" not in keys:
                     batch = batch.filter(pc.equal(batch.column("model"), model))
                 if batch.num_rows:
                     yield (
-                        normalise(arrow_to_vectors(batch.column("vector"))),
+                        normalise(arrow_to_vectors(batch.column("vector"))) if vectors else None,
                         _columns(batch, columns, keys, dataset),
                     )
 

@@ -91,6 +91,32 @@ def exact_search(
     return best_s, best_i
 
 
+def exact_search_parts(
+    parts: list[np.ndarray], queries: np.ndarray, k: int, block: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """``exact_search`` over matrices that are one after another (an index's segments, read where they
+    are): positions count across them."""
+    k = min(k, sum(len(p) for p in parts))
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    at = 0
+    for part in parts:
+        if len(part):
+            s, i = exact_search(part, queries, k, block)
+            best_s, best_i = merge_top(best_s, best_i, s, i + at, k)
+        at += len(part)
+    return best_s, best_i
+
+
+def merge_top(
+    best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of two top lists of the same queries (similarities, positions), ties in order."""
+    cand_s, cand_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
+    order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+
+
 def leave_one_out(positions: np.ndarray, selves: np.ndarray, k: int) -> np.ndarray:
     """Each row's first ``k`` positions other than the query's own: a stored vector used as a
     query finds itself trivially, which would flatter recall; without it, it is a fair query."""

@@ -20,6 +20,7 @@ from upath import UPath
 
 from fer_platform.catalog import PARTITION_ROW_COUNT, ROW_COUNT
 from fer_platform.core import faults
+from fer_platform.core.silver_scan import row_group_rows
 from fer_platform.core.storage import LakeFiles, Storage, remove_stale_temps, temp_path
 from fer_platform.resources.lake import ObjectStore, merged_options
 
@@ -136,14 +137,19 @@ class HiveParquetIOManager(dg.UPathIOManager):
         if path.protocol in ("", "file", "local"):
             tmp = _temp_beside(path)
             with tmp.open("wb") as f:
-                pq.write_table(table, f, compression="zstd", **self.write_options)
+                pq.write_table(table, f, **self._options(table))
                 faults.point(
                     f"lake.write:{self._layer(path)}"
                 )  # before the rename: a killed write leaves tmp
             _publish(tmp, path)
         else:
             with path.open("wb") as f:
-                pq.write_table(table, f, compression="zstd", **self.write_options)
+                pq.write_table(table, f, **self._options(table))
+
+    def _options(self, table: pa.Table) -> dict:
+        """zstd, row groups of ``ROW_GROUP_BYTES`` (readers stream a file a row group at a time), and the
+        manager's own options over them."""
+        return {"compression": "zstd", "row_group_size": row_group_rows(table), **self.write_options}
 
     def write_files(self, context: dg.OutputContext, obj: LakeFiles, root: UPath) -> None:
         folder = root / obj.folder

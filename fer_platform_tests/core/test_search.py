@@ -5,6 +5,8 @@ import hashlib
 import io
 import json
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +18,13 @@ from fer_platform.core.layout import EMOTIONS, SILVER_EMBEDDINGS
 from fer_platform.core.report import format_distances
 from fer_platform.core.search import index as search_index_module
 from fer_platform.core.search import sheet
-from fer_platform.core.search.build import RECALL_TARGET, build_index, index_recall, streamed_recall
+from fer_platform.core.search.build import (
+    RECALL_TARGET,
+    SilverChanged,
+    build_index,
+    index_recall,
+    streamed_recall,
+)
 from fer_platform.core.search.index import (
     IDS_FILE,
     INDEX_FILE,
@@ -31,7 +39,7 @@ from fer_platform.core.search.index import (
 )
 from fer_platform.core.search.live import LiveIndex
 from fer_platform.core.silver import read_silver
-from fer_platform.core.silver_scan import read_silver_vectors
+from fer_platform.core.silver_scan import SilverScan, read_silver_vectors
 from fer_platform.core.storage import ReadOnlyStorage, Storage
 from fer_platform.core.vectors import arrow_to_vectors, vectors_to_arrow
 from fer_platform_tests.helpers import face
@@ -429,8 +437,52 @@ def test_silver_streamed_is_silver_read_whole(tmp_path):
     assert read_silver_vectors(lake, "m3").num_rows == 0
     assert read_silver_vectors(Storage(str(tmp_path / "none")), "m1").num_rows == 0
     a, b = build_index(streamed, "m1"), build_index(whole, "m1")  # the same index either way
-    assert a.mapping.equals(b.mapping)
-    np.testing.assert_allclose(a.vectors_at(np.arange(a.size)), b.vectors_at(np.arange(b.size)), atol=1e-6)
+    c = build_index(SilverScan(lake, "m1", MAPPING_COLUMNS, batch_rows=16), "m1")  # read twice, never whole
+    for other in (b, c):
+        assert a.mapping.equals(other.mapping)
+        np.testing.assert_allclose(
+            a.vectors_at(np.arange(a.size)), other.vectors_at(np.arange(other.size)), atol=1e-6
+        )
+    empty = build_index(SilverScan(lake, "m3", MAPPING_COLUMNS), "m3")
+    assert empty.size == 0 and empty.mapping.num_rows == 0
+
+
+@dataclass(frozen=True)
+class RewrittenSilver(SilverScan):
+    """The lake's silver, whose first file is rewritten (its rows reversed, the first one under a new image
+    id: as many rows as before) right after each columns-only read while ``rewrites`` lasts: a partition
+    replaced by a concurrent run between the build's two reads of silver."""
+
+    rewrites: list = field(default_factory=lambda: [1])
+
+    def batches(self, vectors: bool = True):
+        yield from super().batches(vectors)
+        if not vectors and self.rewrites[0]:
+            self.rewrites[0] -= 1
+            first = sorted(Path(self.lake.path(SILVER_EMBEDDINGS)).rglob("*.parquet"))[0]
+            table = pq.ParquetFile(first).read()
+            ids = table["image_id"].to_pylist()
+            ids[0] = f"new{self.rewrites[0]}"
+            table = table.set_column(table.schema.get_field_index("image_id"), "image_id", pa.array(ids))
+            pq.write_table(table.take(pa.array(np.arange(table.num_rows)[::-1])), first)
+
+
+def test_silver_rewritten_between_the_build_s_two_reads_is_read_again_never_mismatched(tmp_path):
+    lake = Storage(str(tmp_path))
+    rows = clustered(n_per=40).append_column("model", pa.array(["m1"] * 280))
+    pq.write_to_dataset(rows, lake.path(SILVER_EMBEDDINGS), partition_cols=["emotion"])
+    scan = RewrittenSilver(lake, "m1", MAPPING_COLUMNS, batch_rows=16)
+    index = build_index(scan, "m1", hnsw_threshold=100, m=8, ef_construction=40)
+    after = read_silver(lake, model="m1")  # what silver holds once the rewrite is done
+    assert index.size == after.num_rows == 280 and sorted(index.ids) == sorted(after["image_id"].to_pylist())
+    by_id = dict(zip(after["image_id"].to_pylist(), arrow_to_vectors(after["vector"]), strict=True))
+    stored = index.vectors_at(np.arange(index.size))
+    for position, image_id in enumerate(index.ids):  # every id beside its own vector, none shifted
+        np.testing.assert_allclose(
+            stored[position], by_id[image_id] / np.linalg.norm(by_id[image_id]), atol=1e-6
+        )
+    with pytest.raises(SilverChanged):  # rewritten at every try: an error, not a mismatched index
+        build_index(RewrittenSilver(lake, "m1", MAPPING_COLUMNS, rewrites=[3]), "m1", tries=3)
 
 
 class NoWholeIndexLake(Storage):

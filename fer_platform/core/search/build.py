@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +27,8 @@ import pyarrow.compute as pc
 
 from fer_platform.core.pg.schema import EMBEDDING_DIM
 from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
-from fer_platform.core.silver_scan import SilverVectors, as_silver_vectors
-from fer_platform.core.vecmath import exact_search, recall_of
+from fer_platform.core.silver_scan import SilverScan, SilverVectors, as_silver_vectors
+from fer_platform.core.vecmath import exact_search, exact_search_parts, merge_top, recall_of
 
 HNSW_THRESHOLD = 20_000  # vectors; at or above it the index is HNSW
 HNSW_M = 32
@@ -40,7 +41,7 @@ EF_CANDIDATES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 def build_index(
-    silver: pa.Table | SilverVectors,
+    silver: pa.Table | SilverVectors | SilverScan,
     model: str,
     embedder: dict | None = None,
     hnsw_threshold: int = HNSW_THRESHOLD,
@@ -49,46 +50,45 @@ def build_index(
     target_recall: float = RECALL_TARGET,
     seed: int = 0,
     segment_size: int = SEGMENT_SIZE,
+    tries: int = 3,
 ) -> SearchIndex:
     """An index over ``silver`` rows of ``model`` (exact below ``hnsw_threshold`` vectors, HNSW above, in
-    segments of at most ``segment_size``): a silver table, or silver streamed
-    (``silver_scan.read_silver_vectors`` with ``MAPPING_COLUMNS``)."""
+    segments of at most ``segment_size``): a silver table, silver in memory, or silver read from the lake
+    (``silver_scan.SilverScan`` with ``MAPPING_COLUMNS``).
+
+    The vectors are held once: silver is read twice, its columns first (the index's order, by image_id),
+    then its vectors, each put straight into its place in the batch that adds it to the index, and every
+    batch is freed once added. The tuning searches the index's own vectors. Silver that changes between
+    the two reads (a partition rewritten meanwhile) is read again, up to ``tries`` times."""
     import faiss  # deferred: heavy
 
-    sv = as_silver_vectors(silver)
-    order = pc.sort_indices(sv.columns, [("image_id", "ascending")]).to_numpy()
-    n, dim = sv.vectors.shape
-    held = 0
-    if n >= hnsw_threshold:
-        kind = "hnsw"
-        # ef_search is tuned on queries the graph does not hold yet (a stored vector finds its own
-        # neighbourhood too easily): a sample is moved to the end, added (to the last segment) after the
-        # tuning
-        held = min(TUNE_QUERIES, max(1, n // 20))
-        picks = np.random.default_rng(seed).choice(n, size=held, replace=False)
-        order = order[np.concatenate([np.setdiff1d(np.arange(n), picks), np.sort(picks)])]
-        # a segment holds at least twice the tuning sample (only a segment_size below that makes segments
-        # bigger than it: never empty ones)
-        count = max(1, min(math.ceil(n / max(1, segment_size)), n // (2 * held)))
-        parts = [faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT) for _ in range(count)]
+    source = silver if isinstance(silver, SilverScan) else as_silver_vectors(silver)
+    for attempt in range(tries):
+        columns = _columns_of(source)
+        plan = _plan(columns, hnsw_threshold, segment_size, seed)
+        try:
+            chunks = _gather(source, columns, plan)
+            break
+        except SilverChanged:
+            if attempt == tries - 1:
+                raise
+    held, kind, dim = plan.held, plan.kind, _dim(source)
+    if kind == "hnsw":
+        parts = [faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT) for _ in range(plan.segments)]
         for part in parts:
             part.hnsw.efConstruction = ef_construction
     else:
         parts = [faiss.IndexFlatIP(dim)]
-        kind = "flat"
-    # segment s holds positions bounds[s]..bounds[s+1]-1, n / segments each, the last one the tuning
-    # sample too (after the tuning): none above segment_size
-    bounds = [min(round(n * s / len(parts)), n - held) for s in range(len(parts))] + [n - held]
-    # the vectors go in by image_id, the tuning sample last, a batch at a time: the index holds its own
-    # copy, so a reordered copy of the whole matrix would be a third one
-    table, vectors = sv.columns.take(pa.array(order, pa.int64())), sv.vectors
     started = time.perf_counter()
-    for part, start, end in zip(parts, bounds, bounds[1:], strict=False):
-        for at in range(start, end, ADD_BATCH):
-            part.add(vectors[order[at : min(at + ADD_BATCH, end)]])
+    for i, (segment, _a, _b) in enumerate(plan.ranges):
+        if held and i == len(plan.ranges) - 1:
+            break  # the tuning sample: added after the tuning
+        parts[segment].add(chunks[i])
+        chunks[i] = None  # in the index now: freed, so that the vectors are in memory once
     seconds = {"add": time.perf_counter() - started}
+    table = columns.take(pa.array(plan.order, pa.int64()))
     mapping = pa.table({c: _column(table, c) for c in MAPPING_COLUMNS})
-    del table
+    del table, columns
     meta = {
         "kind": kind,
         "model": model,
@@ -100,12 +100,10 @@ def build_index(
     }
     out = SearchIndex(parts, mapping, meta)
     if kind == "hnsw":
-        queries = vectors[order[n - held :]]
+        queries = chunks[-1]
         meta.update(hnsw_m=m, ef_construction=ef_construction, tuning_queries=held, segment_size=segment_size)
         started = time.perf_counter()
-        meta["ef_search"], meta["tuned_recall"] = tune_ef(
-            out, vectors, queries, target_recall, rows=order[: n - held]
-        )
+        meta["ef_search"], meta["tuned_recall"] = tune_ef(out, queries, target_recall)
         seconds["tune"] = time.perf_counter() - started
         out.set_ef(meta["ef_search"])
         parts[-1].add(queries)
@@ -113,6 +111,96 @@ def build_index(
     meta["segments"] = [int(p.ntotal) for p in parts]
     out.seconds = {k: round(v, 3) for k, v in seconds.items()}  # where the build's time went (benchmarks)
     return out
+
+
+class SilverChanged(RuntimeError):
+    """Silver's rows differ between the build's two reads of it."""
+
+
+@dataclass
+class _Plan:
+    """Where each silver row goes: ``order[p]`` is the silver row at index position p; ``ranges`` the
+    (segment, first, end) positions of each batch added to the index, in order, the tuning sample last."""
+
+    n: int
+    kind: str
+    held: int
+    segments: int
+    order: np.ndarray
+    ranges: list[tuple[int, int, int]]
+
+
+def _plan(columns: pa.Table, hnsw_threshold: int, segment_size: int, seed: int) -> _Plan:
+    n = columns.num_rows
+    order = pc.sort_indices(columns, [("image_id", "ascending")]).to_numpy()
+    held, count, kind = 0, 1, "flat"
+    if n >= hnsw_threshold:
+        kind = "hnsw"
+        # ef_search is tuned on queries the graph does not hold yet (a stored vector finds its own
+        # neighbourhood too easily): a sample is moved to the end, added (to the last segment) after the
+        # tuning
+        held = min(TUNE_QUERIES, max(1, n // 20))
+        picks = np.random.default_rng(seed).choice(n, size=held, replace=False)
+        order = order[np.concatenate([np.setdiff1d(np.arange(n), picks), np.sort(picks)])]
+        # a segment holds at least twice the tuning sample (only a segment_size below that makes segments
+        # bigger than it: never empty ones)
+        count = max(1, min(math.ceil(n / max(1, segment_size)), n // (2 * held)))
+    # segment s holds positions bounds[s]..bounds[s+1]-1, n / segments each, the last one the tuning
+    # sample too (after the tuning): none above segment_size; each added ADD_BATCH vectors at a time
+    bounds = [min(round(n * s / count), n - held) for s in range(count)] + [n - held]
+    ranges = [
+        (s, at, min(at + ADD_BATCH, end))
+        for s, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False))
+        for at in range(start, end, ADD_BATCH)
+    ]
+    if held:
+        ranges.append((count - 1, n - held, n))
+    return _Plan(n, kind, held, count, order, ranges)
+
+
+def _dim(source: SilverVectors | SilverScan) -> int:
+    return source.vectors.shape[1] if isinstance(source, SilverVectors) else EMBEDDING_DIM
+
+
+def _columns_of(source: SilverVectors | SilverScan) -> pa.Table:
+    """Silver's columns without its vectors (the first read)."""
+    if isinstance(source, SilverVectors):
+        return source.columns
+    batches = [pa.Table.from_batches([batch]) for _none, batch in source.batches(vectors=False)]
+    if not batches:
+        return pa.table(
+            {c: pa.array([], pa.date32() if c == "load_date" else pa.string()) for c in source.columns}
+        )
+    return pa.concat_tables(batches)
+
+
+def _ids(column) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _gather(source: SilverVectors | SilverScan, columns: pa.Table, plan: _Plan) -> list[np.ndarray]:
+    """Silver's vectors, read once more, each put in its index position's batch (``plan.ranges``); raises
+    SilverChanged when the rows are not those of ``columns``, in the same order."""
+    dim = _dim(source)
+    position = np.empty(plan.n, np.int64)
+    position[plan.order] = np.arange(plan.n)  # silver row -> index position
+    firsts = np.array([a for _s, a, _b in plan.ranges], np.int64)
+    chunks = [np.empty((b - a, dim), np.float32) for _s, a, b in plan.ranges]
+    ids = columns.column("image_id")
+    row = 0
+    for vectors, batch in source.batches():
+        m = len(vectors)
+        if row + m > plan.n or not _ids(batch.column("image_id")).equals(_ids(ids.slice(row, m))):
+            raise SilverChanged("silver's rows changed while the index was built")
+        at = position[row : row + m]
+        which = np.searchsorted(firsts, at, side="right") - 1
+        for c in np.unique(which):
+            mine = which == c
+            chunks[c][at[mine] - firsts[c]] = vectors[mine]
+        row += m
+    if row != plan.n:
+        raise SilverChanged("silver's rows changed while the index was built")
+    return chunks
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -125,19 +213,12 @@ def _column(table: pa.Table, name: str) -> pa.Array:
     return col
 
 
-def tune_ef(
-    index: SearchIndex,
-    base: np.ndarray,
-    queries: np.ndarray,
-    target: float,
-    k: int = 10,
-    rows: np.ndarray | None = None,
-):
-    """The smallest ``ef_search`` whose recall@k of ``queries`` (vectors the index does not hold)
-    against exact search over ``base`` (what it holds; ``base[rows]`` in the index's order when ``rows`` is
-    given) reaches ``target`` plus a small margin."""
-    kk = min(k, len(base) if rows is None else len(rows))
-    _, truth = exact_search(base, queries, kk, block=256, rows=rows)  # 256 x 4096 scores at a time
+def tune_ef(index: SearchIndex, queries: np.ndarray, target: float, k: int = 10):
+    """The smallest ``ef_search`` whose recall@k of ``queries`` (vectors the index does not hold) against
+    exact search over what the index holds (its own vectors, read where FAISS keeps them) reaches
+    ``target`` plus a small margin."""
+    kk = min(k, index.size)
+    _, truth = exact_search_parts(index.stored(), queries, kk, block=256)  # 256 x 4096 scores at a time
     recall = 0.0
     for ef in EF_CANDIDATES:
         index.set_ef(ef)
@@ -194,9 +275,7 @@ def streamed_recall(index: SearchIndex, scan, k: int = 10, sample: int = 200, se
     at = 0
     for vectors, _batch in scan():
         s, i = exact_search(vectors, queries, kk + 1, block=256)
-        cand_s, cand_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + at], 1)
-        order = np.argsort(-cand_s, axis=1, kind="stable")[:, : kk + 1]
-        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+        best_s, best_i = merge_top(best_s, best_i, s, i + at, kk + 1)
         at += len(vectors)
     return _recall_of_ids(index, np.asarray(ids, dtype=object), picks, queries, best_i, kk, n)
 

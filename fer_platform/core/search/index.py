@@ -189,6 +189,17 @@ class SearchIndex:
             for part in self.parts:
                 part.hnsw.efSearch = int(ef)
 
+    def stored(self) -> list[np.ndarray]:
+        """Each segment's vectors where FAISS keeps them (numpy views, no copy): valid while the index lives
+        and nothing is added to it."""
+        import faiss  # deferred: heavy
+
+        out = []
+        for part in self.parts:
+            flat = faiss.downcast_index(part.storage if hasattr(part, "storage") else part)
+            out.append(faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d))
+        return out
+
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
         """The stored vectors at ``positions`` (no copy of the whole index)."""
         positions = np.asarray(positions, dtype=np.int64)
