@@ -1,15 +1,21 @@
-"""Memory of the two big reads of the publish run (issue 15): silver streamed, and the index file loaded.
+"""Memory of the big reads of the publish run (issue 15): silver streamed, the index built, its file read.
 
     .venv/bin/python bench/bench_reads_memory.py [--n 35887]
 
 Silver-shaped Parquet (``bench_index_build.silver``: N clustered 512-d vectors, partitioned by emotion and
-load date as silver is, a second model's rows beside them) and the index built over it, in a temp lake. Each
-read runs in a fresh process, with a thread sampling its RSS every 2 ms; printed: the peak above the
-process's RSS before the read, and the time.
+load date as silver is, a second model's rows beside them) and the index built over it, in a temp lake,
+written twice: each partition one row group (pyarrow's default, as the lake was written before) and in the
+row groups the lake's IO manager writes now (``silver_scan.row_group_rows``). Each read runs in a fresh
+process, with a thread sampling its RSS every 2 ms; printed: the peak above the process's RSS before the
+read, and the time.
 
 - silver, three scans (what the recall check does): Arrow's dataset scanner as the platform used it
   (8,192-row batches, 2 read ahead, 1 file ahead) against ``silver_scan.iter_silver_vectors`` (file by
-  file, one thread, no pre-buffering, 2,048-row batches);
+  file, one thread, no pre-buffering, 2,048-row batches), on one-group files; and ``iter_silver_vectors``
+  on the files in small row groups;
+- the index built: over silver read whole into one matrix (``read_silver_vectors``, as before: the matrix
+  and the index's copy held together) against ``silver_scan.SilverScan`` (silver read twice, its vectors
+  held once);
 - the index: its files' bytes read whole then deserialised (``SearchIndex.from_files``, as before) against
   ``load_index`` (the FAISS file streamed into FAISS).
 """
@@ -31,14 +37,31 @@ from common import row
 from fer_platform.core.layout import SILVER_EMBEDDINGS
 from fer_platform.core.memory import limit_arenas, release_memory
 from fer_platform.core.search.build import build_index
-from fer_platform.core.search.index import IDS_FILE, INDEX_FILE, META_FILE, SearchIndex, index_dir, load_index
-from fer_platform.core.silver_scan import iter_silver_vectors
+from fer_platform.core.search.index import (
+    IDS_FILE,
+    INDEX_FILE,
+    MAPPING_COLUMNS,
+    META_FILE,
+    SearchIndex,
+    index_dir,
+    load_index,
+)
+from fer_platform.core.silver_scan import SilverScan, iter_silver_vectors, read_silver_vectors, row_group_rows
 from fer_platform.core.storage import Storage
 from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import arrow_to_vectors
 
 MODEL = "bench"
-CASES = ("scanner", "silver_scan", "index_bytes", "index_streamed")
+CASES = (
+    "scanner",
+    "silver_scan_one_group",
+    "silver_scan",
+    "build_held",
+    "build_streamed",
+    "index_bytes",
+    "index_streamed",
+)
+ONE_GROUP = "one-group"  # the lake whose silver files are each one row group
 
 
 def _rss() -> int:
@@ -62,7 +85,7 @@ def _scanner(lake: Storage) -> None:
 
 def child(case: str, root: Path) -> None:
     limit_arenas()  # as the demo and the run workers run
-    lake = Storage(str(root))
+    lake = Storage(str(root / ONE_GROUP if case in ("scanner", "silver_scan_one_group") else root))
     release_memory()
     base, peak, done = _rss(), [0], threading.Event()
 
@@ -76,10 +99,14 @@ def child(case: str, root: Path) -> None:
     if case == "scanner":
         for _ in range(3):
             _scanner(lake)
-    elif case == "silver_scan":
+    elif case in ("silver_scan", "silver_scan_one_group"):
         for _ in range(3):
             for _vectors, _batch in iter_silver_vectors(lake, MODEL, ("image_id",)):
                 pass
+    elif case == "build_held":
+        build_index(read_silver_vectors(lake, MODEL, MAPPING_COLUMNS), MODEL)
+    elif case == "build_streamed":
+        build_index(SilverScan(lake, MODEL, MAPPING_COLUMNS), MODEL)
     elif case == "index_bytes":
         folder = index_dir(MODEL)
         SearchIndex.from_files(
@@ -120,7 +147,20 @@ def main() -> None:
                 other.append_column("model", pa.array(["other"] * other.num_rows)),
             ]
         )
-        pq.write_to_dataset(both, lake.path(SILVER_EMBEDDINGS), partition_cols=["emotion", "load_date"])
+        for key in sorted(
+            {(r["emotion"], r["load_date"]) for r in both.select(["emotion", "load_date"]).to_pylist()}
+        ):
+            part = both.filter(
+                pc.and_(pc.equal(both["emotion"], key[0]), pc.equal(both["load_date"], key[1]))
+            )
+            part = part.drop_columns(["emotion", "load_date"])
+            name = f"{SILVER_EMBEDDINGS}/emotion={key[0]}/load_date={key[1]}/part-0.parquet"
+            for store, groups in (
+                (Storage(f"{tmp}/{ONE_GROUP}"), {}),
+                (lake, {"row_group_size": row_group_rows(part)}),
+            ):
+                Path(store.path(name)).parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(part, store.path(name), compression="zstd", **groups)
         del rows, other, both
         got = {}
         for case in CASES:
@@ -137,7 +177,13 @@ def main() -> None:
                 "MiB",
                 f"{got[case]['seconds']:.2f} s",
             )
-        for old, new in (("scanner", "silver_scan"), ("index_bytes", "index_streamed")):
+        pairs = (
+            ("scanner", "silver_scan_one_group"),
+            ("silver_scan_one_group", "silver_scan"),
+            ("build_held", "build_streamed"),
+            ("index_bytes", "index_streamed"),
+        )
+        for old, new in pairs:
             row(
                 f"{new} / {old}",
                 got[new]["peak"] / max(1, got[old]["peak"]),

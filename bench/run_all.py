@@ -15,6 +15,7 @@ BENCHES = [
     ["bench_search.py"],
     ["bench_gold.py"],
     ["bench_reads_memory.py"],
+    ["bench_landing_reads.py"],
     ["bench_serve.py"],
     ["bench_model.py"],
     ["bench_convergence.py"],

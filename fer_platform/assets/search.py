@@ -7,7 +7,6 @@ from fer_platform.assets.silver import silver_embeddings
 from fer_platform.automation.conditions import FOLLOW_UPSTREAM
 from fer_platform.catalog import ROW_COUNT, table_metadata
 from fer_platform.core.layout import INDEX
-from fer_platform.core.report import human_bytes
 from fer_platform.core.search import build
 from fer_platform.core.search.build import RECALL_TARGET, streamed_recall
 from fer_platform.core.search.index import MAPPING_COLUMNS, IndexUnavailable, load_index
@@ -67,14 +66,10 @@ def search_index(
         target_recall=config.target_recall,
         segment_size=config.segment_size,
     )
-    files = LakeFiles(index.model, index.to_files())  # lands in index/<model>/: search.index.index_dir
-    meta = {
-        "vectors": index.size,
-        ROW_COUNT: index.size,
-        "kind": index.kind,
-        "model": index.model,
-        "size": dg.MetadataValue.text(human_bytes(files.bytes)),
-    }
+    # lands in index/<model>/ (search.index.index_dir); the FAISS file is streamed into the lake by the IO
+    # manager, which adds its size to this metadata once written
+    files = LakeFiles(index.model, index.file_writers())
+    meta = {"vectors": index.size, ROW_COUNT: index.size, "kind": index.kind, "model": index.model}
     if index.kind == "hnsw":  # a flat index is exact: no ef_search, recall 1
         meta["ef_search"] = int(index.meta["ef_search"])
         meta["tuned_recall_at_10"] = round(float(index.meta["tuned_recall"]), 4)

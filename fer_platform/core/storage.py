@@ -18,9 +18,9 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import fsspec
@@ -47,16 +47,42 @@ class FileEntry:
 class LakeFiles:
     """A set of files that belong together (an index, a model) stored in one lake folder.
 
-    The lake IO manager writes them to ``<asset path>/<folder>/<name>`` and then names
-    ``folder`` in ``<asset path>/LATEST``, so a reader never sees a half-written set.
+    The lake IO manager writes them to ``<asset path>/<folder>/<name>``, in order, and then names
+    ``folder`` in ``<asset path>/LATEST``, so a reader never sees a half-written set. A file is its bytes,
+    or a function that writes it into the open file it is given (a big file streamed, never whole in
+    memory); ``written`` holds each file's size once written.
     """
 
     folder: str
-    files: dict[str, bytes]
+    files: dict[str, bytes | Callable[[BinaryIO], None]]
+    written: dict[str, int] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
-        return sum(len(b) for b in self.files.values())
+        return sum(len(b) if isinstance(b, bytes) else self.written.get(n, 0) for n, b in self.files.items())
+
+    def write(self, name: str, f: BinaryIO) -> None:
+        """Write file ``name`` into ``f`` (opened for writing) and note its size."""
+        content = self.files[name]
+        if isinstance(content, bytes):
+            f.write(content)
+            self.written[name] = len(content)
+            return
+        counted = _Counted(f)
+        content(counted)
+        self.written[name] = counted.size
+
+
+class _Counted:
+    """A binary file being written, counting what goes in."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.size = f, 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.size += len(data)
+        return len(data)
 
 
 class StorageUnavailable(FerError):
@@ -333,7 +359,9 @@ class Storage:
                 raise NotARegularFile("path through a symbolic link")
             fd = _open_file(path, flags)
         else:
-            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            # O_PATH (Linux): the folder is only a place to open the file from, no read permission needed
+            folder_flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_PATH", 0)
+            dir_fd = os.open(os.path.dirname(path), folder_flags)
             try:
                 if not self._folder_is_real(dir_fd, key):
                     raise NotARegularFile("path through a symbolic link")
@@ -499,8 +527,8 @@ def _walk_local(base: str, root: str) -> Iterable[FileEntry]:
 
 
 def _modified(info: dict[str, Any]) -> dt.datetime:
-    for field in ("LastModified", "last_modified", "mtime", "modified", "creation_time", "created"):
-        value = info.get(field)
+    for key in ("LastModified", "last_modified", "mtime", "modified", "creation_time", "created"):
+        value = info.get(key)
         if value is None:
             continue
         if isinstance(value, dt.datetime):  # S3 listings come in the local zone, Azure's in UTC

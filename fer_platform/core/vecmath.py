@@ -65,29 +65,28 @@ def mean_pairwise_cosine(vectors: np.ndarray) -> float | None:
 
 
 def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 4096, rows: np.ndarray | None = None
+    vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` inner product with numpy (independent of FAISS): (similarities, positions).
-    ``rows``: search ``vectors[rows]`` (positions into ``rows``), gathered a chunk at a time, not copied
-    whole."""
+    """Exact top-``k`` inner product with numpy (independent of FAISS): (similarities, positions)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
-    n = len(vectors) if rows is None else len(rows)
+    n = len(vectors)
     k = min(k, n)
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
     for start in range(0, n, block * 16):
-        stop = start + block * 16
-        chunk = vectors[start:stop] if rows is None else vectors[rows[start:stop]]
+        chunk = vectors[start : start + block * 16]
         for q0 in range(0, len(queries), block):
             s = queries[q0 : q0 + block] @ chunk.T
             kk = min(k, s.shape[1])
             top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-            cand_s = np.concatenate([best_s[q0 : q0 + block], np.take_along_axis(s, top, 1)], axis=1)
-            cand_i = np.concatenate([best_i[q0 : q0 + block], top + start], axis=1)
-            order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-            best_s[q0 : q0 + block] = np.take_along_axis(cand_s, order, 1)
-            best_i[q0 : q0 + block] = np.take_along_axis(cand_i, order, 1)
+            best_s[q0 : q0 + block], best_i[q0 : q0 + block] = merge_top(
+                best_s[q0 : q0 + block],
+                best_i[q0 : q0 + block],
+                np.take_along_axis(s, top, 1),
+                top + start,
+                k,
+            )
     return best_s, best_i
 
 

@@ -11,7 +11,9 @@ The base may be a folder, ``s3://...`` or ``abfs://...``: only configuration cha
 """
 
 import datetime as dt
-from typing import Any, Optional
+import functools
+from collections.abc import Callable
+from typing import Any, BinaryIO, Optional
 
 import dagster as dg
 import pyarrow as pa
@@ -20,6 +22,7 @@ from upath import UPath
 
 from fer_platform.catalog import PARTITION_ROW_COUNT, ROW_COUNT
 from fer_platform.core import faults
+from fer_platform.core.report import human_bytes
 from fer_platform.core.silver_scan import row_group_rows
 from fer_platform.core.storage import LakeFiles, Storage, remove_stale_temps, temp_path
 from fer_platform.resources.lake import ObjectStore, merged_options
@@ -154,20 +157,31 @@ class HiveParquetIOManager(dg.UPathIOManager):
     def write_files(self, context: dg.OutputContext, obj: LakeFiles, root: UPath) -> None:
         folder = root / obj.folder
         folder.mkdir(parents=True, exist_ok=True)
-        for name, data in obj.files.items():
-            self.write_bytes(folder / name, data)
+        for name in obj.files:  # in order: a file may be made from those before it (a digest list)
+            self.write_stream(folder / name, functools.partial(obj.write, name))
         self.write_bytes(root / LATEST, obj.folder.encode())  # published last
         context.add_output_metadata(
-            {"lake_uri": dg.MetadataValue.path(str(folder)), "files": len(obj.files), "bytes": obj.bytes}
+            {
+                "lake_uri": dg.MetadataValue.path(str(folder)),
+                "files": len(obj.files),
+                "bytes": obj.bytes,
+                "size": dg.MetadataValue.text(human_bytes(obj.bytes)),
+            }
         )
 
     def write_bytes(self, path: UPath, data: bytes) -> None:
+        self.write_stream(path, lambda f: f.write(data))
+
+    def write_stream(self, path: UPath, write: Callable[[BinaryIO], Any]) -> None:
+        """``write(f)`` into the file at ``path`` (locally into a temp file beside it, renamed over it)."""
         if path.protocol in ("", "file", "local"):
             tmp = _temp_beside(path)
-            tmp.write_bytes(data)
+            with tmp.open("wb") as f:
+                write(f)
             _publish(tmp, path)
         else:
-            path.write_bytes(data)
+            with path.open("wb") as f:
+                write(f)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pa.Table | LakeFiles:
         if _definition_metadata(context).get(LAKE_FORMAT) == "files":

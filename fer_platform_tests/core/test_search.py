@@ -40,7 +40,7 @@ from fer_platform.core.search.index import (
 from fer_platform.core.search.live import LiveIndex
 from fer_platform.core.silver import read_silver
 from fer_platform.core.silver_scan import SilverScan, read_silver_vectors
-from fer_platform.core.storage import ReadOnlyStorage, Storage
+from fer_platform.core.storage import LakeFiles, ReadOnlyStorage, Storage
 from fer_platform.core.vectors import arrow_to_vectors, vectors_to_arrow
 from fer_platform_tests.helpers import face
 
@@ -548,3 +548,39 @@ def test_silver_files_written_with_other_arrow_types_read_as_the_dataset_types(t
     got = read_silver_vectors(lake, "m1", MAPPING_COLUMNS)
     assert got.num_rows == 28 and got.columns.schema.field("image_id").type == pa.string()
     assert sorted(got.strings("image_id")) == sorted(rows["image_id"].to_pylist())
+
+
+def test_the_index_file_is_written_streamed_never_whole_in_memory(tmp_path):
+    """The asset hands the IO manager file writers: the FAISS file goes from FAISS into the open file in
+    pieces (Python never holds it whole), meta.json is made after it with both digests, and the files are
+    those ``to_files`` gives."""
+    import tracemalloc
+
+    index = build_index(clustered(n_per=300), "m1", hnsw_threshold=100, m=8, ef_construction=40)
+    files = LakeFiles("m1", index.file_writers())
+    assert callable(files.files[INDEX_FILE]) and callable(files.files[META_FILE])
+    with pytest.raises(RuntimeError, match="after the index file"):
+        files.write(META_FILE, io.BytesIO())
+    out = {}
+    tracemalloc.start()
+    try:
+        for name in files.files:
+            with open(tmp_path / name, "wb") as f:
+                files.write(name, f)
+            out[name] = (tmp_path / name).read_bytes() if name != INDEX_FILE else None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = (tmp_path / INDEX_FILE).stat().st_size
+    assert size > 4 * 2**20 and peak < size / 2  # pieces of the file, never the file
+    assert files.written[INDEX_FILE] == size and files.bytes == sum(
+        p.stat().st_size for p in tmp_path.iterdir()
+    )
+    whole = index.to_files()
+    assert (tmp_path / INDEX_FILE).read_bytes() == whole[INDEX_FILE] and out[IDS_FILE] == whole[IDS_FILE]
+    meta = json.loads(out[META_FILE])
+    assert meta["digests"] == {
+        INDEX_FILE: hashlib.sha256(whole[INDEX_FILE]).hexdigest(),
+        IDS_FILE: hashlib.sha256(whole[IDS_FILE]).hexdigest(),
+    }
+    assert SearchIndex.from_files({n: (tmp_path / n).read_bytes() for n in whole}).size == index.size

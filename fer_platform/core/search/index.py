@@ -52,18 +52,23 @@ class IndexChanging(IndexUnavailable):
     """The index's files were read while a rebuild replaced them."""
 
 
-def _serialized(parts: list) -> bytes:
-    """The bytes of the FAISS index of each segment, one after another, written straight into one buffer
-    (``serialize_index`` makes a numpy copy, and its ``tobytes`` another: three copies of the index in
-    memory at once, not two)."""
+def _write_parts(parts: list, f: BinaryIO) -> str:
+    """Write the FAISS index of each segment, one after another, straight into ``f`` (never a copy of the
+    index in memory: ``serialize_index`` makes a numpy copy, and its ``tobytes`` another); their sha256."""
     import faiss  # deferred: heavy
 
-    buf = io.BytesIO()
-    writer = faiss.PyCallbackIOWriter(buf.write)
+    digest = hashlib.sha256()
+
+    def write(chunk: bytes) -> int:
+        digest.update(chunk)
+        f.write(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(write)
     for part in parts:
         faiss.write_index(part, writer)
     del writer  # flushes
-    return buf.getvalue()
+    return digest.hexdigest()
 
 
 def segment_count(meta: dict) -> int:
@@ -140,16 +145,38 @@ class SearchIndex:
         return self.meta["kind"]
 
     # ---- files
-    def to_files(self) -> dict[str, bytes]:
-
+    def file_writers(self) -> dict[str, bytes | Callable[[BinaryIO], None]]:
+        """The index's three files, to be written in this order (``storage.LakeFiles``): the FAISS file
+        streamed into the file it is written to, the id mapping's bytes, and meta.json with the digests of
+        the other two (so a reader never pairs files of two builds: a rebuild replaces them one by one, and
+        object stores have no multi-file rename), made once they are written."""
         buf = io.BytesIO()
         pq.write_table(self.mapping, buf, compression="zstd")
-        files = {INDEX_FILE: _serialized(self.parts), IDS_FILE: buf.getvalue()}
-        # the digests of the other two, so a reader never pairs files of two builds (a rebuild
-        # replaces them one by one; object stores have no multi-file rename)
-        meta = {**self.meta, "digests": {name: sha256(data) for name, data in files.items()}}
-        files[META_FILE] = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
-        return files
+        ids = buf.getvalue()
+        digests = {IDS_FILE: sha256(ids)}
+
+        def index_file(f: BinaryIO) -> None:
+            digests[INDEX_FILE] = _write_parts(self.parts, f)
+
+        def meta_file(f: BinaryIO) -> None:
+            if INDEX_FILE not in digests:
+                raise RuntimeError("meta.json is written after the index file")
+            meta = {**self.meta, "digests": dict(digests)}
+            f.write(json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+
+        return {INDEX_FILE: index_file, IDS_FILE: ids, META_FILE: meta_file}
+
+    def to_files(self) -> dict[str, bytes]:
+        """The three files' bytes (tests, benchmarks: the asset streams them, ``file_writers``)."""
+        out = {}
+        for name, content in self.file_writers().items():
+            if isinstance(content, bytes):
+                out[name] = content
+            else:
+                buf = io.BytesIO()
+                content(buf)
+                out[name] = buf.getvalue()
+        return out
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> "SearchIndex":
