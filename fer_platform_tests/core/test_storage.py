@@ -82,3 +82,28 @@ def test_a_folder_swapped_for_a_link_after_its_check_is_not_what_is_read(tmp_pat
 
     monkeypatch.setattr(Storage, "_folder_is_real", swap_after_check)
     assert store.read_bytes("train/happy/a.png") == b"inside"
+
+
+def test_write_many_lists_a_folder_once_and_still_removes_what_killed_writes_left(tmp_path, monkeypatch):
+    """A killed writer's temporary file (its process gone) is removed when its name is written again, in any
+    later batch; the folder is listed once per store, not after every batch (which grew a partition's
+    copies with its square)."""
+    lake = Storage(str(tmp_path))
+    (tmp_path / "raw").mkdir()
+    dead = tmp_path / "raw" / ".b.png.999999-0badf00d.tmp"  # pid 999999: no such process
+    dead.write_bytes(b"half")
+    live = tmp_path / "raw" / f".c.png.{os.getpid()}-0000abcd.tmp"  # this process: a write in progress
+    live.write_bytes(b"half")
+    listed = []
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: listed.append(p) or listdir(p))
+    for batch in (["a.png"], ["b.png", "c.png"], ["d.png"]):
+        lake.write_many([(f"raw/{n}", n.encode()) for n in batch])
+    assert listed == [str(tmp_path / "raw")]
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir() if not p.name.startswith(".")) == [
+        "a.png",
+        "b.png",
+        "c.png",
+        "d.png",
+    ]
