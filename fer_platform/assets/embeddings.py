@@ -8,7 +8,7 @@ from fer_platform.assets.model import embedding_model
 from fer_platform.catalog import PARTITION_ROW_COUNT, ROW_COUNT, record_served_model, table_metadata
 from fer_platform.core import vectors
 from fer_platform.core.pg.schema import VECTORS_TABLE
-from fer_platform.core.report import markdown_table
+from fer_platform.core.report import markdown_table, progress_every
 from fer_platform.core.vectors import EmbeddingPlan, write_partition
 from fer_platform.partitions import image_partitions, partition_of
 from fer_platform.resources import EmbedderResource, PostgresResource
@@ -70,7 +70,7 @@ def image_embeddings(
         stats = write_partition(
             conn,
             plan,
-            on_batch=vectors.progress_every(context.log.info),
+            on_batch=progress_every(context.log.info),
         )
         model_rows = vectors.count_model(conn, model)
     seconds = stats["seconds"]

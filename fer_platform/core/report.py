@@ -1,8 +1,9 @@
-"""Small renderers for metadata a person reads: markdown tables and byte sizes."""
+"""Small renderers for what a person reads: markdown tables, byte sizes, and progress lines."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 
 def markdown_table(rows: Iterable[Mapping], columns: Sequence[str], limit: int = 20) -> str:
@@ -59,3 +60,30 @@ def format_distances(values: Sequence[float], minimum: int = 3, maximum: int = 6
     """The distances of one result as text, all at the precision ``distance_decimals`` picks."""
     decimals = distance_decimals(values, minimum, maximum)
     return [f"{float(v):.{decimals}f}" for v in values]
+
+
+PROGRESS_SECONDS = 10.0  # a load logs its progress at most this often (and once at the end)
+
+
+def progress_every(
+    log: Callable[[str], None],
+    seconds: float = PROGRESS_SECONDS,
+    done_what: tuple[str, str, str] = ("embedded", "new images", "images/s"),
+) -> Callable[[int, int], None]:
+    """An ``on_batch`` for ``write_partition`` (or ``ingest``'s ``progress``) that logs "embedded done/todo"
+    (``done_what``: the verb, the things, the rate's unit) at most every ``seconds`` and when the last batch
+    is in. Each Dagster log line is a write to the run's event log (a connection and an INSERT); one per
+    batch of 64 images, ~560 at FER size, and the step took 107 s there instead of 87."""
+    verb, things, unit = done_what
+    started = last = time.monotonic()
+
+    def on_batch(done: int, todo: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done < todo and now - last < seconds:
+            return
+        last = now
+        rate = done / (now - started) if now > started else 0.0
+        log(f"{verb} {done:,}/{todo:,} {things} ({rate:,.0f} {unit})")
+
+    return on_batch

@@ -97,29 +97,6 @@ def rows_of(pngs: Sequence[bytes], rows: Sequence[int]) -> Sequence[bytes]:
     return pngs.select(rows) if isinstance(pngs, BinaryRows) else [pngs[i] for i in rows]
 
 
-PROGRESS_SECONDS = 10.0  # a load logs its progress at most this often (and once at the end)
-
-
-def progress_every(
-    log: Callable[[str], None], seconds: float = PROGRESS_SECONDS
-) -> Callable[[int, int], None]:
-    """An ``on_batch`` for ``write_partition`` that logs "embedded done/todo" at most every ``seconds`` and
-    when the last batch is in. Each Dagster log line is a write to the run's event log (a connection and an
-    INSERT); one per batch of 64 images, ~560 at FER size, and the step took 107 s there instead of 87."""
-    started = last = time.monotonic()
-
-    def on_batch(done: int, todo: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if done < todo and now - last < seconds:
-            return
-        last = now
-        rate = done / (now - started) if now > started else 0.0
-        log(f"embedded {done:,}/{todo:,} new images ({rate:,.0f} images/s)")
-
-    return on_batch
-
-
 class NonFiniteVectors(ValueError):
     pass
 

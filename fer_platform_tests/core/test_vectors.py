@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from fer_platform.core.pg.connect import connect
+from fer_platform.core.report import progress_every
 from fer_platform.core.vectors import (
     NonFiniteVectors,
     arrow_to_vectors,
     count_partition,
     partition_check,
-    progress_every,
     read_partition,
     write_partition,
 )
