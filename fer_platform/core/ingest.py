@@ -305,6 +305,8 @@ def _ingest_batch(landing, lake, dsn, batch, load_date, run_id, report, max_byte
     reads = [r for r in reads if r.problem != "gone"]
     day = load_date.isoformat()
     with connect(dsn) as conn:
+        ledger.keep_statistics(conn)  # before the lookups: the planner sizes the load log by them
+        conn.commit()
         with conn.transaction():
             ledger.lock(conn)
             known = ledger.known_versions(conn, [landing.uri(r.entry.key) for r in reads])

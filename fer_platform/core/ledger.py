@@ -47,6 +47,29 @@ def lock(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
 
 
+# the load log's statistics are refreshed once as many rows are new as it held when they were taken (it
+# doubled), and at least ANALYZE_MIN_ROWS: a unique column's statistics scale with the table once taken
+ANALYZE_GROWTH = 1.0
+ANALYZE_MIN_ROWS = 2000
+
+
+def keep_statistics(conn: psycopg.Connection) -> bool:
+    """ANALYZE the load log when many of its rows are newer than its statistics; whether it did. A big
+    load grows it faster than autovacuum's analyze follows (a minute apart at best): a table never
+    analyzed looks small to the planner, which then scanned all of it for each batch's lookups (by
+    source, content, lake path: 500 each) instead of using their indexes, and a 250,000-file load's
+    batches grew with the table."""
+    row = conn.execute(
+        "SELECT n_mod_since_analyze, greatest(c.reltuples, 0) FROM pg_stat_user_tables s "
+        "JOIN pg_class c ON c.oid = s.relid WHERE s.relid = %s::regclass",
+        (LOAD_LOG_TABLE,),
+    ).fetchone()
+    if row is None or row[0] < max(ANALYZE_MIN_ROWS, ANALYZE_GROWTH * row[1]):
+        return False
+    conn.execute(f"ANALYZE {LOAD_LOG_TABLE}")
+    return True
+
+
 # What known_versions was asked (calls, sources): the landing sensor's tests read it to show that an idle
 # tick asks the load log about no file.
 LOOKUPS: Counter = Counter()

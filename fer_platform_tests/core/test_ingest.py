@@ -269,3 +269,43 @@ def test_a_path_through_a_linked_folder_is_never_read_deleted_or_moved(pg_dsn, l
     (o,) = report.outcomes
     assert o.status == "quarantined" and "path through a symbolic link" in o.reason and o.lake_path is None
     assert (outside / "x.png").exists() and not list(lake.rglob("*.png"))
+
+
+def test_a_big_load_keeps_the_load_log_lookups_on_their_indexes(pg_dsn, landing, lake):
+    """Each batch asks the load log about its files by source, content and lake path (500 each). A load that
+    grows the table keeps its statistics fresh, so those lookups stay index scans (a never analyzed table
+    looked small and was scanned whole for every batch, quadratic over a 250,000-file load), and the lake
+    path has an index to use."""
+    when = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
+    rows = [
+        ledger.LedgerRow(
+            source=f"/elsewhere/train/happy/{i}.png",
+            path=f"train/happy/{i}.png",
+            size=2300,
+            modified_at=when,
+            sha256=f"{i:064x}",
+            emotion="happy",
+            split="train",
+            load_date=DAY,
+            status="loaded",
+            reason=None,
+            lake_path=f"raw/images/fer2013/train/happy/{i}.png",
+            run_id="earlier",
+        )
+        for i in range(30_000)
+    ]
+    with connect(pg_dsn) as conn:
+        ledger.insert(conn, rows)  # an earlier big load, in one go
+        conn.commit()
+    for i in range(3):
+        put(landing, f"train/happy/new{i}.png", face("happy", 40_000 + i))
+    assert _run(landing, lake, pg_dsn).counts["loaded"] == 3  # a batch: statistics first, then its lookups
+    picks = rows[::60]  # 500 of them
+    with connect(pg_dsn) as conn:
+        for column in ("source", "sha256", "lake_path"):
+            values = [getattr(r, column) for r in picks]
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(f"EXPLAIN SELECT * FROM load_log WHERE {column} = ANY(%s)", (values,))
+            )
+            assert "Seq Scan" not in plan and "Index" in plan, f"{column}: {plan[:300]}"

@@ -65,6 +65,9 @@ SCHEMA = [
         ON {LOAD_LOG_TABLE} (sha256) WHERE status = 'loaded'""",
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_partition ON {LOAD_LOG_TABLE} (emotion, load_date)",
     f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_source ON {LOAD_LOG_TABLE} (source)",
+    # which content a lake path holds (ingest: a new file's path taken by another content gets a versioned
+    # name): without it every batch of 500 files scanned the whole load log, quadratic over a big load
+    f"CREATE INDEX IF NOT EXISTS {LOAD_LOG_TABLE}_lake_path ON {LOAD_LOG_TABLE} (lake_path)",
 ]
 # ---- issue 14, duplicates: the load log's ``conflict`` status (a content filed under two emotions) ----
 # A load log created before it allowed only loaded/duplicate/quarantined: its CHECK is replaced, once
