@@ -176,8 +176,12 @@ class HiveParquetIOManager(dg.UPathIOManager):
         """``write(f)`` into the file at ``path`` (locally into a temp file beside it, renamed over it)."""
         if path.protocol in ("", "file", "local"):
             tmp = _temp_beside(path)
-            with tmp.open("wb") as f:
-                write(f)
+            try:
+                with tmp.open("wb") as f:
+                    write(f)
+            except BaseException:  # a writer that failed part-way (a streamed index): nothing of it stays
+                tmp.unlink(missing_ok=True)
+                raise
             _publish(tmp, path)
         else:
             with path.open("wb") as f:

@@ -6,7 +6,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from fer_platform.io_managers.parquet import LAKE_PATH, LakeIOManager
+from fer_platform.core.storage import LakeFiles
+from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH, LakeIOManager
 from fer_platform.partitions import image_partitions, partition_key
 
 
@@ -55,3 +56,36 @@ def test_hive_layout_round_trip_and_standard_readers(tmp_path):
     ]
     assert ds.dataset(tmp_path / "silver/things", partitioning="hive").to_table().num_rows == 4
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+FAIL = {"after": None}  # bytes a streamed file's writer writes before it fails (None: it does not fail)
+
+
+@dg.asset(io_manager_key="io", metadata={LAKE_PATH: "index", LAKE_FORMAT: "files"})
+def built(context: dg.AssetExecutionContext) -> LakeFiles:
+    version = context.run.run_id[:8]
+
+    def big(f):  # a streamed file: written in pieces, as the search index's FAISS file is
+        for i in range(64):
+            if FAIL["after"] is not None and i * 4096 >= FAIL["after"]:
+                raise OSError("the writer failed part-way")
+            f.write(version.encode() * 512)
+
+    return LakeFiles(version, {"big.bin": big, "meta.json": version.encode()})
+
+
+def test_a_streamed_file_that_fails_part_way_leaves_nothing_and_the_last_set_stays_published(tmp_path):
+    io = LakeIOManager(base_url=str(tmp_path))
+    FAIL["after"] = None
+    first = dg.materialize([built], resources={"io": io})
+    assert first.success
+    published = (tmp_path / "index" / "LATEST").read_text()
+    meta = first.get_asset_materialization_events()[0].materialization.metadata
+    assert (tmp_path / "index" / published / "big.bin").stat().st_size == 64 * 4096 == meta["bytes"].value - 8
+    FAIL["after"] = 100_000
+    second = dg.materialize([built], resources={"io": io}, raise_on_error=False)
+    assert not second.success
+    assert (tmp_path / "index" / "LATEST").read_text() == published  # readers still get the whole first set
+    assert not list(tmp_path.rglob(".*.tmp"))  # the part-written file is gone
+    failed = tmp_path / "index" / second.run_id[:8]
+    assert not (failed / "big.bin").exists() and not (failed / "meta.json").exists()
