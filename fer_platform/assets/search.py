@@ -10,7 +10,7 @@ from fer_platform.core.layout import INDEX
 from fer_platform.core.search import build
 from fer_platform.core.search.build import RECALL_TARGET, streamed_recall
 from fer_platform.core.search.index import MAPPING_COLUMNS, IndexUnavailable, load_index
-from fer_platform.core.silver_scan import SilverScan, iter_silver_vectors
+from fer_platform.core.silver_scan import SilverScan
 from fer_platform.core.storage import LakeFiles
 from fer_platform.io_managers.parquet import LAKE_FORMAT, LAKE_PATH
 from fer_platform.resources import EmbedderResource, LakeResource
@@ -92,7 +92,7 @@ def search_index_recall(lake: LakeResource, embedder: EmbedderResource) -> dg.As
         index = load_index(storage, model)
     except IndexUnavailable as exc:
         return dg.AssetCheckResult(passed=False, description=f"the index cannot be read: {exc}")
-    measured = streamed_recall(index, lambda: iter_silver_vectors(storage, model, ("image_id",)))
+    measured = streamed_recall(index, SilverScan(storage, model, ("image_id",)).batches)
     problems = []
     if measured["recall"] < RECALL_TARGET:
         problems.append(f"recall@{measured['k']} is {measured['recall']:.3f} < {RECALL_TARGET}")

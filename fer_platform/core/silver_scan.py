@@ -86,6 +86,11 @@ class SilverScan:
         return iter_silver_vectors(self.lake, self.model, self.columns, self.batch_rows, vectors=vectors)
 
 
+def no_rows(columns: tuple[str, ...]) -> pa.Table:
+    """An empty table of silver's ``columns`` (load dates as dates, the others strings)."""
+    return pa.table({c: pa.array([], pa.date32() if c == "load_date" else pa.string()) for c in columns})
+
+
 def _dataset(lake, model: str | None):
     """(silver's dataset, the filter of ``model``), or None when silver has no file."""
     root = lake.path(SILVER_EMBEDDINGS)
@@ -163,10 +168,7 @@ def read_silver_vectors(
 ) -> SilverVectors:
     """Every silver row of ``model``: its vectors (normalised again, batch by batch: cheap, and a reader
     never trusts a file's norms) and ``columns``, streamed with a dataset scanner."""
-    empty = SilverVectors(
-        np.empty((0, EMBEDDING_DIM), np.float32),
-        pa.table({c: pa.array([], pa.date32() if c == "load_date" else pa.string()) for c in columns}),
-    )
+    empty = SilverVectors(np.empty((0, EMBEDDING_DIM), np.float32), no_rows(columns))
     vectors = np.empty((count_silver_vectors(lake, model), EMBEDDING_DIM), np.float32)
     parts: list[pa.RecordBatch] = []
     at = 0

@@ -171,16 +171,10 @@ def stale_temps(folder: str) -> dict[str, list[str]]:
 def remove_stale_temps(folder: str, names: set[str] | None = None) -> list[str]:
     """Remove the stale temporary files in ``folder`` (of the targets ``names``, or all); their paths."""
     removed = []
-    try:
-        listing = os.listdir(folder)
-    except FileNotFoundError:
-        return removed
-    for entry in listing:
-        target = temp_target(entry)
-        if target is None or (names is not None and target not in names):
+    for target, paths in stale_temps(folder).items():
+        if names is not None and target not in names:
             continue
-        full = os.path.join(folder, entry)
-        if temp_is_stale(full):
+        for full in paths:
             try:
                 os.remove(full)
                 removed.append(full)
@@ -307,15 +301,18 @@ class Storage:
 
     def _inside(self, key: str) -> bool:
         """Whether the folders of ``key`` are real folders under the root (no symbolic link on the way)."""
-        real = os.path.realpath(os.path.dirname(self.path(key)))
-        return real == self._real_folder(key) or real == self._real_folder(key, again=True)
+        return self._is_real_folder(os.path.realpath(os.path.dirname(self.path(key))), key)
 
-    def _real_folder(self, key: str, again: bool = False) -> str:
-        """Where the folder of ``key`` is when no link is on the way: under the root's real path (resolved
-        once per Storage, ``again`` after a mismatch: a root that is itself a link may be re-pointed)."""
-        if again or self._real_root is None:
-            self._real_root = os.path.realpath(self.root)
-        return os.path.join(self._real_root, os.path.dirname(key.strip("/"))).rstrip("/")
+    def _is_real_folder(self, real: str, key: str) -> bool:
+        """Whether ``real`` is where the folder of ``key`` is when no link is on the way: under the root's
+        real path, resolved once per Storage and again after a mismatch (a root that is itself a link may
+        be re-pointed)."""
+        for again in (False, True):
+            if again or self._real_root is None:
+                self._real_root = os.path.realpath(self.root)
+            if real == os.path.join(self._real_root, os.path.dirname(key.strip("/"))).rstrip("/"):
+                return True
+        return False
 
     def _folder_is_real(self, dir_fd: int, key: str) -> bool:
         """Whether the folder opened as ``dir_fd`` is the real folder of ``key`` (no link on the way): what
@@ -324,7 +321,7 @@ class Storage:
             opened = os.readlink(f"/proc/self/fd/{dir_fd}")
         except OSError:
             return self._inside(key)
-        return opened == self._real_folder(key) or opened == self._real_folder(key, again=True)
+        return self._is_real_folder(opened, key)
 
     # ---- bytes
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from fer_platform.core.pg.schema import EMBEDDING_DIM
 from fer_platform.core.search.index import MAPPING_COLUMNS, SearchIndex
-from fer_platform.core.silver_scan import SilverScan, SilverVectors, as_silver_vectors
+from fer_platform.core.silver_scan import SilverScan, SilverVectors, as_silver_vectors, no_rows
 from fer_platform.core.vecmath import exact_search, exact_search_parts, merge_top, recall_of
 
 HNSW_THRESHOLD = 20_000  # vectors; at or above it the index is HNSW
@@ -167,11 +167,7 @@ def _columns_of(source: SilverVectors | SilverScan) -> pa.Table:
     if isinstance(source, SilverVectors):
         return source.columns
     batches = [pa.Table.from_batches([batch]) for _none, batch in source.batches(vectors=False)]
-    if not batches:
-        return pa.table(
-            {c: pa.array([], pa.date32() if c == "load_date" else pa.string()) for c in source.columns}
-        )
-    return pa.concat_tables(batches)
+    return pa.concat_tables(batches) if batches else no_rows(source.columns)
 
 
 def _ids(column) -> pa.Array:

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from fer_platform.core.images import sha256
 from fer_platform.core.layout import INDEX
 from fer_platform.core.search.hits import Hit, iso
+from fer_platform.core.storage import LakeFiles
 from fer_platform.core.vecmath import exact_search, normalise
 
 INDEX_FILE = "index.faiss"
@@ -168,14 +169,11 @@ class SearchIndex:
 
     def to_files(self) -> dict[str, bytes]:
         """The three files' bytes (tests, benchmarks: the asset streams them, ``file_writers``)."""
-        out = {}
-        for name, content in self.file_writers().items():
-            if isinstance(content, bytes):
-                out[name] = content
-            else:
-                buf = io.BytesIO()
-                content(buf)
-                out[name] = buf.getvalue()
+        files, out = LakeFiles(self.model, self.file_writers()), {}
+        for name in files.files:  # in order: meta.json is made from the others' digests
+            buf = io.BytesIO()
+            files.write(name, buf)
+            out[name] = buf.getvalue()
         return out
 
     @classmethod
