@@ -12,6 +12,7 @@ BENCHES = [
     ["bench_embeddings.py"],
     ["bench_lanes.py"],
     ["bench_bulk_load.py", "--images", "6000", "--write-rows", "6000", "--table-rows", "18000"],
+    ["bench_vector_storage.py", "--rows", "12000"],
     ["bench_search.py"],
     ["bench_gold.py"],
     ["bench_reads_memory.py"],

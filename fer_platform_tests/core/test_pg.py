@@ -9,7 +9,7 @@ from pgvector.psycopg import register_vector
 from fer_platform.core.errors import DatabaseUnavailable
 from fer_platform.core.pg.connect import connect, describe, ensure_database, masked
 from fer_platform.core.pg.pool import ReadOnlyPool
-from fer_platform.core.pg.schema import ensure_schema, ensure_vector_extension
+from fer_platform.core.pg.schema import ensure_schema, ensure_vector_extension, schema_present, vectors_inline
 
 
 def test_schema_is_idempotent_and_has_pgvector(pg_dsn):
@@ -157,3 +157,72 @@ def test_the_pool_says_in_one_line_when_the_database_holds_nothing_to_read(pg_se
         pool.close()
         with connect(pg_server, autocommit=True) as admin:
             admin.execute('DROP DATABASE IF EXISTS "nothing_loaded" WITH (FORCE)')
+
+
+def _toast_bytes(conn) -> int:
+    return conn.execute(
+        "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = 'imagenes_fer'::regclass"
+    ).fetchone()[0]
+
+
+def _insert_vectors(conn, ids: range) -> None:
+    register_vector(conn)
+    rng = np.random.default_rng(ids.start)
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO imagenes_fer (filepath, emotion, vector, image_id, model, written_by) "
+            "VALUES (%s, 'happy', %s, %s, 'm', 'fer-platform')",
+            [
+                (
+                    f"raw/images/fer2013/train/happy/{i:05d}.png",
+                    rng.standard_normal(512).astype(np.float32),
+                    f"{i:064x}",
+                )
+                for i in ids
+            ],
+        )
+    conn.commit()
+
+
+def test_vectors_are_stored_inline_and_an_older_table_is_changed_once(pg_dsn):
+    """Issue 15: a 512-d vector takes its row past the TOAST threshold; the table keeps it (and the row's
+    text columns) inline, and a table made before is changed by ensure_schema, for the rows written after."""
+    with connect(pg_dsn) as conn:
+        _insert_vectors(conn, range(0, 40))
+        assert _toast_bytes(conn) == 0  # nothing out of line: neither the vectors nor filepath / image_id
+        assert vectors_inline(conn)
+
+        # the table as it was made before: pgvector's EXTERNAL storage, the default toast_tuple_target
+        conn.execute("ALTER TABLE imagenes_fer ALTER COLUMN vector SET STORAGE EXTERNAL")
+        conn.execute("ALTER TABLE imagenes_fer RESET (toast_tuple_target)")
+        conn.commit()
+        _insert_vectors(conn, range(40, 80))
+        before = _toast_bytes(conn)
+        assert before > 0  # each of these vectors went out of line
+        assert not vectors_inline(conn) and not schema_present(conn)
+        conn.rollback()
+
+    ensure_schema(pg_dsn)
+    ensure_schema(pg_dsn)
+    with connect(pg_dsn) as conn:
+        assert vectors_inline(conn) and schema_present(conn)
+        _insert_vectors(conn, range(80, 200))
+        assert _toast_bytes(conn) == before  # the new rows are inline; the older ones stay where they are
+        register_vector(conn)
+        n, dims = conn.execute("SELECT count(*), min(vector_dims(vector)) FROM imagenes_fer").fetchone()
+        assert (n, dims) == (200, 512)
+
+
+def test_a_role_that_does_not_own_the_vectors_table_does_not_try_to_change_its_storage(pg_dsn):
+    with connect(pg_dsn) as conn:
+        conn.execute("ALTER TABLE imagenes_fer ALTER COLUMN vector SET STORAGE EXTERNAL")
+        assert not vectors_inline(conn)
+        role = f"not_owner_{conn.info.backend_pid}"
+        conn.execute(f"CREATE ROLE {role}")
+        try:
+            conn.execute(f"GRANT SELECT ON imagenes_fer TO {role}")
+            conn.execute(f"SET ROLE {role}")
+            assert vectors_inline(conn)  # it could not change it: nothing is attempted, every run
+            conn.execute("RESET ROLE")
+        finally:
+            conn.rollback()
