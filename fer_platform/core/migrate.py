@@ -55,6 +55,7 @@ from fer_platform.core.pg.schema import (
     BULK_LOAD_LOCK,
     PLATFORM_ROWS,
     PLATFORM_WRITER,
+    TOAST_TUPLE_TARGET,
     VECTOR_INDEX,
     VECTOR_INDEX_DDL,
     VECTORS_TABLE,
@@ -176,7 +177,8 @@ def migrate_vectors(
                 target.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(VECTOR_INDEX)))
             target.execute(
                 sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING STORAGE) "
+                    f"WITH (toast_tuple_target = {TOAST_TUPLE_TARGET}) ON COMMIT DELETE ROWS"
                 ).format(sql.Identifier(STAGE), sql.Identifier(TABLE))
             )
             copied = removed = streamed = 0

@@ -162,39 +162,56 @@ def _replace_partition(
             "SELECT pg_advisory_xact_lock(%s)",
             (partition_lock_key(plan.emotion, plan.load_date, plan.model),),
         )
-        held = conn.execute(
-            f"SELECT image_id, emotion, load_date FROM {VECTORS_TABLE} "
-            f"WHERE {PLATFORM_ROWS} AND model = %s AND image_id = ANY(%s)",
-            (plan.model, plan.image_ids),
-        ).fetchall()
-        existing = {r[0] for r in held}
+        existing = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT image_id FROM {VECTORS_TABLE} "
+                f"WHERE {PLATFORM_ROWS} AND model = %s AND image_id = ANY(%s)",
+                (plan.model, plan.image_ids),
+            )
+        }
         # the content hash is the identity: an image's vector that another partition holds (its file
-        # was logged there before the load log was lost and restored) moves to this partition. Only those
-        # rows, found above by the (image_id, model) index: joined with all of the partition's images, the
-        # planner, without statistics on a freshly loaded table, could pick a nested loop over every row of
-        # the model (a partition of 547 images after one of 4,953: 0.28 s instead of 1 ms)
-        elsewhere = {r[0] for r in held if (r[1], r[2]) != (plan.emotion, plan.load_date)}
-        moved = 0
-        if elsewhere:
-            picks = [i for i, image_id in enumerate(plan.image_ids) if image_id in elsewhere]
-            moved = conn.execute(
-                f"""UPDATE {VECTORS_TABLE} v SET emotion = %s, load_date = %s, filepath = p.filepath, """
-                f"""split = p.split
+        # was logged there before the load log was lost and restored) moves to this partition. Only the rows
+        # found above are looked at, by the (image_id, model) index, and none when every image is new: a join
+        # of all the partition's images with the table was planned, on a freshly loaded table without
+        # statistics, as a nested loop over every row of the model (547 images after 4,953: 0.28 s, not 1 ms).
+        # The update decides on each row as it stands (another partition's writer may move one meanwhile);
+        # the rare rows it moved then take this partition's filepath and split.
+        moved_ids: list[str] = []
+        if existing:
+            moved_ids = [
+                r[0]
+                for r in conn.execute(
+                    f"""UPDATE {VECTORS_TABLE} SET emotion = %s, load_date = %s
+                        WHERE {PLATFORM_ROWS} AND model = %s AND image_id = ANY(%s)
+                          AND (emotion <> %s OR load_date <> %s) RETURNING image_id""",
+                    (
+                        plan.emotion,
+                        plan.load_date,
+                        plan.model,
+                        sorted(existing),
+                        plan.emotion,
+                        plan.load_date,
+                    ),
+                )
+            ]
+        if moved_ids:
+            moved_here = set(moved_ids)
+            picks = [i for i, image_id in enumerate(plan.image_ids) if image_id in moved_here]
+            conn.execute(
+                f"""UPDATE {VECTORS_TABLE} v SET filepath = p.filepath, split = p.split
                     FROM unnest(%s::text[], %s::text[], %s::text[]) AS p(image_id, filepath, split)
                     WHERE v.model = %s AND v.image_id = ANY(%s) AND v.image_id = p.image_id
-                      AND (v.emotion <> %s OR v.load_date <> %s) AND v.{PLATFORM_ROWS}""",
+                      AND v.{PLATFORM_ROWS}""",
                 (
-                    plan.emotion,
-                    plan.load_date,
                     [plan.image_ids[i] for i in picks],
                     [plan.filepaths[i] for i in picks],
                     [plan.splits[i] for i in picks],
                     plan.model,
-                    sorted(elsewhere),
-                    plan.emotion,
-                    plan.load_date,
+                    moved_ids,
                 ),
-            ).rowcount
+            )
+        moved = len(moved_ids)
         removed = conn.execute(
             f"""DELETE FROM {VECTORS_TABLE}
                 WHERE {PLATFORM_ROWS} AND emotion = %s AND load_date = %s AND model = %s

@@ -161,23 +161,35 @@ def test_a_load_logs_its_progress_at_most_every_interval_and_at_the_end():
 
 def test_an_image_another_partition_holds_moves_here_with_its_row_and_vector(pg_dsn):
     """The content hash is the identity: an image logged under one partition and then under another (its
-    load log lost and restored) keeps one row, its id and its vector, now in the second partition."""
+    load log lost and restored) keeps one row, its id and its vector, now in the second partition; an image
+    the partition already holds is left as it is; a forced re-embed moves too."""
     with connect(pg_dsn) as conn:
-        write_partition(conn, _plan(4, FakeModel(), emotion="happy"))
+        write_partition(conn, _plan(4, FakeModel(), emotion="happy"))  # img000-img003
+        write_partition(conn, _plan(1, FakeModel(), emotion="sad", offset=4))  # img004
         before = _rows(pg_dsn)
         model = FakeModel()
-        stats = write_partition(conn, _plan(3, model, emotion="sad", offset=2))  # img002, img003 + img004
-        assert (stats["moved"], stats["embedded"], stats["reused"], model.calls) == (2, 1, 2, 1)
+        stats = write_partition(
+            conn, _plan(3, model, emotion="sad", offset=2)
+        )  # img002, img003 held by happy
+        assert (stats["moved"], stats["embedded"], stats["reused"], model.calls) == (2, 0, 3, 0)
         assert count_partition(conn, "happy", DAY, "m1") == 2 and count_partition(conn, "sad", DAY, "m1") == 3
         row = conn.execute("SELECT emotion, filepath FROM imagenes_fer WHERE image_id = 'img003'").fetchone()
-    assert row == ("sad", "/lake/raw/images/fer2013/train/sad/img003.png")
+        assert row == ("sad", "/lake/raw/images/fer2013/train/sad/img003.png")
+        assert _rows(pg_dsn) == before  # the same rows, ids kept: moved, not copied
+
+        forced = embedding_plan(
+            ["img000", "img004"], FakeModel(), DAY, "happy", force=True, lake_root="/lake/"
+        )
+        stats = write_partition(conn, forced)  # img004 back from sad, and img001 removed from happy
+        assert (stats["moved"], stats["embedded"], stats["removed"]) == (1, 2, 1)
+        assert count_partition(conn, "happy", DAY, "m1") == 2 and count_partition(conn, "sad", DAY, "m1") == 2
     after = _rows(pg_dsn)
-    assert after["img002"] == before["img002"] and after["img003"] == before["img003"] and len(after) == 5
+    assert after["img004"] == before["img004"] and "img001" not in after and len(after) == 4
 
 
 def _rows_read(conn) -> int:
     """Rows of the vectors table read so far by scans (sequential and through indexes), as counted by the
-    server's statistics."""
+    server's statistics (flushed on demand: PostgreSQL 15 or later)."""
     conn.execute("SELECT pg_stat_force_next_flush()")
     conn.commit()
     conn.execute("SELECT pg_stat_clear_snapshot()")
@@ -195,6 +207,10 @@ def test_writing_new_images_reads_none_of_the_other_partitions_rows(pg_dsn):
     for a join on a freshly loaded table without statistics (a nested loop: 0.28 s for 547 images after
     4,953)."""
     with connect(pg_dsn) as conn:
+        conn.execute(
+            "ALTER TABLE imagenes_fer SET (autovacuum_enabled = off)"
+        )  # no statistics, as after a load
+        conn.commit()
         write_partition(conn, _plan(3000, FakeModel(batch=500), emotion="happy"))
         before = _rows_read(conn)
         stats = write_partition(conn, _plan(300, FakeModel(batch=500), emotion="sad", offset=5000))

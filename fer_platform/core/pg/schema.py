@@ -7,12 +7,15 @@ Created idempotently by ``ensure_schema`` at the first use of a server (the ``po
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import psycopg
 
-from fer_platform.core.errors import DatabaseUnavailable
+from fer_platform.core.errors import DatabaseUnavailable, one_line
 from fer_platform.core.pg.connect import connect, describe
+
+log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 512
 VECTORS_TABLE = "imagenes_fer"
@@ -168,6 +171,25 @@ def vectors_inline(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
+def make_vectors_inline(conn: psycopg.Connection) -> bool:
+    """Apply VECTOR_INLINE_MIGRATION in a savepoint of the caller's transaction, waiting at most
+    DROP_LOCK_TIMEOUT for the table: its ACCESS EXCLUSIVE lock would queue every search behind a run that
+    is writing vectors, and a speed-up must not fail the schema. Whether it applied; if not (the table busy,
+    a server that refuses the setting) the next ``ensure_schema`` tries again."""
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (DROP_LOCK_TIMEOUT,))
+            for stmt in VECTOR_INLINE_MIGRATION:
+                conn.execute(stmt)
+            conn.execute("SELECT set_config('lock_timeout', '0', true)")
+        return True
+    except psycopg.Error as exc:
+        log.warning(
+            f"{VECTORS_TABLE}: vectors left out of line for now, retried at the next run: {one_line(exc)}"
+        )
+        return False
+
+
 # ---- end of the vectors inline
 
 VECTOR_INDEX = f"{VECTORS_TABLE}_vector_hnsw"
@@ -225,9 +247,9 @@ def classic_contract_present(conn: psycopg.Connection) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
+def schema_present(conn: psycopg.Connection, vector_index: bool = True, inline: bool = True) -> bool:
     """Whether the extension and every table and index of the schema exist, and the vectors table keeps the
-    classic contract (catalog reads only, no lock)."""
+    classic contract and (``inline``) its vectors inline (catalog reads only, no lock)."""
     names = [*SCHEMA_OBJECTS, *([VECTOR_INDEX] if vector_index else [])]
     row = conn.execute(
         "SELECT (SELECT count(*) FROM pg_extension WHERE extname = 'vector'), "
@@ -239,7 +261,7 @@ def schema_present(conn: psycopg.Connection, vector_index: bool = True) -> bool:
     return (
         conn.execute(_STATUS_CHECK_PRESENT).fetchone()[0] == 1
         and classic_contract_present(conn)
-        and vectors_inline(conn)
+        and (not inline or vectors_inline(conn))
     )
 
 
@@ -256,7 +278,7 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
         if schema_present(conn, vector_index):
             return
         conn.rollback()
-        if not schema_present(conn, vector_index=False):
+        if not schema_present(conn, vector_index=False, inline=False):
             conn.rollback()
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -270,9 +292,11 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
                 if not classic_contract_present(conn):  # ALTER TABLE locks the table: only when needed
                     for stmt in CLASSIC_CONTRACT_MIGRATION:
                         conn.execute(stmt)
-                if not vectors_inline(conn):  # the same
-                    for stmt in VECTOR_INLINE_MIGRATION:
-                        conn.execute(stmt)
+        conn.rollback()
+        if not vectors_inline(conn):  # on its own: the statements above wait behind a writer, reads go on
+            conn.rollback()
+            with conn.transaction():
+                make_vectors_inline(conn)
         conn.rollback()
         if vector_index:
             ensure_vector_index(conn, wait=False)
