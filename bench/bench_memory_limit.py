@@ -24,13 +24,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_scale import ROOT, cli, cli_argv, demo_env, generate
+from bench_scale import ROOT, cli, demo_env, generate, start_db, start_demo
 
 CGROUP_NAME = "fer-bench-memory-limit"
 V2 = Path("/sys/fs/cgroup")
@@ -105,9 +104,7 @@ def run_demo(n: int, mib: int, timeout: float | None, seed: int, workers: int) -
     env = demo_env()
     try:
         generate(home / "landing", n, seed, workers)
-        started = cli(home, "db", "start", env=env, capture_output=True, text=True)
-        if started.returncode:
-            sys.exit(f"db start failed: {started.stderr[-2000:]}")
+        start_db(home, env)
         group = MemoryCgroup(mib) if mib else None
         drop_caches()
         with (
@@ -116,12 +113,11 @@ def run_demo(n: int, mib: int, timeout: float | None, seed: int, workers: int) -
             group or contextlib.nullcontext(),
         ):
             t0 = time.time()
-            proc = subprocess.Popen(
-                cli_argv(home, "demo", "--json"),
-                stdout=out,
-                stderr=err,
-                env=env,
-                cwd=ROOT,
+            proc = start_demo(
+                home,
+                env,
+                out,
+                err,
                 start_new_session=True,  # stopped as a group when it thrashes past the timeout
                 preexec_fn=group.join if group else None,
             )

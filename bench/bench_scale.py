@@ -468,6 +468,20 @@ def cli(home: Path, *args: str, env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cli_argv(home, *args), env=env, cwd=ROOT, **kw)
 
 
+def start_db(home: Path, env: dict) -> None:
+    """``fer-platform db start`` on ``home``, or exit with its error."""
+    started = cli(home, "db", "start", env=env, capture_output=True, text=True)
+    if started.returncode:
+        sys.exit(f"db start failed: {started.stderr[-2000:]}")
+
+
+def start_demo(home: Path, env: dict, out, err, **popen) -> subprocess.Popen:
+    """``fer-platform demo --json`` on ``home``, its output into the files ``out`` and ``err``."""
+    return subprocess.Popen(
+        cli_argv(home, "demo", "--json"), stdout=out, stderr=err, env=env, cwd=ROOT, **popen
+    )
+
+
 def postmaster_pid(home: Path) -> int | None:
     try:
         return int((home / "postgres" / "postmaster.pid").read_text().split()[0])
@@ -525,20 +539,12 @@ def measure(n: int, home: Path, env: dict, workers: int, seed: int, model_images
     )
     pngs = sample_pngs(home / "landing", min(n, model_images))
     before = model_only_rate(pngs)
-    started = cli(home, "db", "start", env=env, capture_output=True, text=True)
-    if started.returncode:
-        sys.exit(f"db start failed: {started.stderr[-2000:]}")
+    start_db(home, env)
     pg_pid = postmaster_pid(home)
     out_path, err_path = home / "demo.json", home / "demo.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
         demo_start = time.time()
-        proc = subprocess.Popen(
-            cli_argv(home, "demo", "--json"),
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=ROOT,
-        )
+        proc = start_demo(home, env, out, err)
         sampler = Sampler(proc.pid, pg_pid)
         sampler.start()
         _pid, status, usage = os.wait4(proc.pid, 0)

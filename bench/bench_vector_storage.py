@@ -22,13 +22,13 @@ takes its row past PostgreSQL's TOAST threshold (2,032 bytes).
 """
 
 import argparse
-import datetime as dt
 import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from bench_bulk_load import DAY, partitions
 from bench_index_build import silver
 from common import Timer, row
 
@@ -40,27 +40,15 @@ from fer_platform.core.search.pgvector import pgvector_search
 from fer_platform.core.vecmath import normalise
 from fer_platform.core.vectors import EmbeddingPlan, arrow_to_vectors, read_partition, write_partition
 
-DAY = dt.date(2026, 12, 1)
 MODEL = "m-storage"
-FER = {"angry": 4953, "disgust": 547, "fear": 5121, "happy": 8989, "neutral": 6198, "sad": 6077}
-FER["surprise"] = 35887 - sum(FER.values())
 QUERIES = 20
 OLD = "out of line (EXTERNAL)"
 NEW = "inline (PLAIN)"
 
 
-def shares(n: int) -> dict[str, tuple[int, int]]:
-    out, start = {}, 0
-    for i, emotion in enumerate(EMOTIONS):
-        stop = n if i == len(EMOTIONS) - 1 else start + round(n * FER[emotion] / 35887)
-        out[emotion] = (start, stop)
-        start = stop
-    return out
-
-
 def plans(vectors: np.ndarray) -> list[EmbeddingPlan]:
     out = []
-    for emotion, (start, stop) in shares(len(vectors)).items():
+    for emotion, (start, stop) in partitions(len(vectors)).items():
 
         def embed(_pngs, start=start, stop=stop):
             for i in range(start, stop, 1000):

@@ -55,9 +55,9 @@ from fer_platform.core.pg.schema import (
     BULK_LOAD_LOCK,
     PLATFORM_ROWS,
     PLATFORM_WRITER,
-    TOAST_TUPLE_TARGET,
     VECTOR_INDEX,
     VECTOR_INDEX_DDL,
+    VECTORS_LIKE,
     VECTORS_TABLE,
     classic_contract_present,
     ensure_schema,
@@ -176,10 +176,9 @@ def migrate_vectors(
             if bulk:
                 target.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(VECTOR_INDEX)))
             target.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING STORAGE) "
-                    f"WITH (toast_tuple_target = {TOAST_TUPLE_TARGET}) ON COMMIT DELETE ROWS"
-                ).format(sql.Identifier(STAGE), sql.Identifier(TABLE))
+                sql.SQL(f"CREATE TEMP TABLE IF NOT EXISTS {{}} {VECTORS_LIKE} ON COMMIT DELETE ROWS").format(
+                    sql.Identifier(STAGE)
+                )
             )
             copied = removed = streamed = 0
             for done, r in enumerate(todo):

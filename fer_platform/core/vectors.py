@@ -31,7 +31,7 @@ from fer_platform.core.pg.schema import (
     EMBEDDING_DIM,
     PLATFORM_ROWS,
     PLATFORM_WRITER,
-    TOAST_TUPLE_TARGET,
+    VECTORS_LIKE,
     VECTORS_TABLE,
     begin_bulk_load,
     end_bulk_load,
@@ -227,10 +227,7 @@ def _replace_partition(
             todo.append(i)
         target = VECTORS_TABLE
         if plan.force and existing:
-            conn.execute(
-                f"CREATE TEMP TABLE fer_staging (LIKE {VECTORS_TABLE} INCLUDING DEFAULTS INCLUDING STORAGE) "
-                f"WITH (toast_tuple_target = {TOAST_TUPLE_TARGET}) ON COMMIT DROP"  # inline, as the table
-            )
+            conn.execute(f"CREATE TEMP TABLE fer_staging {VECTORS_LIKE} ON COMMIT DROP")
             target = "fer_staging"
         written = 0
         with conn.cursor().copy(

@@ -157,6 +157,11 @@ VECTOR_INLINE_MIGRATION = [
     f"ALTER TABLE {VECTORS_TABLE} ALTER COLUMN vector SET STORAGE PLAIN",
     f"ALTER TABLE {VECTORS_TABLE} SET (toast_tuple_target = {TOAST_TUPLE_TARGET})",
 ]
+# a table made like the vectors table, its vectors inline too (a staging table: COPY into it, then INSERT)
+VECTORS_LIKE = (
+    f"(LIKE {VECTORS_TABLE} INCLUDING DEFAULTS INCLUDING STORAGE) "
+    f"WITH (toast_tuple_target = {TOAST_TUPLE_TARGET})"
+)
 _VECTOR_INLINE_PRESENT = f"""SELECT coalesce(a.attstorage = 'p'
         AND c.reloptions @> ARRAY['toast_tuple_target={TOAST_TUPLE_TARGET}'], false)
         OR NOT pg_has_role(c.relowner, 'USAGE')
