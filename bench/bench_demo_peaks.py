@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_scale import cli, cli_argv, demo_env, generate  # noqa: E402
+from bench_scale import cli, demo_env, generate, start_db, start_demo  # noqa: E402
 
 HOOK = ROOT / "bench" / "peak_hook"
 
@@ -55,15 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         gen = generate(home / "landing", args.n)
         print(f"N = {args.n:,}: generated in {gen['seconds']} s; python {sys.executable}")
-        cli(home, "db", "start", env=env, check=True, capture_output=True)
+        start_db(home, env)
         with open(home / "demo.json", "w") as out, open(home / "demo.err", "w") as err:
-            proc = subprocess.Popen(
-                cli_argv(home, "demo", "--json"),
-                env={**env, "FER_PEAK_TRACE": str(trace)},
-                stdout=out,
-                stderr=err,
-                cwd=ROOT,
-            )
+            proc = start_demo(home, {**env, "FER_PEAK_TRACE": str(trace)}, out, err)
             _pid, status, usage = os.wait4(proc.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         if code not in (0, 1):

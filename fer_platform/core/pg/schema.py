@@ -177,7 +177,7 @@ def vectors_inline(conn: psycopg.Connection) -> bool:
 
 
 def make_vectors_inline(conn: psycopg.Connection) -> bool:
-    """Apply VECTOR_INLINE_MIGRATION in a savepoint of the caller's transaction, waiting at most
+    """Apply VECTOR_INLINE_MIGRATION in a transaction of its own (none may be open), waiting at most
     DROP_LOCK_TIMEOUT for the table: its ACCESS EXCLUSIVE lock would queue every search behind a run that
     is writing vectors, and a speed-up must not fail the schema. Whether it applied; if not (the table busy,
     a server that refuses the setting) the next ``ensure_schema`` tries again."""
@@ -186,7 +186,6 @@ def make_vectors_inline(conn: psycopg.Connection) -> bool:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (DROP_LOCK_TIMEOUT,))
             for stmt in VECTOR_INLINE_MIGRATION:
                 conn.execute(stmt)
-            conn.execute("SELECT set_config('lock_timeout', '0', true)")
         return True
     except psycopg.Error as exc:
         log.warning(
@@ -300,8 +299,7 @@ def ensure_schema(dsn: str, vector_index: bool = True) -> None:
         conn.rollback()
         if not vectors_inline(conn):  # on its own: the statements above wait behind a writer, reads go on
             conn.rollback()
-            with conn.transaction():
-                make_vectors_inline(conn)
+            make_vectors_inline(conn)
         conn.rollback()
         if vector_index:
             ensure_vector_index(conn, wait=False)
